@@ -1,0 +1,21 @@
+package streams
+
+import "errors"
+
+// Errors returned when a topic, payload or entry is refused. The owner
+// pipeline records their text as the reason of a dead-letter entry.
+var (
+	// ErrBadTopic means a topic is empty, longer than MaxTopicLen, not UTF-8,
+	// or holds a space or control character.
+	ErrBadTopic = errors.New("streams: invalid topic")
+	// ErrMissingTopic means an ingress entry has no topic field.
+	ErrMissingTopic = errors.New("streams: missing topic")
+	// ErrMissingData means an ingress entry has no data field.
+	ErrMissingData = errors.New("streams: missing data")
+	// ErrTooLarge means a payload is over the configured size limit.
+	ErrTooLarge = errors.New("streams: data too large")
+	// ErrBadID means a string is not a stream ID ("<ms>-<seq>", "<ms>" or "0").
+	ErrBadID = errors.New("streams: invalid stream ID")
+	// ErrNotMigrated means the bus has no <prefix>:meta partitions yet.
+	ErrNotMigrated = errors.New("streams: bus not migrated (run wsbus migrate)")
+)

@@ -1,0 +1,86 @@
+package streams
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// eventHead starts every encoded event, so the ID of an event received over
+// pub/sub can be read without decoding the JSON (see EventID).
+const eventHead = `{"type":"event","id":"`
+
+// AppendEvent appends the client message of one event to dst:
+//
+//	{"type":"event","id":"<id>","topic":"<topic>","data":<data>}
+//
+// data is embedded as it is when it is valid JSON, otherwise as a string.
+func AppendEvent(dst []byte, topic, id string, data []byte) []byte {
+	dst = append(dst, eventHead...)
+	dst = append(dst, id...)
+	dst = append(dst, `","topic":`...)
+	dst = AppendJSONString(dst, topic)
+	dst = append(dst, `,"data":`...)
+	dst = AppendData(dst, data)
+	return append(dst, '}')
+}
+
+// AppendData appends data as a JSON value: as it is when it is valid JSON,
+// otherwise as a JSON string.
+func AppendData(dst, data []byte) []byte {
+	if json.Valid(data) {
+		return append(dst, bytes.TrimSpace(data)...)
+	}
+	return AppendJSONString(dst, string(data))
+}
+
+// EventID returns the ID of an event encoded by AppendEvent, or false when
+// payload is not one.
+func EventID(payload []byte) (string, bool) {
+	if !bytes.HasPrefix(payload, []byte(eventHead)) {
+		return "", false
+	}
+	rest := payload[len(eventHead):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return "", false
+	}
+	return string(rest[:end]), true
+}
+
+const hexDigits = "0123456789abcdef"
+
+// AppendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,
+// as encoding/json does.
+func AppendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}

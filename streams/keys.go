@@ -1,0 +1,60 @@
+package streams
+
+import (
+	"hash/crc32"
+	"strconv"
+)
+
+// DefaultPrefix is the key prefix when none is configured.
+const DefaultPrefix = "wsbus"
+
+// Group is the consumer group that partition owners read ingress with.
+const Group = "wsbus"
+
+// Keys builds the Redis keys of one bus. Every key of partition p carries
+// the hash tag {p}, so a partition lives in one Redis Cluster slot.
+type Keys struct {
+	// Prefix starts every key. Zero value means DefaultPrefix.
+	Prefix string
+}
+
+func (k Keys) prefix() string {
+	if k.Prefix == "" {
+		return DefaultPrefix
+	}
+	return k.Prefix
+}
+
+func (k Keys) part(p int, suffix string) string {
+	return k.prefix() + ":{" + strconv.Itoa(p) + "}:" + suffix
+}
+
+// Meta is the bus-wide hash with the partition count and schema version.
+func (k Keys) Meta() string { return k.prefix() + ":meta" }
+
+// Nodes is the hash of live gateway nodes and their last heartbeat.
+func (k Keys) Nodes() string { return k.prefix() + ":nodes" }
+
+// Ingress is the stream services append to for partition p.
+func (k Keys) Ingress(p int) string { return k.part(p, "in") }
+
+// Topic is the history stream of one topic.
+func (k Keys) Topic(p int, topic string) string { return k.part(p, "topic:"+topic) }
+
+// Live is the sharded pub/sub channel of one topic.
+func (k Keys) Live(p int, topic string) string { return k.part(p, "live:"+topic) }
+
+// PartitionMeta is the hash holding partition p's epoch and fencing counter.
+func (k Keys) PartitionMeta(p int) string { return k.part(p, "meta") }
+
+// Owner is the lease of partition p.
+func (k Keys) Owner(p int) string { return k.part(p, "owner") }
+
+// Dead is the dead-letter stream of partition p.
+func (k Keys) Dead(p int) string { return k.part(p, "dead") }
+
+// Partition returns the partition of topic among n: crc32_ieee(topic) % n,
+// the same as zlib.crc32 or java.util.zip.CRC32.
+func Partition(topic string, n int) int {
+	return int(crc32.ChecksumIEEE([]byte(topic)) % uint32(n))
+}

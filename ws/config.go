@@ -1,0 +1,124 @@
+package ws
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Close codes sent by the server (RFC 6455 and wsbus's own 4xxx).
+const (
+	CloseNormal         = 1000
+	CloseGoingAway      = 1001
+	CloseProtocolError  = 1002
+	CloseInvalidPayload = 1007
+	ClosePolicy         = 1008
+	CloseMessageTooBig  = 1009
+	CloseSlowConsumer   = 4001
+	CloseDraining       = 4002
+	CloseTokenExpired   = 4003
+)
+
+// Config configures a Server. Zero values mean the documented defaults.
+type Config struct {
+	// Handler receives connections and their messages. Required.
+	Handler Handler
+	// HTTP serves every request that is not a WebSocket upgrade of Path.
+	// Nil means 404 for all of them.
+	HTTP http.Handler
+	// Path is the WebSocket endpoint. Zero value means "/v1/ws".
+	Path string
+	// MaxMessage is the largest client message, in bytes, after
+	// reassembling fragments; bigger ones are closed with 1009.
+	// Zero value means 64 KiB: client messages are small JSON commands.
+	MaxMessage int
+	// MaxQueue is how many bytes may wait to be written to one connection
+	// before it is closed with 4001. Zero value means 1 MiB: about a
+	// thousand typical events, enough to ride out a short stall.
+	MaxQueue int
+	// HandshakeTimeout bounds the time from accept to a finished upgrade.
+	// Zero value means 5 s.
+	HandshakeTimeout time.Duration
+	// ReadTimeout bounds reading the rest of a frame once its first byte
+	// arrived. Zero value means 5 s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds one batched write. Zero value means 10 s.
+	WriteTimeout time.Duration
+	// PingInterval is how long a connection may be silent before the server
+	// pings it. Zero value means 25 s, under common 30 s proxy timeouts.
+	PingInterval time.Duration
+	// IdleTimeout closes a connection silent for this long (a pong counts as
+	// activity). Zero value means 3 × PingInterval.
+	IdleTimeout time.Duration
+	// Workers bounds the goroutines that read, write and upgrade
+	// connections. Zero value means 256: enough to hide Redis round trips
+	// made from message handlers on two cores.
+	Workers int
+	// Logger receives connection errors at debug level. Zero value means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Path == "" {
+		c.Path = "/v1/ws"
+	}
+	if c.MaxMessage <= 0 {
+		c.MaxMessage = 64 << 10
+	}
+	if c.MaxQueue <= 0 {
+		c.MaxQueue = 1 << 20
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 5 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 25 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 3 * c.PingInterval
+	}
+	if c.Workers <= 0 {
+		c.Workers = 256
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.HTTP == nil {
+		c.HTTP = http.NotFoundHandler()
+	}
+	return c
+}
+
+// Request is what a Handler learns of a WebSocket handshake.
+type Request struct {
+	// URI is the request target, e.g. "/v1/ws?topic=a&since=0".
+	URI string
+	// Origin and Authorization are the request headers of those names.
+	Origin        string
+	Authorization string
+	// RemoteAddr is the client's address.
+	RemoteAddr string
+}
+
+// Handler is the application behind the WebSocket edge. Its methods run on
+// the Server's workers; they may block briefly (a Redis round trip) but
+// should not wait on other connections.
+type Handler interface {
+	// Accept is called before the upgrade is answered. A non-nil error
+	// refuses the handshake; use Reject to choose the HTTP status.
+	Accept(r *Request) error
+	// Open is called once the connection is upgraded.
+	Open(c *Conn, r *Request)
+	// Message is called with each complete text or binary message. msg is
+	// only valid until Message returns.
+	Message(c *Conn, msg []byte)
+	// Closed is called once when the connection is gone.
+	Closed(c *Conn)
+}

@@ -1,0 +1,236 @@
+package ws
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	timeNow  = time.Now
+	zeroTime time.Time
+)
+
+const (
+	stateOpen    uint8 = iota
+	stateClosing       // close frame queued or sent; waiting for the peer
+	stateClosed
+)
+
+// closeWait is how long a server-initiated close waits for the client's
+// close frame before the socket is cut.
+const closeWait = 2 * time.Second
+
+// Conn is one upgraded WebSocket connection. Send and Close are safe for
+// concurrent use.
+type Conn struct {
+	srv      *Server
+	nc       net.Conn
+	fd       int
+	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+	value    atomic.Value
+
+	// Bound once so scheduling a read or write allocates nothing.
+	readTask, writeTask func()
+
+	mu         sync.Mutex
+	state      uint8
+	writing    bool     // a worker owns the queue's draining
+	afterFlush uint8    // 0, or what to do once the queue is empty: see flushed
+	queue      [][]byte // frames waiting, shared with other connections
+	queued     int      // bytes in queue
+
+	// Reader state: one worker reads at a time (one-shot epoll events).
+	frag   []byte // message being reassembled from fragments
+	fragOp byte
+}
+
+const (
+	flushNothing uint8 = iota
+	flushHalfClose     // our close frame is out: half-close, wait for the peer
+	flushClose         // we answered the peer's close: cut now
+)
+
+func newConn(s *Server, nc net.Conn, fd int) *Conn {
+	c := &Conn{srv: s, nc: nc, fd: fd}
+	c.readTask = c.read
+	c.writeTask = c.write
+	c.lastSeen.Store(timeNow().UnixNano())
+	return c
+}
+
+// Value returns what SetValue stored, the Handler's per-connection state.
+func (c *Conn) Value() any { return c.value.Load() }
+
+// SetValue stores the Handler's per-connection state. Always store the
+// same concrete type.
+func (c *Conn) SetValue(v any) { c.value.Store(v) }
+
+// RemoteAddr returns the client's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Send queues a complete frame (see TextFrame). frame is shared, not copied:
+// never modify it afterwards. When the queue would pass Config.MaxQueue the
+// connection is closed with 4001 and ErrSlowConsumer returned.
+func (c *Conn) Send(frame []byte) error {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.queued+len(frame) > c.srv.cfg.MaxQueue {
+		c.mu.Unlock()
+		c.srv.stats.slowConsumers.Add(1)
+		c.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume", true)
+		return ErrSlowConsumer
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.srv.pool.Schedule(c.writeTask)
+	}
+	return nil
+}
+
+// Close starts the close handshake with code and reason: frames already
+// queued are written first, then the close frame.
+func (c *Conn) Close(code uint16, reason string) {
+	c.closeWith(code, reason, false)
+}
+
+// closeWith queues a close frame; drop discards what is still queued (a
+// slow consumer's backlog would only delay the close).
+func (c *Conn) closeWith(code uint16, reason string, drop bool) {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateClosing
+	if drop {
+		c.queue, c.queued = c.queue[:0], 0
+	}
+	c.queue = append(c.queue, closeFrame(code, reason))
+	c.afterFlush = flushHalfClose
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.srv.pool.Schedule(c.writeTask)
+	}
+}
+
+// replyClose answers the peer's close frame and cuts the connection.
+func (c *Conn) replyClose(frame []byte) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	if c.state == stateClosing {
+		// Our close frame was queued or sent: the handshake is complete.
+		c.mu.Unlock()
+		c.closeNow()
+		return
+	}
+	c.state = stateClosing
+	c.queue = append(c.queue[:0], frame)
+	c.queued = len(frame)
+	c.afterFlush = flushClose
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.srv.pool.Schedule(c.writeTask)
+	}
+}
+
+// sendControl queues a control frame regardless of the queue limit.
+func (c *Conn) sendControl(frame []byte) {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.srv.pool.Schedule(c.writeTask)
+	}
+}
+
+// write drains the queue with one writev per batch.
+func (c *Conn) write() {
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		if len(batch) == 0 || c.state == stateClosed {
+			c.writing = false
+			c.queue = nil // an idle connection keeps no buffer
+			after := c.afterFlush
+			c.mu.Unlock()
+			c.flushed(after)
+			return
+		}
+		c.queue, c.queued = nil, 0
+		c.mu.Unlock()
+
+		_ = c.nc.SetWriteDeadline(timeNow().Add(c.srv.cfg.WriteTimeout))
+		frames := len(batch)
+		bufs := net.Buffers(batch)
+		n, err := bufs.WriteTo(c.nc)
+		c.srv.stats.framesOut.Add(uint64(frames))
+		c.srv.stats.bytesOut.Add(uint64(n))
+		if err != nil {
+			c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
+			c.closeNow()
+			return
+		}
+	}
+}
+
+func (c *Conn) flushed(after uint8) {
+	switch after {
+	case flushClose:
+		c.closeNow()
+	case flushHalfClose:
+		if tc, ok := c.nc.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		time.AfterFunc(closeWait, c.closeNow)
+	}
+}
+
+// closeNow cuts the connection and tells the Handler, once.
+func (c *Conn) closeNow() {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateClosed
+	c.queue, c.queued = nil, 0
+	_ = c.srv.poll.del(c.fd) // before Close, so the fd number cannot be reused while registered
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	c.srv.forget(c)
+	c.srv.cfg.Handler.Closed(c)
+}
+
+// keepalive pings a silent connection and closes an idle one.
+func (c *Conn) keepalive(now time.Time) {
+	silent := now.Sub(time.Unix(0, c.lastSeen.Load()))
+	switch {
+	case silent > c.srv.cfg.IdleTimeout:
+		c.Close(CloseGoingAway, "idle timeout")
+	case silent > c.srv.cfg.PingInterval:
+		c.sendControl(pingFrame)
+	}
+}

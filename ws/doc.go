@@ -1,0 +1,18 @@
+// Package ws is wsbus's WebSocket edge: a raw listener that upgrades
+// /v1/ws with gobwas/ws straight off the connection and hands every other
+// path to a net/http handler, an epoll loop that owns upgraded connections,
+// a bounded worker pool that reads and writes them, and bounded write queues
+// of frames encoded once and shared by every connection they go to.
+//
+// An idle connection has no goroutine, timer or buffer of its own: reads
+// take a pooled reader only while data is there, writes a worker only while
+// frames are queued.
+//
+//	srv, err := ws.New(ws.Config{Handler: h, HTTP: mux})
+//	ln, _ := net.Listen("tcp", "127.0.0.1:8080")
+//	go srv.Serve(ln)
+//	...
+//	conn.Send(ws.TextFrame(payload)) // from the Handler
+//
+// This package knows nothing of topics or Redis; the Handler does.
+package ws

@@ -1,0 +1,215 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Server accepts TCP connections, upgrades WebSocket requests and serves
+// the rest over net/http on the same port.
+//
+// Lock order: Server.mu before Conn.mu before the epoll's own lock.
+type Server struct {
+	cfg     Config
+	poll    *poller
+	pool    *pool
+	httpLn  *handoffListener
+	httpSrv *http.Server
+	stats   counters
+
+	mu     sync.Mutex
+	conns  map[*Conn]struct{}
+	ln     net.Listener
+	closed bool
+	done   chan struct{}
+}
+
+// New returns a Server; call Serve to start it.
+func New(cfg Config) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("ws: Config.Handler is required")
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg:   cfg,
+		pool:  newPool(cfg.Workers, 10*time.Second),
+		conns: make(map[*Conn]struct{}),
+		done:  make(chan struct{}),
+	}
+	poll, err := newPoller(func(err error) { cfg.Logger.Error("epoll wait failed", "err", err) })
+	if err != nil {
+		return nil, err
+	}
+	s.poll = poll
+	s.httpLn = newHandoffListener()
+	s.httpSrv = &http.Server{Handler: cfg.HTTP, ReadHeaderTimeout: cfg.HandshakeTimeout}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It always returns a
+// non-nil error, ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	s.httpLn.addr = ln.Addr()
+	go func() { _ = s.httpSrv.Serve(s.httpLn) }()
+	go s.keepalive()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return ErrServerClosed
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.stats.accepted.Add(1)
+		s.pool.Schedule(func() { s.handshake(nc) })
+	}
+}
+
+// Shutdown stops accepting, closes every connection with code and reason,
+// and waits until they are gone or ctx is done, when it cuts the rest.
+func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	conns := s.snapshotLocked()
+	s.mu.Unlock()
+
+	for _, c := range conns {
+		c.Close(code, reason)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for s.Len() > 0 {
+		select {
+		case <-ctx.Done():
+			for _, c := range s.snapshot() {
+				c.closeNow()
+			}
+		case <-tick.C:
+		}
+	}
+	_ = s.httpSrv.Shutdown(ctx)
+	return s.poll.close()
+}
+
+// Len returns the number of open WebSocket connections.
+func (s *Server) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) snapshot() []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshotLocked()
+}
+
+func (s *Server) snapshotLocked() []*Conn {
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+// register adds c unless the server is shutting down.
+func (s *Server) register(c *Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.stats.connections.Add(1)
+	return true
+}
+
+func (s *Server) forget(c *Conn) {
+	s.mu.Lock()
+	if _, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		s.stats.connections.Add(-1)
+	}
+	s.mu.Unlock()
+}
+
+// keepalive pings silent connections and closes idle ones: one goroutine
+// for the whole server instead of a timer per connection.
+func (s *Server) keepalive() {
+	tick := time.NewTicker(s.cfg.PingInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-tick.C:
+			for _, c := range s.snapshot() {
+				c.keepalive(now)
+			}
+		}
+	}
+}
+
+// Stats is a snapshot of a Server's counters.
+type Stats struct {
+	Connections     int64  // open WebSocket connections
+	Accepted        uint64 // TCP connections accepted
+	Upgraded        uint64 // successful WebSocket upgrades
+	HandshakeErrors uint64 // refused or failed upgrades
+	MessagesIn      uint64 // client messages delivered to the Handler
+	FramesOut       uint64 // frames written
+	BytesOut        uint64 // bytes written
+	SlowConsumers   uint64 // connections closed with 4001
+}
+
+type counters struct {
+	connections                                     atomic.Int64
+	accepted, upgraded, handshakeErrors, messagesIn atomic.Uint64
+	framesOut, bytesOut, slowConsumers              atomic.Uint64
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Connections:     s.stats.connections.Load(),
+		Accepted:        s.stats.accepted.Load(),
+		Upgraded:        s.stats.upgraded.Load(),
+		HandshakeErrors: s.stats.handshakeErrors.Load(),
+		MessagesIn:      s.stats.messagesIn.Load(),
+		FramesOut:       s.stats.framesOut.Load(),
+		BytesOut:        s.stats.bytesOut.Load(),
+		SlowConsumers:   s.stats.slowConsumers.Load(),
+	}
+}
