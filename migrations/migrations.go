@@ -2,8 +2,6 @@ package migrations
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"strconv"
@@ -127,15 +125,8 @@ func CreatePartition(ctx context.Context, rdb redis.Cmdable, keys streams.Keys, 
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 		return fmt.Errorf("creating group of partition %d: %w", p, err)
 	}
-	if err := rdb.HSetNX(ctx, keys.PartitionMeta(p), "epoch", NewEpoch()).Err(); err != nil {
+	if err := rdb.HSetNX(ctx, keys.PartitionMeta(p), "epoch", streams.NewEpoch()).Err(); err != nil {
 		return fmt.Errorf("creating epoch of partition %d: %w", p, err)
 	}
 	return nil
-}
-
-// NewEpoch returns a random epoch string.
-func NewEpoch() string {
-	var b [5]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
-	return strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
 }

@@ -118,3 +118,26 @@ func toEvents(msgs []redis.XMessage) []Event {
 func isNoSuchKey(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such key")
 }
+
+// Head returns the epoch of topic's partition and the last ID its history
+// stream ever had (zero when it has none): the cursor of a subscription
+// that wants only new events.
+func (h *History) Head(ctx context.Context, topic string) (string, ID, error) {
+	p := Partition(topic, h.n)
+	pipe := h.rdb.Pipeline()
+	epochCmd := pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
+	infoCmd := pipe.XInfoStream(ctx, h.keys.Topic(p, topic))
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	epoch, err := epochCmd.Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", ID{}, fmt.Errorf("reading epoch of %s: %w", topic, err)
+	}
+	info, err := infoCmd.Result()
+	if isNoSuchKey(err) {
+		return epoch, ID{}, nil
+	}
+	if err != nil {
+		return "", ID{}, fmt.Errorf("reading history of %s: %w", topic, err)
+	}
+	return epoch, MustParseID(info.LastGeneratedID), nil
+}

@@ -1,0 +1,236 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
+)
+
+var _ ws.Handler = (*Gateway)(nil)
+
+// GatewayConfig configures a Gateway. Zero values mean the documented
+// defaults.
+type GatewayConfig struct {
+	// Redis is the bus's Redis. Required.
+	Redis redis.UniversalClient
+	// Keys names the bus's keys.
+	Keys streams.Keys
+	// Partitions is the bus's partition count. Required.
+	Partitions int
+	// MaxSubscriptions bounds the topics of one connection. Zero value
+	// means 128.
+	MaxSubscriptions int
+	// HistoryPage is how many history events one Redis read returns while
+	// a client resumes. Zero value means 500.
+	HistoryPage int
+	// MaxPending bounds the live events held for a subscription while its
+	// history is sent; past it the client is closed with 4001 and resumes.
+	// Zero value means 10000.
+	MaxPending int
+	// ReadyTimeout bounds the wait for Redis to confirm a live channel
+	// subscription. Zero value means 5 s.
+	ReadyTimeout time.Duration
+	// Logger receives Redis errors. Zero value means slog.Default().
+	Logger *slog.Logger
+}
+
+func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
+	if c.Redis == nil || c.Partitions <= 0 {
+		return c, errors.New("bus: GatewayConfig needs Redis and Partitions")
+	}
+	if c.MaxSubscriptions <= 0 {
+		c.MaxSubscriptions = 128
+	}
+	if c.HistoryPage <= 0 {
+		c.HistoryPage = 500
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 10000
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// Gateway serves WebSocket clients: subscriptions, resume from history and
+// live fan-out from sharded pub/sub. It implements ws.Handler.
+//
+// Lock order: client.mu, then Gateway.mu, then topic.mu; no lock is held
+// while waiting on Redis except Gateway.mu around (un)subscribe commands,
+// which keeps SSUBSCRIBE and SUNSUBSCRIBE of a channel in order.
+type Gateway struct {
+	cfg    GatewayConfig
+	hist   *streams.History
+	ctx    context.Context
+	cancel context.CancelFunc
+	stats  gatewayCounters
+
+	mu     sync.Mutex
+	topics map[string]*topic
+	parts  []*livePart // by partition, created on first use
+}
+
+// client is the Gateway's state of one connection.
+type client struct {
+	mu     sync.Mutex
+	subs   map[string]*subscription
+	closed bool
+}
+
+// NewGateway returns a Gateway; Close stops it.
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gateway{
+		cfg:    cfg,
+		hist:   streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
+		ctx:    ctx,
+		cancel: cancel,
+		topics: make(map[string]*topic),
+		parts:  make([]*livePart, cfg.Partitions),
+	}
+	go g.sweep()
+	return g, nil
+}
+
+// Close stops the Gateway's pub/sub connections.
+func (g *Gateway) Close() error {
+	g.cancel()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, lp := range g.parts {
+		if lp != nil {
+			_ = lp.ps.Close()
+		}
+	}
+	return nil
+}
+
+// Accept admits every handshake; authentication belongs here.
+func (g *Gateway) Accept(*ws.Request) error { return nil }
+
+// Open starts a connection, subscribing it when its URL names a topic.
+func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
+	cl := &client{subs: make(map[string]*subscription)}
+	c.SetValue(cl)
+	g.stats.connections.Add(1)
+	u, err := url.ParseRequestURI(r.URI)
+	if err != nil {
+		return
+	}
+	q := u.Query()
+	if !q.Has("topic") {
+		return
+	}
+	m := clientMessage{Type: "subscribe", Topic: q.Get("topic"), Epoch: q.Get("epoch")}
+	if q.Has("since") {
+		since := q.Get("since")
+		m.Since = &since
+	}
+	g.subscribe(c, cl, m)
+}
+
+// Message handles one client message.
+func (g *Gateway) Message(c *ws.Conn, msg []byte) {
+	cl := c.Value().(*client)
+	m, err := decodeClientMessage(msg)
+	if err != nil {
+		g.sendError(c, codeBadRequest, "", err.Error())
+		return
+	}
+	switch m.Type {
+	case "subscribe":
+		g.subscribe(c, cl, m)
+	case "unsubscribe":
+		g.unsubscribe(c, cl, m.Topic)
+	case "ping":
+		_ = c.Send(pongFrame)
+	default:
+		g.sendError(c, codeUnknownType, "", "unknown message type "+m.Type)
+	}
+}
+
+// Closed drops a gone connection's subscriptions.
+func (g *Gateway) Closed(c *ws.Conn) {
+	cl, ok := c.Value().(*client)
+	if !ok {
+		return
+	}
+	g.stats.connections.Add(-1)
+	cl.mu.Lock()
+	cl.closed = true
+	subs := cl.subs
+	cl.subs = nil
+	cl.mu.Unlock()
+	for _, s := range subs {
+		g.removeSub(s)
+	}
+}
+
+func (g *Gateway) unsubscribe(c *ws.Conn, cl *client, topic string) {
+	cl.mu.Lock()
+	s, ok := cl.subs[topic]
+	delete(cl.subs, topic)
+	cl.mu.Unlock()
+	if !ok {
+		g.sendError(c, codeNotSubscribed, topic, "not subscribed to this topic")
+		return
+	}
+	g.removeSub(s)
+	_ = c.Send(ws.TextFrame(appendUnsubscribed(nil, topic)))
+}
+
+func (g *Gateway) sendError(c *ws.Conn, code, topic, message string) {
+	_ = c.Send(ws.TextFrame(appendError(nil, code, topic, message)))
+}
+
+var pongFrame = ws.TextFrame(pongMessage)
+
+// GatewayStats is a snapshot of a Gateway's counters.
+type GatewayStats struct {
+	Connections   int64  // connections served
+	Subscriptions int64  // subscriptions open
+	Topics        int    // topics with a live channel subscription
+	LiveEvents    uint64 // events received from pub/sub
+	Resumes       uint64 // subscriptions that sent a cursor
+	NotRecovered  uint64 // of them, answered recovered:false
+	CatchUps      uint64 // topics caught up from history after a pub/sub loss
+}
+
+type gatewayCounters struct {
+	connections, subscriptions        atomic.Int64
+	liveEvents, resumes, notRecovered atomic.Uint64
+	catchUps                          atomic.Uint64
+}
+
+// Stats returns the current counters.
+func (g *Gateway) Stats() GatewayStats {
+	g.mu.Lock()
+	topics := len(g.topics)
+	g.mu.Unlock()
+	return GatewayStats{
+		Connections:   g.stats.connections.Load(),
+		Subscriptions: g.stats.subscriptions.Load(),
+		Topics:        topics,
+		LiveEvents:    g.stats.liveEvents.Load(),
+		Resumes:       g.stats.resumes.Load(),
+		NotRecovered:  g.stats.notRecovered.Load(),
+		CatchUps:      g.stats.catchUps.Load(),
+	}
+}

@@ -1,0 +1,313 @@
+package bus
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
+)
+
+// topicLinger keeps a topic's live channel subscribed this long after its
+// last subscriber left, so churn does not cost a SUBSCRIBE each time.
+const topicLinger = 30 * time.Second
+
+// topic is one topic with local subscribers.
+type topic struct {
+	name      string
+	p         int
+	ready     chan struct{} // closed once Redis confirmed the subscription
+	readyOnce sync.Once
+
+	// Guarded by Gateway.mu.
+	refs      int
+	idleSince time.Time
+
+	mu       sync.Mutex
+	subs     map[*subscription]struct{}
+	seen     streams.ID  // newest event delivered to this topic's subscribers
+	catching bool        // pub/sub was lost: live events wait in backlog
+	backlog  []liveEvent // live events received while catching up
+}
+
+// liveEvent is one event with its frame, encoded once for every subscriber.
+type liveEvent struct {
+	id    streams.ID
+	frame []byte
+}
+
+// subscription is one connection's subscription to one topic.
+type subscription struct {
+	conn    *ws.Conn
+	topic   *topic
+	last    streams.ID  // newest event sent; guarded by topic.mu once live
+	live    bool        // history sent; guarded by topic.mu
+	pending []liveEvent // live events held until live; guarded by topic.mu
+}
+
+func (t *topic) markReady() { t.readyOnce.Do(func() { close(t.ready) }) }
+
+// deliverLocked sends ev to every subscriber that has not had it, in ID
+// order; subscriptions still sending history hold it for later.
+func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
+	if t.seen.Less(ev.id) {
+		t.seen = ev.id
+	}
+	for s := range t.subs {
+		if !s.live {
+			if len(s.pending) >= g.cfg.MaxPending {
+				s.conn.Close(ws.CloseSlowConsumer, "slow consumer: reconnect and resume")
+				continue
+			}
+			s.pending = append(s.pending, ev)
+			continue
+		}
+		if s.last.Less(ev.id) {
+			s.last = ev.id
+			_ = s.conn.Send(ev.frame)
+		}
+	}
+}
+
+// acquire returns the topic, subscribing its live channel when it is new.
+func (g *Gateway) acquire(name string) *topic {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.topics[name]
+	if !ok {
+		t = &topic{
+			name:  name,
+			p:     streams.Partition(name, g.cfg.Partitions),
+			ready: make(chan struct{}),
+			subs:  make(map[*subscription]struct{}),
+		}
+		g.topics[name] = t
+		lp := g.partLocked(t.p)
+		if err := lp.ps.SSubscribe(g.ctx, g.cfg.Keys.Live(t.p, name)); err != nil {
+			// go-redis resubscribes on its next connection; the catch-up
+			// that follows covers what was missed.
+			g.cfg.Logger.Warn("subscribing live channel", "topic", name, "err", err)
+		}
+	}
+	t.refs++
+	return t
+}
+
+// release drops a reference to t; sweep unsubscribes it once it lingered.
+func (g *Gateway) release(t *topic) {
+	g.mu.Lock()
+	t.refs--
+	if t.refs == 0 {
+		t.idleSince = time.Now()
+	}
+	g.mu.Unlock()
+}
+
+// removeSub detaches s from its topic, once.
+func (g *Gateway) removeSub(s *subscription) {
+	t := s.topic
+	t.mu.Lock()
+	_, ok := t.subs[s]
+	delete(t.subs, s)
+	s.pending = nil
+	t.mu.Unlock()
+	if ok {
+		g.stats.subscriptions.Add(-1)
+		g.release(t)
+	}
+}
+
+// sweep unsubscribes topics nobody has wanted for topicLinger.
+func (g *Gateway) sweep() {
+	tick := time.NewTicker(topicLinger / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case now := <-tick.C:
+			g.mu.Lock()
+			for name, t := range g.topics {
+				if t.refs == 0 && now.Sub(t.idleSince) > topicLinger {
+					delete(g.topics, name)
+					_ = g.parts[t.p].ps.SUnsubscribe(g.ctx, g.cfg.Keys.Live(t.p, name))
+				}
+			}
+			g.mu.Unlock()
+		}
+	}
+}
+
+// livePart is the pub/sub connection of one partition's live channels: a
+// Redis Cluster PubSub is bound to the node of its first channel's slot, so
+// each partition gets its own.
+type livePart struct {
+	g      *Gateway
+	p      int
+	ps     *redis.PubSub
+	prefix string // "<prefix>:{p}:live:", cut from channel names
+}
+
+func (g *Gateway) partLocked(p int) *livePart {
+	if lp := g.parts[p]; lp != nil {
+		return lp
+	}
+	lp := &livePart{g: g, p: p, ps: g.cfg.Redis.SSubscribe(g.ctx), prefix: g.cfg.Keys.Live(p, "")}
+	g.parts[p] = lp
+	go lp.receive()
+	return lp
+}
+
+// receive reads one partition's pub/sub until the Gateway closes. After
+// the connection is lost, go-redis reconnects and resubscribes; the first
+// confirmation after that starts a catch-up of every topic from history.
+func (lp *livePart) receive() {
+	g := lp.g
+	lost := false
+	for g.ctx.Err() == nil {
+		msg, err := lp.ps.ReceiveTimeout(g.ctx, 15*time.Second)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				_ = lp.ps.Ping(g.ctx) // a dead connection fails here and reconnects
+				continue
+			}
+			if g.ctx.Err() != nil {
+				return
+			}
+			if !lost {
+				lost = true
+				g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partition", lp.p, "err", err)
+				g.startCatching(lp.p)
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind != "ssubscribe" {
+				continue
+			}
+			if t := g.topicOf(lp, m.Channel); t != nil {
+				t.markReady()
+			}
+			if lost {
+				lost = false
+				go g.catchUp(lp.p)
+			}
+		case *redis.Message:
+			g.fanOut(lp, m.Channel, m.Payload)
+		}
+	}
+}
+
+func (g *Gateway) topicOf(lp *livePart, channel string) *topic {
+	name, ok := strings.CutPrefix(channel, lp.prefix)
+	if !ok {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.topics[name]
+}
+
+// fanOut encodes a live event's frame once and queues it to every
+// subscriber of its topic.
+func (g *Gateway) fanOut(lp *livePart, channel, payload string) {
+	g.stats.liveEvents.Add(1)
+	t := g.topicOf(lp, channel)
+	if t == nil {
+		return
+	}
+	idText, ok := streams.EventID([]byte(payload))
+	if !ok {
+		g.cfg.Logger.Warn("ignoring a live message that is not a wsbus event", "channel", channel)
+		return
+	}
+	id, err := streams.ParseID(idText)
+	if err != nil {
+		return
+	}
+	ev := liveEvent{id: id, frame: ws.TextFrame([]byte(payload))}
+	t.mu.Lock()
+	if t.catching {
+		t.backlog = append(t.backlog, ev)
+	} else {
+		t.deliverLocked(g, ev)
+	}
+	t.mu.Unlock()
+}
+
+func (g *Gateway) topicsOf(p int) []*topic {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var ts []*topic
+	for _, t := range g.topics {
+		if t.p == p {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// startCatching makes a partition's topics hold live events until they
+// are caught up from history.
+func (g *Gateway) startCatching(p int) {
+	for _, t := range g.topicsOf(p) {
+		t.mu.Lock()
+		t.catching = true
+		t.mu.Unlock()
+	}
+}
+
+// catchUp delivers, for every topic of partition p, the history written
+// after the newest event its subscribers had, then the live events held
+// meanwhile; IDs already delivered are dropped per subscriber.
+func (g *Gateway) catchUp(p int) {
+	for _, t := range g.topicsOf(p) {
+		g.stats.catchUps.Add(1)
+		for g.ctx.Err() == nil {
+			if err := g.catchUpTopic(t); err == nil {
+				break
+			} else {
+				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}
+}
+
+func (g *Gateway) catchUpTopic(t *topic) error {
+	t.mu.Lock()
+	from := t.seen
+	t.mu.Unlock()
+	for {
+		events, err := g.hist.Range(g.ctx, t.name, from, g.cfg.HistoryPage)
+		if err != nil {
+			return err
+		}
+		t.mu.Lock()
+		for _, e := range events {
+			from = streams.MustParseID(e.ID)
+			t.deliverLocked(g, liveEvent{id: from, frame: eventFrame(t.name, e)})
+		}
+		if len(events) < g.cfg.HistoryPage {
+			for _, ev := range t.backlog {
+				t.deliverLocked(g, ev)
+			}
+			t.backlog, t.catching = nil, false
+			t.mu.Unlock()
+			return nil
+		}
+		t.mu.Unlock()
+	}
+}
+
+func eventFrame(topic string, e streams.Event) []byte {
+	return ws.TextFrame(streams.AppendEvent(nil, topic, e.ID, []byte(e.Data)))
+}

@@ -1,0 +1,165 @@
+package bus
+
+import (
+	"time"
+
+	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
+)
+
+// subscribe serves one subscribe request: live channel first, then
+// history after the cursor, then the live events held meanwhile, so there
+// is no gap and no duplicate between history and live.
+func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
+	if err := streams.ValidateTopic(m.Topic); err != nil {
+		g.sendError(c, codeBadTopic, m.Topic, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
+		return
+	}
+	if m.Since != nil {
+		if _, err := streams.ParseID(*m.Since); err != nil {
+			g.sendError(c, codeBadSince, m.Topic, "since must be a stream ID such as 1718000000000-0, or 0")
+			return
+		}
+	}
+	if code, msg := cl.admit(m.Topic, g.cfg.MaxSubscriptions); code != "" {
+		g.sendError(c, code, m.Topic, msg)
+		return
+	}
+	t := g.acquire(m.Topic)
+	s := &subscription{conn: c, topic: t}
+	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
+		g.release(t)
+		g.sendError(c, code, m.Topic, msg)
+		return
+	}
+	t.mu.Lock()
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	g.stats.subscriptions.Add(1)
+	if cl.isClosed() {
+		g.removeSub(s) // Closed ran before s joined its topic
+		return
+	}
+	if !g.waitReady(t) || !g.sendHistory(c, s, m) {
+		cl.remove(m.Topic, s)
+		g.removeSub(s)
+		g.sendError(c, codeUnavailable, m.Topic, "the bus is unavailable; retry")
+		return
+	}
+	g.goLive(s)
+}
+
+func (g *Gateway) waitReady(t *topic) bool {
+	timer := time.NewTimer(g.cfg.ReadyTimeout)
+	defer timer.Stop()
+	select {
+	case <-t.ready:
+		return true
+	case <-timer.C:
+		return false
+	case <-g.ctx.Done():
+		return false
+	}
+}
+
+// sendHistory sends subscribed and the events after the cursor; it sets
+// s.last (s is not live yet, so no one else reads it).
+func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool {
+	if m.Since == nil {
+		epoch, head, err := g.hist.Head(g.ctx, m.Topic)
+		if err != nil {
+			g.cfg.Logger.Warn("reading topic head", "topic", m.Topic, "err", err)
+			return false
+		}
+		s.last = head
+		_ = c.Send(ws.TextFrame(appendSubscribed(nil, m.Topic, true, epoch)))
+		return true
+	}
+	g.stats.resumes.Add(1)
+	r, err := g.hist.Resume(g.ctx, m.Topic, *m.Since, m.Epoch, g.cfg.HistoryPage)
+	if err != nil {
+		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
+		return false
+	}
+	if !r.Recovered {
+		g.stats.notRecovered.Add(1)
+	}
+	_ = c.Send(ws.TextFrame(appendSubscribed(nil, m.Topic, r.Recovered, r.Epoch)))
+	if r.Recovered {
+		s.last, _ = streams.ParseID(*m.Since)
+	} // else the cursor is not trusted: every event sent or held is new to it
+	events, more := r.Events, r.More
+	for {
+		for _, e := range events {
+			s.last = streams.MustParseID(e.ID)
+			if c.Send(eventFrame(m.Topic, e)) != nil {
+				return true // closed: Closed cleans up
+			}
+		}
+		if !more {
+			return true
+		}
+		if events, err = g.hist.Range(g.ctx, m.Topic, s.last, g.cfg.HistoryPage); err != nil {
+			g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
+			return false
+		}
+		more = len(events) == g.cfg.HistoryPage
+	}
+}
+
+// goLive sends the live events held while history was sent, dropping those
+// history already had, and makes s receive live events directly.
+func (g *Gateway) goLive(s *subscription) {
+	t := s.topic
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, ev := range s.pending {
+		if s.last.Less(ev.id) {
+			s.last = ev.id
+			_ = s.conn.Send(ev.frame)
+		}
+	}
+	s.pending, s.live = nil, true
+}
+
+// admit checks that topic may be added before any Redis work is done.
+func (cl *client) admit(topic string, max int) (code, msg string) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.checkLocked(topic, max)
+}
+
+func (cl *client) add(topic string, s *subscription, max int) (code, msg string) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if code, msg = cl.checkLocked(topic, max); code == "" {
+		cl.subs[topic] = s
+	}
+	return code, msg
+}
+
+func (cl *client) checkLocked(topic string, max int) (code, msg string) {
+	switch {
+	case cl.closed:
+		return codeUnavailable, "connection closing"
+	case cl.subs[topic] != nil:
+		return codeAlreadySubscribed, "already subscribed to this topic"
+	case len(cl.subs) >= max:
+		return codeTooMany, "too many subscriptions on this connection"
+	}
+	return "", ""
+}
+
+func (cl *client) remove(topic string, s *subscription) {
+	cl.mu.Lock()
+	if cl.subs[topic] == s {
+		delete(cl.subs, topic)
+	}
+	cl.mu.Unlock()
+}
+
+func (cl *client) isClosed() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.closed
+}

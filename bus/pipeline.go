@@ -1,0 +1,189 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// trimEvery is how often an owner trims its ingress to the retention.
+const trimEvery = time.Minute
+
+// runPartition moves partition p's ingress into history and pub/sub while
+// the lease holds: first the entries left pending by earlier owners (or an
+// earlier run of this node), then new ones.
+func (o *Owner) runPartition(ctx context.Context, l *lease) error {
+	if err := o.ensure(ctx, l); err != nil {
+		return err
+	}
+	if err := o.claim(ctx, l); err != nil {
+		return err
+	}
+	cursor := "0" // our own pending entries first, then ">" for new ones
+	lastTrim := time.Now()
+	var backoff time.Duration
+	for ctx.Err() == nil {
+		msgs, err := o.read(ctx, l.p, cursor)
+		if err == nil && cursor == "0" && len(msgs) == 0 {
+			cursor = ">"
+			continue
+		}
+		if err == nil {
+			err = o.apply(ctx, l, msgs)
+		}
+		if time.Since(lastTrim) > trimEvery && err == nil {
+			lastTrim = time.Now()
+			err = o.trim(ctx, l)
+		}
+		switch {
+		case err == nil:
+			backoff = 0
+		case ctx.Err() != nil:
+			return nil
+		case isLeaseLost(err):
+			o.stats.lost.Add(1)
+			return ErrLeaseLost
+		case strings.HasPrefix(err.Error(), "NOGROUP"):
+			// The stream or group vanished: the partition's data was lost.
+			if err := o.ensure(ctx, l); err != nil {
+				return err
+			}
+			cursor = "0"
+		default:
+			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+			o.cfg.Logger.Warn("partition pipeline", "partition", l.p, "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+		}
+	}
+	return nil
+}
+
+// read reads a batch of ingress entries after cursor.
+func (o *Owner) read(ctx context.Context, p int, cursor string) ([]redis.XMessage, error) {
+	block := o.cfg.Block
+	if cursor != ">" {
+		block = -1 // pending entries: answer at once
+	}
+	res, err := o.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group:    streams.Group,
+		Consumer: o.cfg.Node,
+		Streams:  []string{o.cfg.Keys.Ingress(p), cursor},
+		Count:    int64(o.cfg.Batch),
+		Block:    block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res[0].Messages, nil
+}
+
+// ensure recreates a lost stream, group or epoch of the partition.
+func (o *Owner) ensure(ctx context.Context, l *lease) error {
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.PartitionMeta(l.p)}
+	renewed, err := ensureScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, streams.NewEpoch()).Int()
+	if err != nil {
+		if isLeaseLost(err) {
+			return ErrLeaseLost
+		}
+		return fmt.Errorf("checking partition %d: %w", l.p, err)
+	}
+	if renewed == 1 {
+		o.cfg.Logger.Warn("partition data missing; epoch renewed", "partition", l.p)
+	}
+	return nil
+}
+
+// claim takes over the entries that other consumers (earlier owners) left
+// pending. The lease makes this node the partition's only reader, so they
+// are claimed whatever their idle time.
+func (o *Owner) claim(ctx context.Context, l *lease) error {
+	start := "0-0"
+	for {
+		_, next, err := o.cfg.Redis.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
+			Stream:   o.cfg.Keys.Ingress(l.p),
+			Group:    streams.Group,
+			Consumer: o.cfg.Node,
+			Start:    start,
+			Count:    int64(o.cfg.Batch),
+		}).Result()
+		if err != nil {
+			return fmt.Errorf("claiming pending entries of partition %d: %w", l.p, err)
+		}
+		if next == "0-0" {
+			return nil
+		}
+		start = next
+	}
+}
+
+// apply validates a batch and applies it with one fenced script call.
+// Misrouted entries are first forwarded to their partition (a crash between
+// forward and acknowledgement forwards again: at least once).
+func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
+	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs)}
+	var dead, forwarded uint64
+	for _, m := range msgs {
+		e, err := streams.DecodeEntry(m.ID, m.Values, o.cfg.MaxData)
+		switch {
+		case err != nil:
+			topic, _ := m.Values["topic"].(string)
+			data, _ := m.Values["data"].(string)
+			args = append(args, "d", m.ID, strings.TrimPrefix(err.Error(), "streams: "), topic, data)
+			dead++
+		case streams.Partition(e.Topic, o.cfg.Partitions) != l.p:
+			if err := o.forward(ctx, l.p, e); err != nil {
+				return err
+			}
+			args = append(args, "a", m.ID)
+			forwarded++
+		default:
+			event := streams.AppendEvent(nil, e.Topic, e.ID, []byte(e.Data))
+			keys = append(keys, o.cfg.Keys.Topic(l.p, e.Topic), o.cfg.Keys.Live(l.p, e.Topic))
+			args = append(args, "h", m.ID, e.Data, event)
+		}
+	}
+	added, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Uint64()
+	if err != nil {
+		return err
+	}
+	o.stats.delivered.Add(added)
+	o.stats.deadLettered.Add(dead)
+	o.stats.forwarded.Add(forwarded)
+	return nil
+}
+
+func (o *Owner) forward(ctx context.Context, from int, e streams.Entry) error {
+	to := streams.Partition(e.Topic, o.cfg.Partitions)
+	err := o.cfg.Redis.XAdd(ctx, &redis.XAddArgs{
+		Stream: o.cfg.Keys.Ingress(to),
+		Values: []any{"topic", e.Topic, "data", e.Data, "forwarded_from", strconv.Itoa(from) + "/" + e.ID},
+	}).Err()
+	if err != nil {
+		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, from, to, err)
+	}
+	return nil
+}
+
+// trim drops ingress entries older than the retention, never a pending one.
+func (o *Owner) trim(ctx context.Context, l *lease) error {
+	minID := strconv.FormatInt(time.Now().Add(-o.cfg.Retention).UnixMilli(), 10) + "-0"
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
+	return trimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, minID).Err()
+}

@@ -1,0 +1,73 @@
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// clientMessage is a message from a client; unknown fields are ignored.
+type clientMessage struct {
+	Type  string  `json:"type"`
+	Topic string  `json:"topic"`
+	Since *string `json:"since"` // nil: only new events
+	Epoch string  `json:"epoch"`
+}
+
+// Error codes of {"type":"error"} replies.
+const (
+	codeBadRequest        = "bad_request"
+	codeUnknownType       = "unknown_type"
+	codeBadTopic          = "bad_topic"
+	codeBadSince          = "bad_since"
+	codeAlreadySubscribed = "already_subscribed"
+	codeNotSubscribed     = "not_subscribed"
+	codeTooMany           = "too_many_subscriptions"
+	codeUnavailable       = "unavailable"
+)
+
+// errBadMessage is returned by decodeClientMessage for anything that is not
+// a JSON object with a string "type".
+var errBadMessage = errors.New("bus: message is not a JSON object with a type")
+
+// decodeClientMessage decodes one client message; it is fuzzed.
+func decodeClientMessage(b []byte) (clientMessage, error) {
+	var m clientMessage
+	if err := json.Unmarshal(b, &m); err != nil || m.Type == "" {
+		return clientMessage{}, errBadMessage
+	}
+	return m, nil
+}
+
+func appendSubscribed(dst []byte, topic string, recovered bool, epoch string) []byte {
+	dst = append(dst, `{"type":"subscribed","topic":`...)
+	dst = streams.AppendJSONString(dst, topic)
+	if recovered {
+		dst = append(dst, `,"recovered":true,"epoch":`...)
+	} else {
+		dst = append(dst, `,"recovered":false,"epoch":`...)
+	}
+	dst = streams.AppendJSONString(dst, epoch)
+	return append(dst, '}')
+}
+
+func appendUnsubscribed(dst []byte, topic string) []byte {
+	dst = append(dst, `{"type":"unsubscribed","topic":`...)
+	dst = streams.AppendJSONString(dst, topic)
+	return append(dst, '}')
+}
+
+func appendError(dst []byte, code, topic, message string) []byte {
+	dst = append(dst, `{"type":"error","code":`...)
+	dst = streams.AppendJSONString(dst, code)
+	if topic != "" {
+		dst = append(dst, `,"topic":`...)
+		dst = streams.AppendJSONString(dst, topic)
+	}
+	dst = append(dst, `,"message":`...)
+	dst = streams.AppendJSONString(dst, message)
+	return append(dst, '}')
+}
+
+var pongMessage = []byte(`{"type":"pong"}`)
