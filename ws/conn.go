@@ -47,9 +47,9 @@ type Conn struct {
 }
 
 const (
-	flushNothing uint8 = iota
-	flushHalfClose     // our close frame is out: half-close, wait for the peer
-	flushClose         // we answered the peer's close: cut now
+	flushNothing   uint8 = iota
+	flushHalfClose       // our close frame is out: half-close, wait for the peer
+	flushClose           // we answered the peer's close: cut now
 )
 
 func newConn(s *Server, nc net.Conn, fd int) *Conn {

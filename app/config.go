@@ -1,0 +1,143 @@
+package app
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// stringList is a flag that may be given several times.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// common are the flags every command has.
+type common struct {
+	redis  stringList
+	prefix string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.Var(&c.redis, "redis", "Redis URL: redis://host:port/db, rediss:// for TLS, redis+cluster://h1:p1,h2:p2 for Redis Cluster, or give --redis once per cluster node (default redis://127.0.0.1:6379/0)")
+	fs.StringVar(&c.prefix, "prefix", "wsbus", "prefix of every Redis key of the bus")
+}
+
+// client opens the Redis client the URLs describe. poolSize 0 keeps
+// go-redis's default.
+func (c *common) client(poolSize int) (redis.UniversalClient, error) {
+	urls := c.redis
+	if len(urls) == 0 {
+		urls = stringList{"redis://127.0.0.1:6379/0"}
+	}
+	if len(urls) == 1 && !strings.HasPrefix(urls[0], "redis+cluster://") {
+		opt, err := redis.ParseURL(urls[0])
+		if err != nil {
+			return nil, fmt.Errorf("parsing --redis %q: %w", urls[0], err)
+		}
+		opt.PoolSize = max(poolSize, opt.PoolSize)
+		opt.ContextTimeoutEnabled = true
+		return redis.NewClient(opt), nil
+	}
+	var addrs []string
+	for _, u := range urls {
+		rest, ok := strings.CutPrefix(u, "redis+cluster://")
+		if !ok {
+			rest = strings.TrimPrefix(u, "redis://")
+		}
+		rest, _, _ = strings.Cut(rest, "/")
+		addrs = append(addrs, strings.Split(rest, ",")...)
+	}
+	return redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:                 addrs,
+		PoolSize:              poolSize,
+		ContextTimeoutEnabled: true,
+	}), nil
+}
+
+// parse reads configuration in order of precedence: command line, then
+// WSBUS_* environment variables, then the --config file, then defaults.
+func parse(fs *flag.FlagSet, args []string) error {
+	var file string
+	fs.StringVar(&file, "config", "", "file of `name = value` lines, one per flag (environment WSBUS_CONFIG)")
+	if err := applyFile(fs, configPath(args)); err != nil {
+		return err
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := os.LookupEnv(envName(f.Name))
+		if ok && err == nil && f.Name != "config" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("environment %s: %w", envName(f.Name), e)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// envName is the environment variable of a flag: --node-id is WSBUS_NODE_ID.
+func envName(flagName string) string {
+	return "WSBUS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func configPath(args []string) string {
+	for i, a := range args {
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if v, ok := strings.CutPrefix(a, "config="); ok {
+			return v
+		}
+		if a == "config" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return os.Getenv("WSBUS_CONFIG")
+}
+
+func applyFile(fs *flag.FlagSet, path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("reading config file: %w", err)
+	}
+	defer f.Close()
+	return applyLines(fs, path, f)
+}
+
+func applyLines(fs *flag.FlagSet, path string, r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		if !ok {
+			return fmt.Errorf("%s:%d: want `name = value`", path, n)
+		}
+		name = strings.TrimSpace(name)
+		if fs.Lookup(name) == nil {
+			return fmt.Errorf("%s:%d: unknown setting %q", path, n, name)
+		}
+		if err := fs.Set(name, strings.Trim(strings.TrimSpace(value), `"`)); err != nil {
+			return fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+	}
+	return sc.Err()
+}
+
+// errUsage marks an error already explained by the flag package.
+var errUsage = errors.New("usage")

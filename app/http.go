@@ -1,0 +1,153 @@
+package app
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/bus"
+	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
+)
+
+//go:embed demo.html
+var demoPage []byte
+
+// httpAPI serves every path but /v1/ws.
+type httpAPI struct {
+	cfg     ServeConfig
+	rdb     redis.UniversalClient
+	keys    streams.Keys
+	n       int
+	owner   *bus.Owner
+	gw      *bus.Gateway
+	ws      *ws.Server
+	pub     *streams.Publisher
+	hist    *streams.History
+	started atomic.Bool
+}
+
+func (h *httpAPI) mux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	m.HandleFunc("GET /readyz", h.readyz)
+	m.HandleFunc("POST /v1/publish", h.publish)
+	m.HandleFunc("GET /v1/history", h.history)
+	m.Handle("GET /metrics", h.metrics())
+	m.HandleFunc("GET /{$}", h.demo)
+	return m
+}
+
+func (h *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	switch {
+	case !h.started.Load():
+		http.Error(w, "starting\n", http.StatusServiceUnavailable)
+	case h.rdb.Ping(ctx).Err() != nil:
+		http.Error(w, "redis unreachable\n", http.StatusServiceUnavailable)
+	default:
+		_, _ = io.WriteString(w, "ready\n")
+	}
+}
+
+func (h *httpAPI) demo(w http.ResponseWriter, _ *http.Request) {
+	if !h.cfg.Insecure {
+		http.NotFound(w, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_, _ = w.Write(demoPage)
+}
+
+// publish is POST /v1/publish {"topic":..,"data":..} -> {"id":..}.
+func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
+	if !h.cfg.Insecure {
+		writeError(w, http.StatusForbidden, "publishing over HTTP needs an API key, which this version does not support yet")
+		return
+	}
+	var body struct {
+		Topic string          `json:"topic"`
+		Data  json.RawMessage `json:"data"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+4096))
+	if err := dec.Decode(&body); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be a JSON object {\"topic\":..,\"data\":..}: "+err.Error())
+		return
+	}
+	if len(body.Data) == 0 {
+		writeError(w, http.StatusBadRequest, "data is missing")
+		return
+	}
+	id, err := h.pub.Publish(r.Context(), body.Topic, body.Data)
+	switch {
+	case errors.Is(err, streams.ErrBadTopic):
+		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
+	case errors.Is(err, streams.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "data is larger than "+strconv.Itoa(h.cfg.MaxData)+" bytes")
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"id": id})
+	}
+}
+
+type historyEvent struct {
+	ID   string          `json:"id"`
+	Data json.RawMessage `json:"data"`
+}
+
+// history is GET /v1/history?topic=&since=&limit=.
+func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	topic, since := q.Get("topic"), q.Get("since")
+	if err := streams.ValidateTopic(topic); err != nil {
+		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
+		return
+	}
+	if since == "" {
+		since = "0"
+	}
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		var err error
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
+			writeError(w, http.StatusBadRequest, "limit must be 1..1000")
+			return
+		}
+	}
+	res, err := h.hist.Resume(r.Context(), topic, since, q.Get("epoch"), limit)
+	if errors.Is(err, streams.ErrBadID) {
+		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	events := make([]historyEvent, len(res.Events))
+	for i, e := range res.Events {
+		events[i] = historyEvent{ID: e.ID, Data: streams.AppendData(nil, []byte(e.Data))}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"topic": topic, "epoch": res.Epoch, "recovered": res.Recovered, "events": events, "more": res.More,
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

@@ -1,0 +1,89 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+)
+
+const usage = `wsbus: a real-time notification bus from Redis Streams to WebSocket clients.
+
+Usage:
+  wsbus serve    [flags]               run a gateway node (applies migrations on a new bus)
+  wsbus migrate  [flags]               create or upgrade the bus's Redis keys
+  wsbus publish  [flags] TOPIC DATA    append one event ("-" reads DATA from stdin)
+  wsbus tail     [flags] TOPIC...      subscribe and print events, resuming on reconnect
+
+Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set
+with an environment variable WSBUS_<FLAG> (--node-id is WSBUS_NODE_ID) or in a
+--config file of 'name = value' lines; the command line wins over both.
+`
+
+type command struct {
+	run  func(args []string, stdout, stderr io.Writer) error
+	help string
+}
+
+var commands = map[string]command{
+	"serve":   {runServe, "run a gateway node"},
+	"migrate": {runMigrate, "create or upgrade the bus's Redis keys"},
+	"publish": {runPublish, "append one event"},
+	"tail":    {runTail, "subscribe and print events"},
+}
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "wsbus: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	err := cmd.run(args[1:], stdout, stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "wsbus %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// newFlagSet returns a flag set that prints its usage to stderr.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("wsbus "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: wsbus %s\n\nFlags (each also WSBUS_<FLAG> in the environment):\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseOrUsage parses flags, turning a flag error into errUsage.
+func parseOrUsage(fs *flag.FlagSet, args []string) error {
+	if err := parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		if fs.Parsed() {
+			return errUsage // the flag package printed the problem
+		}
+		return err
+	}
+	return nil
+}
+
+// wasSet reports whether a flag was given on the command line, in the
+// environment or in the config file.
+func wasSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

@@ -1,0 +1,41 @@
+package app
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics builds the node's registry: the standard Go and process
+// collectors beside gauges and counters read from each package's Stats.
+func (h *httpAPI) metrics() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	}
+	gauge("wsbus_ws_connections", "Open WebSocket connections.", func() float64 { return float64(h.ws.Stats().Connections) })
+	counter("wsbus_ws_upgrades_total", "Successful WebSocket upgrades.", func() float64 { return float64(h.ws.Stats().Upgraded) })
+	counter("wsbus_ws_handshake_errors_total", "Refused or failed WebSocket upgrades.", func() float64 { return float64(h.ws.Stats().HandshakeErrors) })
+	counter("wsbus_ws_messages_in_total", "Client messages received.", func() float64 { return float64(h.ws.Stats().MessagesIn) })
+	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
+	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })
+	counter("wsbus_ws_slow_consumers_total", "Clients closed with 4001.", func() float64 { return float64(h.ws.Stats().SlowConsumers) })
+	gauge("wsbus_gateway_subscriptions", "Open subscriptions.", func() float64 { return float64(h.gw.Stats().Subscriptions) })
+	gauge("wsbus_gateway_topics", "Topics with a live channel subscription.", func() float64 { return float64(h.gw.Stats().Topics) })
+	counter("wsbus_gateway_live_events_total", "Events received from pub/sub.", func() float64 { return float64(h.gw.Stats().LiveEvents) })
+	counter("wsbus_gateway_resumes_total", "Subscriptions that sent a cursor.", func() float64 { return float64(h.gw.Stats().Resumes) })
+	counter("wsbus_gateway_not_recovered_total", "Resumes answered recovered:false.", func() float64 { return float64(h.gw.Stats().NotRecovered) })
+	counter("wsbus_gateway_catchups_total", "Topics caught up from history after a pub/sub loss.", func() float64 { return float64(h.gw.Stats().CatchUps) })
+	gauge("wsbus_bus_partitions_owned", "Partitions this node holds.", func() float64 { return float64(h.owner.Stats().Owned) })
+	counter("wsbus_bus_deliveries_total", "Events added to history and published.", func() float64 { return float64(h.owner.Stats().Delivered) })
+	counter("wsbus_bus_dead_letters_total", "Entries moved to a dead-letter stream.", func() float64 { return float64(h.owner.Stats().DeadLettered) })
+	counter("wsbus_bus_forwarded_total", "Misrouted entries forwarded to their partition.", func() float64 { return float64(h.owner.Stats().Forwarded) })
+	counter("wsbus_bus_leases_lost_total", "Partition leases found lost.", func() float64 { return float64(h.owner.Stats().Lost) })
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,43 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/wsbus/wsbus/migrations"
+	"github.com/wsbus/wsbus/streams"
+)
+
+func runMigrate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("migrate", "migrate [flags]", stderr)
+	var c common
+	c.register(fs)
+	partitions := fs.Int("partitions", migrations.DefaultPartitions, "partition count of a new bus; fixed once the bus exists")
+	if err := parseOrUsage(fs, args); err != nil {
+		return err
+	}
+	explicit := 0
+	if wasSet(fs, "partitions") {
+		explicit = *partitions
+	}
+	rdb, err := c.client(0)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	keys := streams.Keys{Prefix: c.prefix}
+	applied, err := migrations.Run(ctx, rdb, keys, explicit)
+	if err != nil {
+		return err
+	}
+	n, err := streams.Partitions(ctx, rdb, keys)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bus %q: %d partitions, schema %d (%d migrations applied now)\n", c.prefix, n, migrations.Latest(), applied)
+	return nil
+}

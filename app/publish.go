@@ -1,0 +1,44 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+func runPublish(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("publish", "publish [flags] TOPIC DATA   (DATA \"-\" reads standard input)", stderr)
+	var c common
+	c.register(fs)
+	if err := parseOrUsage(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	topic, data := fs.Arg(0), []byte(fs.Arg(1))
+	if fs.Arg(1) == "-" {
+		var err error
+		if data, err = io.ReadAll(io.LimitReader(os.Stdin, streams.DefaultMaxData+1)); err != nil {
+			return fmt.Errorf("reading standard input: %w", err)
+		}
+	}
+	rdb, err := c.client(0)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id, err := streams.NewPublisher(rdb, streams.Keys{Prefix: c.prefix}, 0).Publish(ctx, topic, data)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, id)
+	return nil
+}

@@ -1,0 +1,198 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/bus"
+	"github.com/wsbus/wsbus/migrations"
+	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
+)
+
+// ServeConfig is the configuration of `wsbus serve`.
+type ServeConfig struct {
+	common
+	Listen           string
+	NodeID           string
+	Partitions       int
+	Insecure         bool
+	JWTSecret        string
+	JWTPublicKey     string
+	MaxMessage       int
+	MaxQueue         int
+	MaxData          int
+	MaxSubscriptions int
+	HistoryLen       int
+	HistoryTTL       time.Duration
+	Retention        time.Duration
+	LeaseTTL         time.Duration
+	PingInterval     time.Duration
+	DrainTimeout     time.Duration
+	LogLevel         string
+}
+
+func (c *ServeConfig) register(fs *flag.FlagSet) {
+	c.common.register(fs)
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "address for WebSocket and HTTP")
+	fs.StringVar(&c.NodeID, "node-id", "", "name of this node in leases and consumer groups (default hostname + listen port)")
+	fs.IntVar(&c.Partitions, "partitions", migrations.DefaultPartitions, "partition count if this start creates the bus")
+	fs.BoolVar(&c.Insecure, "insecure", false, "run without authentication: every client may read every topic and publish over HTTP (development only)")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HS256 secret of client tokens")
+	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RS256/ES256 public key of client tokens")
+	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client message in bytes (bigger: close 1009)")
+	fs.IntVar(&c.MaxQueue, "max-queue", 1<<20, "bytes queued to one client before it is closed with 4001")
+	fs.IntVar(&c.MaxData, "max-data", streams.DefaultMaxData, "largest event payload in bytes (bigger: dead-lettered)")
+	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 128, "topics per connection")
+	fs.IntVar(&c.HistoryLen, "history-len", 1000, "about how many events each topic's history keeps")
+	fs.DurationVar(&c.HistoryTTL, "history-ttl", 24*time.Hour, "a topic's history expires after this long without events")
+	fs.DurationVar(&c.Retention, "retention", 24*time.Hour, "how long processed ingress entries are kept")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 5*time.Second, "partition lease time to live: a dead node's partitions move within it")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "ping a client silent for this long; close it after three times as long")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long clients get to go before they are cut")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+func (c *ServeConfig) check() error {
+	if c.JWTSecret != "" || c.JWTPublicKey != "" {
+		return errors.New("JWT authentication is not available in this version yet; run with --insecure on a trusted network")
+	}
+	if !c.Insecure {
+		return errors.New("no authentication key configured: give --jwt-secret or --jwt-public-key, or --insecure for development")
+	}
+	if c.NodeID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(c.Listen)
+		c.NodeID = host + ":" + port
+	}
+	if strings.ContainsAny(c.NodeID, " \t\r\n") {
+		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
+	}
+	return nil
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "serve [flags]", stderr)
+	var c ServeConfig
+	c.register(fs)
+	if err := parseOrUsage(fs, args); err != nil {
+		return err
+	}
+	if !wasSet(fs, "partitions") {
+		c.Partitions = 0 // take the existing bus's count
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return Serve(ctx, c, logger, func(addr string) {
+		logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws")
+	})
+}
+
+// Serve runs a gateway node until ctx is done, then drains it: leases are
+// released first, then clients are closed with 4002. ready is called with
+// the listening address once the node serves.
+func Serve(ctx context.Context, c ServeConfig, logger *slog.Logger, ready func(addr string)) error {
+	boot, err := c.client(0)
+	if err != nil {
+		return err
+	}
+	keys := streams.Keys{Prefix: c.prefix}
+	applied, err := migrations.Run(ctx, boot, keys, c.Partitions)
+	if err != nil {
+		_ = boot.Close()
+		return fmt.Errorf("migrating the bus: %w", err)
+	}
+	if applied > 0 {
+		logger.Info("bus migrated", "prefix", c.prefix, "schema", migrations.Latest())
+	}
+	n, err := streams.Partitions(ctx, boot, keys)
+	_ = boot.Close()
+	if err != nil {
+		return err
+	}
+	// Every owned partition holds one connection in a blocking read.
+	rdb, err := c.client(n + 64)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	return serveBus(ctx, c, logger, rdb, keys, n, ready)
+}
+
+func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis.UniversalClient, keys streams.Keys, n int, ready func(string)) error {
+	owner, err := bus.NewOwner(bus.OwnerConfig{
+		Redis: rdb, Keys: keys, Partitions: n, Node: c.NodeID,
+		LeaseTTL: c.LeaseTTL, MaxData: c.MaxData, HistoryLen: c.HistoryLen,
+		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	gw, err := bus.NewGateway(bus.GatewayConfig{
+		Redis: rdb, Keys: keys, Partitions: n,
+		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	h := &httpAPI{cfg: c, rdb: rdb, keys: keys, n: n, owner: owner, gw: gw,
+		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
+	srv, err := ws.New(ws.Config{
+		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue,
+		PingInterval: c.PingInterval, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	h.ws = srv
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return err
+	}
+	ownerCtx, stopOwner := context.WithCancel(context.Background())
+	ownerDone := make(chan struct{})
+	go func() {
+		defer close(ownerDone)
+		_ = owner.Run(ownerCtx)
+	}()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	h.started.Store(true)
+	ready(ln.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	logger.Info("draining: releasing leases, then closing clients with 4002")
+	stopOwner()
+	<-ownerDone
+	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
+	defer cancel()
+	_ = srv.Shutdown(drainCtx, ws.CloseDraining, "node draining: reconnect and resume")
+	if errors.Is(err, ws.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

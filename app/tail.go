@@ -1,0 +1,148 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	gws "github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// tailCursor is what tail remembers of a topic to resume it.
+type tailCursor struct {
+	since *string
+	epoch string
+}
+
+type serverMessage struct {
+	Type      string          `json:"type"`
+	Topic     string          `json:"topic"`
+	ID        string          `json:"id"`
+	Data      json.RawMessage `json:"data"`
+	Recovered bool            `json:"recovered"`
+	Epoch     string          `json:"epoch"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+}
+
+func runTail(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("tail", "tail [flags] TOPIC...", stderr)
+	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket URL of a gateway")
+	since := fs.String("since", "", "resume after this event ID (\"0\": everything retained); default only new events")
+	count := fs.Int("count", 0, "exit after printing this many events (0: run until interrupted)")
+	if err := parseOrUsage(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cursors := make(map[string]*tailCursor)
+	for _, t := range fs.Args() {
+		c := &tailCursor{}
+		if *since != "" {
+			s := *since
+			c.since = &s
+		}
+		cursors[t] = c
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	t := &tailer{url: *url, cursors: cursors, topics: fs.Args(), out: stdout, log: stderr, left: *count}
+	return t.run(ctx)
+}
+
+type tailer struct {
+	url     string
+	topics  []string
+	cursors map[string]*tailCursor
+	out     io.Writer
+	log     io.Writer
+	left    int // events still to print; 0 means unbounded
+}
+
+var errTailDone = errors.New("tail: done")
+
+// run connects, subscribes and prints until ctx ends or count is reached,
+// reconnecting with backoff and resuming every topic from its cursor.
+func (t *tailer) run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := t.session(ctx)
+		if errors.Is(err, errTailDone) || ctx.Err() != nil {
+			return nil
+		}
+		fmt.Fprintf(t.log, "# disconnected (%v); reconnecting in %v\n", err, backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (t *tailer) session(ctx context.Context) error {
+	conn, _, _, err := gws.Dial(ctx, t.url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	for _, topic := range t.topics {
+		c := t.cursors[topic]
+		msg, _ := json.Marshal(map[string]any{"type": "subscribe", "topic": topic, "since": c.since, "epoch": c.epoch})
+		if err := wsutil.WriteClientText(conn, msg); err != nil {
+			return err
+		}
+	}
+	for {
+		data, err := wsutil.ReadServerText(conn)
+		if err != nil {
+			var closed wsutil.ClosedError
+			if errors.As(err, &closed) {
+				return fmt.Errorf("closed by server: %d %s", closed.Code, closed.Reason)
+			}
+			return err
+		}
+		if err := t.handle(data); err != nil {
+			return err
+		}
+	}
+}
+
+func (t *tailer) handle(data []byte) error {
+	var m serverMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("bad message from server: %w", err)
+	}
+	switch m.Type {
+	case "event":
+		if c := t.cursors[m.Topic]; c != nil {
+			id := m.ID
+			c.since = &id
+		}
+		fmt.Fprintf(t.out, "%s %s %s\n", m.Topic, m.ID, m.Data)
+		if t.left > 0 {
+			if t.left--; t.left == 0 {
+				return errTailDone
+			}
+		}
+	case "subscribed":
+		if c := t.cursors[m.Topic]; c != nil {
+			c.epoch = m.Epoch
+		}
+		fmt.Fprintf(t.log, "# subscribed %s recovered=%v epoch=%s\n", m.Topic, m.Recovered, m.Epoch)
+	case "error":
+		fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
+	}
+	return nil
+}
