@@ -82,7 +82,7 @@ func (h *History) Resume(ctx context.Context, topic, since, epoch string, page i
 	last := MustParseID(info.LastGeneratedID)
 	maxDeleted := MustParseID(info.MaxDeletedEntryID)
 	trusted := (epoch == "" || epoch == r.Epoch) && !last.Less(after)
-	r.Recovered = trusted && !after.Less(maxDeleted)
+	r.Recovered = trusted && !after.Less(maxDeleted) && nothingTrimmedAfter(info, after, last)
 	msgs, err := rangeCmd.Result()
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.
@@ -104,6 +104,21 @@ func (h *History) Range(ctx context.Context, topic string, after ID, count int) 
 		return nil, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
 	return toEvents(msgs), nil
+}
+
+// nothingTrimmedAfter reports whether trimming, which removes the oldest
+// entries (and, unlike XDEL, does not move max-deleted-entry-id), left
+// every entry after the cursor in place.
+func nothingTrimmedAfter(info *redis.XInfoStream, after, last ID) bool {
+	switch {
+	case info.EntriesAdded == info.Length:
+		return true // nothing was ever removed
+	case !after.Less(last):
+		return true // nothing was ever added after the cursor
+	case info.Length > 0:
+		return !after.Less(MustParseID(info.FirstEntry.ID))
+	}
+	return false
 }
 
 func toEvents(msgs []redis.XMessage) []Event {

@@ -1,0 +1,416 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+func TestLiveDeliveryInOrder(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url)
+	c.Subscribe("orders", "", "")
+	sub := c.Expect("subscribed", wait)
+	if !sub.Recovered || sub.Epoch == "" {
+		t.Fatalf("subscribed = %+v, want recovered with an epoch", sub)
+	}
+	var ids []string
+	for i := range 200 {
+		ids = append(ids, b.xadd(t, "orders", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	for i, ev := range c.Events(200, wait) {
+		if ev.Topic != "orders" || ev.ID != ids[i] || string(ev.Data) != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("event %d = %+v, want id %s data {\"n\":%d}", i, ev, ids[i], i)
+		}
+	}
+	c.ExpectQuiet(100 * time.Millisecond)
+}
+
+func TestDataEncoding(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url+"?topic=enc")
+	c.Expect("subscribed", wait)
+	tests := []struct{ name, data, want string }{
+		{"object", `{"a":1}`, `{"a":1}`},
+		{"number", `42`, `42`},
+		{"json string", `"quoted"`, `"quoted"`},
+		{"plain text", `hello world`, `"hello world"`},
+		{"text with quotes", `say "hi"`, `"say \"hi\""`},
+		{"empty", ``, `""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b.xadd(t, "enc", tt.data)
+			if ev := c.Events(1, wait)[0]; string(ev.Data) != tt.want {
+				t.Fatalf("data = %s, want %s", ev.Data, tt.want)
+			}
+		})
+	}
+}
+
+func TestResumeGetsExactlyTheMissedEvents(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url)
+	c.Subscribe("chat", "", "")
+	epoch := c.Expect("subscribed", wait).Epoch
+	for i := range 5 {
+		b.xadd(t, "chat", strconv.Itoa(i))
+	}
+	seen := c.Events(5, wait)
+	_ = c.Conn.Close()
+
+	var missed []string
+	for i := 5; i < 12; i++ {
+		missed = append(missed, b.xadd(t, "chat", strconv.Itoa(i)))
+	}
+	c = wstest.Dial(t, b.node.url)
+	c.Subscribe("chat", seen[4].ID, epoch)
+	if sub := c.Expect("subscribed", wait); !sub.Recovered || sub.Epoch != epoch {
+		t.Fatalf("subscribed = %+v, want recovered with epoch %s", sub, epoch)
+	}
+	for i, ev := range c.Events(7, wait) {
+		if ev.ID != missed[i] {
+			t.Fatalf("missed event %d = %s, want %s", i, ev.ID, missed[i])
+		}
+	}
+	live := b.xadd(t, "chat", "live")
+	if ev := c.Events(1, wait)[0]; ev.ID != live {
+		t.Fatalf("live event = %s, want %s", ev.ID, live)
+	}
+	c.ExpectQuiet(100 * time.Millisecond)
+}
+
+// TestResumeWhilePublishing resumes in the middle of a stream of events:
+// history, held live events and live ones must join with no gap and no
+// duplicate.
+func TestResumeWhilePublishing(t *testing.T) {
+	b := newTestBus(t)
+	const total = 400
+	ids := make([]string, 0, total)
+	var mu sync.Mutex
+	for range 100 {
+		ids = append(ids, b.xadd(t, "feed", "x"))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range total - 100 {
+			id := b.xadd(t, "feed", "x")
+			mu.Lock()
+			ids = append(ids, id)
+			mu.Unlock()
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	since := ids[49]
+	c := wstest.Dial(t, b.node.url+"?topic=feed&since="+since)
+	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+		t.Fatalf("subscribed = %+v, want recovered", sub)
+	}
+	<-done
+	got := c.Events(total-50, wait)
+	for i, ev := range got {
+		if ev.ID != ids[50+i] {
+			t.Fatalf("event %d = %s, want %s", i, ev.ID, ids[50+i])
+		}
+	}
+	c.ExpectQuiet(100 * time.Millisecond)
+}
+
+func TestNotRecovered(t *testing.T) {
+	b := newTestBus(t, "--history-len", "10")
+	var ids []string
+	for i := range 500 {
+		ids = append(ids, b.xadd(t, "trim", strconv.Itoa(i)))
+	}
+	ctl := wstest.Dial(t, b.node.url+"?topic=trim&since=0")
+	epoch := ctl.Expect("subscribed", wait).Epoch
+	retained := b.historyIDs(t, "trim")
+	if len(retained) >= 500 || retained[len(retained)-1] != ids[499] {
+		t.Fatalf("history holds %d entries ending %s: want it trimmed, ending %s", len(retained), retained[len(retained)-1], ids[499])
+	}
+	tests := []struct {
+		name, topic, since, epoch string
+		recovered                 bool
+		want                      []string // events expected after subscribed
+	}{
+		{"cursor before trimmed events", "trim", ids[0], epoch, false, retained},
+		{"cursor beyond the last ID", "trim", "99999999999999-0", epoch, false, retained},
+		{"changed epoch", "trim", ids[480], "another", false, retained},
+		{"same epoch, nothing trimmed after cursor", "trim", ids[495], epoch, true, ids[496:]},
+		{"new topic from the start", "fresh", "0", "", true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := wstest.Dial(t, b.node.url)
+			c.Subscribe(tt.topic, tt.since, tt.epoch)
+			if sub := c.Expect("subscribed", wait); sub.Recovered != tt.recovered {
+				t.Fatalf("recovered = %v, want %v", sub.Recovered, tt.recovered)
+			}
+			for i, ev := range c.Events(len(tt.want), wait) {
+				if ev.ID != tt.want[i] {
+					t.Fatalf("event %d = %s, want %s", i, ev.ID, tt.want[i])
+				}
+			}
+			c.ExpectQuiet(100 * time.Millisecond)
+		})
+	}
+}
+
+func TestMisroutedEntriesAreForwarded(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url+"?topic=lost")
+	c.Expect("subscribed", wait)
+	right := streams.Partition("lost", b.n)
+	wrong := (right + 1) % b.n
+	for i := range 3 {
+		b.xaddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i))
+	}
+	for i, ev := range c.Events(3, wait) {
+		if string(ev.Data) != strconv.Itoa(i) {
+			t.Fatalf("event %d data = %s, want %d (in order)", i, ev.Data, i)
+		}
+	}
+	if got := len(b.historyIDs(t, "lost")); got != 3 {
+		t.Fatalf("history holds %d events, want 3", got)
+	}
+}
+
+func TestDeadLetters(t *testing.T) {
+	b := newTestBus(t, "--max-data", "100")
+	c := wstest.Dial(t, b.node.url+"?topic=ok")
+	c.Expect("subscribed", wait)
+	p := streams.Partition("ok", b.n)
+	tests := []struct {
+		name   string
+		fields []any
+		reason string
+	}{
+		{"missing topic", []any{"data", "x"}, "missing topic"},
+		{"topic with a space", []any{"topic", "a b", "data", "x"}, "invalid topic"},
+		{"empty topic", []any{"topic", "", "data", "x"}, "invalid topic"},
+		{"missing data", []any{"topic", "ok"}, "missing data"},
+		{"data over the limit", []any{"topic", "ok", "data", strings.Repeat("x", 101)}, "data too large"},
+	}
+	var ids []string
+	for _, tt := range tests {
+		ids = append(ids, b.xaddTo(t, p, tt.fields...))
+	}
+	good := b.xadd(t, "ok", "fine")
+	if ev := c.Events(1, wait)[0]; ev.ID != good {
+		t.Fatalf("event = %s, want %s: bad entries must not block the partition", ev.ID, good)
+	}
+	dead, err := b.rdb.XRange(context.Background(), b.keys.Dead(p), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != len(tests) {
+		t.Fatalf("dead-letter stream holds %d entries, want %d", len(dead), len(tests))
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if dead[i].Values["id"] != ids[i] || dead[i].Values["reason"] != tt.reason {
+				t.Fatalf("dead entry = %v, want id %s reason %q", dead[i].Values, ids[i], tt.reason)
+			}
+		})
+	}
+	pending, err := b.rdb.XPending(context.Background(), b.keys.Ingress(p), streams.Group).Result()
+	if err != nil || pending.Count != 0 {
+		t.Fatalf("pending = %+v, %v: want every entry acknowledged", pending, err)
+	}
+}
+
+func TestBadClientMessages(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url)
+	c.Subscribe("dup", "", "")
+	c.Expect("subscribed", wait)
+	tests := []struct {
+		name, msg, code string
+	}{
+		{"not JSON", `hello`, "bad_request"},
+		{"JSON without type", `{"topic":"a"}`, "bad_request"},
+		{"JSON array", `[1,2]`, "bad_request"},
+		{"unknown type", `{"type":"publish"}`, "unknown_type"},
+		{"topic with a space", `{"type":"subscribe","topic":"a b"}`, "bad_topic"},
+		{"empty topic", `{"type":"subscribe","topic":""}`, "bad_topic"},
+		{"topic too long", `{"type":"subscribe","topic":"` + strings.Repeat("t", 257) + `"}`, "bad_topic"},
+		{"bad since", `{"type":"subscribe","topic":"a","since":"yesterday"}`, "bad_since"},
+		{"since of the wrong type", `{"type":"subscribe","topic":"a","since":5}`, "bad_request"},
+		{"subscribed twice", `{"type":"subscribe","topic":"dup"}`, "already_subscribed"},
+		{"unsubscribe unknown", `{"type":"unsubscribe","topic":"nope"}`, "not_subscribed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c.SendRaw([]byte(tt.msg))
+			if m := c.Expect("error", wait); m.Code != tt.code || m.Message == "" {
+				t.Fatalf("error = %+v, want code %s with a message", m, tt.code)
+			}
+		})
+	}
+	// The connection still works.
+	c.Send(map[string]string{"type": "ping"})
+	c.Expect("pong", wait)
+	id := b.xadd(t, "dup", "still here")
+	if ev := c.Events(1, wait)[0]; ev.ID != id {
+		t.Fatalf("event = %s, want %s", ev.ID, id)
+	}
+	c.Send(map[string]string{"type": "unsubscribe", "topic": "dup"})
+	c.Expect("unsubscribed", wait)
+	b.xadd(t, "dup", "not for us")
+	c.ExpectQuiet(200 * time.Millisecond)
+}
+
+// TestPubSubLossLosesNothing kills the gateway's pub/sub connections while
+// events are published: the gateway catches its topics up from history.
+func TestPubSubLossLosesNothing(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url+"?topic=news")
+	c.Expect("subscribed", wait)
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, b.xadd(t, "news", strconv.Itoa(i)))
+	}
+	c.Events(10, wait)
+	killed, err := b.rdb.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
+	if err != nil || killed == 0 {
+		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v: want the gateway's connection killed", killed, err)
+	}
+	for i := 10; i < 60; i++ {
+		ids = append(ids, b.xadd(t, "news", strconv.Itoa(i)))
+	}
+	for i, ev := range c.Events(50, wait) {
+		if ev.ID != ids[10+i] {
+			t.Fatalf("event %d = %s, want %s", 10+i, ev.ID, ids[10+i])
+		}
+	}
+	c.ExpectQuiet(200 * time.Millisecond)
+}
+
+// TestOwnerRestartMidStream stops the only node while events are being
+// published and starts another one: every event reaches history once and
+// a resuming client gets each exactly once, in order.
+func TestOwnerRestartMidStream(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	b := &testBus{srv: srv, rdb: srv.Client(t), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
+	first := startNode(t, testConfig(t, srv, prefix, "--node-id", "first", "--lease-ttl", "1s"))
+	n, _ := streams.Partitions(context.Background(), b.rdb, b.keys)
+	b.n = n
+
+	topics := []string{"t0", "t1", "t2", "t3"}
+	published := make(map[string][]string)
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			topic := topics[i%len(topics)]
+			id := b.xadd(t, topic, strconv.Itoa(i))
+			mu.Lock()
+			published[topic] = append(published[topic], id)
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	first.stop()
+	time.Sleep(300 * time.Millisecond) // events pile up with no owner
+	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	<-done
+
+	for _, topic := range topics {
+		want := published[topic]
+		redistest.Eventually(t, 10*time.Second, func() error {
+			if got := b.historyIDs(t, topic); !equal(got, want) {
+				return fmt.Errorf("history of %s holds %d IDs, want the %d published, once each and in order", topic, len(got), len(want))
+			}
+			return nil
+		})
+		c := wstest.Dial(t, second.url+"?topic="+topic+"&since=0")
+		c.Expect("subscribed", wait)
+		for i, ev := range c.Events(len(want), wait) {
+			if ev.ID != want[i] {
+				t.Fatalf("%s event %d = %s, want %s", topic, i, ev.ID, want[i])
+			}
+		}
+		c.ExpectQuiet(50 * time.Millisecond)
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestHTTPPublishAndHistory(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url+"?topic=web")
+	c.Expect("subscribed", wait)
+	post := func(body string) (int, map[string]any) {
+		return httpJSON(t, "POST", "http://"+b.node.addr+"/v1/publish", body)
+	}
+	status, res := post(`{"topic":"web","data":{"x":1}}`)
+	if status != 200 || res["id"] == "" {
+		t.Fatalf("publish = %d %v", status, res)
+	}
+	if ev := c.Events(1, wait)[0]; ev.ID != res["id"] || string(ev.Data) != `{"x":1}` {
+		t.Fatalf("event = %+v, want id %v data {\"x\":1}", ev, res["id"])
+	}
+	for _, tt := range []struct{ name, body string }{
+		{"bad topic", `{"topic":"a b","data":1}`},
+		{"no data", `{"topic":"web"}`},
+		{"not JSON", `topic=web`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if status, res := post(tt.body); status != 400 || res["error"] == "" {
+				t.Fatalf("publish %s = %d %v, want 400 with an error", tt.body, status, res)
+			}
+		})
+	}
+	status, hist := httpJSON(t, "GET", "http://"+b.node.addr+"/v1/history?topic=web&since=0", "")
+	events, _ := hist["events"].([]any)
+	if status != 200 || len(events) != 1 || hist["recovered"] != true {
+		t.Fatalf("history = %d %v", status, hist)
+	}
+	if status, _ := httpJSON(t, "GET", "http://"+b.node.addr+"/v1/history?topic=web&since=x", ""); status != 400 {
+		t.Fatalf("history with a bad since = %d, want 400", status)
+	}
+}
+
+func httpJSON(tb testing.TB, method, url, body string) (int, map[string]any) {
+	tb.Helper()
+	req, _ := httpNewRequest(method, url, body)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	var v map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return resp.StatusCode, v
+}

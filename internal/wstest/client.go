@@ -1,0 +1,168 @@
+// Package wstest is a small WebSocket client for tests: it speaks the wsbus
+// protocol over gobwas/ws and decodes server messages.
+package wstest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// Message is any server message.
+type Message struct {
+	Type      string          `json:"type"`
+	Topic     string          `json:"topic"`
+	ID        string          `json:"id"`
+	Data      json.RawMessage `json:"data"`
+	Recovered bool            `json:"recovered"`
+	Epoch     string          `json:"epoch"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+}
+
+// Client is one test connection.
+type Client struct {
+	tb   testing.TB
+	Conn net.Conn
+}
+
+// Dial connects to url and closes the connection at the end of the test.
+func Dial(tb testing.TB, url string) *Client {
+	tb.Helper()
+	c, err := TryDial(url)
+	if err != nil {
+		tb.Fatalf("dialing %s: %v", url, err)
+	}
+	c.tb = tb
+	tb.Cleanup(func() { _ = c.Conn.Close() })
+	return c
+}
+
+// TryDial connects to url without failing the test.
+func TryDial(url string) (*Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, _, _, err := ws.Dial(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{Conn: conn}, nil
+}
+
+// Send writes v as a JSON text message.
+func (c *Client) Send(v any) {
+	c.tb.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.tb.Fatalf("encoding %v: %v", v, err)
+	}
+	c.SendRaw(b)
+}
+
+// SendRaw writes one text message.
+func (c *Client) SendRaw(b []byte) {
+	c.tb.Helper()
+	if err := wsutil.WriteClientText(c.Conn, b); err != nil {
+		c.tb.Fatalf("writing: %v", err)
+	}
+}
+
+// Subscribe sends a subscribe message; since and epoch may be empty.
+func (c *Client) Subscribe(topic, since, epoch string) {
+	c.tb.Helper()
+	m := map[string]string{"type": "subscribe", "topic": topic}
+	if since != "" {
+		m["since"] = since
+	}
+	if epoch != "" {
+		m["epoch"] = epoch
+	}
+	c.Send(m)
+}
+
+// Next returns the next server message, failing the test after timeout.
+func (c *Client) Next(timeout time.Duration) Message {
+	c.tb.Helper()
+	m, err := c.TryNext(timeout)
+	if err != nil {
+		c.tb.Fatalf("reading server message: %v", err)
+	}
+	return m
+}
+
+// TryNext returns the next server message or an error (a
+// wsutil.ClosedError when the server closed the connection).
+func (c *Client) TryNext(timeout time.Duration) (Message, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	b, err := wsutil.ReadServerText(c.Conn)
+	if err != nil {
+		return Message{}, err
+	}
+	var m Message
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Message{}, fmt.Errorf("decoding %q: %w", b, err)
+	}
+	return m, nil
+}
+
+// Expect reads the next message and fails unless it has type typ.
+func (c *Client) Expect(typ string, timeout time.Duration) Message {
+	c.tb.Helper()
+	m := c.Next(timeout)
+	if m.Type != typ {
+		c.tb.Fatalf("got %+v, want a %q message", m, typ)
+	}
+	return m
+}
+
+// Events reads n event messages and returns them; any other message fails.
+func (c *Client) Events(n int, timeout time.Duration) []Message {
+	c.tb.Helper()
+	out := make([]Message, 0, n)
+	for len(out) < n {
+		m := c.Next(timeout)
+		if m.Type != "event" {
+			c.tb.Fatalf("after %d events got %+v, want an event", len(out), m)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// ExpectQuiet fails if any message arrives within d.
+func (c *Client) ExpectQuiet(d time.Duration) {
+	c.tb.Helper()
+	m, err := c.TryNext(d)
+	if err == nil {
+		c.tb.Fatalf("got %+v, want nothing", m)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		c.tb.Fatalf("want a quiet open connection, got %v", err)
+	}
+}
+
+// CloseCode reads until the server closes and returns its close code.
+func (c *Client) CloseCode(timeout time.Duration) ws.StatusCode {
+	c.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		_, err := c.TryNext(time.Until(deadline))
+		var closed wsutil.ClosedError
+		if errors.As(err, &closed) {
+			return closed.Code
+		}
+		if err != nil {
+			c.tb.Fatalf("want a close frame, got %v", err)
+		}
+	}
+	c.tb.Fatalf("no close frame within %v", timeout)
+	return 0
+}
