@@ -90,12 +90,20 @@ func (t *tailer) run(ctx context.Context) error {
 }
 
 func (t *tailer) session(ctx context.Context) error {
-	conn, _, _, err := gws.Dial(ctx, t.url)
+	nc, br, _, err := gws.Dial(ctx, t.url)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	var conn io.ReadWriter = nc
+	if br != nil {
+		// The server may send frames right behind its handshake answer.
+		conn = struct {
+			io.Reader
+			io.Writer
+		}{br, nc}
+	}
+	defer nc.Close()
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
 	defer stop()
 	for _, topic := range t.topics {
 		c := t.cursors[topic]

@@ -3,6 +3,7 @@
 package wstest
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,12 +50,25 @@ func Dial(tb testing.TB, url string) *Client {
 func TryDial(url string) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, _, _, err := ws.Dial(ctx, url)
+	conn, br, _, err := ws.Dial(ctx, url)
 	if err != nil {
 		return nil, err
 	}
+	if br != nil {
+		// Frames the server sent right behind its handshake answer.
+		conn = &bufferedConn{Conn: conn, r: br}
+	}
 	return &Client{Conn: conn}, nil
 }
+
+// bufferedConn reads through the reader that holds bytes read past the
+// handshake.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // Send writes v as a JSON text message.
 func (c *Client) Send(v any) {

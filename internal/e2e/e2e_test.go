@@ -1,0 +1,342 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+const wait = 10 * time.Second
+
+// publisher XADDs the way any service does: hash the topic, add to the
+// partition's ingress.
+type publisher struct {
+	rdb  *redis.Client
+	keys streams.Keys
+	n    int
+}
+
+func newPublisher(tb testing.TB, srv *redistest.Server, prefix string) *publisher {
+	tb.Helper()
+	p := &publisher{rdb: srv.Client(tb), keys: streams.Keys{Prefix: prefix}}
+	n, err := streams.Partitions(context.Background(), p.rdb, p.keys)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.n = n
+	return p
+}
+
+func (p *publisher) xadd(tb testing.TB, topic, data string) string {
+	tb.Helper()
+	id, err := p.rdb.XAdd(context.Background(), &redis.XAddArgs{
+		Stream: p.keys.Ingress(streams.Partition(topic, p.n)),
+		Values: []any{"topic", topic, "data", data},
+	}).Result()
+	if err != nil {
+		tb.Fatalf("XADD: %v", err)
+	}
+	return id
+}
+
+// TestNodeClientResume drives the binary with Node's ws package: subscribe,
+// receive, disconnect, events published while away, resume with the
+// cursor and epoch, receive exactly the missed ones, then live ones.
+func TestNodeClientResume(t *testing.T) {
+	script, _ := filepath.Abs("node/resume.mjs")
+	if _, err := os.Stat("node/node_modules/ws"); err != nil {
+		t.Fatalf("Node's ws package is missing: run `go tool task test` (it runs npm ci in internal/e2e/node): %v", err)
+	}
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix)
+	pub := newPublisher(t, srv, prefix)
+
+	cmd := exec.Command("node", script, g.url, "room:1", "3", "7")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting node: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func() string {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("node client exited early")
+			}
+			if strings.HasPrefix(l, "FAIL") {
+				t.Fatalf("node client: %s", l)
+			}
+			return l
+		case <-time.After(wait):
+			t.Fatal("node client said nothing within the timeout")
+		}
+		return ""
+	}
+	expectEvent := func(id, data string) {
+		t.Helper()
+		if got, want := next(), "EVENT "+id+" "+data; got != want {
+			t.Fatalf("node client printed %q, want %q", got, want)
+		}
+	}
+
+	if l := next(); l != "SUBSCRIBED" {
+		t.Fatalf("node client printed %q, want SUBSCRIBED", l)
+	}
+	for i := range 3 {
+		id := pub.xadd(t, "room:1", fmt.Sprintf(`{"n":%d}`, i))
+		expectEvent(id, fmt.Sprintf(`{"n":%d}`, i))
+	}
+	if l := next(); !strings.HasPrefix(l, "AWAY ") {
+		t.Fatalf("node client printed %q, want AWAY", l)
+	}
+	var missed []string
+	for i := 3; i < 8; i++ {
+		missed = append(missed, pub.xadd(t, "room:1", fmt.Sprintf("text %d", i)))
+	}
+	fmt.Fprintln(stdin, "GO")
+	if l := next(); l != "SUBSCRIBED true" {
+		t.Fatalf("node client printed %q, want SUBSCRIBED true", l)
+	}
+	for i, id := range missed {
+		expectEvent(id, fmt.Sprintf(`"text %d"`, i+3))
+	}
+	for i := 8; i < 10; i++ {
+		id := pub.xadd(t, "room:1", strconv.Itoa(i))
+		expectEvent(id, strconv.Itoa(i))
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("node client exited with %v", err)
+	}
+}
+
+// TestRedisCLIQuickStart is the README's first run: a plain redis-cli XADD
+// reaches a subscribed client.
+func TestRedisCLIQuickStart(t *testing.T) {
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redis-cli not found (it comes with redis-server): %v", err)
+	}
+	srv := redistest.Start(t)
+	g := startGateway(t, srv.URL(), "wsbus")
+	c := wstest.Dial(t, g.url+"?topic=demo")
+	c.Expect("subscribed", wait)
+	host, port, _ := strings.Cut(srv.Addr, ":")
+	p := streams.Partition("demo", 64)
+	out, err := exec.Command(cli, "-h", host, "-p", port, "XADD", fmt.Sprintf("wsbus:{%d}:in", p), "*", "topic", "demo", "data", `{"text":"hi"}`).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli: %v: %s", err, out)
+	}
+	ev := c.Events(1, wait)[0]
+	if ev.ID != strings.TrimSpace(string(out)) || string(ev.Data) != `{"text":"hi"}` {
+		t.Fatalf("event = %+v, want id %s", ev, out)
+	}
+	resp, err := http.Get("http://" + g.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "/v1/ws") {
+		t.Fatalf("demo page = %d, %d bytes: want the page that connects to /v1/ws", resp.StatusCode, len(page))
+	}
+}
+
+// TestKilledNodeLosesNothing SIGKILLs the only gateway while events are
+// published over several topics and starts another one: after resuming,
+// the client has every event exactly once and in order, and no history
+// stream holds an event twice.
+func TestKilledNodeLosesNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	first := startGateway(t, srv.URL(), prefix, "--node-id", "first", "--lease-ttl", "1s")
+	pub := newPublisher(t, srv, prefix)
+	topics := []string{"k0", "k1", "k2"}
+	clients := make(map[string]*wstest.Client)
+	for _, topic := range topics {
+		clients[topic] = wstest.Dial(t, first.url+"?topic="+topic+"&since=0")
+		clients[topic].Expect("subscribed", wait)
+	}
+
+	var mu sync.Mutex
+	published := make(map[string][]string)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			topic := topics[i%len(topics)]
+			id := pub.xadd(t, topic, strconv.Itoa(i))
+			mu.Lock()
+			published[topic] = append(published[topic], id)
+			mu.Unlock()
+			time.Sleep(500 * time.Microsecond)
+		}
+	}()
+
+	// Read what arrives before the kill, as a client would.
+	got := make(map[string][]string)
+	time.Sleep(300 * time.Millisecond)
+	first.kill(t)
+	for _, topic := range topics {
+		for {
+			m, err := clients[topic].TryNext(wait)
+			if err != nil {
+				break // the connection died with the node
+			}
+			if m.Type == "event" {
+				got[topic] = append(got[topic], m.ID)
+			}
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	second := startGateway(t, srv.URL(), prefix, "--node-id", "second", "--lease-ttl", "1s")
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	<-done
+
+	for _, topic := range topics {
+		want := published[topic]
+		since := "0"
+		if n := len(got[topic]); n > 0 {
+			since = got[topic][n-1]
+		}
+		c := wstest.Dial(t, second.url+"?topic="+topic+"&since="+since)
+		if sub := c.Expect("subscribed", wait); !sub.Recovered {
+			t.Fatalf("%s: resumed with recovered=false", topic)
+		}
+		for _, ev := range c.Events(len(want)-len(got[topic]), wait) {
+			got[topic] = append(got[topic], ev.ID)
+		}
+		c.ExpectQuiet(100 * time.Millisecond)
+		if !equal(got[topic], want) {
+			t.Fatalf("%s: client has %d events, want the %d published, once each and in order", topic, len(got[topic]), len(want))
+		}
+		msgs, err := pub.rdb.XRange(context.Background(), pub.keys.Topic(streams.Partition(topic, pub.n), topic), "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != len(want) {
+			t.Fatalf("%s: history holds %d entries, want %d", topic, len(msgs), len(want))
+		}
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+var metricLine = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
+
+// goroutines reads go_goroutines from the gateway's /metrics.
+func goroutines(tb testing.TB, g *gateway) int {
+	tb.Helper()
+	resp, err := http.Get("http://" + g.addr + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := metricLine.FindSubmatch(body)
+	if m == nil {
+		tb.Fatalf("no go_goroutines in /metrics")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+func openFDs(tb testing.TB, pid int) int {
+	tb.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(entries)
+}
+
+// TestIdleConnectionsCostNoGoroutine holds 2,000 idle subscribed
+// connections: the gateway's goroutines do not grow with them and it has
+// exactly one fd per connection.
+func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
+	const conns = 2000
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix)
+	// Warm up: one subscribed connection creates the worker pool, the
+	// pub/sub connections and the HTTP server's goroutines.
+	warm := wstest.Dial(t, g.url+"?topic=shared")
+	warm.Expect("subscribed", wait)
+	time.Sleep(12 * time.Second) // let idle workers exit
+	baseG, baseFD := goroutines(t, g), openFDs(t, g.pid())
+
+	clients := make([]*wstest.Client, conns)
+	for i := range clients {
+		topic := "shared"
+		if i%2 == 1 {
+			topic = "own:" + strconv.Itoa(i%64) // spread over partitions
+		}
+		clients[i] = wstest.Dial(t, g.url+"?topic="+topic)
+		clients[i].Expect("subscribed", wait)
+	}
+	time.Sleep(12 * time.Second) // every worker that served them is idle and gone
+	nowG, nowFD := goroutines(t, g), openFDs(t, g.pid())
+	t.Logf("goroutines %d -> %d, fds %d -> %d with %d idle connections", baseG, nowG, baseFD, nowFD, conns)
+	if nowG-baseG > 40 {
+		t.Errorf("goroutines grew by %d with %d idle connections; want no goroutine per connection", nowG-baseG, conns)
+	}
+	// One fd per connection, plus at most one pub/sub connection per
+	// partition the new topics landed in.
+	if extra := nowFD - baseFD - conns; extra < 0 || extra > 64 {
+		t.Errorf("fds grew by %d for %d connections: want one per connection", nowFD-baseFD, conns)
+	}
+
+	for _, c := range clients {
+		_ = c.Conn.Close()
+	}
+	redistest.Eventually(t, 10*time.Second, func() error {
+		if fd := openFDs(t, g.pid()); fd > baseFD+64 {
+			return fmt.Errorf("%d fds open after the clients left, baseline %d", fd, baseFD)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var wsbusBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "wsbus-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	wsbusBin = filepath.Join(dir, "wsbus")
+	build := exec.Command("go", "build", "-o", wsbusBin, "../../app/wsbus")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building wsbus:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// gateway is a running `wsbus serve` process.
+type gateway struct {
+	cmd  *exec.Cmd
+	addr string
+	url  string
+	log  *strings.Builder
+}
+
+var servingAddr = regexp.MustCompile(`msg="wsbus serving" addr=(\S+)`)
+
+// startGateway runs `wsbus serve --insecure` and waits until it listens.
+func startGateway(tb testing.TB, redisURL, prefix string, args ...string) *gateway {
+	tb.Helper()
+	all := append([]string{"serve", "--insecure", "--redis", redisURL, "--prefix", prefix, "--listen", "127.0.0.1:0"}, args...)
+	cmd := exec.Command(wsbusBin, all...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting wsbus serve: %v", err)
+	}
+	g := &gateway{cmd: cmd, log: &strings.Builder{}}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if tb.Failed() {
+			tb.Logf("wsbus serve %v log:\n%s", args, g.log.String())
+		}
+	})
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			g.log.WriteString(line + "\n")
+			if m := servingAddr.FindStringSubmatch(line); m != nil {
+				found <- m[1]
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case g.addr = <-found:
+	case <-time.After(15 * time.Second):
+		tb.Fatalf("wsbus serve did not start within 15s")
+	}
+	g.url = "ws://" + g.addr + "/v1/ws"
+	return g
+}
+
+func (g *gateway) kill(tb testing.TB) {
+	tb.Helper()
+	_ = g.cmd.Process.Signal(syscall.SIGKILL)
+	_ = g.cmd.Wait()
+}
+
+func (g *gateway) pid() int { return g.cmd.Process.Pid }
