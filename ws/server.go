@@ -48,8 +48,21 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.poll = poll
 	s.httpLn = newHandoffListener()
-	s.httpSrv = &http.Server{Handler: cfg.HTTP, ReadHeaderTimeout: cfg.HandshakeTimeout}
+	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: cfg.HandshakeTimeout}
 	return s, nil
+}
+
+// httpHandler serves cfg.HTTP. The WebSocket path only reaches it on a
+// kept-alive HTTP connection: upgrades are read off fresh connections.
+func (s *Server) httpHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == s.cfg.Path {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "a WebSocket upgrade must be the first request of its connection", http.StatusBadRequest)
+			return
+		}
+		s.cfg.HTTP.ServeHTTP(w, r)
+	})
 }
 
 // Serve accepts connections on ln until Shutdown. It always returns a

@@ -1,0 +1,380 @@
+package ws
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// echoHandler sends every message back and records what it saw.
+type echoHandler struct {
+	mu       sync.Mutex
+	messages [][]byte
+	closed   int
+	onOpen   func(c *Conn)
+}
+
+func (h *echoHandler) Accept(r *Request) error {
+	if strings.Contains(r.URI, "refuse") {
+		return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("refused"))
+	}
+	return nil
+}
+
+func (h *echoHandler) Open(c *Conn, _ *Request) {
+	if h.onOpen != nil {
+		h.onOpen(c)
+	}
+}
+
+func (h *echoHandler) Message(c *Conn, msg []byte) {
+	h.mu.Lock()
+	h.messages = append(h.messages, append([]byte(nil), msg...))
+	h.mu.Unlock()
+	_ = c.Send(TextFrame(msg))
+}
+
+func (h *echoHandler) Closed(*Conn) {
+	h.mu.Lock()
+	h.closed++
+	h.mu.Unlock()
+}
+
+func startServer(tb testing.TB, h Handler, cfg Config) (*Server, string) {
+	tb.Helper()
+	cfg.Handler = h
+	if cfg.HTTP == nil {
+		cfg.HTTP = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "http %s", r.URL.Path)
+		})
+	}
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx, CloseGoingAway, "test over")
+	})
+	return s, ln.Addr().String()
+}
+
+// dialRaw upgrades a raw connection; the test writes frames by hand.
+func dialRaw(tb testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws")
+	if err != nil {
+		tb.Fatalf("dialing: %v", err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	if br == nil {
+		br = bufio.NewReader(conn)
+	}
+	return conn, br
+}
+
+// frame builds a client frame; masked unless mask is false.
+func frame(fin bool, rsv, op byte, payload []byte, masked bool) []byte {
+	var b bytes.Buffer
+	first := op | rsv<<4
+	if fin {
+		first |= 0x80
+	}
+	b.WriteByte(first)
+	maskBit := byte(0)
+	if masked {
+		maskBit = 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		b.WriteByte(maskBit | byte(n))
+	case n <= 0xFFFF:
+		b.WriteByte(maskBit | 126)
+		_ = binary.Write(&b, binary.BigEndian, uint16(n))
+	default:
+		b.WriteByte(maskBit | 127)
+		_ = binary.Write(&b, binary.BigEndian, uint64(n))
+	}
+	p := append([]byte(nil), payload...)
+	if masked {
+		mask := [4]byte{1, 2, 3, 4}
+		b.Write(mask[:])
+		ws.Cipher(p, mask, 0)
+	}
+	b.Write(p)
+	return b.Bytes()
+}
+
+func text(s string) []byte { return frame(true, 0, opText, []byte(s), true) }
+
+func closeCode(payload []byte) uint16 {
+	if len(payload) < 2 {
+		return CloseNormal
+	}
+	return binary.BigEndian.Uint16(payload)
+}
+
+// readServerFrame reads one frame the server sent.
+func readServerFrame(tb testing.TB, conn net.Conn, br *bufio.Reader) ws.Frame {
+	tb.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(br)
+	if err != nil {
+		tb.Fatalf("reading server frame: %v", err)
+	}
+	return f
+}
+
+func TestProtocol(t *testing.T) {
+	_, addr := startServer(t, &echoHandler{}, Config{MaxMessage: 1000})
+	bad := []byte{0xff, 0xfe}
+	tests := []struct {
+		name  string
+		input [][]byte
+		// want is the text messages echoed back, or wantClose the close code.
+		want      []string
+		wantClose uint16
+	}{
+		{"text", [][]byte{text("hello")}, []string{"hello"}, 0},
+		{"binary", [][]byte{frame(true, 0, opBinary, []byte("bin"), true)}, []string{"bin"}, 0},
+		{"empty text", [][]byte{text("")}, []string{""}, 0},
+		{"two frames in one write", [][]byte{append(text("a"), text("b")...)}, []string{"a", "b"}, 0},
+		{"fragments", [][]byte{
+			frame(false, 0, opText, []byte("he"), true),
+			frame(false, 0, opContinuation, []byte("ll"), true),
+			frame(true, 0, opContinuation, []byte("o"), true),
+		}, []string{"hello"}, 0},
+		{"ping between fragments", [][]byte{
+			frame(false, 0, opText, []byte("a"), true),
+			frame(true, 0, opPing, []byte("p"), true),
+			frame(true, 0, opContinuation, []byte("b"), true),
+		}, []string{"ab"}, 0},
+		{"UTF-8 split across fragments", [][]byte{
+			frame(false, 0, opText, []byte("\xce"), true),
+			frame(true, 0, opContinuation, []byte("\xba"), true),
+		}, []string{"κ"}, 0},
+		{"126-byte length", [][]byte{text(strings.Repeat("x", 300))}, []string{strings.Repeat("x", 300)}, 0},
+		{"unmasked", [][]byte{frame(true, 0, opText, []byte("x"), false)}, nil, CloseProtocolError},
+		{"reserved bits", [][]byte{frame(true, 4, opText, []byte("x"), true)}, nil, CloseProtocolError},
+		{"reserved opcode", [][]byte{frame(true, 0, 0x3, []byte("x"), true)}, nil, CloseProtocolError},
+		{"reserved control opcode", [][]byte{frame(true, 0, 0xB, nil, true)}, nil, CloseProtocolError},
+		{"fragmented ping", [][]byte{frame(false, 0, opPing, nil, true)}, nil, CloseProtocolError},
+		{"ping over 125 bytes", [][]byte{frame(true, 0, opPing, make([]byte, 126), true)}, nil, CloseProtocolError},
+		{"stray continuation", [][]byte{frame(true, 0, opContinuation, []byte("x"), true)}, nil, CloseProtocolError},
+		{"text inside fragments", [][]byte{frame(false, 0, opText, []byte("a"), true), text("b")}, nil, CloseProtocolError},
+		{"too big", [][]byte{text(strings.Repeat("x", 1001))}, nil, CloseMessageTooBig},
+		{"too big in fragments", [][]byte{
+			frame(false, 0, opText, make([]byte, 600), true),
+			frame(true, 0, opContinuation, make([]byte, 600), true),
+		}, nil, CloseMessageTooBig},
+		{"invalid UTF-8", [][]byte{text(string(bad))}, nil, CloseInvalidPayload},
+		{"close with 1-byte payload", [][]byte{frame(true, 0, opClose, []byte{3}, true)}, nil, CloseProtocolError},
+		{"close with code 1005", [][]byte{frame(true, 0, opClose, []byte{0x03, 0xED}, true)}, nil, CloseProtocolError},
+		{"close with code 999", [][]byte{frame(true, 0, opClose, []byte{0x03, 0xE7}, true)}, nil, CloseProtocolError},
+		{"close with invalid UTF-8 reason", [][]byte{frame(true, 0, opClose, append([]byte{0x03, 0xE8}, bad...), true)}, nil, CloseInvalidPayload},
+		{"close 1000", [][]byte{frame(true, 0, opClose, []byte{0x03, 0xE8, 'b', 'y', 'e'}, true)}, nil, CloseNormal},
+		{"close 4000", [][]byte{frame(true, 0, opClose, []byte{0x0F, 0xA0}, true)}, nil, 4000},
+		{"close without payload", [][]byte{frame(true, 0, opClose, nil, true)}, nil, CloseNormal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := dialRaw(t, addr)
+			for _, b := range tt.input {
+				if _, err := conn.Write(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []string
+			for {
+				f := readServerFrame(t, conn, br)
+				switch f.Header.OpCode {
+				case ws.OpText:
+					got = append(got, string(f.Payload))
+				case ws.OpPong:
+					if string(f.Payload) != "p" {
+						t.Fatalf("pong payload %q, want the ping's", f.Payload)
+					}
+				case ws.OpClose:
+					if code := closeCode(f.Payload); code != tt.wantClose || tt.wantClose == 0 {
+						t.Fatalf("closed with %d %q, want %d", code, f.Payload, tt.wantClose)
+					}
+					if _, err := br.ReadByte(); err != io.EOF {
+						t.Fatalf("after the close frame: %v, want EOF", err)
+					}
+					return
+				}
+				if tt.wantClose == 0 && len(got) == len(tt.want) {
+					if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+						t.Fatalf("echoed %q, want %q", got, tt.want)
+					}
+					return
+				}
+			}
+		})
+	}
+}
+
+func TestHTTPOnTheSamePort(t *testing.T) {
+	_, addr := startServer(t, &echoHandler{}, Config{})
+	for _, path := range []string{"/", "/healthz", "/v1/wsx", "/v1/publish"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "http "+path {
+			t.Errorf("GET %s = %q, want the HTTP handler", path, body)
+		}
+	}
+	// /v1/ws without an upgrade is refused by the WebSocket side.
+	resp, err := http.Get("http://" + addr + "/v1/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 400 {
+		t.Errorf("GET /v1/ws without upgrade = %d, want a 4xx", resp.StatusCode)
+	}
+}
+
+func TestAcceptRefuses(t *testing.T) {
+	_, addr := startServer(t, &echoHandler{}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws?refuse=1")
+	var status ws.StatusError
+	if !errorAs(err, &status) || int(status) != http.StatusForbidden {
+		t.Fatalf("dial = %v, want status 403", err)
+	}
+}
+
+func errorAs(err error, target *ws.StatusError) bool {
+	s, ok := err.(ws.StatusError)
+	if ok {
+		*target = s
+	}
+	return ok
+}
+
+// TestSlowConsumer fills a connection's queue while the client does not
+// read: it is closed with 4001 and the server's memory is not held.
+func TestSlowConsumer(t *testing.T) {
+	h := &echoHandler{}
+	payload := make([]byte, 64<<10)
+	h.onOpen = func(c *Conn) {
+		go func() {
+			f := TextFrame(payload)
+			for c.Send(f) == nil {
+			}
+		}()
+	}
+	s, addr := startServer(t, h, Config{MaxQueue: 256 << 10})
+	conn, br := dialRaw(t, addr)
+	time.Sleep(200 * time.Millisecond) // let the queue overflow while we do not read
+	for {
+		f := readServerFrame(t, conn, br)
+		if f.Header.OpCode == ws.OpClose {
+			if code := closeCode(f.Payload); code != CloseSlowConsumer {
+				t.Fatalf("closed with %d, want 4001", code)
+			}
+			break
+		}
+	}
+	if s.Stats().SlowConsumers != 1 {
+		t.Fatalf("slow consumers = %d, want 1", s.Stats().SlowConsumers)
+	}
+}
+
+func TestShutdownClosesWithCode(t *testing.T) {
+	h := &echoHandler{}
+	s, addr := startServer(t, h, Config{})
+	conns := make([]net.Conn, 3)
+	for i := range conns {
+		conns[i], _ = dialRaw(t, addr)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Len() < len(conns) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx, CloseDraining, "draining")
+	}()
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _, err := wsutil.ReadServerData(c)
+		var closed wsutil.ClosedError
+		if !errorsAsClosed(err, &closed) || closed.Code != CloseDraining {
+			t.Fatalf("read = %v, want close 4002", err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed != len(conns) {
+		t.Fatalf("Closed called %d times, want %d", h.closed, len(conns))
+	}
+}
+
+func errorsAsClosed(err error, target *wsutil.ClosedError) bool {
+	c, ok := err.(wsutil.ClosedError)
+	if ok {
+		*target = c
+	}
+	return ok
+}
+
+// TestKeepalive pings a silent client and closes an idle one.
+func TestKeepalive(t *testing.T) {
+	_, addr := startServer(t, &echoHandler{}, Config{PingInterval: 200 * time.Millisecond, IdleTimeout: 700 * time.Millisecond})
+	conn, br := dialRaw(t, addr)
+	if f := readServerFrame(t, conn, br); f.Header.OpCode != ws.OpPing {
+		t.Fatalf("got opcode %v, want a ping", f.Header.OpCode)
+	}
+	for {
+		f := readServerFrame(t, conn, br)
+		if f.Header.OpCode == ws.OpClose {
+			if code := closeCode(f.Payload); code != CloseGoingAway {
+				t.Fatalf("closed with %d, want 1001", code)
+			}
+			return
+		}
+	}
+}
+
+func TestAppendFrame(t *testing.T) {
+	for _, n := range []int{0, 125, 126, 65535, 65536, 70000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			payload := bytes.Repeat([]byte{'a'}, n)
+			f, err := ws.ReadFrame(bytes.NewReader(TextFrame(payload)))
+			if err != nil || !f.Header.Fin || f.Header.OpCode != ws.OpText || !bytes.Equal(f.Payload, payload) {
+				t.Fatalf("decoded %v %v, want a final text frame of %d bytes", f.Header, err, n)
+			}
+		})
+	}
+}
