@@ -1,0 +1,69 @@
+package bus
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestDecodeClientMessage(t *testing.T) {
+	tests := []struct {
+		name, in string
+		ok       bool
+		since    *string
+	}{
+		{"subscribe", `{"type":"subscribe","topic":"a","since":"1-0","epoch":"e"}`, true, strp("1-0")},
+		{"subscribe without since", `{"type":"subscribe","topic":"a"}`, true, nil},
+		{"since null", `{"type":"subscribe","topic":"a","since":null}`, true, nil},
+		{"extra fields", `{"type":"ping","x":[1]}`, true, nil},
+		{"no type", `{"topic":"a"}`, false, nil},
+		{"type not a string", `{"type":1}`, false, nil},
+		{"array", `[]`, false, nil},
+		{"garbage", `{`, false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := decodeClientMessage([]byte(tt.in))
+			if (err == nil) != tt.ok {
+				t.Fatalf("decode(%s) = %v, want ok=%v", tt.in, err, tt.ok)
+			}
+			if (m.Since == nil) != (tt.since == nil) || m.Since != nil && *m.Since != *tt.since {
+				t.Fatalf("since = %v, want %v", m.Since, tt.since)
+			}
+		})
+	}
+}
+
+func strp(s string) *string { return &s }
+
+func TestServerMessagesAreJSON(t *testing.T) {
+	for _, b := range [][]byte{
+		appendSubscribed(nil, `we"ird`, true, "e1"),
+		appendSubscribed(nil, "t", false, ""),
+		appendUnsubscribed(nil, "t\\"),
+		appendError(nil, codeBadTopic, "", "bad \"topic\"\n"),
+		appendError(nil, codeBadTopic, "t", "m"),
+		pongMessage,
+	} {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil || m["type"] == "" {
+			t.Errorf("%s: %v", b, err)
+		}
+	}
+}
+
+// FuzzDecodeClientMessage: any input decodes or is refused, never panics,
+// and whatever decodes has a type.
+func FuzzDecodeClientMessage(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"subscribe","topic":"user:42","since":"1718000000000-0","epoch":"k3v9"}`,
+		`{"type":"unsubscribe","topic":"a"}`, `{"type":"ping"}`, `{}`, `null`, `"x"`, `{"type":"subscribe","since":5}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeClientMessage(b)
+		if err == nil && m.Type == "" {
+			t.Fatalf("accepted %q without a type", b)
+		}
+	})
+}
