@@ -106,4 +106,3 @@ func TestRunKeepsEntriesAddedBeforeIt(t *testing.T) {
 		t.Fatalf("group = %+v, %v; want it to start before the early entry", groups, err)
 	}
 }
-
