@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,11 +73,6 @@ func (c *ServeConfig) check() error {
 	if !c.Insecure {
 		return errors.New("no authentication key configured: give --jwt-secret or --jwt-public-key, or --insecure for development")
 	}
-	if c.NodeID == "" {
-		host, _ := os.Hostname()
-		_, port, _ := net.SplitHostPort(c.Listen)
-		c.NodeID = host + ":" + port
-	}
 	if strings.ContainsAny(c.NodeID, " \t\r\n") {
 		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
 	}
@@ -103,9 +99,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	return Serve(ctx, c, logger, func(addr string) {
-		logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws")
-	})
+	return Serve(ctx, c, logger, func(string) {})
 }
 
 // Serve runs a gateway node until ctx is done, then drains it: leases are
@@ -140,12 +134,21 @@ func Serve(ctx context.Context, c ServeConfig, logger *slog.Logger, ready func(a
 }
 
 func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis.UniversalClient, keys streams.Keys, n int, ready func(string)) error {
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return err
+	}
+	if c.NodeID == "" {
+		host, _ := os.Hostname()
+		c.NodeID = host + ":" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	}
 	owner, err := bus.NewOwner(bus.OwnerConfig{
 		Redis: rdb, Keys: keys, Partitions: n, Node: c.NodeID,
 		LeaseTTL: c.LeaseTTL, MaxData: c.MaxData, HistoryLen: c.HistoryLen,
 		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
 	})
 	if err != nil {
+		_ = ln.Close()
 		return err
 	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
@@ -166,10 +169,6 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return err
 	}
 	h.ws = srv
-	ln, err := net.Listen("tcp", c.Listen)
-	if err != nil {
-		return err
-	}
 	ownerCtx, stopOwner := context.WithCancel(context.Background())
 	ownerDone := make(chan struct{})
 	go func() {
@@ -179,7 +178,12 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.started.Store(true)
-	ready(ln.Addr().String())
+	addr := ln.Addr().String()
+	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws", "partitions", n)
+	if c.Insecure {
+		logger.Warn("insecure mode: no authentication; demo page at http://" + addr + "/")
+	}
+	ready(addr)
 
 	select {
 	case <-ctx.Done():
