@@ -340,3 +340,33 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDemoPageInChromium loads the demo page in headless Chromium: a plain
+// XADD shows up, events published while the page was disconnected are
+// recovered on reconnect, and its publish form works.
+func TestDemoPageInChromium(t *testing.T) {
+	if _, err := exec.LookPath("chromium"); err != nil {
+		t.Fatalf("chromium not found: install it with `go tool task chromium` (apt-get install chromium): %v", err)
+	}
+	if _, err := os.Stat("node/node_modules/playwright-core"); err != nil {
+		t.Fatalf("playwright-core is missing: run `go tool task test` (it runs npm ci in internal/e2e/node): %v", err)
+	}
+	srv := redistest.Start(t)
+	g := startGateway(t, srv.URL(), "wsbus")
+	_, port, _ := strings.Cut(srv.Addr, ":")
+	shot := filepath.Join(t.TempDir(), "demo.png")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "node", "node/demo.mjs", "http://"+g.addr+"/", port, shot).CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo page in Chromium: %v\n%s", err, out)
+	}
+	for _, want := range []string{"LIVE ", "RESUMED ", "PUBLISHED"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if st, err := os.Stat(shot); err != nil || st.Size() == 0 {
+		t.Fatalf("no screenshot: %v", err)
+	}
+}
