@@ -32,7 +32,6 @@ func (k Keys) part(p int, suffix string) string {
 // Meta is the bus-wide hash with the partition count and schema version.
 func (k Keys) Meta() string { return k.prefix() + ":meta" }
 
-
 // Ingress is the stream services append to for partition p.
 func (k Keys) Ingress(p int) string { return k.part(p, "in") }
 
