@@ -370,3 +370,75 @@ func TestDemoPageInChromium(t *testing.T) {
 		t.Fatalf("no screenshot: %v", err)
 	}
 }
+
+// TestTailResumesAcrossRestart runs `wsbus tail`: it prints live events,
+// survives the gateway being killed and replaced on the same address, and
+// prints the events published meanwhile, each once, in order.
+func TestTailResumesAcrossRestart(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t))
+	g := startGateway(t, srv.URL(), prefix, "--listen", listen, "--node-id", "a", "--lease-ttl", "1s")
+	pub := newPublisher(t, srv, prefix)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tail := exec.CommandContext(ctx, wsbusBin, "tail", "--url", g.url, "--count", "6", "alerts")
+	var out, logs syncBuffer
+	tail.Stdout, tail.Stderr = &out, &logs
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, wait, func() error {
+		if !strings.Contains(logs.String(), "# subscribed alerts") {
+			return fmt.Errorf("tail has not subscribed; it said %q", logs.String())
+		}
+		return nil
+	})
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, pub.xadd(t, "alerts", strconv.Itoa(i)))
+	}
+	redistest.Eventually(t, wait, func() error {
+		if strings.Count(out.String(), "\n") < 3 {
+			return fmt.Errorf("tail printed %q", out.String())
+		}
+		return nil
+	})
+	g.kill(t)
+	for i := 3; i < 6; i++ {
+		ids = append(ids, pub.xadd(t, "alerts", strconv.Itoa(i)))
+	}
+	startGateway(t, srv.URL(), prefix, "--listen", listen, "--node-id", "b", "--lease-ttl", "1s")
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail: %v\n%s", err, logs.String())
+	}
+	var want strings.Builder
+	for i, id := range ids {
+		fmt.Fprintf(&want, "alerts %s %d\n", id, i)
+	}
+	if out.String() != want.String() {
+		t.Fatalf("tail printed\n%s\nwant\n%s", out.String(), want.String())
+	}
+	if !strings.Contains(logs.String(), "recovered=true") || !strings.Contains(logs.String(), "reconnecting") {
+		t.Fatalf("tail's log does not show a reconnect and a recovered resume:\n%s", logs.String())
+	}
+}
+
+// syncBuffer collects a child process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

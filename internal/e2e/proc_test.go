@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,7 +38,7 @@ type gateway struct {
 	cmd  *exec.Cmd
 	addr string
 	url  string
-	log  *strings.Builder
+	log  *syncBuffer
 }
 
 var servingAddr = regexp.MustCompile(`msg="wsbus serving" addr=(\S+)`)
@@ -56,7 +55,7 @@ func startGateway(tb testing.TB, redisURL, prefix string, args ...string) *gatew
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("starting wsbus serve: %v", err)
 	}
-	g := &gateway{cmd: cmd, log: &strings.Builder{}}
+	g := &gateway{cmd: cmd, log: &syncBuffer{}}
 	tb.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -69,7 +68,7 @@ func startGateway(tb testing.TB, redisURL, prefix string, args ...string) *gatew
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
-			g.log.WriteString(line + "\n")
+			_, _ = g.log.Write([]byte(line + "\n"))
 			if m := servingAddr.FindStringSubmatch(line); m != nil {
 				found <- m[1]
 			}
