@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,6 +101,14 @@ func TestResumeWhilePublishing(t *testing.T) {
 	for range 100 {
 		ids = append(ids, b.xadd(t, "feed", "x"))
 	}
+	// A client's cursor is an ID it was sent, so it is in history already.
+	redistest.Eventually(t, wait, func() error {
+		if n := len(b.historyIDs(t, "feed")); n < 100 {
+			return fmt.Errorf("history holds %d of 100 events", n)
+		}
+		return nil
+	})
+	since := ids[49]
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -111,7 +120,6 @@ func TestResumeWhilePublishing(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()
-	since := ids[49]
 	c := wstest.Dial(t, b.node.url+"?topic=feed&since="+since)
 	if sub := c.Expect("subscribed", wait); !sub.Recovered {
 		t.Fatalf("subscribed = %+v, want recovered", sub)
@@ -132,9 +140,15 @@ func TestNotRecovered(t *testing.T) {
 	for i := range 500 {
 		ids = append(ids, b.xadd(t, "trim", strconv.Itoa(i)))
 	}
+	var retained []string
+	redistest.Eventually(t, wait, func() error {
+		if retained = b.historyIDs(t, "trim"); len(retained) == 0 || retained[len(retained)-1] != ids[499] {
+			return fmt.Errorf("history holds %d events, want it to end at %s", len(retained), ids[499])
+		}
+		return nil
+	})
 	ctl := wstest.Dial(t, b.node.url+"?topic=trim&since=0")
 	epoch := ctl.Expect("subscribed", wait).Epoch
-	retained := b.historyIDs(t, "trim")
 	if len(retained) >= 500 || retained[len(retained)-1] != ids[499] {
 		t.Fatalf("history holds %d entries ending %s: want it trimmed, ending %s", len(retained), retained[len(retained)-1], ids[499])
 	}
@@ -339,7 +353,7 @@ func TestOwnerRestartMidStream(t *testing.T) {
 	for _, topic := range topics {
 		want := published[topic]
 		redistest.Eventually(t, 10*time.Second, func() error {
-			if got := b.historyIDs(t, topic); !equal(got, want) {
+			if got := b.historyIDs(t, topic); !slices.Equal(got, want) {
 				return fmt.Errorf("history of %s holds %d IDs, want the %d published, once each and in order", topic, len(got), len(want))
 			}
 			return nil
@@ -353,18 +367,6 @@ func TestOwnerRestartMidStream(t *testing.T) {
 		}
 		c.ExpectQuiet(50 * time.Millisecond)
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestHTTPPublishAndHistory(t *testing.T) {

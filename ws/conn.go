@@ -85,15 +85,26 @@ func (c *Conn) Send(frame []byte) error {
 		c.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume", true)
 		return ErrSlowConsumer
 	}
+	start := c.pushLocked(frame)
+	c.mu.Unlock()
+	c.startWriter(start)
+	return nil
+}
+
+// pushLocked queues frame and reports whether the caller must start a
+// writer (none owns the queue yet).
+func (c *Conn) pushLocked(frame []byte) bool {
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
 	start := !c.writing
 	c.writing = true
-	c.mu.Unlock()
+	return start
+}
+
+func (c *Conn) startWriter(start bool) {
 	if start {
 		c.srv.pool.Schedule(c.writeTask)
 	}
-	return nil
 }
 
 // Close starts the close handshake with code and reason: frames already
@@ -114,14 +125,10 @@ func (c *Conn) closeWith(code uint16, reason string, drop bool) {
 	if drop {
 		c.queue, c.queued = c.queue[:0], 0
 	}
-	c.queue = append(c.queue, closeFrame(code, reason))
 	c.afterFlush = flushHalfClose
-	start := !c.writing
-	c.writing = true
+	start := c.pushLocked(closeFrame(code, reason))
 	c.mu.Unlock()
-	if start {
-		c.srv.pool.Schedule(c.writeTask)
-	}
+	c.startWriter(start)
 }
 
 // replyClose answers the peer's close frame and cuts the connection.
@@ -138,15 +145,11 @@ func (c *Conn) replyClose(frame []byte) {
 		return
 	}
 	c.state = stateClosing
-	c.queue = append(c.queue[:0], frame)
-	c.queued = len(frame)
+	c.queue, c.queued = c.queue[:0], 0 // the peer is gone: only the answer matters
 	c.afterFlush = flushClose
-	start := !c.writing
-	c.writing = true
+	start := c.pushLocked(frame)
 	c.mu.Unlock()
-	if start {
-		c.srv.pool.Schedule(c.writeTask)
-	}
+	c.startWriter(start)
 }
 
 // sendControl queues a control frame regardless of the queue limit.
@@ -156,14 +159,9 @@ func (c *Conn) sendControl(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	c.queue = append(c.queue, frame)
-	c.queued += len(frame)
-	start := !c.writing
-	c.writing = true
+	start := c.pushLocked(frame)
 	c.mu.Unlock()
-	if start {
-		c.srv.pool.Schedule(c.writeTask)
-	}
+	c.startWriter(start)
 }
 
 // write drains the queue with one writev per batch.

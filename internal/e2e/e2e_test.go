@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,7 +242,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 			got[topic] = append(got[topic], ev.ID)
 		}
 		c.ExpectQuiet(100 * time.Millisecond)
-		if !equal(got[topic], want) {
+		if !slices.Equal(got[topic], want) {
 			t.Fatalf("%s: client has %d events, want the %d published, once each and in order", topic, len(got[topic]), len(want))
 		}
 		msgs, err := pub.rdb.XRange(context.Background(), pub.keys.Topic(streams.Partition(topic, pub.n), topic), "-", "+").Result()
@@ -252,18 +253,6 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 			t.Fatalf("%s: history holds %d entries, want %d", topic, len(msgs), len(want))
 		}
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 var metricLine = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
