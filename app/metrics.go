@@ -26,6 +26,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
 	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })
 	counter("wsbus_ws_slow_consumers_total", "Clients closed with 4001.", func() float64 { return float64(h.ws.Stats().SlowConsumers) })
+	counter("wsbus_ws_pool_overflow_total", "Tasks run past the worker bound.", func() float64 { return float64(h.ws.Stats().PoolOverflow) })
 	gauge("wsbus_gateway_subscriptions", "Open subscriptions.", func() float64 { return float64(h.gw.Stats().Subscriptions) })
 	gauge("wsbus_gateway_topics", "Topics with a live channel subscription.", func() float64 { return float64(h.gw.Stats().Topics) })
 	counter("wsbus_gateway_live_events_total", "Events received from pub/sub.", func() float64 { return float64(h.gw.Stats().LiveEvents) })

@@ -68,9 +68,10 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 // Gateway serves WebSocket clients: subscriptions, resume from history and
 // live fan-out from sharded pub/sub. It implements ws.Handler.
 //
-// Lock order: client.mu, then Gateway.mu, then topic.mu; no lock is held
-// while waiting on Redis except Gateway.mu around (un)subscribe commands,
-// which keeps SSUBSCRIBE and SUNSUBSCRIBE of a channel in order.
+// Locks: client.mu, Gateway.mu and topic.mu are never held together. Under
+// topic.mu the gateway queues frames (ws.Conn's lock); under Gateway.mu it
+// writes (un)subscribe commands, which keeps SSUBSCRIBE and SUNSUBSCRIBE of
+// a channel in order. No lock is held while waiting for a Redis reply.
 type Gateway struct {
 	cfg    GatewayConfig
 	hist   *streams.History

@@ -42,6 +42,9 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 			lastTrim = time.Now()
 			err = o.trim(ctx, l)
 		}
+		if err != nil {
+			cursor = "0" // what was read is pending now: take it up again first
+		}
 		switch {
 		case err == nil:
 			backoff = 0
@@ -55,7 +58,6 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 			if err := o.ensure(ctx, l); err != nil {
 				return err
 			}
-			cursor = "0"
 		default:
 			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
 			o.cfg.Logger.Warn("partition pipeline", "partition", l.p, "err", err, "retry_in", backoff)

@@ -1,6 +1,9 @@
 package ws
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // pool runs tasks on at most max goroutines, like the gopool of "A Million
 // WebSockets and Go". Workers exit after idleTimeout without work, so an
@@ -10,6 +13,8 @@ type pool struct {
 	backlog chan func()   // buffered: drained by busy workers when they finish
 	sem     chan struct{} // one token per running worker
 	idle    time.Duration
+
+	overflow atomic.Uint64 // tasks that found every worker busy and the backlog full
 }
 
 func newPool(max int, idle time.Duration) *pool {
@@ -21,9 +26,13 @@ func newPool(max int, idle time.Duration) *pool {
 	}
 }
 
-// Schedule runs task on a worker. When every worker is busy and the backlog
-// is full, it runs task on the caller: back-pressure instead of unbounded
-// queueing, and never a deadlock when a worker schedules.
+// Schedule runs task on a worker without blocking the caller: an idle
+// worker takes it, or a new one up to max, or the backlog holds it for the
+// next free worker. When even the backlog is full it gets a goroutine of its
+// own (counted in overflow): callers hold locks while they queue frames, so
+// running the task inline could deadlock, and blocking would stall the epoll
+// loop. Each connection has at most one read and one write task outstanding,
+// which bounds the overflow.
 func (p *pool) Schedule(task func()) {
 	select {
 	case p.handoff <- task:
@@ -39,7 +48,8 @@ func (p *pool) Schedule(task func()) {
 	select {
 	case p.backlog <- task:
 	default:
-		task()
+		p.overflow.Add(1)
+		go task()
 	}
 }
 

@@ -205,6 +205,7 @@ type Stats struct {
 	FramesOut       uint64 // frames written
 	BytesOut        uint64 // bytes written
 	SlowConsumers   uint64 // connections closed with 4001
+	PoolOverflow    uint64 // tasks run past the worker bound: raise Config.Workers
 }
 
 type counters struct {
@@ -224,5 +225,6 @@ func (s *Server) Stats() Stats {
 		FramesOut:       s.stats.framesOut.Load(),
 		BytesOut:        s.stats.bytesOut.Load(),
 		SlowConsumers:   s.stats.slowConsumers.Load(),
+		PoolOverflow:    s.pool.overflow.Load(),
 	}
 }
