@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -430,4 +431,42 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestSIGTERMDrains stops a gateway with SIGTERM: its leases are released
+// at once, its clients are closed with 4002, and it exits cleanly.
+func TestSIGTERMDrains(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix, "--lease-ttl", "30s")
+	pub := newPublisher(t, srv, prefix)
+	c := wstest.Dial(t, g.url+"?topic=bye")
+	c.Expect("subscribed", wait)
+	owners := func() int {
+		n := 0
+		for p := range pub.n {
+			if pub.rdb.Exists(context.Background(), pub.keys.Owner(p)).Val() == 1 {
+				n++
+			}
+		}
+		return n
+	}
+	redistest.Eventually(t, wait, func() error {
+		if n := owners(); n != pub.n {
+			return fmt.Errorf("%d of %d partitions have an owner", n, pub.n)
+		}
+		return nil
+	})
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.CloseCode(wait); code != 4002 {
+		t.Fatalf("close code %d, want 4002", code)
+	}
+	if err := g.cmd.Wait(); err != nil {
+		t.Fatalf("wsbus serve exited with %v after SIGTERM", err)
+	}
+	if n := owners(); n != 0 {
+		t.Fatalf("%d leases left after the drain (TTL 30s): want them released", n)
+	}
 }
