@@ -42,6 +42,7 @@ type ServeConfig struct {
 	LeaseTTL         time.Duration
 	PingInterval     time.Duration
 	DrainTimeout     time.Duration
+	DrainRate        int
 	LogLevel         string
 }
 
@@ -62,7 +63,8 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Retention, "retention", 24*time.Hour, "how long processed ingress entries are kept")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 5*time.Second, "partition lease time to live: a dead node's partitions move within it")
 	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "ping a client silent for this long; close it after three times as long")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long clients get to go before they are cut")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long the drain may take before the remaining clients are cut")
+	fs.IntVar(&c.DrainRate, "drain-rate", 1000, "on SIGTERM, clients closed with 4002 per second, so their reconnects do not storm the fleet (0: all at once)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 }
 
@@ -194,7 +196,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	<-ownerDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
-	_ = srv.Shutdown(drainCtx, ws.CloseDraining, "node draining: reconnect and resume")
+	_ = srv.Drain(drainCtx, ws.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
 	if errors.Is(err, ws.ErrServerClosed) {
 		err = nil
 	}

@@ -30,6 +30,10 @@ type OwnerConfig struct {
 	// LeaseTTL is how long a lease outlives its owner. Zero value means
 	// 5 s: a dead owner's partitions move within it.
 	LeaseTTL time.Duration
+	// Tick is how often the node heartbeats, renews its leases and
+	// rebalances. Zero value means LeaseTTL/3, at most 500 ms: a dead
+	// node's partitions are taken within LeaseTTL plus one tick.
+	Tick time.Duration
 	// Batch is how many ingress entries are read and applied at once. Zero
 	// value means 100: one Redis round trip each, little added latency.
 	Batch int
@@ -61,6 +65,9 @@ func (c OwnerConfig) withDefaults() (OwnerConfig, error) {
 	}
 	if c.LeaseTTL <= 0 {
 		c.LeaseTTL = 5 * time.Second
+	}
+	if c.Tick <= 0 {
+		c.Tick = min(c.LeaseTTL/3, 500*time.Millisecond)
 	}
 	if c.Batch <= 0 {
 		c.Batch = 100
@@ -112,47 +119,86 @@ func NewOwner(cfg OwnerConfig) (*Owner, error) {
 	return &Owner{cfg: cfg, owned: make(map[int]*lease)}, nil
 }
 
-// Run acquires and renews leases until ctx is done, then stops every
-// pipeline and releases its leases so another node can take over at once.
+// Run heartbeats, renews leases and rebalances partitions over the live
+// nodes until ctx is done, then stops every pipeline, releases its leases
+// and leaves, so the rest of the fleet takes over at once.
 func (o *Owner) Run(ctx context.Context) error {
-	tick := time.NewTicker(o.cfg.LeaseTTL / 3)
+	tick := time.NewTicker(o.cfg.Tick)
 	defer tick.Stop()
 	for {
+		o.heartbeat(ctx)
 		o.renew(ctx)
-		o.acquire(ctx)
+		o.rebalance(ctx)
 		select {
 		case <-ctx.Done():
 			o.releaseAll()
+			o.leave()
 			return nil
 		case <-tick.C:
 		}
 	}
 }
 
-// acquire takes every free partition. Balancing over a fleet decides
-// which partitions to want; a single node wants them all.
-func (o *Owner) acquire(ctx context.Context) {
-	ttl := strconv.FormatInt(o.cfg.LeaseTTL.Milliseconds(), 10)
-	for p := 0; p < o.cfg.Partitions && ctx.Err() == nil; p++ {
-		o.mu.Lock()
-		_, held := o.owned[p]
-		o.mu.Unlock()
-		if held {
-			continue
+// rebalance hands over the partitions this node should no longer own and
+// takes the free ones it should.
+func (o *Owner) rebalance(ctx context.Context) {
+	v, err := o.view(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			o.cfg.Logger.Warn("reading the fleet's state", "err", err)
 		}
-		keys := []string{o.cfg.Keys.Owner(p), o.cfg.Keys.PartitionMeta(p)}
-		token, err := acquireScript.Run(ctx, o.cfg.Redis, keys, o.cfg.Node, ttl).Int64()
-		if errors.Is(err, redis.Nil) {
-			continue // another node holds it
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				o.cfg.Logger.Warn("acquiring partition lease", "partition", p, "err", err)
-			}
-			return
-		}
-		o.start(ctx, p, o.cfg.Node+" "+strconv.FormatInt(token, 10))
+		return
 	}
+	want := assign(o.cfg.Partitions, v.nodes, v.owners)
+	var give []*lease
+	for p, node := range want {
+		o.mu.Lock()
+		l, held := o.owned[p]
+		o.mu.Unlock()
+		switch {
+		case held && node != o.cfg.Node:
+			l.cancel() // all stop at once; handOver waits for each
+			give = append(give, l)
+		case !held && node == o.cfg.Node && ctx.Err() == nil:
+			if owner, taken := v.owners[p]; !taken || owner == o.cfg.Node {
+				o.acquire(ctx, p)
+			}
+		}
+	}
+	for _, l := range give {
+		o.handOver(l)
+	}
+}
+
+// acquire takes partition p if its lease is free (or already ours).
+func (o *Owner) acquire(ctx context.Context, p int) {
+	ttl := strconv.FormatInt(o.cfg.LeaseTTL.Milliseconds(), 10)
+	keys := []string{o.cfg.Keys.Owner(p), o.cfg.Keys.PartitionMeta(p)}
+	token, err := acquireScript.Run(ctx, o.cfg.Redis, keys, o.cfg.Node, ttl).Int64()
+	if errors.Is(err, redis.Nil) {
+		return // another node holds it still
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			o.cfg.Logger.Warn("acquiring partition lease", "partition", p, "err", err)
+		}
+		return
+	}
+	o.start(ctx, p, o.cfg.Node+" "+strconv.FormatInt(token, 10))
+}
+
+// handOver stops a partition's pipeline (what it read and did not apply
+// stays pending for the next owner) and releases its lease.
+func (o *Owner) handOver(l *lease) {
+	l.cancel()
+	<-l.done
+	o.cfg.Logger.Info("handing over partition", "partition", l.p)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err(); err != nil {
+		o.cfg.Logger.Warn("releasing partition lease", "partition", l.p, "err", err)
+	}
+	o.stats.handedOver.Add(1)
 }
 
 func (o *Owner) start(ctx context.Context, p int, value string) {
@@ -230,6 +276,8 @@ func (o *Owner) releaseAll() {
 	defer cancel()
 	for _, l := range leases {
 		l.cancel()
+	}
+	for _, l := range leases {
 		<-l.done
 		_ = releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err()
 	}
@@ -250,10 +298,11 @@ type OwnerStats struct {
 	Delivered    uint64 // entries added to topic history and published
 	DeadLettered uint64 // entries refused to the dead-letter stream
 	Forwarded    uint64 // entries moved to their right partition
+	HandedOver   uint64 // partitions given up to rebalance
 }
 
 type ownerCounters struct {
-	acquired, lost, delivered, deadLettered, forwarded atomic.Uint64
+	acquired, lost, delivered, deadLettered, forwarded, handedOver atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -265,6 +314,7 @@ func (o *Owner) Stats() OwnerStats {
 		Delivered:    o.stats.delivered.Load(),
 		DeadLettered: o.stats.deadLettered.Load(),
 		Forwarded:    o.stats.forwarded.Load(),
+		HandedOver:   o.stats.handedOver.Load(),
 	}
 }
 

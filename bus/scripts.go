@@ -20,6 +20,8 @@ if cur then
   return false
 end
 local token = redis.call('HINCRBY', KEYS[2], 'fence', 1)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'changed', t[1] * 1000 + math.floor(t[2] / 1000))
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return token`)
 

@@ -32,6 +32,10 @@ func (k Keys) part(p int, suffix string) string {
 // Meta is the bus-wide hash with the partition count and schema version.
 func (k Keys) Meta() string { return k.prefix() + ":meta" }
 
+// Nodes is the sorted set of live gateway nodes, scored by the unix
+// milliseconds when their heartbeat expires.
+func (k Keys) Nodes() string { return k.prefix() + ":nodes" }
+
 // Ingress is the stream services append to for partition p.
 func (k Keys) Ingress(p int) string { return k.part(p, "in") }
 

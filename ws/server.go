@@ -105,6 +105,14 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting, closes every connection with code and reason,
 // and waits until they are gone or ctx is done, when it cuts the rest.
 func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error {
+	return s.Drain(ctx, code, reason, 0)
+}
+
+// Drain is Shutdown with the closes spread out: at most perSecond
+// connections are closed each second (0: all at once), so clients that
+// reconnect elsewhere do not arrive as one storm. Whatever is still open
+// when ctx is done is cut.
+func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecond int) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -118,9 +126,7 @@ func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error
 	conns := s.snapshotLocked()
 	s.mu.Unlock()
 
-	for _, c := range conns {
-		c.Close(code, reason)
-	}
+	s.closePaced(ctx, conns, code, reason, perSecond)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for s.Len() > 0 {
@@ -134,6 +140,28 @@ func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error
 	}
 	_ = s.httpSrv.Shutdown(ctx)
 	return s.poll.close()
+}
+
+// drainStep is how often a paced drain closes its next batch.
+const drainStep = 50 * time.Millisecond
+
+func (s *Server) closePaced(ctx context.Context, conns []*Conn, code uint16, reason string, perSecond int) {
+	if perSecond <= 0 {
+		perSecond = len(conns) + 1
+	}
+	start := time.Now()
+	for i, c := range conns {
+		// Connection i may close once i/perSecond seconds have passed.
+		due := start.Add(time.Duration(i) * time.Second / time.Duration(perSecond))
+		if wait := time.Until(due); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(max(wait, drainStep)):
+			}
+		}
+		c.Close(code, reason)
+	}
 }
 
 // Len returns the number of open WebSocket connections.
