@@ -14,6 +14,7 @@ Usage:
   wsbus migrate  [flags]               create or upgrade the bus's Redis keys
   wsbus publish  [flags] TOPIC DATA    append one event ("-" reads DATA from stdin)
   wsbus tail     [flags] TOPIC...      subscribe and print events, resuming on reconnect
+  wsbus status   [flags]               nodes, partitions per node, owners, consumer lag
 
 Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set
 with an environment variable WSBUS_<FLAG> (--node-id is WSBUS_NODE_ID) or in a
@@ -30,6 +31,7 @@ var commands = map[string]command{
 	"migrate": {runMigrate, "create or upgrade the bus's Redis keys"},
 	"publish": {runPublish, "append one event"},
 	"tail":    {runTail, "subscribe and print events"},
+	"status":  {runStatus, "show nodes, partition owners and lag"},
 }
 
 // Main runs the command line and returns the process exit code.

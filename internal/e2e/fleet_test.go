@@ -1,0 +1,503 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws/wsutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+const (
+	fleetPartitions = 16
+	fleetTTL        = 2 * time.Second
+)
+
+// fleet is a bus with several gateway processes.
+type fleet struct {
+	tb     testing.TB
+	srv    *redistest.Server
+	prefix string
+	pub    *publisher
+	mu     sync.Mutex
+	nodes  map[string]*gateway
+	topics []string // at least one per partition
+}
+
+func newFleet(tb testing.TB, names ...string) *fleet {
+	tb.Helper()
+	f := &fleet{tb: tb, srv: redistest.Start(tb), prefix: redistest.Prefix(tb), nodes: map[string]*gateway{}}
+	for _, name := range names {
+		f.start(name)
+	}
+	f.pub = newPublisher(tb, f.srv, f.prefix)
+	covered := map[int]bool{}
+	for i := 0; len(covered) < fleetPartitions || len(f.topics) < fleetPartitions+4; i++ {
+		topic := "topic-" + strconv.Itoa(i)
+		p := streams.Partition(topic, fleetPartitions)
+		if !covered[p] || len(covered) == fleetPartitions {
+			covered[p] = true
+			f.topics = append(f.topics, topic)
+		}
+	}
+	return f
+}
+
+func (f *fleet) start(name string) *gateway {
+	f.tb.Helper()
+	g := startGateway(f.tb, f.srv.URL(), f.prefix, "--node-id", name, "--partitions", strconv.Itoa(fleetPartitions),
+		"--lease-ttl", fleetTTL.String(), "--history-len", "100000", "--drain-rate", "0")
+	f.mu.Lock()
+	f.nodes[name] = g
+	f.mu.Unlock()
+	return g
+}
+
+func (f *fleet) urls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var urls []string
+	for _, name := range slices.Sorted(maps.Keys(f.nodes)) {
+		urls = append(urls, f.nodes[name].url)
+	}
+	return urls
+}
+
+// owners returns the node holding each partition's lease ("" for none).
+func (f *fleet) owners() []string {
+	out := make([]string, fleetPartitions)
+	for p := range out {
+		v, err := f.pub.rdb.Get(context.Background(), f.pub.keys.Owner(p)).Result()
+		if i := strings.LastIndexByte(v, ' '); err == nil && i > 0 {
+			out[p] = v[:i]
+		}
+	}
+	return out
+}
+
+// waitBalanced waits until the named nodes own every partition, within one
+// of an even share each.
+func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
+	f.tb.Helper()
+	var owners []string
+	redistest.Eventually(f.tb, timeout, func() error {
+		owners = f.owners()
+		count := map[string]int{}
+		for _, o := range owners {
+			count[o]++
+		}
+		lo, hi := fleetPartitions, 0
+		for _, n := range names {
+			lo, hi = min(lo, count[n]), max(hi, count[n])
+		}
+		if count[""] > 0 || hi-lo > 1 || len(count) != len(names) {
+			return fmt.Errorf("owners %v: want %v balanced within one", count, names)
+		}
+		return nil
+	})
+	return owners
+}
+
+// publishing appends events round-robin over the topics until stopped.
+type publishing struct {
+	stop, done chan struct{}
+	mu         sync.Mutex
+	ids        map[string][]string
+}
+
+func (f *fleet) publish() *publishing {
+	pb := &publishing{stop: make(chan struct{}), done: make(chan struct{}), ids: map[string][]string{}}
+	rdb := f.srv.Client(f.tb)
+	go func() {
+		defer close(pb.done)
+		for i := 0; ; i++ {
+			select {
+			case <-pb.stop:
+				return
+			default:
+			}
+			topic := f.topics[i%len(f.topics)]
+			id, err := rdb.XAdd(context.Background(), &redis.XAddArgs{
+				Stream: f.pub.keys.Ingress(streams.Partition(topic, fleetPartitions)),
+				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
+			}).Result()
+			if err != nil {
+				f.tb.Errorf("XADD: %v", err)
+				return
+			}
+			pb.mu.Lock()
+			pb.ids[topic] = append(pb.ids[topic], id)
+			pb.mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return pb
+}
+
+func (pb *publishing) finish() map[string][]string {
+	close(pb.stop)
+	<-pb.done
+	return pb.ids
+}
+
+// resumer is a client that subscribes to every topic and, whenever its
+// connection ends, reconnects to the next node and resumes each topic
+// from the last event it processed.
+type resumer struct {
+	urls   func() []string
+	next   int
+	topics []string
+
+	mu           sync.Mutex
+	got          map[string][]string
+	epoch        map[string]string
+	problems     []string
+	reconnects   int
+	notRecovered int
+}
+
+func newResumer(urls func() []string, first int, topics []string) *resumer {
+	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, epoch: map[string]string{}}
+}
+
+func (r *resumer) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		urls := r.urls()
+		url := urls[r.next%len(urls)]
+		r.next++
+		c, err := wstest.TryDial(url)
+		if err != nil {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		stop := context.AfterFunc(ctx, func() { _ = c.Conn.Close() })
+		r.session(c)
+		stop()
+		_ = c.Conn.Close()
+		r.mu.Lock()
+		r.reconnects++
+		r.mu.Unlock()
+	}
+}
+
+func (r *resumer) session(c *wstest.Client) {
+	r.mu.Lock()
+	for _, t := range r.topics {
+		since := "0"
+		if ids := r.got[t]; len(ids) > 0 {
+			since = ids[len(ids)-1]
+		}
+		b, _ := json.Marshal(map[string]string{"type": "subscribe", "topic": t, "since": since, "epoch": r.epoch[t]})
+		if err := wsutil.WriteClientText(c.Conn, b); err != nil {
+			r.mu.Unlock()
+			return
+		}
+	}
+	r.mu.Unlock()
+	for {
+		m, err := c.TryNext(time.Minute)
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		switch m.Type {
+		case "subscribed":
+			r.epoch[m.Topic] = m.Epoch
+			if !m.Recovered {
+				r.notRecovered++
+			}
+		case "event":
+			ids := r.got[m.Topic]
+			if n := len(ids); n > 0 && !streams.MustParseID(ids[n-1]).Less(streams.MustParseID(m.ID)) {
+				r.problems = append(r.problems, fmt.Sprintf("%s: %s after %s", m.Topic, m.ID, ids[n-1]))
+			}
+			r.got[m.Topic] = append(ids, m.ID)
+		case "error":
+			r.problems = append(r.problems, "error "+m.Code+": "+m.Message)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// verify waits until every resumer holds every published event and checks
+// each has them exactly once, in order, with every resume recovered, and
+// that no history stream holds an event twice.
+func (f *fleet) verify(published map[string][]string, clients []*resumer) {
+	f.tb.Helper()
+	for i, r := range clients {
+		redistest.Eventually(f.tb, 30*time.Second, func() error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			for _, t := range f.topics {
+				if len(r.got[t]) < len(published[t]) {
+					return fmt.Errorf("client %d has %d of %d events of %s", i, len(r.got[t]), len(published[t]), t)
+				}
+			}
+			return nil
+		})
+		r.mu.Lock()
+		for _, t := range f.topics {
+			if !slices.Equal(r.got[t], published[t]) {
+				f.tb.Errorf("client %d, %s: %d events received, %d published: not each once in order", i, t, len(r.got[t]), len(published[t]))
+			}
+		}
+		if len(r.problems) > 0 || r.notRecovered > 0 {
+			f.tb.Errorf("client %d: %d resumes not recovered, problems %v", i, r.notRecovered, r.problems)
+		}
+		r.mu.Unlock()
+	}
+	for _, t := range f.topics {
+		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
+		if err != nil {
+			f.tb.Fatal(err)
+		}
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		if !slices.Equal(ids, published[t]) {
+			f.tb.Errorf("history of %s holds %d entries, want the %d published, each once", t, len(ids), len(published[t]))
+		}
+	}
+}
+
+// clients starts per clients on every node.
+func (f *fleet) clients(ctx context.Context, per int) []*resumer {
+	var rs []*resumer
+	for i := range per * len(f.urls()) {
+		r := newResumer(f.urls, i, f.topics)
+		rs = append(rs, r)
+		go r.run(ctx)
+	}
+	return rs
+}
+
+func TestFleetNodeKilled(t *testing.T) {
+	f := newFleet(t, "a", "b", "c")
+	before := f.waitBalanced(10*time.Second, "a", "b", "c")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clients := f.clients(ctx, 2)
+	pb := f.publish()
+	time.Sleep(time.Second)
+
+	killed := time.Now()
+	f.nodes["b"].kill(t)
+	var took time.Duration
+	redistest.Eventually(t, 3*fleetTTL, func() error {
+		owners := f.owners()
+		for p, o := range owners {
+			if before[p] == "b" && (o == "" || o == "b") {
+				return fmt.Errorf("partition %d not taken over yet", p)
+			}
+		}
+		took = time.Since(killed)
+		return nil
+	})
+	t.Logf("take-over after SIGKILL: %v (lease TTL %v)", took.Round(10*time.Millisecond), fleetTTL)
+	if took > fleetTTL+time.Second {
+		t.Errorf("take-over took %v, want at most the lease TTL %v plus 1s", took, fleetTTL)
+	}
+	time.Sleep(time.Second)
+	f.verify(pb.finish(), clients)
+	f.waitBalanced(10*time.Second, "a", "c")
+}
+
+func TestFleetNodePausedPastItsLease(t *testing.T) {
+	f := newFleet(t, "a", "b", "c")
+	f.waitBalanced(10*time.Second, "a", "b", "c")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clients := f.clients(ctx, 2)
+	pb := f.publish()
+	time.Sleep(time.Second)
+	b := f.nodes["b"]
+	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Its leases run out and the others take its partitions.
+	redistest.Eventually(t, 3*fleetTTL, func() error {
+		for p, o := range f.owners() {
+			if o == "b" || o == "" {
+				return fmt.Errorf("partition %d still held by %q", p, o)
+			}
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	f.waitBalanced(15*time.Second, "a", "b", "c")
+	time.Sleep(500 * time.Millisecond)
+	f.verify(pb.finish(), clients)
+}
+
+func TestFleetNodeAdded(t *testing.T) {
+	f := newFleet(t, "a", "b")
+	before := f.waitBalanced(10*time.Second, "a", "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clients := f.clients(ctx, 2)
+	pb := f.publish()
+	time.Sleep(500 * time.Millisecond)
+	f.start("c")
+	after := f.waitBalanced(15*time.Second, "a", "b", "c")
+	moved, toC := 0, 0
+	for p := range after {
+		if after[p] != before[p] {
+			moved++
+		}
+		if after[p] == "c" {
+			toC++
+		}
+	}
+	t.Logf("join moved %d partitions, %d to the new node", moved, toC)
+	if moved != toC {
+		t.Errorf("a join moved %d partitions but the new node got %d: partitions moved between old nodes", moved, toC)
+	}
+	// Clients on the new node too.
+	clients = append(clients, f.clients(ctx, 1)...)
+	time.Sleep(time.Second)
+	f.verify(pb.finish(), clients)
+}
+
+func TestFleetRollingRestart(t *testing.T) {
+	f := newFleet(t, "a", "b", "c")
+	f.waitBalanced(10*time.Second, "a", "b", "c")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clients := f.clients(ctx, 2)
+	pb := f.publish()
+	for _, name := range []string{"a", "b", "c"} {
+		time.Sleep(500 * time.Millisecond)
+		g := f.nodes[name]
+		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.cmd.Wait(); err != nil {
+			t.Fatalf("%s exited with %v after SIGTERM", name, err)
+		}
+		f.start(name)
+		f.waitBalanced(15*time.Second, "a", "b", "c")
+	}
+	time.Sleep(500 * time.Millisecond)
+	f.verify(pb.finish(), clients)
+	for i, r := range clients {
+		if r.reconnects == 0 {
+			t.Errorf("client %d never reconnected during a rolling restart", i)
+		}
+	}
+}
+
+// TestDrainIsPaced drains a node holding 300 clients at 100 closes per
+// second: reconnects arrive at that rate, not as one storm.
+func TestDrainIsPaced(t *testing.T) {
+	const clients, rate = 300, 100
+	srv := redistest.Start(t)
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--drain-rate", strconv.Itoa(rate))
+	conns := make([]*wstest.Client, clients)
+	for i := range conns {
+		conns[i] = wstest.Dial(t, g.url+"?topic=d")
+		conns[i].Expect("subscribed", wait)
+	}
+	start := time.Now()
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	closedAt := make([]time.Duration, clients)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := c.CloseCode(20 * time.Second); code != 4002 {
+				t.Errorf("client %d closed with %d, want 4002", i, code)
+			}
+			closedAt[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	slices.Sort(closedAt)
+	worst := 0
+	for i := range closedAt {
+		j, _ := slices.BinarySearch(closedAt, closedAt[i]+time.Second)
+		worst = max(worst, j-i)
+	}
+	t.Logf("drain of %d clients at --drain-rate %d took %v; busiest second had %d closes", clients, rate, closedAt[clients-1].Round(10*time.Millisecond), worst)
+	if worst > rate+rate/20 { // closes are paced at the server; client-side receipt times jitter by milliseconds
+		t.Errorf("%d clients closed within one second, want at most %d", worst, rate)
+	}
+	if closedAt[clients-1] < 2*time.Second {
+		t.Errorf("drain took %v, want it spread over about %ds", closedAt[clients-1], clients/rate)
+	}
+	if err := g.cmd.Wait(); err != nil {
+		t.Fatalf("exit after drain: %v", err)
+	}
+}
+
+func TestStatusShowsTheFleet(t *testing.T) {
+	f := newFleet(t, "a", "b")
+	owners := f.waitBalanced(10*time.Second, "a", "b")
+	for range 30 {
+		f.pub.xadd(t, f.topics[0], "x")
+	}
+	out, err := exec.Command(wsbusBin, "status", "--json", "--redis", f.srv.URL(), "--prefix", f.prefix).Output()
+	if err != nil {
+		t.Fatalf("wsbus status: %v", err)
+	}
+	var st struct {
+		Partitions int
+		Nodes      []struct {
+			ID         string
+			Partitions int
+		}
+		Partition []struct {
+			P            int
+			Owner        string
+			Token        int64
+			Lag, Pending int64
+			Epoch        string
+			Changed      time.Time `json:"last_owner_change"`
+		}
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	if st.Partitions != fleetPartitions || len(st.Nodes) != 2 || st.Nodes[0].ID != "a" || st.Nodes[1].ID != "b" ||
+		st.Nodes[0].Partitions+st.Nodes[1].Partitions != fleetPartitions {
+		t.Fatalf("status = %s", out)
+	}
+	for _, p := range st.Partition {
+		if p.Owner != owners[p.P] || p.Token < 1 || p.Epoch == "" || p.Changed.IsZero() || p.Lag < 0 {
+			t.Errorf("partition %+v, owner key says %q", p, owners[p.P])
+		}
+	}
+	text, err := exec.Command(wsbusBin, "status", "--redis", f.srv.URL(), "--prefix", f.prefix).Output()
+	if err != nil || !containsAll(string(text), "2 live nodes", "LAST OWNER CHANGE", "\na ", "\nb ") {
+		t.Fatalf("status text (%v):\n%s", err, text)
+	}
+}
+
+func containsAll(s string, parts ...string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
