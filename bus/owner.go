@@ -323,5 +323,5 @@ func isNoScript(err error) bool {
 }
 
 func isLeaseLost(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "WSBUSLEASE")
+	return errors.Is(err, ErrLeaseLost) || err != nil && strings.Contains(err.Error(), "WSBUSLEASE")
 }

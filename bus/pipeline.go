@@ -150,7 +150,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) erro
 			args = append(args, "d", m.ID, strings.TrimPrefix(err.Error(), "streams: "), topic, data)
 			dead++
 		case streams.Partition(e.Topic, o.cfg.Partitions) != l.p:
-			if err := o.forward(ctx, l.p, e); err != nil {
+			if err := o.forward(ctx, l, e); err != nil {
 				return err
 			}
 			args = append(args, "a", m.ID)
@@ -171,16 +171,40 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) erro
 	return nil
 }
 
-func (o *Owner) forward(ctx context.Context, from int, e streams.Entry) error {
+// forward moves a misrouted entry to its partition's ingress. On a single
+// Redis the move is fenced atomically; on Redis Cluster the two streams are
+// in different slots, so the lease is checked just before the XADD and a
+// node paused between the two could forward an entry twice (it arrives as
+// a second entry with its own ID: forwarding is at least once).
+func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 	to := streams.Partition(e.Topic, o.cfg.Partitions)
-	err := o.cfg.Redis.XAdd(ctx, &redis.XAddArgs{
-		Stream: o.cfg.Keys.Ingress(to),
-		Values: []any{"topic", e.Topic, "data", e.Data, "forwarded_from", strconv.Itoa(from) + "/" + e.ID},
-	}).Err()
-	if err != nil {
-		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, from, to, err)
+	origin := strconv.Itoa(l.p) + "/" + e.ID
+	var err error
+	if _, cluster := o.cfg.Redis.(*redis.ClusterClient); cluster {
+		err = o.checkLease(ctx, l)
+		if err == nil {
+			err = o.cfg.Redis.XAdd(ctx, &redis.XAddArgs{
+				Stream: o.cfg.Keys.Ingress(to),
+				Values: []any{"topic", e.Topic, "data", e.Data, "forwarded_from", origin},
+			}).Err()
+		}
+	} else {
+		keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(to)}
+		err = forwardScript.Run(ctx, o.cfg.Redis, keys, l.value, e.Topic, e.Data, origin).Err()
 	}
-	return nil
+	if err != nil && !isLeaseLost(err) {
+		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, l.p, to, err)
+	}
+	return err
+}
+
+// checkLease fails with a lease-lost error when l is no longer held.
+func (o *Owner) checkLease(ctx context.Context, l *lease) error {
+	v, err := o.cfg.Redis.Get(ctx, o.cfg.Keys.Owner(l.p)).Result()
+	if errors.Is(err, redis.Nil) || err == nil && v != l.value {
+		return ErrLeaseLost
+	}
+	return err
 }
 
 // trim drops ingress entries older than the retention, never a pending one.

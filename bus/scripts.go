@@ -97,6 +97,17 @@ if #acks > 0 then
 end
 return added`)
 
+// forwardScript moves a misrouted entry to the ingress of its partition,
+// fenced by the lease of the partition it was found in. The two keys are in
+// different slots, so it only runs on a single Redis; on Redis Cluster the
+// lease is checked just before a plain XADD instead (see forward).
+// KEYS: owner, target ingress. ARGV: lease value, topic, data, origin.
+var forwardScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('WSBUSLEASE lease lost')
+end
+return redis.call('XADD', KEYS[2], '*', 'topic', ARGV[2], 'data', ARGV[3], 'forwarded_from', ARGV[4])`)
+
 // trimScript trims the ingress stream to entries newer than ARGV[3], but
 // never past the oldest entry still pending (XTRIM would drop it).
 // KEYS: owner, ingress. ARGV: lease value, group, min ID ("<ms>-0").
