@@ -50,10 +50,28 @@ type Config struct {
 	// IdleTimeout closes a connection silent for this long (a pong counts as
 	// activity). Zero value means 3 × PingInterval.
 	IdleTimeout time.Duration
-	// Workers bounds the goroutines that read, write and upgrade
-	// connections. Zero value means 256: enough to hide Redis round trips
-	// made from message handlers on two cores.
+	// Workers bounds the goroutines that read and write connections. Zero
+	// value means 256: enough to hide Redis round trips made from message
+	// handlers on two cores.
 	Workers int
+	// MaxConnections bounds open WebSocket connections; an upgrade past it
+	// is refused with 503. Zero value means no bound but the process's
+	// file-descriptor limit.
+	MaxConnections int
+	// UpgradeRate bounds WebSocket upgrades per second; UpgradeBurst is how
+	// many may come at once. An upgrade waits for its turn within the
+	// handshake time and is refused with 503 (Retry-After) past it, so a
+	// reconnect storm is admitted at a steady pace instead of flooding the
+	// node. Zero values mean 2000 per second and a burst of 200.
+	UpgradeRate  float64
+	UpgradeBurst int
+	// MaxHandshakeBytes bounds the request line and headers of a
+	// handshake; a bigger one is answered 431. Zero value means 8 KiB.
+	MaxHandshakeBytes int
+	// MaxPendingHandshakes bounds connections accepted and not yet
+	// upgraded; past it the accept loop cools down, leaving new
+	// connections in the kernel's backlog. Zero value means 10000.
+	MaxPendingHandshakes int
 	// Logger receives connection errors at debug level. Zero value means
 	// slog.Default().
 	Logger *slog.Logger
@@ -87,6 +105,18 @@ func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
 		c.Workers = 256
 	}
+	if c.UpgradeRate <= 0 {
+		c.UpgradeRate = 2000
+	}
+	if c.UpgradeBurst <= 0 {
+		c.UpgradeBurst = 200
+	}
+	if c.MaxHandshakeBytes <= 0 {
+		c.MaxHandshakeBytes = 8 << 10
+	}
+	if c.MaxPendingHandshakes <= 0 {
+		c.MaxPendingHandshakes = 10000
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -103,8 +133,13 @@ type Request struct {
 	// Origin and Authorization are the request headers of those names.
 	Origin        string
 	Authorization string
+	// Host is the Host header.
+	Host string
 	// RemoteAddr is the client's address.
 	RemoteAddr string
+	// State is set by Handler.Accept and handed to Handler.Open (the
+	// verified identity of the client, say).
+	State any
 }
 
 // Handler is the application behind the WebSocket edge. Its methods run on

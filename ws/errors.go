@@ -14,6 +14,9 @@ var (
 	ErrUnsupported = errors.New("ws: epoll is only available on Linux")
 )
 
+// errHandshakeTooLarge ends a handshake past Config.MaxHandshakeBytes.
+var errHandshakeTooLarge = errors.New("ws: handshake too large")
+
 // errStopReading ends a read without closing: the close handshake is under way.
 var errStopReading = errors.New("ws: stop reading")
 

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Server accepts TCP connections, upgrades WebSocket requests and serves
@@ -18,6 +20,8 @@ import (
 type Server struct {
 	cfg     Config
 	poll    *poller
+	upgrade *rate.Limiter
+	pending atomic.Int64 // accepted connections not yet upgraded or handed to HTTP
 	pool    *pool
 	httpLn  *handoffListener
 	httpSrv *http.Server
@@ -37,10 +41,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:   cfg,
-		pool:  newPool(cfg.Workers, 10*time.Second),
-		conns: make(map[*Conn]struct{}),
-		done:  make(chan struct{}),
+		cfg:     cfg,
+		pool:    newPool(cfg.Workers, 10*time.Second),
+		upgrade: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
+		conns:   make(map[*Conn]struct{}),
+		done:    make(chan struct{}),
 	}
 	poll, err := newPoller(func(err error) { cfg.Logger.Error("epoll wait failed", "err", err) })
 	if err != nil {
@@ -98,7 +103,15 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		backoff = 0
 		s.stats.accepted.Add(1)
-		s.pool.Schedule(func() { s.handshake(nc) })
+		// A handshake reads from a client that may be slow or hostile, so
+		// it gets a goroutine of its own (bounded below and by its
+		// deadline) rather than a worker the open connections need.
+		s.pending.Add(1)
+		go s.handshake(nc)
+		for s.pending.Load() >= int64(s.cfg.MaxPendingHandshakes) {
+			s.stats.cooldowns.Add(1)
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 
@@ -233,6 +246,8 @@ type Stats struct {
 	FramesOut       uint64 // frames written
 	BytesOut        uint64 // bytes written
 	SlowConsumers   uint64 // connections closed with 4001
+	Refused         uint64 // upgrades refused for the connection or rate limit (503)
+	Cooldowns       uint64 // accept-loop pauses for too many pending handshakes
 	PoolOverflow    uint64 // tasks run past the worker bound: raise Config.Workers
 }
 
@@ -240,6 +255,7 @@ type counters struct {
 	connections                                     atomic.Int64
 	accepted, upgraded, handshakeErrors, messagesIn atomic.Uint64
 	framesOut, bytesOut, slowConsumers              atomic.Uint64
+	refused, cooldowns                              atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -253,6 +269,8 @@ func (s *Server) Stats() Stats {
 		FramesOut:       s.stats.framesOut.Load(),
 		BytesOut:        s.stats.bytesOut.Load(),
 		SlowConsumers:   s.stats.slowConsumers.Load(),
+		Refused:         s.stats.refused.Load(),
+		Cooldowns:       s.stats.cooldowns.Load(),
 		PoolOverflow:    s.pool.overflow.Load(),
 	}
 }

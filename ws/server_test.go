@@ -378,3 +378,49 @@ func TestAppendFrame(t *testing.T) {
 		})
 	}
 }
+
+func TestHandshakeLimits(t *testing.T) {
+	t.Run("headers too large", func(t *testing.T) {
+		_, addr := startServer(t, &echoHandler{}, Config{MaxHandshakeBytes: 1024})
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 4000))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("response %v, %v: want 431", resp, err)
+		}
+	})
+	t.Run("connection limit", func(t *testing.T) {
+		s, addr := startServer(t, &echoHandler{}, Config{MaxConnections: 2})
+		dialRaw(t, addr)
+		dialRaw(t, addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws")
+		var status ws.StatusError
+		if !errorAs(err, &status) || int(status) != http.StatusServiceUnavailable {
+			t.Fatalf("third dial = %v, want 503", err)
+		}
+		if s.Stats().Refused != 1 {
+			t.Fatalf("refused = %d, want 1", s.Stats().Refused)
+		}
+	})
+	t.Run("handshake timeout", func(t *testing.T) {
+		_, addr := startServer(t, &echoHandler{}, Config{HandshakeTimeout: 200 * time.Millisecond})
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprint(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\n") // and nothing more
+		start := time.Now()
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(conn)
+		if err != nil || time.Since(start) > 2*time.Second {
+			t.Fatalf("a half-sent handshake was cut after %v (%v), want about 200ms", time.Since(start), err)
+		}
+	})
+}

@@ -2,8 +2,12 @@ package ws
 
 import (
 	"bytes"
+	"errors"
 	"net"
+	"net/http"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/gobwas/ws"
 )
@@ -15,23 +19,76 @@ const peekSize = 64
 // handshake routes a new connection: an upgrade of cfg.Path is done here
 // with gobwas/ws, anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
-	_ = nc.SetDeadline(timeNow().Add(s.cfg.HandshakeTimeout))
+	defer s.pending.Add(-1)
+	deadline := timeNow().Add(s.cfg.HandshakeTimeout)
+	_ = nc.SetDeadline(deadline)
 	var head [peekSize]byte
 	n, isWS := s.peek(nc, head[:])
 	if n == 0 {
 		_ = nc.Close()
 		return
 	}
-	pc := &prefixConn{Conn: nc, prefix: head[:n]}
+	pc := &prefixConn{Conn: nc, prefix: head[:n], left: s.cfg.MaxHandshakeBytes}
 	if !isWS {
 		_ = nc.SetDeadline(zeroTime)
+		pc.left = -1
 		s.httpLn.push(pc)
 		return
 	}
-	req := &Request{RemoteAddr: nc.RemoteAddr().String()}
+	if !s.admit(deadline) {
+		s.stats.refused.Add(1)
+		_, _ = nc.Write(response503)
+		_ = nc.Close()
+		return
+	}
+	req, err := s.upgradeConn(pc)
+	if err != nil {
+		s.stats.handshakeErrors.Add(1)
+		s.cfg.Logger.Debug("upgrade refused", "remote", nc.RemoteAddr(), "err", err)
+		if errors.Is(err, errHandshakeTooLarge) {
+			_, _ = nc.Write(response431)
+		}
+		_ = nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(zeroTime)
+	s.open(nc, req)
+}
+
+// admit waits for the upgrade rate limiter, refusing when the wait would
+// outlast the handshake deadline.
+func (s *Server) admit(deadline time.Time) bool {
+	r := s.upgrade.Reserve()
+	delay := r.Delay()
+	if !r.OK() || timeNow().Add(delay).After(deadline) {
+		r.Cancel()
+		return false
+	}
+	time.Sleep(delay)
+	return true
+}
+
+var (
+	response503 = httpResponse("503 Service Unavailable", "Retry-After: 1\r\n", "upgrade rate limit reached; retry\n")
+	response431 = httpResponse("431 Request Header Fields Too Large", "", "handshake too large\n")
+)
+
+// httpResponse is a complete plain-text answer that closes the connection.
+func httpResponse(status, header, body string) []byte {
+	return []byte("HTTP/1.1 " + status + "\r\n" + header + "Content-Type: text/plain\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
+}
+
+// upgradeConn answers the WebSocket handshake read from pc.
+func (s *Server) upgradeConn(pc *prefixConn) (*Request, error) {
+	req := &Request{RemoteAddr: pc.RemoteAddr().String()}
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
 			req.URI = string(uri)
+			return nil
+		},
+		OnHost: func(host []byte) error {
+			req.Host = string(host)
 			return nil
 		},
 		OnHeader: func(key, value []byte) error {
@@ -44,17 +101,17 @@ func (s *Server) handshake(nc net.Conn) {
 			return nil
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
+				s.stats.refused.Add(1)
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable),
+					ws.RejectionReason("connection limit reached; retry another node"),
+					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")))
+			}
 			return nil, s.cfg.Handler.Accept(req)
 		},
 	}
-	if _, err := u.Upgrade(pc); err != nil {
-		s.stats.handshakeErrors.Add(1)
-		s.cfg.Logger.Debug("upgrade refused", "remote", req.RemoteAddr, "err", err)
-		_ = nc.Close()
-		return
-	}
-	_ = nc.SetDeadline(zeroTime)
-	s.open(nc, req)
+	_, err := u.Upgrade(pc)
+	return req, err
 }
 
 // peek reads the start of the request line and reports whether it is a
@@ -103,19 +160,34 @@ func (s *Server) open(nc net.Conn, req *Request) {
 	}
 }
 
-// prefixConn replays the bytes peeked from a connection before reading on.
+// prefixConn replays the bytes peeked from a connection before reading
+// on, and fails once left bytes were read (left < 0: no limit), since
+// gobwas/ws reads header lines of any length.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
+	left   int
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
+	if c.left == 0 {
+		return 0, errHandshakeTooLarge
 	}
-	return c.Conn.Read(p)
+	if c.left > 0 && len(p) > c.left {
+		p = p[:c.left]
+	}
+	var n int
+	var err error
+	if len(c.prefix) > 0 {
+		n = copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+	} else {
+		n, err = c.Conn.Read(p)
+	}
+	if c.left > 0 {
+		c.left -= n
+	}
+	return n, err
 }
 
 // handoffListener feeds non-WebSocket connections to net/http.
