@@ -21,6 +21,19 @@ func (l *stringList) Set(v string) error {
 	return nil
 }
 
+// split returns the values with comma-separated ones split apart.
+func (l stringList) split() []string {
+	var out []string
+	for _, v := range l {
+		for _, part := range strings.Split(v, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, part)
+			}
+		}
+	}
+	return out
+}
+
 // common are the flags every command has.
 type common struct {
 	redis  stringList

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/bus"
+	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
 )
@@ -29,6 +31,7 @@ type httpAPI struct {
 	n       int
 	owner   *bus.Owner
 	gw      *bus.Gateway
+	auth    *auth.Verifier // nil without authentication
 	ws      *ws.Server
 	pub     *streams.Publisher
 	hist    *streams.History
@@ -60,7 +63,7 @@ func (h *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *httpAPI) demo(w http.ResponseWriter, _ *http.Request) {
-	if !h.cfg.Insecure {
+	if h.auth != nil {
 		http.NotFound(w, nil)
 		return
 	}
@@ -70,8 +73,13 @@ func (h *httpAPI) demo(w http.ResponseWriter, _ *http.Request) {
 
 // publish is POST /v1/publish {"topic":..,"data":..} -> {"id":..}.
 func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
-	if !h.cfg.Insecure {
-		writeError(w, http.StatusForbidden, "publishing over HTTP needs an API key, which this version does not support yet")
+	switch key := h.cfg.PublishKey; {
+	case key == "" && !h.cfg.Insecure:
+		writeError(w, http.StatusForbidden, "publishing over HTTP is off: start the gateway with --publish-key")
+		return
+	case key != "" && subtle.ConstantTimeCompare([]byte(bus.BearerToken(r.Header.Get("Authorization"))), []byte(key)) != 1:
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		writeError(w, http.StatusUnauthorized, "a valid publish key is required (Authorization: Bearer KEY)")
 		return
 	}
 	var body struct {
@@ -113,6 +121,9 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
 	}
+	if !h.mayRead(w, r, topic) {
+		return
+	}
 	if since == "" {
 		since = "0"
 	}
@@ -140,6 +151,29 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"topic": topic, "epoch": res.Epoch, "recovered": res.Recovered, "events": events, "more": res.More,
 	})
+}
+
+// mayRead checks the request's token (Authorization: Bearer, or ?token=)
+// for topic when authentication is on, answering 401 or 403 when it fails.
+func (h *httpAPI) mayRead(w http.ResponseWriter, r *http.Request, topic string) bool {
+	if h.auth == nil {
+		return true
+	}
+	token := bus.BearerToken(r.Header.Get("Authorization"))
+	if token == "" {
+		token = r.URL.Query().Get("token")
+	}
+	claims, err := h.auth.Verify(token)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		writeError(w, http.StatusUnauthorized, "a valid token is required (Authorization: Bearer, or ?token=)")
+		return false
+	}
+	if !claims.Allows(topic) {
+		writeError(w, http.StatusForbidden, "token does not allow this topic")
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

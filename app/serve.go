@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/bus"
+	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -32,6 +33,17 @@ type ServeConfig struct {
 	Insecure         bool
 	JWTSecret        string
 	JWTPublicKey     string
+	JWTAudience      string
+	JWTIssuer        string
+	PublishKey       string
+	AllowedOrigins   stringList
+	MaxConnections   int
+	UpgradeRate      float64
+	UpgradeBurst     int
+	HandshakeTimeout time.Duration
+	MaxHandshake     int
+
+	auth             *auth.Verifier // built by check from the JWT flags; nil without a key
 	MaxMessage       int
 	MaxQueue         int
 	MaxData          int
@@ -54,6 +66,15 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Insecure, "insecure", false, "run without authentication: every client may read every topic and publish over HTTP (development only)")
 	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HS256 secret of client tokens")
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RS256/ES256 public key of client tokens")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "when set, tokens must carry this aud")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "when set, tokens must carry this iss")
+	fs.StringVar(&c.PublishKey, "publish-key", "", "API key for POST /v1/publish (Authorization: Bearer KEY); without one, HTTP publishing is open in --insecure mode and off otherwise")
+	fs.Var(&c.AllowedOrigins, "allowed-origins", "Origin a browser may connect from, e.g. https://app.example (repeat or comma-separate; \"*\" for any); default: the gateway's own host, or any with --insecure")
+	fs.IntVar(&c.MaxConnections, "max-connections", 0, "WebSocket connections per node; more are refused with 503 (0: only the fd limit)")
+	fs.Float64Var(&c.UpgradeRate, "upgrade-rate", 2000, "WebSocket upgrades admitted per second; a storm waits its turn or gets 503")
+	fs.IntVar(&c.UpgradeBurst, "upgrade-burst", 200, "WebSocket upgrades admitted at once above the rate")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection that has not finished its handshake by then is cut")
+	fs.IntVar(&c.MaxHandshake, "max-handshake-bytes", 8<<10, "largest handshake request line and headers (bigger: 431)")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client message in bytes (bigger: close 1009)")
 	fs.IntVar(&c.MaxQueue, "max-queue", 1<<20, "bytes queued to one client before it is closed with 4001")
 	fs.IntVar(&c.MaxData, "max-data", streams.DefaultMaxData, "largest event payload in bytes (bigger: dead-lettered)")
@@ -69,11 +90,15 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 }
 
 func (c *ServeConfig) check() error {
-	if c.JWTSecret != "" || c.JWTPublicKey != "" {
-		return errors.New("JWT authentication is not available in this version yet; run with --insecure on a trusted network")
+	if c.JWTSecret != "" && c.JWTPublicKey != "" {
+		return errors.New("give --jwt-secret or --jwt-public-key, not both")
 	}
-	if !c.Insecure {
+	if c.JWTSecret == "" && c.JWTPublicKey == "" && !c.Insecure {
 		return errors.New("no authentication key configured: give --jwt-secret or --jwt-public-key, or --insecure for development")
+	}
+	var err error
+	if c.auth, err = c.verifier(); err != nil {
+		return err
 	}
 	if strings.ContainsAny(c.NodeID, " \t\r\n") {
 		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
@@ -153,19 +178,26 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		_ = ln.Close()
 		return err
 	}
+	verifier := c.auth
+	origins := c.AllowedOrigins.split()
+	if len(origins) == 0 && c.Insecure {
+		origins = []string{"*"}
+	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
-		Redis: rdb, Keys: keys, Partitions: n,
+		Redis: rdb, Keys: keys, Partitions: n, Auth: verifier, AllowedOrigins: origins,
 		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
 	})
 	if err != nil {
 		return err
 	}
 	defer gw.Close()
-	h := &httpAPI{cfg: c, rdb: rdb, keys: keys, n: n, owner: owner, gw: gw,
+	h := &httpAPI{cfg: c, rdb: rdb, keys: keys, n: n, owner: owner, gw: gw, auth: verifier,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
 		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue,
-		PingInterval: c.PingInterval, Logger: logger,
+		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
+		UpgradeRate: c.UpgradeRate, UpgradeBurst: c.UpgradeBurst,
+		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,
 	})
 	if err != nil {
 		return err
@@ -182,7 +214,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	h.started.Store(true)
 	addr := ln.Addr().String()
 	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws", "partitions", n)
-	if c.Insecure {
+	if verifier == nil {
 		logger.Warn("insecure mode: no authentication; demo page at http://" + addr + "/")
 	}
 	ready(addr)
@@ -201,4 +233,24 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		err = nil
 	}
 	return err
+}
+
+// verifier builds the token verifier; nil without a key (--insecure).
+func (c *ServeConfig) verifier() (*auth.Verifier, error) {
+	cfg := auth.Config{Audience: c.JWTAudience, Issuer: c.JWTIssuer}
+	switch {
+	case c.JWTSecret != "":
+		cfg.Secret = []byte(c.JWTSecret)
+	case c.JWTPublicKey != "":
+		b, err := os.ReadFile(c.JWTPublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("reading --jwt-public-key: %w", err)
+		}
+		if cfg.PublicKey, err = auth.ParsePublicKey(b); err != nil {
+			return nil, fmt.Errorf("--jwt-public-key %s: %w", c.JWTPublicKey, err)
+		}
+	default:
+		return nil, nil
+	}
+	return auth.New(cfg)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
 )
@@ -39,6 +40,13 @@ type GatewayConfig struct {
 	// ReadyTimeout bounds the wait for Redis to confirm a live channel
 	// subscription. Zero value means 5 s.
 	ReadyTimeout time.Duration
+	// Auth verifies client tokens. Nil means no authentication: every
+	// client may read every topic.
+	Auth *auth.Verifier
+	// AllowedOrigins lists the Origins browsers may connect from; "*"
+	// allows all. Empty means only the gateway's own host. Clients that
+	// send no Origin (not browsers) are not checked.
+	AllowedOrigins []string
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
 }
@@ -73,11 +81,12 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 // writes (un)subscribe commands, which keeps SSUBSCRIBE and SUNSUBSCRIBE of
 // a channel in order. No lock is held while waiting for a Redis reply.
 type Gateway struct {
-	cfg    GatewayConfig
-	hist   *streams.History
-	ctx    context.Context
-	cancel context.CancelFunc
-	stats  gatewayCounters
+	cfg      GatewayConfig
+	hist     *streams.History
+	expiries *expiries
+	ctx      context.Context
+	cancel   context.CancelFunc
+	stats    gatewayCounters
 
 	mu     sync.Mutex
 	topics map[string]*topic
@@ -89,6 +98,12 @@ type client struct {
 	mu     sync.Mutex
 	subs   map[string]*subscription
 	closed bool
+	claims *auth.Claims // nil without authentication
+	conn   *ws.Conn
+
+	// Guarded by expiries.mu.
+	expAt  time.Time
+	expIdx int // index in the expiry heap, -1 when not in it
 }
 
 // NewGateway returns a Gateway; Close stops it.
@@ -99,14 +114,16 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
-		cfg:    cfg,
-		hist:   streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
-		ctx:    ctx,
-		cancel: cancel,
-		topics: make(map[string]*topic),
-		parts:  make([]*livePart, cfg.Partitions),
+		cfg:      cfg,
+		hist:     streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
+		ctx:      ctx,
+		cancel:   cancel,
+		topics:   make(map[string]*topic),
+		parts:    make([]*livePart, cfg.Partitions),
+		expiries: newExpiries(),
 	}
 	go g.sweep()
+	go g.expiries.run(ctx.Done())
 	return g, nil
 }
 
@@ -123,12 +140,13 @@ func (g *Gateway) Close() error {
 	return nil
 }
 
-// Accept admits every handshake; authentication belongs here.
-func (g *Gateway) Accept(*ws.Request) error { return nil }
-
 // Open starts a connection, subscribing it when its URL names a topic.
 func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
-	cl := &client{subs: make(map[string]*subscription)}
+	cl := &client{subs: make(map[string]*subscription), conn: c, expIdx: -1}
+	if claims, ok := r.State.(*auth.Claims); ok {
+		cl.claims = claims
+		g.expiries.set(cl, claims.Expires)
+	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)
 	u, err := url.ParseRequestURI(r.URI)
@@ -162,6 +180,8 @@ func (g *Gateway) Message(c *ws.Conn, msg []byte) {
 		g.unsubscribe(c, cl, m.Topic)
 	case "ping":
 		_ = c.Send(pongFrame)
+	case "refresh":
+		g.refresh(c, cl, m.Token)
 	default:
 		g.sendError(c, codeUnknownType, "", "unknown message type "+m.Type)
 	}
@@ -174,6 +194,7 @@ func (g *Gateway) Closed(c *ws.Conn) {
 		return
 	}
 	g.stats.connections.Add(-1)
+	g.expiries.remove(cl)
 	cl.mu.Lock()
 	cl.closed = true
 	subs := cl.subs

@@ -21,6 +21,10 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 			return
 		}
 	}
+	if !cl.allows(m.Topic) {
+		g.sendError(c, codeForbidden, m.Topic, "token does not allow this topic")
+		return
+	}
 	if code, msg := cl.admit(m.Topic, g.cfg.MaxSubscriptions); code != "" {
 		g.sendError(c, code, m.Topic, msg)
 		return
@@ -156,6 +160,13 @@ func (cl *client) remove(topic string, s *subscription) {
 		delete(cl.subs, topic)
 	}
 	cl.mu.Unlock()
+}
+
+// allows reports whether the client's token lets it read topic.
+func (cl *client) allows(topic string) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.claims == nil || cl.claims.Allows(topic)
 }
 
 func (cl *client) isClosed() bool {

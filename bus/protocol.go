@@ -3,6 +3,8 @@ package bus
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
+	"time"
 
 	"github.com/wsbus/wsbus/streams"
 )
@@ -13,6 +15,7 @@ type clientMessage struct {
 	Topic string  `json:"topic"`
 	Since *string `json:"since"` // nil: only new events
 	Epoch string  `json:"epoch"`
+	Token string  `json:"token"` // refresh
 }
 
 // Error codes of {"type":"error"} replies.
@@ -25,6 +28,8 @@ const (
 	codeNotSubscribed     = "not_subscribed"
 	codeTooMany           = "too_many_subscriptions"
 	codeUnavailable       = "unavailable"
+	codeForbidden         = "forbidden"
+	codeUnauthorized      = "unauthorized"
 )
 
 // errBadMessage is returned by decodeClientMessage for anything that is not
@@ -67,6 +72,12 @@ func appendError(dst []byte, code, topic, message string) []byte {
 	}
 	dst = append(dst, `,"message":`...)
 	dst = streams.AppendJSONString(dst, message)
+	return append(dst, '}')
+}
+
+func appendRefreshed(dst []byte, expires time.Time) []byte {
+	dst = append(dst, `{"type":"refreshed","expires":`...)
+	dst = strconv.AppendInt(dst, expires.Unix(), 10)
 	return append(dst, '}')
 }
 

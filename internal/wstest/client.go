@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -47,10 +48,18 @@ func Dial(tb testing.TB, url string) *Client {
 }
 
 // TryDial connects to url without failing the test.
-func TryDial(url string) (*Client, error) {
+func TryDial(url string) (*Client, error) { return DialHeader(url, nil) }
+
+// DialHeader connects to url sending extra handshake headers. A refused
+// handshake is a ws.StatusError with the HTTP status.
+func DialHeader(url string, header http.Header) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, br, _, err := ws.Dial(ctx, url)
+	d := ws.Dialer{}
+	if header != nil {
+		d.Header = ws.HandshakeHeaderHTTP(header)
+	}
+	conn, br, _, err := d.Dial(ctx, url)
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +78,13 @@ type bufferedConn struct {
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Attach makes c fail tb on errors and closes it when tb ends.
+func (c *Client) Attach(tb testing.TB) *Client {
+	c.tb = tb
+	tb.Cleanup(func() { _ = c.Conn.Close() })
+	return c
+}
 
 // Send writes v as a JSON text message.
 func (c *Client) Send(v any) {

@@ -1,0 +1,199 @@
+package bus
+
+import (
+	"container/heap"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	gws "github.com/gobwas/ws"
+
+	"github.com/wsbus/wsbus/ws"
+)
+
+// Accept checks a handshake's Origin and, when authentication is on, its
+// token (Authorization: Bearer, or ?token=), before the upgrade.
+func (g *Gateway) Accept(r *ws.Request) error {
+	if !g.originAllowed(r.Origin, r.Host) {
+		return reject(http.StatusForbidden, "origin not allowed")
+	}
+	if g.cfg.Auth == nil {
+		return nil
+	}
+	token := BearerToken(r.Authorization)
+	if token == "" {
+		if u, err := url.ParseRequestURI(r.URI); err == nil {
+			token = u.Query().Get("token")
+		}
+	}
+	if token == "" {
+		return reject(http.StatusUnauthorized, "a token is required (Authorization: Bearer, or ?token=)")
+	}
+	claims, err := g.cfg.Auth.Verify(token)
+	if err != nil {
+		return reject(http.StatusUnauthorized, "invalid token")
+	}
+	r.State = claims
+	return nil
+}
+
+func reject(status int, reason string) error {
+	return gws.RejectConnectionError(gws.RejectionStatus(status), gws.RejectionReason(reason))
+}
+
+// BearerToken returns the token of an "Authorization: Bearer" value.
+func BearerToken(header string) string {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// originAllowed applies the allow-list: no Origin (not a browser) passes;
+// "*" allows every origin; an empty list allows only the page's own host.
+func (g *Gateway) originAllowed(origin, host string) bool {
+	if origin == "" {
+		return true
+	}
+	for _, o := range g.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	if len(g.cfg.AllowedOrigins) == 0 {
+		u, err := url.Parse(origin)
+		return err == nil && strings.EqualFold(u.Host, host)
+	}
+	return false
+}
+
+// refresh replaces a connection's token with a newer one of the same
+// subject; subscriptions the new token does not allow are dropped.
+func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
+	if g.cfg.Auth == nil {
+		g.sendError(c, codeBadRequest, "", "authentication is off: there is no token to refresh")
+		return
+	}
+	claims, err := g.cfg.Auth.Verify(token)
+	if err != nil {
+		g.sendError(c, codeUnauthorized, "", "invalid token")
+		return
+	}
+	cl.mu.Lock()
+	if cl.claims != nil && claims.Subject != cl.claims.Subject {
+		cl.mu.Unlock()
+		g.sendError(c, codeUnauthorized, "", "the new token is for another subject")
+		return
+	}
+	cl.claims = claims
+	var dropped []*subscription
+	for topic, s := range cl.subs {
+		if !claims.Allows(topic) {
+			delete(cl.subs, topic)
+			dropped = append(dropped, s)
+		}
+	}
+	cl.mu.Unlock()
+	g.expiries.set(cl, claims.Expires)
+	for _, s := range dropped {
+		g.removeSub(s)
+		g.sendError(c, codeForbidden, s.topic.name, "the refreshed token does not allow this topic")
+	}
+	_ = c.Send(ws.TextFrame(appendRefreshed(nil, claims.Expires)))
+}
+
+// expiries closes connections whose token ran out with 4003: one goroutine
+// and a heap of the clients with a token, no timer per connection. A
+// client is in the heap at most once (a refresh moves it) and leaves it
+// when its connection closes.
+type expiries struct {
+	mu   sync.Mutex
+	h    expiryHeap
+	wake chan struct{}
+}
+
+// expiryHeap orders clients by token expiry; client.expAt and
+// client.expIdx are guarded by expiries.mu.
+type expiryHeap []*client
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expAt.Before(h[j].expAt) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].expIdx, h[j].expIdx = i, j
+}
+func (h *expiryHeap) Push(x any) {
+	cl := x.(*client)
+	cl.expIdx = len(*h)
+	*h = append(*h, cl)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	cl := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	cl.expIdx = -1
+	return cl
+}
+
+func newExpiries() *expiries { return &expiries{wake: make(chan struct{}, 1)} }
+
+// set makes cl's connection expire at at.
+func (e *expiries) set(cl *client, at time.Time) {
+	e.mu.Lock()
+	cl.expAt = at
+	if cl.expIdx >= 0 {
+		heap.Fix(&e.h, cl.expIdx)
+	} else {
+		heap.Push(&e.h, cl)
+	}
+	first := e.h[0] == cl
+	e.mu.Unlock()
+	if first {
+		select {
+		case e.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// remove forgets a closed client.
+func (e *expiries) remove(cl *client) {
+	e.mu.Lock()
+	if cl.expIdx >= 0 {
+		heap.Remove(&e.h, cl.expIdx)
+	}
+	e.mu.Unlock()
+}
+
+// run closes expired connections until done is closed.
+func (e *expiries) run(done <-chan struct{}) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		var due []*client
+		now := time.Now()
+		for len(e.h) > 0 && !e.h[0].expAt.After(now) {
+			due = append(due, heap.Pop(&e.h).(*client))
+		}
+		next := time.Hour
+		if len(e.h) > 0 {
+			next = time.Until(e.h[0].expAt)
+		}
+		e.mu.Unlock()
+		for _, cl := range due {
+			cl.conn.Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
+		}
+		timer.Reset(next)
+		select {
+		case <-done:
+			return
+		case <-e.wake:
+		case <-timer.C:
+		}
+	}
+}
