@@ -22,6 +22,15 @@ func (c *Conn) ready() { c.srv.pool.Schedule(c.readTask) }
 
 // read drains the connection's input, then re-arms its one-shot event.
 func (c *Conn) read() {
+	// The previous reader re-armed the event under c.mu; taking it here
+	// orders this reader after that one for the race detector too (the
+	// kernel's epoll orders them in fact).
+	c.mu.Lock()
+	closed := c.state == stateClosed
+	c.mu.Unlock()
+	if closed {
+		return
+	}
 	br := pbufio.GetReader(c.nc, readBufferSize)
 	err := c.readAll(br)
 	pbufio.PutReader(br)
