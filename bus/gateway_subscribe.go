@@ -96,7 +96,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 	for {
 		for _, e := range events {
 			s.last = streams.MustParseID(e.ID)
-			if c.Send(eventFrame(m.Topic, e)) != nil {
+			if c.SendWait(eventFrame(m.Topic, e)) != nil {
 				return true // closed: Closed cleans up
 			}
 		}

@@ -36,10 +36,11 @@ type Conn struct {
 
 	mu         sync.Mutex
 	state      uint8
-	writing    bool     // a worker owns the queue's draining
-	afterFlush uint8    // 0, or what to do once the queue is empty: see flushed
-	queue      [][]byte // frames waiting, shared with other connections
-	queued     int      // bytes in queue
+	writing    bool          // a worker owns the queue's draining
+	afterFlush uint8         // 0, or what to do once the queue is empty: see flushed
+	queue      [][]byte      // frames waiting, shared with other connections
+	queued     int           // bytes in queue
+	room       chan struct{} // closed when the queue empties; made only while SendWait waits
 
 	// Reader state: one worker reads at a time (one-shot epoll events).
 	frag   []byte // message being reassembled from fragments
@@ -89,6 +90,42 @@ func (c *Conn) Send(frame []byte) error {
 	c.mu.Unlock()
 	c.startWriter(start)
 	return nil
+}
+
+// SendWait is Send for a sender that can wait, such as a replay of
+// history: when the queue is too full for frame it waits, up to
+// Config.WriteTimeout, for the writer to drain it instead of closing the
+// connection at once.
+func (c *Conn) SendWait(frame []byte) error {
+	deadline := timeNow().Add(c.srv.cfg.WriteTimeout)
+	for {
+		c.mu.Lock()
+		if c.state != stateOpen {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		if c.queued == 0 || c.queued+len(frame) <= c.srv.cfg.MaxQueue {
+			start := c.pushLocked(frame)
+			c.mu.Unlock()
+			c.startWriter(start)
+			return nil
+		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.mu.Unlock()
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return c.Send(frame) // still no room: the slow-consumer close
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-room:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
 }
 
 // pushLocked queues frame and reports whether the caller must start a
@@ -178,6 +215,10 @@ func (c *Conn) write() {
 			return
 		}
 		c.queue, c.queued = nil, 0
+		if c.room != nil {
+			close(c.room) // wake SendWait: the queue has room again
+			c.room = nil
+		}
 		c.mu.Unlock()
 
 		_ = c.nc.SetWriteDeadline(timeNow().Add(c.srv.cfg.WriteTimeout))

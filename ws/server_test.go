@@ -424,3 +424,37 @@ func TestHandshakeLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestSendWaitAppliesBackPressure replays 4 MiB through a 256 KiB queue:
+// SendWait waits for room instead of closing the connection.
+func TestSendWaitAppliesBackPressure(t *testing.T) {
+	h := &echoHandler{}
+	payload := make([]byte, 64<<10)
+	const frames = 64
+	errs := make(chan error, 1)
+	h.onOpen = func(c *Conn) {
+		go func() {
+			for range frames {
+				if err := c.SendWait(TextFrame(payload)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	s, addr := startServer(t, h, Config{MaxQueue: 256 << 10})
+	conn, br := dialRaw(t, addr)
+	for i := range frames {
+		time.Sleep(time.Millisecond) // a slow reader
+		if f := readServerFrame(t, conn, br); f.Header.OpCode != ws.OpText || len(f.Payload) != len(payload) {
+			t.Fatalf("frame %d: %v, %d bytes", i, f.Header.OpCode, len(f.Payload))
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("SendWait: %v", err)
+	}
+	if s.Stats().SlowConsumers != 0 {
+		t.Fatal("a waiting sender was closed as a slow consumer")
+	}
+}

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+)
+
+// baseline is a gateway's open fds and goroutines at rest.
+type baseline struct{ fds, goroutines int }
+
+func measure(tb testing.TB, g *gateway) baseline {
+	return baseline{fds: openFDs(tb, g.pid()), goroutines: goroutines(tb, g)}
+}
+
+// expectBaseline waits until the gateway is back at b (small slack for the
+// pub/sub and worker goroutines that come and go) with no socket left in
+// CLOSE-WAIT.
+func expectBaseline(tb testing.TB, g *gateway, b baseline) {
+	tb.Helper()
+	redistest.Eventually(tb, 20*time.Second, func() error {
+		now := measure(tb, g)
+		if now.fds > b.fds+2 || now.goroutines > b.goroutines+10 {
+			return fmt.Errorf("fds %d (baseline %d), goroutines %d (baseline %d)", now.fds, b.fds, now.goroutines, b.goroutines)
+		}
+		if n := closeWait(tb, g.addr); n > 0 {
+			return fmt.Errorf("%d sockets of the gateway in CLOSE-WAIT", n)
+		}
+		return nil
+	})
+}
+
+// closeWait counts sockets on addr's port in CLOSE-WAIT (state 08).
+func closeWait(tb testing.TB, addr string) int {
+	tb.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	hexPort := fmt.Sprintf(":%04X ", p)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1]+" ", hexPort) && f[3] == "08" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHalfSentHandshakes opens 1,000 connections that never finish their
+// handshake: a real client still connects at once, they are cut at the
+// handshake timeout, and nothing leaks.
+func TestHalfSentHandshakes(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--handshake-timeout", "2s")
+	warm := wstest.Dial(t, g.url+"?topic=w")
+	warm.Expect("subscribed", wait)
+	_ = warm.Conn.Close()
+	time.Sleep(11 * time.Second) // idle workers gone
+	base := measure(t, g)
+
+	const n = 1000
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", g.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		fmt.Fprint(c, "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n") // and never the rest
+	}
+	start := time.Now()
+	real := wstest.Dial(t, g.url+"?topic=real")
+	real.Expect("subscribed", wait)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a real client needed %v to connect beside %d half-sent handshakes", d, n)
+	}
+	_ = real.Conn.Close()
+
+	var cut atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(c); err == nil {
+				cut.Add(1) // EOF: the server closed it
+			}
+			_ = c.Close()
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	t.Logf("%d half-sent handshakes cut after %v (timeout 2s)", cut.Load(), took.Round(10*time.Millisecond))
+	if cut.Load() != n || took > 5*time.Second {
+		t.Errorf("%d of %d cut within %v, want all within about the 2s handshake timeout", cut.Load(), n, took)
+	}
+	expectBaseline(t, g, base)
+}
+
+// TestUpgradeBurstIsPaced opens 5,000 WebSocket connections at once
+// against --upgrade-rate 2000: all are admitted, none refused or failed,
+// at about the configured rate.
+func TestUpgradeBurstIsPaced(t *testing.T) {
+	const n, rate, burst = 5000, 2000, 100
+	srv := redistest.Start(t)
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--upgrade-rate", strconv.Itoa(rate), "--upgrade-burst", strconv.Itoa(burst))
+	time.Sleep(11 * time.Second)
+	base := measure(t, g)
+
+	conns := make([]net.Conn, n)
+	errs := make(chan error, n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 1000) // the client side dials 1,000 at a time
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, _, _, err := ws.Dial(ctx, g.url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			conns[i] = c
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if failed++; failed <= 3 {
+			t.Errorf("upgrade failed: %v", err)
+		}
+	}
+	achieved := float64(n) / took.Seconds()
+	t.Logf("%d upgrades in %v: %.0f/s against --upgrade-rate %d (burst %d), %d failed", n, took.Round(10*time.Millisecond), achieved, rate, burst, failed)
+	if achieved > rate*1.1 {
+		t.Errorf("admitted %.0f upgrades/s, over the configured %d", achieved, rate)
+	}
+	for _, c := range conns {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+	expectBaseline(t, g, base)
+}
+
+// TestSlowReaderIsCut subscribes a client that stops reading while events
+// pour in: it is closed with 4001 once its queue passes --max-queue, the
+// gateway's memory stays flat, and the client then resumes losing nothing.
+func TestSlowReaderIsCut(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix, "--max-queue", "262144", "--history-len", "5000")
+	pub := newPublisher(t, srv, prefix)
+	rssBefore := rss(t, g.pid())
+
+	conn, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(16 << 10) // a small window, as a stalled phone would have
+	_, _ = fmt.Fprintf(conn, "GET /v1/ws?topic=firehose HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	f, err := ws.ReadFrame(br)
+	if err != nil || !strings.Contains(string(f.Payload), "subscribed") {
+		t.Fatalf("first frame %q, %v", f.Payload, err)
+	}
+
+	// Stop reading; publish 4,000 events of 4 KiB (16 MiB).
+	payload := strings.Repeat("x", 4096)
+	var ids []string
+	for range 4000 {
+		ids = append(ids, pub.xadd(t, "firehose", payload))
+	}
+	peak := rss(t, g.pid())
+	t.Logf("gateway RSS %d KiB before, %d KiB after 16 MiB were published to a stalled client", rssBefore>>10, peak>>10)
+	if peak-rssBefore > 24<<20 {
+		t.Errorf("gateway RSS grew by %d MiB for a stalled client, want it flat (queue bound 256 KiB)", (peak-rssBefore)>>20)
+	}
+
+	// Now read: the events that got through, then close 4001.
+	var got []string
+	code := 0
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for code == 0 {
+		f, err := ws.ReadFrame(br)
+		if err != nil {
+			t.Fatalf("reading after the stall: %v (after %d events)", err, len(got))
+		}
+		switch f.Header.OpCode {
+		case ws.OpClose:
+			c, _ := ws.ParseCloseFrameData(f.Payload)
+			code = int(c)
+		case ws.OpText:
+			var m wstest.Message
+			if err := json.Unmarshal(f.Payload, &m); err == nil && m.Type == "event" {
+				got = append(got, m.ID)
+			}
+		}
+	}
+	if code != 4001 {
+		t.Fatalf("closed with %d, want 4001", code)
+	}
+	if len(got) >= len(ids) {
+		t.Fatalf("the stalled client received all %d events: the queue bound never applied", len(got))
+	}
+	// Resume from the last event processed: nothing is lost.
+	beforeCut := len(got)
+	since := "0"
+	if len(got) > 0 {
+		since = got[len(got)-1]
+	}
+	c := wstest.Dial(t, g.url+"?topic=firehose&since="+since)
+	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+		t.Fatalf("resume after 4001 not recovered")
+	}
+	for _, ev := range c.Events(len(ids)-len(got), wait) {
+		got = append(got, ev.ID)
+	}
+	for i := range ids {
+		if got[i] != ids[i] {
+			t.Fatalf("event %d = %s, want %s", i, got[i], ids[i])
+		}
+	}
+	t.Logf("cut with 4001 after %d of %d events; resumed the other %d", beforeCut, len(ids), len(ids)-beforeCut)
+}
+
+// rss reads a process's resident set size in bytes.
+func rss(tb testing.TB, pid int) int {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return kb << 10
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
