@@ -146,7 +146,7 @@ func readServerFrame(tb testing.TB, conn net.Conn, br *bufio.Reader) ws.Frame {
 }
 
 func TestProtocol(t *testing.T) {
-	_, addr := startServer(t, &echoHandler{}, Config{MaxMessage: 1000})
+	_, addr := startServer(t, &echoHandler{}, Config{MaxMessage: 70000})
 	bad := []byte{0xff, 0xfe}
 	tests := []struct {
 		name  string
@@ -174,6 +174,20 @@ func TestProtocol(t *testing.T) {
 			frame(true, 0, opContinuation, []byte("\xba"), true),
 		}, []string{"κ"}, 0},
 		{"126-byte length", [][]byte{text(strings.Repeat("x", 300))}, []string{strings.Repeat("x", 300)}, 0},
+		{"125-byte payload", [][]byte{text(strings.Repeat("x", 125))}, []string{strings.Repeat("x", 125)}, 0},
+		{"ping with 125 bytes", [][]byte{frame(true, 0, opPing, make([]byte, 125), true), text("after")}, []string{"after"}, 0},
+		{"unsolicited pong", [][]byte{frame(true, 0, opPong, []byte("x"), true), text("still here")}, []string{"still here"}, 0},
+		{"empty fragments", [][]byte{
+			frame(false, 0, opText, nil, true),
+			frame(false, 0, opContinuation, nil, true),
+			frame(true, 0, opContinuation, []byte("z"), true),
+		}, []string{"z"}, 0},
+		{"invalid UTF-8 in a fragment", [][]byte{
+			frame(false, 0, opText, []byte("ok"), true),
+			frame(true, 0, opContinuation, bad, true),
+		}, nil, CloseInvalidPayload},
+		{"close with a 123-byte reason", [][]byte{frame(true, 0, opClose, append([]byte{0x03, 0xE8}, strings.Repeat("r", 123)...), true)}, nil, CloseNormal},
+		{"RSV1 without permessage-deflate", [][]byte{frame(true, 1<<2, opText, []byte("x"), true)}, nil, CloseProtocolError},
 		{"unmasked", [][]byte{frame(true, 0, opText, []byte("x"), false)}, nil, CloseProtocolError},
 		{"reserved bits", [][]byte{frame(true, 4, opText, []byte("x"), true)}, nil, CloseProtocolError},
 		{"reserved opcode", [][]byte{frame(true, 0, 0x3, []byte("x"), true)}, nil, CloseProtocolError},
@@ -182,11 +196,13 @@ func TestProtocol(t *testing.T) {
 		{"ping over 125 bytes", [][]byte{frame(true, 0, opPing, make([]byte, 126), true)}, nil, CloseProtocolError},
 		{"stray continuation", [][]byte{frame(true, 0, opContinuation, []byte("x"), true)}, nil, CloseProtocolError},
 		{"text inside fragments", [][]byte{frame(false, 0, opText, []byte("a"), true), text("b")}, nil, CloseProtocolError},
-		{"too big", [][]byte{text(strings.Repeat("x", 1001))}, nil, CloseMessageTooBig},
+		{"64-bit length", [][]byte{text(strings.Repeat("y", 65536))}, []string{strings.Repeat("y", 65536)}, 0},
+		{"too big", [][]byte{text(strings.Repeat("x", 70001))}, nil, CloseMessageTooBig},
 		{"too big in fragments", [][]byte{
-			frame(false, 0, opText, make([]byte, 600), true),
-			frame(true, 0, opContinuation, make([]byte, 600), true),
+			frame(false, 0, opText, make([]byte, 40000), true),
+			frame(true, 0, opContinuation, make([]byte, 40000), true),
 		}, nil, CloseMessageTooBig},
+		{"too big by its header alone", [][]byte{{0x81, 0xFF, 0, 0, 0, 0, 0x7F, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4}}, nil, CloseMessageTooBig},
 		{"invalid UTF-8", [][]byte{text(string(bad))}, nil, CloseInvalidPayload},
 		{"close with 1-byte payload", [][]byte{frame(true, 0, opClose, []byte{3}, true)}, nil, CloseProtocolError},
 		{"close with code 1005", [][]byte{frame(true, 0, opClose, []byte{0x03, 0xED}, true)}, nil, CloseProtocolError},
@@ -211,7 +227,7 @@ func TestProtocol(t *testing.T) {
 				case ws.OpText:
 					got = append(got, string(f.Payload))
 				case ws.OpPong:
-					if string(f.Payload) != "p" {
+					if string(f.Payload) != "p" && !bytes.Equal(f.Payload, make([]byte, 125)) {
 						t.Fatalf("pong payload %q, want the ping's", f.Payload)
 					}
 				case ws.OpClose:
@@ -456,5 +472,26 @@ func TestSendWaitAppliesBackPressure(t *testing.T) {
 	}
 	if s.Stats().SlowConsumers != 0 {
 		t.Fatal("a waiting sender was closed as a slow consumer")
+	}
+}
+
+// TestDeflateOfferIsDeclined: permessage-deflate is never negotiated, so an
+// inflated-size bomb cannot be sent; compressed frames (RSV1) are refused.
+func TestDeflateOfferIsDeclined(t *testing.T) {
+	_, addr := startServer(t, &echoHandler{}, Config{})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+		t.Fatalf("server accepted extensions %q, want none", ext)
 	}
 }
