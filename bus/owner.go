@@ -123,6 +123,10 @@ func NewOwner(cfg OwnerConfig) (*Owner, error) {
 // nodes until ctx is done, then stops every pipeline, releases its leases
 // and leaves, so the rest of the fleet takes over at once.
 func (o *Owner) Run(ctx context.Context) error {
+	// Renewals run in pipelines, where EVALSHA cannot fall back to EVAL.
+	if err := renewScript.Load(ctx, o.cfg.Redis).Err(); err != nil && ctx.Err() == nil {
+		o.cfg.Logger.Warn("loading the lease renewal script", "err", err)
+	}
 	tick := time.NewTicker(o.cfg.Tick)
 	defer tick.Stop()
 	for {

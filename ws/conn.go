@@ -256,6 +256,10 @@ func (c *Conn) closeNow() {
 	}
 	c.state = stateClosed
 	c.queue, c.queued = nil, 0
+	if c.room != nil {
+		close(c.room) // a waiting SendWait finds the connection closed
+		c.room = nil
+	}
 	_ = c.srv.poll.del(c.fd) // before Close, so the fd number cannot be reused while registered
 	c.mu.Unlock()
 	_ = c.nc.Close()
