@@ -1,0 +1,102 @@
+package ws
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+)
+
+// nopHandler accepts everything and ignores messages.
+type nopHandler struct{}
+
+func (nopHandler) Accept(*Request) error { return nil }
+func (nopHandler) Open(*Conn, *Request)  {}
+func (nopHandler) Message(*Conn, []byte) {}
+func (nopHandler) Closed(*Conn)          {}
+
+var event = []byte(`{"type":"event","id":"1718000000000-1","topic":"user:42","data":{"text":"hi"}}`)
+
+func BenchmarkTextFrame(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = TextFrame(event)
+	}
+}
+
+func BenchmarkAppendFrameReused(b *testing.B) {
+	b.ReportAllocs()
+	buf := make([]byte, 0, 256)
+	for b.Loop() {
+		buf = AppendFrame(buf[:0], opText, event)
+	}
+}
+
+const upgradeRequest = "GET /v1/ws?topic=user:42 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n" +
+	"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+	"Origin: https://example.com\r\n\r\n"
+
+// BenchmarkUpgrade measures the WebSocket handshake as served: request
+// read through the size-limited prefix reader, parsed by gobwas/ws with
+// wsbus's callbacks, 101 written.
+func BenchmarkUpgrade(b *testing.B) {
+	s, err := New(Config{Handler: nopHandler{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	r := bytes.NewReader(nil)
+	conn := &fuzzConn{r: r}
+	for b.Loop() {
+		r.Reset([]byte(upgradeRequest))
+		pc := &prefixConn{Conn: conn, left: s.cfg.MaxHandshakeBytes}
+		if _, err := s.upgradeConn(pc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkFanOut queues one encoded event to n connections, as the
+// gateway does for a topic's local subscribers, and waits for the writes.
+func BenchmarkFanOut(b *testing.B) {
+	for _, n := range []int{1, 100, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			s, err := New(Config{Handler: nopHandler{}, MaxQueue: 1 << 30})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			conns := make([]*Conn, n)
+			for i := range conns {
+				conns[i] = newConn(s, &countingConn{fuzzConn: fuzzConn{r: bytes.NewReader(nil)}, wg: &wg}, -1)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				frame := TextFrame(event)
+				wg.Add(n)
+				for _, c := range conns {
+					if err := c.Send(frame); err != nil {
+						b.Fatal(err)
+					}
+				}
+				wg.Wait()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/conn")
+		})
+	}
+}
+
+// countingConn discards writes and counts frames written.
+type countingConn struct {
+	fuzzConn
+	wg *sync.WaitGroup
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.wg.Done()
+	return len(p), nil
+}
+
+var _ io.Writer = (*countingConn)(nil)
