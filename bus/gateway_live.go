@@ -224,7 +224,7 @@ func (g *Gateway) fanOut(lp *livePart, channel, payload string) {
 	if t == nil {
 		return
 	}
-	idText, ok := streams.EventID([]byte(payload))
+	idText, ok := streams.EventID(payload)
 	if !ok {
 		g.cfg.Logger.Warn("ignoring a live message that is not a wsbus event", "channel", channel)
 		return
@@ -233,7 +233,7 @@ func (g *Gateway) fanOut(lp *livePart, channel, payload string) {
 	if err != nil {
 		return
 	}
-	ev := liveEvent{id: id, frame: ws.TextFrame([]byte(payload))}
+	ev := liveEvent{id: id, frame: ws.TextFrameString(payload)}
 	t.mu.Lock()
 	if t.catching {
 		t.backlog = append(t.backlog, ev)

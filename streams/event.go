@@ -3,6 +3,7 @@ package streams
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -34,18 +35,15 @@ func AppendData(dst, data []byte) []byte {
 	return AppendJSONString(dst, string(data))
 }
 
-// EventID returns the ID of an event encoded by AppendEvent, or false when
-// payload is not one.
-func EventID(payload []byte) (string, bool) {
-	if !bytes.HasPrefix(payload, []byte(eventHead)) {
+// EventID returns the ID of an event encoded by AppendEvent (as it comes
+// from pub/sub), or false when payload is not one.
+func EventID(payload string) (string, bool) {
+	rest, ok := strings.CutPrefix(payload, eventHead)
+	if !ok {
 		return "", false
 	}
-	rest := payload[len(eventHead):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return "", false
-	}
-	return string(rest[:end]), true
+	id, _, ok := strings.Cut(rest, `"`)
+	return id, ok
 }
 
 const hexDigits = "0123456789abcdef"

@@ -157,7 +157,7 @@ func TestAppendEvent(t *testing.T) {
 			if m.Type != "event" || m.ID != "5-1" || m.Topic != tt.topic || string(m.Data) != tt.wantData {
 				t.Fatalf("event = %s, want data %s", out, tt.wantData)
 			}
-			if id, ok := EventID(out); !ok || id != "5-1" {
+			if id, ok := EventID(string(out)); !ok || id != "5-1" {
 				t.Fatalf("EventID = %q, %v", id, ok)
 			}
 		})
@@ -212,7 +212,7 @@ func FuzzAppendEvent(f *testing.F) {
 		if !json.Valid(out) {
 			t.Fatalf("not valid JSON: %q", out)
 		}
-		if id, ok := EventID(out); !ok || id != "1-2" {
+		if id, ok := EventID(string(out)); !ok || id != "1-2" {
 			t.Fatalf("EventID(%q) = %q, %v", out, id, ok)
 		}
 	})

@@ -20,20 +20,29 @@ func TextFrame(payload []byte) []byte {
 	return AppendFrame(make([]byte, 0, headerSize(len(payload))+len(payload)), opText, payload)
 }
 
+// TextFrameString is TextFrame for a payload held in a string (as pub/sub
+// messages are), copied once.
+func TextFrameString(payload string) []byte {
+	n := len(payload)
+	dst := make([]byte, 0, headerSize(n)+n)
+	dst = appendHeader(dst, opText, n)
+	return append(dst, payload...)
+}
+
 // AppendFrame appends one unmasked frame with the FIN bit to dst.
 func AppendFrame(dst []byte, op byte, payload []byte) []byte {
-	n := len(payload)
+	return append(appendHeader(dst, op, len(payload)), payload...)
+}
+
+// appendHeader appends the header of an unmasked final frame of n bytes.
+func appendHeader(dst []byte, op byte, n int) []byte {
 	switch {
 	case n < 126:
-		dst = append(dst, finBit|op, byte(n))
+		return append(dst, finBit|op, byte(n))
 	case n <= 0xFFFF:
-		dst = append(dst, finBit|op, 126)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, finBit|op, 127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+		return binary.BigEndian.AppendUint16(append(dst, finBit|op, 126), uint16(n))
 	}
-	return append(dst, payload...)
+	return binary.BigEndian.AppendUint64(append(dst, finBit|op, 127), uint64(n))
 }
 
 func headerSize(n int) int {

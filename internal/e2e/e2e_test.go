@@ -188,25 +188,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 		clients[topic].Expect("subscribed", wait)
 	}
 
-	var mu sync.Mutex
-	published := make(map[string][]string)
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			topic := topics[i%len(topics)]
-			id := pub.xadd(t, topic, strconv.Itoa(i))
-			mu.Lock()
-			published[topic] = append(published[topic], id)
-			mu.Unlock()
-			time.Sleep(500 * time.Microsecond)
-		}
-	}()
+	pb := startPublishing(t, pub, topics, 500*time.Microsecond)
 
 	// Read what arrives before the kill, as a client would.
 	got := make(map[string][]string)
@@ -226,8 +208,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	second := startGateway(t, srv.URL(), prefix, "--node-id", "second", "--lease-ttl", "1s")
 	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	<-done
+	published := pb.finish()
 
 	for _, topic := range topics {
 		want := published[topic]

@@ -120,8 +120,13 @@ type publishing struct {
 }
 
 func (f *fleet) publish() *publishing {
+	return startPublishing(f.tb, f.pub, f.topics, time.Millisecond)
+}
+
+// startPublishing XADDs events round-robin over topics, one per interval,
+// until finish.
+func startPublishing(tb testing.TB, pub *publisher, topics []string, interval time.Duration) *publishing {
 	pb := &publishing{stop: make(chan struct{}), done: make(chan struct{}), ids: map[string][]string{}}
-	rdb := f.srv.Client(f.tb)
 	go func() {
 		defer close(pb.done)
 		for i := 0; ; i++ {
@@ -130,19 +135,19 @@ func (f *fleet) publish() *publishing {
 				return
 			default:
 			}
-			topic := f.topics[i%len(f.topics)]
-			id, err := rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: f.pub.keys.Ingress(streams.Partition(topic, fleetPartitions)),
+			topic := topics[i%len(topics)]
+			id, err := pub.rdb.XAdd(context.Background(), &redis.XAddArgs{
+				Stream: pub.keys.Ingress(streams.Partition(topic, pub.n)),
 				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
 			}).Result()
 			if err != nil {
-				f.tb.Errorf("XADD: %v", err)
+				tb.Errorf("XADD: %v", err)
 				return
 			}
 			pb.mu.Lock()
 			pb.ids[topic] = append(pb.ids[topic], id)
 			pb.mu.Unlock()
-			time.Sleep(time.Millisecond)
+			time.Sleep(interval)
 		}
 	}()
 	return pb
