@@ -15,6 +15,7 @@ Usage:
   wsbus publish  [flags] TOPIC DATA    append one event ("-" reads DATA from stdin)
   wsbus tail     [flags] TOPIC...      subscribe and print events, resuming on reconnect
   wsbus status   [flags]               nodes, partitions per node, owners, consumer lag
+  wsbus bench    [flags]               open many connections to a gateway and measure it
 
 Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set
 with an environment variable WSBUS_<FLAG> (--node-id is WSBUS_NODE_ID) or in a
@@ -32,6 +33,7 @@ var commands = map[string]command{
 	"publish": {runPublish, "append one event"},
 	"tail":    {runTail, "subscribe and print events"},
 	"status":  {runStatus, "show nodes, partition owners and lag"},
+	"bench":   {runBench, "load-test a running gateway"},
 }
 
 // Main runs the command line and returns the process exit code.

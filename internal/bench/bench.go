@@ -1,0 +1,329 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// Config describes one bench run against a running gateway.
+type Config struct {
+	// URL is the gateway's WebSocket endpoint, e.g. ws://127.0.0.1:8080/v1/ws.
+	URL string
+	// Redis and Keys are the bus the gateway serves; bench XADDs to it.
+	Redis redis.UniversalClient
+	Keys  streams.Keys
+	// Conns is how many connections to open, spread over workers of at
+	// most PerWorker connections (the fd limit is 20,000 per process).
+	Conns, PerWorker int
+	// Mix assigns topics: "shared" (one topic), "own" (one each) or
+	// "zipf" (Zipf over Topics topics).
+	Mix    string
+	Topics int
+	// Settle is how long connections sit idle before the gateway is
+	// measured.
+	Settle time.Duration
+	// Broadcasts is how many events go to the shared topic, Gap apart.
+	Broadcasts int
+	Gap        time.Duration
+	// Executable runs a worker: Executable WorkerArgs... (wsbus bench --worker).
+	Executable string
+	WorkerArgs []string
+	WorkerEnv  []string // added to the worker's environment
+	// Progress receives one line per step.
+	Progress io.Writer
+}
+
+// Result is what a run measured.
+type Result struct {
+	Conns       int     `json:"conns"`
+	Workers     int     `json:"workers"`
+	Mix         string  `json:"mix"`
+	Failed      int     `json:"failed"`
+	UpgradesSec float64 `json:"upgrades_per_sec"`
+	Baseline    Metrics `json:"baseline"`
+	Loaded      Metrics `json:"loaded"`
+	PerConn     struct {
+		RSSBytes   float64 `json:"rss_bytes"`
+		HeapBytes  float64 `json:"heap_bytes"`
+		Goroutines float64 `json:"goroutines"`
+		FDs        float64 `json:"fds"`
+	} `json:"per_conn"`
+	Broadcast *Latency `json:"broadcast,omitempty"`
+}
+
+// Latency is the delay from XADD to receipt.
+type Latency struct {
+	Events       int           `json:"events"`
+	Receipts     uint64        `json:"receipts"`
+	Lost         int64         `json:"lost"` // expected receipts that never came
+	LastP50      time.Duration `json:"last_p50_ns"`
+	LastP99      time.Duration `json:"last_p99_ns"`
+	LastMax      time.Duration `json:"last_max_ns"`
+	AllP50       time.Duration `json:"all_p50_ns"`
+	AllP99       time.Duration `json:"all_p99_ns"`
+	AllMax       time.Duration `json:"all_max_ns"`
+	lastReceipts Histogram
+}
+
+// Metrics is the gateway's own view of itself, read from /metrics.
+type Metrics struct {
+	RSS        float64 `json:"rss_bytes"`
+	Heap       float64 `json:"heap_inuse_bytes"`
+	HeapObjs   float64 `json:"heap_objects"`
+	Goroutines float64 `json:"goroutines"`
+	FDs        float64 `json:"open_fds"`
+}
+
+type workerProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// Run opens the connections, measures the idle gateway, then broadcasts.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if cfg.PerWorker <= 0 {
+		cfg.PerWorker = 18000
+	}
+	metricsURL, err := metricsURL(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Conns: cfg.Conns, Mix: cfg.Mix}
+	if res.Baseline, err = scrape(metricsURL); err != nil {
+		return nil, err
+	}
+	topics := assignTopics(cfg.Conns, cfg.Mix, cfg.Topics)
+	start := time.Now()
+	var workers []*workerProc
+	defer func() {
+		for _, w := range workers {
+			_, _ = io.WriteString(w.in, "quit\n")
+			_ = w.in.Close()
+			_ = w.cmd.Wait()
+		}
+	}()
+	for i := 0; i*cfg.PerWorker < cfg.Conns; i++ {
+		share := topics[i*cfg.PerWorker : min((i+1)*cfg.PerWorker, cfg.Conns)]
+		w, err := startWorker(cfg, Job{URL: cfg.URL, Source: sourceIP(i), Topics: share})
+		if err != nil {
+			return nil, err
+		}
+		workers = append(workers, w)
+	}
+	res.Workers = len(workers)
+	reports, err := collect(workers)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range reports {
+		res.Failed += r.Failed
+	}
+	res.UpgradesSec = float64(cfg.Conns-res.Failed) / time.Since(start).Seconds()
+	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, time.Since(start).Round(time.Millisecond), cfg.Settle)
+	time.Sleep(cfg.Settle)
+	if res.Loaded, err = scrape(metricsURL); err != nil {
+		return nil, err
+	}
+	n := float64(cfg.Conns - res.Failed)
+	res.PerConn.RSSBytes = (res.Loaded.RSS - res.Baseline.RSS) / n
+	res.PerConn.HeapBytes = (res.Loaded.Heap - res.Baseline.Heap) / n
+	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / n
+	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / n
+	progress(cfg, "idle: %.0f B RSS, %.0f B heap, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.Goroutines, res.PerConn.FDs)
+	if cfg.Broadcasts > 0 && cfg.Mix == "shared" {
+		if res.Broadcast, err = broadcast(ctx, cfg, workers, int64(cfg.Conns-res.Failed)); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// broadcast XADDs timestamped events to the shared topic and gathers
+// every receipt's delay.
+func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribers int64) (*Latency, error) {
+	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	stream := cfg.Keys.Ingress(streams.Partition(sharedTopic, n))
+	for k := range cfg.Broadcasts {
+		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: int64(k)})
+		if err := cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", sharedTopic, "data", data}}).Err(); err != nil {
+			return nil, fmt.Errorf("publishing broadcast %d: %w", k, err)
+		}
+		time.Sleep(cfg.Gap)
+	}
+	want := subscribers * int64(cfg.Broadcasts)
+	var reports []Report
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if reports, err = collect(workers); err != nil {
+			return nil, err
+		}
+		var got uint64
+		for _, r := range reports {
+			got += r.Received
+		}
+		if int64(got) >= want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	lat := &Latency{Events: cfg.Broadcasts}
+	var all Histogram
+	last := map[int64]uint64{}
+	for _, r := range reports {
+		all.Merge(r.All)
+		lat.Receipts += r.Received
+		for k, us := range r.Last {
+			last[k] = max(last[k], us)
+		}
+	}
+	for _, us := range last {
+		lat.lastReceipts.Record(time.Duration(us) * time.Microsecond)
+	}
+	lat.Lost = want - int64(lat.Receipts)
+	lat.LastP50, lat.LastP99, lat.LastMax = lat.lastReceipts.Quantile(0.5), lat.lastReceipts.Quantile(0.99), lat.lastReceipts.Quantile(1)
+	lat.AllP50, lat.AllP99, lat.AllMax = all.Quantile(0.5), all.Quantile(0.99), all.Quantile(1)
+	progress(cfg, "broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
+		lat.Events, subscribers, lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
+	return lat, nil
+}
+
+const sharedTopic = "bench:shared"
+
+func assignTopics(n int, mix string, topics int) []string {
+	out := make([]string, n)
+	z := rand.NewZipf(rand.New(rand.NewPCG(1, 2)), 1.1, 1, uint64(max(topics, 1)-1))
+	for i := range out {
+		switch mix {
+		case "own":
+			out[i] = "bench:" + strconv.Itoa(i)
+		case "zipf":
+			out[i] = "bench:z" + strconv.FormatUint(z.Uint64(), 10)
+		default:
+			out[i] = sharedTopic
+		}
+	}
+	return out
+}
+
+// sourceIP gives worker i its own loopback source address, so no single
+// address runs out of ephemeral ports.
+func sourceIP(i int) string {
+	return fmt.Sprintf("127.%d.%d.%d", 1+i/62500, (i/250)%250, 1+i%250)
+}
+
+func startWorker(cfg Config, job Job) (*workerProc, error) {
+	cmd := exec.Command(cfg.Executable, cfg.WorkerArgs...)
+	if cfg.WorkerEnv != nil {
+		cmd.Env = append(os.Environ(), cfg.WorkerEnv...)
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = cfg.Progress
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting a bench worker: %w", err)
+	}
+	w := &workerProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	w.out.Buffer(make([]byte, 1<<20), 64<<20)
+	b, _ := json.Marshal(job)
+	if _, err := in.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// collect asks every worker for a report (a worker answers once its
+// connections are all dialed).
+func collect(workers []*workerProc) ([]Report, error) {
+	reports := make([]Report, len(workers))
+	for i, w := range workers {
+		if _, err := io.WriteString(w.in, "report\n"); err != nil {
+			return nil, fmt.Errorf("asking worker %d: %w", i, err)
+		}
+	}
+	for i, w := range workers {
+		if !w.out.Scan() {
+			return nil, fmt.Errorf("worker %d ended: %v", i, w.out.Err())
+		}
+		if err := json.Unmarshal(w.out.Bytes(), &reports[i]); err != nil {
+			return nil, fmt.Errorf("worker %d report: %w", i, err)
+		}
+	}
+	return reports, nil
+}
+
+func metricsURL(wsURL string) (string, error) {
+	u, err := url.Parse(wsURL)
+	if err != nil {
+		return "", fmt.Errorf("parsing --url: %w", err)
+	}
+	scheme := "http"
+	if u.Scheme == "wss" {
+		scheme = "https"
+	}
+	return scheme + "://" + u.Host + "/metrics", nil
+}
+
+// scrape reads the gateway's process and Go metrics.
+func scrape(metricsURL string) (Metrics, error) {
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		return Metrics{}, fmt.Errorf("reading the gateway's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var m Metrics
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "process_resident_memory_bytes":
+			m.RSS = v
+		case "go_memstats_heap_inuse_bytes":
+			m.Heap = v
+		case "go_memstats_heap_objects":
+			m.HeapObjs = v
+		case "go_goroutines":
+			m.Goroutines = v
+		case "process_open_fds":
+			m.FDs = v
+		}
+	}
+	return m, sc.Err()
+}
+
+func progress(cfg Config, format string, args ...any) {
+	if cfg.Progress != nil {
+		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
+	}
+}

@@ -1,0 +1,9 @@
+// Package bench is wsbus's load tool (wsbus bench): it opens many WebSocket
+// connections to a gateway from worker processes on many 127.x source
+// addresses, measures the gateway from outside (its /metrics: RSS, heap,
+// goroutines, open fds), and times events from XADD to every receipt.
+//
+// A worker is the same binary run as `wsbus bench --worker`: it reads a Job
+// as one JSON line on stdin, opens its connections, and answers the
+// commands "report" and "quit" with one JSON line each on stdout.
+package bench
