@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -29,10 +30,10 @@ type topic struct {
 	idleSince time.Time
 
 	mu       sync.Mutex
-	subs     map[*subscription]struct{}
-	seen     streams.ID  // newest event delivered to this topic's subscribers
-	catching bool        // pub/sub was lost: live events wait in backlog
-	backlog  []liveEvent // live events received while catching up
+	subs     []*subscription // each knows its index (subscription.idx)
+	seen     streams.ID      // newest event delivered to this topic's subscribers
+	catching bool            // pub/sub was lost: live events wait in backlog
+	backlog  []liveEvent     // live events received while catching up
 }
 
 // liveEvent is one event with its frame, encoded once for every subscriber.
@@ -45,6 +46,7 @@ type liveEvent struct {
 type subscription struct {
 	conn    *ws.Conn
 	topic   *topic
+	idx     int         // position in topic.subs, -1 when not in it; guarded by topic.mu
 	last    streams.ID  // newest event sent; guarded by topic.mu once live
 	live    bool        // history sent; guarded by topic.mu
 	pending []liveEvent // live events held until live; guarded by topic.mu
@@ -53,12 +55,38 @@ type subscription struct {
 func (t *topic) markReady() { t.readyOnce.Do(func() { close(t.ready) }) }
 
 // deliverLocked sends ev to every subscriber that has not had it, in ID
-// order; subscriptions still sending history hold it for later.
+// order; subscriptions still sending history hold it for later. A large
+// topic is split over the cores: each subscriber is touched by one
+// goroutine, and all are done before deliverLocked returns.
 func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	if t.seen.Less(ev.id) {
 		t.seen = ev.id
 	}
-	for s := range t.subs {
+	parts := runtime.GOMAXPROCS(0)
+	if len(t.subs) < parallelFanOut || parts < 2 {
+		deliverTo(g, t.subs, ev)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (len(t.subs) + parts - 1) / parts
+	for i := chunk; i < len(t.subs); i += chunk {
+		wg.Add(1)
+		go func(subs []*subscription) {
+			defer wg.Done()
+			deliverTo(g, subs, ev)
+		}(t.subs[i:min(i+chunk, len(t.subs))])
+	}
+	deliverTo(g, t.subs[:chunk], ev)
+	wg.Wait()
+}
+
+// parallelFanOut is the subscriber count from which a live event is
+// written from several goroutines at once: below it the goroutines cost
+// more than the writes.
+const parallelFanOut = 1024
+
+func deliverTo(g *Gateway, subs []*subscription, ev liveEvent) {
+	for _, s := range subs {
 		if !s.live {
 			if len(s.pending) >= g.cfg.MaxPending {
 				s.conn.Close(ws.CloseSlowConsumer, "slow consumer: reconnect and resume")
@@ -74,6 +102,28 @@ func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	}
 }
 
+// addLocked and removeLocked keep t.subs a dense slice.
+func (t *topic) addLocked(s *subscription) {
+	s.idx = len(t.subs)
+	t.subs = append(t.subs, s)
+}
+
+func (t *topic) removeLocked(s *subscription) bool {
+	i := s.idx
+	if i < 0 || i >= len(t.subs) || t.subs[i] != s {
+		return false
+	}
+	last := t.subs[len(t.subs)-1]
+	t.subs[i], last.idx = last, i
+	t.subs[len(t.subs)-1] = nil
+	t.subs = t.subs[:len(t.subs)-1]
+	s.idx = -1
+	if len(t.subs) == 0 {
+		t.subs = nil // a topic left idle keeps no array
+	}
+	return true
+}
+
 // acquire returns the topic, subscribing its live channel when it is new.
 func (g *Gateway) acquire(name string) *topic {
 	g.mu.Lock()
@@ -84,7 +134,6 @@ func (g *Gateway) acquire(name string) *topic {
 			name:  name,
 			p:     streams.Partition(name, g.cfg.Partitions),
 			ready: make(chan struct{}),
-			subs:  make(map[*subscription]struct{}),
 		}
 		g.topics[name] = t
 		lp := g.partLocked(t.p)
@@ -112,8 +161,7 @@ func (g *Gateway) release(t *topic) {
 func (g *Gateway) removeSub(s *subscription) {
 	t := s.topic
 	t.mu.Lock()
-	_, ok := t.subs[s]
-	delete(t.subs, s)
+	ok := t.removeLocked(s)
 	s.pending = nil
 	t.mu.Unlock()
 	if ok {

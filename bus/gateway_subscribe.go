@@ -30,14 +30,14 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	t := g.acquire(m.Topic)
-	s := &subscription{conn: c, topic: t}
+	s := &subscription{conn: c, topic: t, idx: -1}
 	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
 		g.release(t)
 		g.sendError(c, code, m.Topic, msg)
 		return
 	}
 	t.mu.Lock()
-	t.subs[s] = struct{}{}
+	t.addLocked(s)
 	t.mu.Unlock()
 	g.stats.subscriptions.Add(1)
 	if cl.isClosed() {

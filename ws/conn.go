@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,7 @@ type Conn struct {
 	queue      [][]byte      // frames waiting, shared with other connections
 	queued     int           // bytes in queue
 	room       chan struct{} // closed when the queue empties; made only while SendWait waits
+	partial    bool          // queue[0] is the unsent rest of a frame already begun on the wire
 
 	// Reader state: one worker reads at a time (one-shot epoll events).
 	frag   []byte // message being reassembled from fragments
@@ -86,10 +88,46 @@ func (c *Conn) Send(frame []byte) error {
 		c.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume", true)
 		return ErrSlowConsumer
 	}
+	if !c.writing && len(c.queue) == 0 {
+		c.writing = true // this caller is the writer until writeThrough returns
+		c.mu.Unlock()
+		c.writeThrough(frame)
+		return nil
+	}
 	start := c.pushLocked(frame)
 	c.mu.Unlock()
 	c.startWriter(start)
 	return nil
+}
+
+// writeThrough writes frame straight to the socket without blocking, the
+// common case of a connection that keeps up: no queue, no worker. What the
+// socket does not take goes to the front of the queue for a worker, as do
+// frames queued meanwhile. The caller holds the writer role (c.writing).
+func (c *Conn) writeThrough(frame []byte) {
+	n, err := writeNonblock(c.fd, frame)
+	if n > 0 {
+		c.srv.stats.framesOut.Add(1)
+		c.srv.stats.bytesOut.Add(uint64(n))
+	}
+	if err != nil && !errors.Is(err, errWouldBlock) {
+		c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
+		c.closeNow()
+		return
+	}
+	c.mu.Lock()
+	if n < len(frame) {
+		c.queue = append([][]byte{frame[n:]}, c.queue...)
+		c.queued += len(frame) - n
+		c.partial = n > 0
+	}
+	if len(c.queue) == 0 {
+		c.writing = false
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.srv.pool.Schedule(c.writeTask) // keeps the writer role
 }
 
 // SendWait is Send for a sender that can wait, such as a replay of
@@ -103,6 +141,12 @@ func (c *Conn) SendWait(frame []byte) error {
 		if c.state != stateOpen {
 			c.mu.Unlock()
 			return ErrClosed
+		}
+		if !c.writing && len(c.queue) == 0 {
+			c.writing = true
+			c.mu.Unlock()
+			c.writeThrough(frame)
+			return nil
 		}
 		if c.queued == 0 || c.queued+len(frame) <= c.srv.cfg.MaxQueue {
 			start := c.pushLocked(frame)
@@ -160,7 +204,7 @@ func (c *Conn) closeWith(code uint16, reason string, drop bool) {
 	}
 	c.state = stateClosing
 	if drop {
-		c.queue, c.queued = c.queue[:0], 0
+		c.dropQueueLocked()
 	}
 	c.afterFlush = flushHalfClose
 	start := c.pushLocked(closeFrame(code, reason))
@@ -182,11 +226,25 @@ func (c *Conn) replyClose(frame []byte) {
 		return
 	}
 	c.state = stateClosing
-	c.queue, c.queued = c.queue[:0], 0 // the peer is gone: only the answer matters
+	c.dropQueueLocked() // the peer is gone: only the answer matters
 	c.afterFlush = flushClose
 	start := c.pushLocked(frame)
 	c.mu.Unlock()
 	c.startWriter(start)
+}
+
+// dropQueueLocked discards the backlog but not the rest of a frame already
+// begun on the wire: a close frame must follow whole frames.
+func (c *Conn) dropQueueLocked() {
+	keep := 0
+	if c.partial {
+		keep = 1
+	}
+	c.queue = c.queue[:keep]
+	c.queued = 0
+	for _, f := range c.queue {
+		c.queued += len(f)
+	}
 }
 
 // sendControl queues a control frame regardless of the queue limit.
@@ -214,7 +272,7 @@ func (c *Conn) write() {
 			c.flushed(after)
 			return
 		}
-		c.queue, c.queued = nil, 0
+		c.queue, c.queued, c.partial = nil, 0, false
 		if c.room != nil {
 			close(c.room) // wake SendWait: the queue has room again
 			c.room = nil

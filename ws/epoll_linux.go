@@ -4,6 +4,7 @@ package ws
 
 import (
 	"net"
+	"syscall"
 
 	"github.com/mailru/easygo/netpoll"
 )
@@ -43,6 +44,26 @@ func (p *poller) add(fd int, ready func()) error {
 func (p *poller) rearm(fd int) error { return p.ep.Mod(fd, readEvents) }
 func (p *poller) del(fd int) error   { return p.ep.Del(fd) }
 func (p *poller) close() error       { return p.ep.Close() }
+
+// writeNonblock writes to a non-blocking socket (Go sets O_NONBLOCK on the
+// sockets it manages) and returns errWouldBlock instead of waiting.
+func writeNonblock(fd int, b []byte) (int, error) {
+	if fd < 0 {
+		return 0, errWouldBlock
+	}
+	for {
+		n, err := syscall.Write(fd, b)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return 0, errWouldBlock
+		case err != nil:
+			return 0, err
+		}
+		return n, nil
+	}
+}
 
 // socketFD returns the fd of conn without duplicating it.
 func socketFD(conn net.Conn) (int, error) {

@@ -14,3 +14,4 @@ func (p *poller) rearm(int) error            { return ErrUnsupported }
 func (p *poller) del(int) error              { return ErrUnsupported }
 func (p *poller) close() error               { return nil }
 func socketFD(net.Conn) (int, error)         { return -1, ErrUnsupported }
+func writeNonblock(int, []byte) (int, error) { return 0, errWouldBlock }

@@ -17,6 +17,9 @@ var (
 // errHandshakeTooLarge ends a handshake past Config.MaxHandshakeBytes.
 var errHandshakeTooLarge = errors.New("ws: handshake too large")
 
+// errWouldBlock means a socket's send buffer is full: queue the rest.
+var errWouldBlock = errors.New("ws: write would block")
+
 // errStopReading ends a read without closing: the close handshake is under way.
 var errStopReading = errors.New("ws: stop reading")
 
