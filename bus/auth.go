@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -90,9 +91,9 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 	}
 	cl.claims = claims
 	var dropped []*subscription
-	for topic, s := range cl.subs {
-		if !claims.Allows(topic) {
-			delete(cl.subs, topic)
+	for _, s := range slices.Clone(cl.subs) {
+		if !claims.Allows(s.topic.name) {
+			cl.removeLocked(s)
 			dropped = append(dropped, s)
 		}
 	}

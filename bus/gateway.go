@@ -96,7 +96,7 @@ type Gateway struct {
 // client is the Gateway's state of one connection.
 type client struct {
 	mu     sync.Mutex
-	subs   map[string]*subscription
+	subs   []*subscription // few per connection: a slice is smaller than a map
 	closed bool
 	claims *auth.Claims // nil without authentication
 	conn   *ws.Conn
@@ -142,7 +142,7 @@ func (g *Gateway) Close() error {
 
 // Open starts a connection, subscribing it when its URL names a topic.
 func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
-	cl := &client{subs: make(map[string]*subscription), conn: c, expIdx: -1}
+	cl := &client{conn: c, expIdx: -1}
 	if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
 		g.expiries.set(cl, claims.Expires)
@@ -207,10 +207,12 @@ func (g *Gateway) Closed(c *ws.Conn) {
 
 func (g *Gateway) unsubscribe(c *ws.Conn, cl *client, topic string) {
 	cl.mu.Lock()
-	s, ok := cl.subs[topic]
-	delete(cl.subs, topic)
+	s := cl.findLocked(topic)
+	if s != nil {
+		cl.removeLocked(s)
+	}
 	cl.mu.Unlock()
-	if !ok {
+	if s == nil {
 		g.sendError(c, codeNotSubscribed, topic, "not subscribed to this topic")
 		return
 	}

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"slices"
 	"time"
 
 	"github.com/wsbus/wsbus/streams"
@@ -45,7 +46,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	if !g.waitReady(t) || !g.sendHistory(c, s, m) {
-		cl.remove(m.Topic, s)
+		cl.remove(s)
 		g.removeSub(s)
 		g.sendError(c, codeUnavailable, m.Topic, "the bus is unavailable; retry")
 		return
@@ -137,7 +138,7 @@ func (cl *client) add(topic string, s *subscription, max int) (code, msg string)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if code, msg = cl.checkLocked(topic, max); code == "" {
-		cl.subs[topic] = s
+		cl.subs = append(cl.subs, s)
 	}
 	return code, msg
 }
@@ -146,7 +147,7 @@ func (cl *client) checkLocked(topic string, max int) (code, msg string) {
 	switch {
 	case cl.closed:
 		return codeUnavailable, "connection closing"
-	case cl.subs[topic] != nil:
+	case cl.findLocked(topic) != nil:
 		return codeAlreadySubscribed, "already subscribed to this topic"
 	case len(cl.subs) >= max:
 		return codeTooMany, "too many subscriptions on this connection"
@@ -154,12 +155,25 @@ func (cl *client) checkLocked(topic string, max int) (code, msg string) {
 	return "", ""
 }
 
-func (cl *client) remove(topic string, s *subscription) {
+func (cl *client) remove(s *subscription) {
 	cl.mu.Lock()
-	if cl.subs[topic] == s {
-		delete(cl.subs, topic)
-	}
+	cl.removeLocked(s)
 	cl.mu.Unlock()
+}
+
+func (cl *client) findLocked(topic string) *subscription {
+	for _, s := range cl.subs {
+		if s.topic.name == topic {
+			return s
+		}
+	}
+	return nil
+}
+
+func (cl *client) removeLocked(s *subscription) {
+	if i := slices.Index(cl.subs, s); i >= 0 {
+		cl.subs = slices.Delete(cl.subs, i, i+1)
+	}
 }
 
 // allows reports whether the client's token lets it read topic.
