@@ -56,6 +56,7 @@ type ServeConfig struct {
 	DrainTimeout     time.Duration
 	DrainRate        int
 	LogLevel         string
+	DebugAddr        string
 }
 
 func (c *ServeConfig) register(fs *flag.FlagSet) {
@@ -87,6 +88,7 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long the drain may take before the remaining clients are cut")
 	fs.IntVar(&c.DrainRate, "drain-rate", 1000, "on SIGTERM, clients closed with 4002 per second, so their reconnects do not storm the fleet (0: all at once)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (off by default: never expose it)")
 }
 
 func (c *ServeConfig) check() error {
@@ -203,6 +205,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return err
 	}
 	h.ws = srv
+	if c.DebugAddr != "" {
+		go servePprof(c.DebugAddr, logger)
+	}
 	ownerCtx, stopOwner := context.WithCancel(context.Background())
 	ownerDone := make(chan struct{})
 	go func() {

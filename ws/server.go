@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -224,6 +225,9 @@ func (s *Server) forget(c *Conn) {
 func (s *Server) keepalive() {
 	tick := time.NewTicker(s.cfg.PingInterval / 2)
 	defer tick.Stop()
+	settle := time.NewTicker(settleCheck)
+	defer settle.Stop()
+	var settled, last uint64 // upgrade counts: at the last settle, and at the last check
 	for {
 		select {
 		case <-s.done:
@@ -232,9 +236,27 @@ func (s *Server) keepalive() {
 			for _, c := range s.snapshot() {
 				c.keepalive(now)
 			}
+		case <-settle.C:
+			// Return memory to the system once a burst of upgrades is
+			// over: the buffers and garbage of thousands of handshakes
+			// otherwise sit in the heap's headroom, and an idle node would
+			// hold about twice what its connections need.
+			up := s.stats.upgraded.Load()
+			if up == last && up-settled >= settleBurst {
+				debug.FreeOSMemory()
+				settled = up
+			}
+			last = up
 		}
 	}
 }
+
+// settleCheck is how often the server looks for the end of a burst of
+// upgrades (one check without new upgrades ends it).
+const settleCheck = 5 * time.Second
+
+// settleBurst is how many upgrades make a burst worth settling after.
+const settleBurst = 1000
 
 // Stats is a snapshot of a Server's counters.
 type Stats struct {

@@ -73,6 +73,11 @@ func RunWorker(in io.Reader, out io.Writer) error {
 			}
 		case "quit":
 			for _, c := range w.conns {
+				// Reset rather than close: tens of thousands of sockets in
+				// TIME_WAIT would block the next run's connections.
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0)
+				}
 				_ = c.Close()
 			}
 			return nil
