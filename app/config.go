@@ -59,6 +59,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		}
 		opt.PoolSize = max(poolSize, opt.PoolSize)
 		opt.ContextTimeoutEnabled = true
+		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 		return redis.NewClient(opt), nil
 	}
 	var addrs []string
@@ -70,11 +71,29 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		rest, _, _ = strings.Cut(rest, "/")
 		addrs = append(addrs, strings.Split(rest, ",")...)
 	}
-	return redis.NewClusterClient(&redis.ClusterOptions{
+	opt := &redis.ClusterOptions{
 		Addrs:                 addrs,
 		PoolSize:              poolSize,
 		ContextTimeoutEnabled: true,
-	}), nil
+	}
+	lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
+	return redis.NewClusterClient(opt), nil
+}
+
+// redisBuffer is the read and write buffer of each Redis connection.
+// go-redis defaults to 32 KiB each (128 KiB for pipelines); a gateway keeps
+// a connection per partition and grows its pool in subscribe storms, so
+// the defaults cost megabytes of heap for nothing: replies larger than the
+// buffer are read in pieces.
+const redisBuffer = 8 << 10
+
+// lean sets unset buffer sizes to redisBuffer.
+func lean(sizes ...*int) {
+	for _, s := range sizes {
+		if *s == 0 {
+			*s = redisBuffer
+		}
+	}
 }
 
 // parse reads configuration in order of precedence: command line, then
