@@ -23,9 +23,9 @@ func (g *Gateway) Accept(r *ws.Request) error {
 	if g.cfg.Auth == nil {
 		return nil
 	}
-	token := BearerToken(r.Authorization)
+	token := BearerToken(string(r.Authorization))
 	if token == "" {
-		if u, err := url.ParseRequestURI(r.URI); err == nil {
+		if u, err := url.ParseRequestURI(string(r.URI)); err == nil {
 			token = u.Query().Get("token")
 		}
 	}
@@ -55,18 +55,18 @@ func BearerToken(header string) string {
 
 // originAllowed applies the allow-list: no Origin (not a browser) passes;
 // "*" allows every origin; an empty list allows only the page's own host.
-func (g *Gateway) originAllowed(origin, host string) bool {
-	if origin == "" {
+func (g *Gateway) originAllowed(origin, host []byte) bool {
+	if len(origin) == 0 {
 		return true
 	}
 	for _, o := range g.cfg.AllowedOrigins {
-		if o == "*" || strings.EqualFold(o, origin) {
+		if o == "*" || strings.EqualFold(o, string(origin)) {
 			return true
 		}
 	}
 	if len(g.cfg.AllowedOrigins) == 0 {
-		u, err := url.Parse(origin)
-		return err == nil && strings.EqualFold(u.Host, host)
+		u, err := url.Parse(string(origin))
+		return err == nil && strings.EqualFold(u.Host, string(host))
 	}
 	return false
 }

@@ -149,7 +149,7 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)
-	u, err := url.ParseRequestURI(r.URI)
+	u, err := url.ParseRequestURI(string(r.URI))
 	if err != nil {
 		return
 	}

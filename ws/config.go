@@ -2,6 +2,7 @@ package ws
 
 import (
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 )
@@ -126,17 +127,17 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Request is what a Handler learns of a WebSocket handshake.
+// Request is what a Handler learns of a WebSocket handshake. It and its
+// byte slices are only valid until Handler.Open returns (they are reused
+// by the next handshake): copy what must be kept.
 type Request struct {
 	// URI is the request target, e.g. "/v1/ws?topic=a&since=0".
-	URI string
-	// Origin and Authorization are the request headers of those names.
-	Origin        string
-	Authorization string
-	// Host is the Host header.
-	Host string
+	URI []byte
+	// Host, Origin and Authorization are the request headers of those
+	// names (empty when absent).
+	Host, Origin, Authorization []byte
 	// RemoteAddr is the client's address.
-	RemoteAddr string
+	RemoteAddr net.Addr
 	// State is set by Handler.Accept and handed to Handler.Open (the
 	// verified identity of the client, say).
 	State any

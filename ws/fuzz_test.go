@@ -19,11 +19,13 @@ type fuzzConn struct {
 func (c *fuzzConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
 func (c *fuzzConn) Write(p []byte) (int, error)      { return len(p), nil }
 func (c *fuzzConn) Close() error                     { return nil }
-func (c *fuzzConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *fuzzConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *fuzzConn) LocalAddr() net.Addr              { return fuzzAddr }
+func (c *fuzzConn) RemoteAddr() net.Addr             { return fuzzAddr }
 func (c *fuzzConn) SetDeadline(time.Time) error      { return nil }
 func (c *fuzzConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
+
+var fuzzAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
 
 // checkHandler fails the fuzz run on a message that broke the limits.
 type checkHandler struct {

@@ -21,7 +21,8 @@ import (
 type Server struct {
 	cfg     Config
 	poll    *poller
-	upgrade *rate.Limiter
+	limiter *rate.Limiter
+	states  sync.Pool    // *upgradeState
 	pending atomic.Int64 // accepted connections not yet upgraded or handed to HTTP
 	pool    *pool
 	httpLn  *handoffListener
@@ -44,7 +45,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		pool:    newPool(cfg.Workers, 10*time.Second),
-		upgrade: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
+		limiter: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
 		conns:   make(map[*Conn]struct{}),
 		done:    make(chan struct{}),
 	}

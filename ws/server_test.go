@@ -27,7 +27,7 @@ type echoHandler struct {
 }
 
 func (h *echoHandler) Accept(r *Request) error {
-	if strings.Contains(r.URI, "refuse") {
+	if bytes.Contains(r.URI, []byte("refuse")) {
 		return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("refused"))
 	}
 	return nil

@@ -3,6 +3,7 @@ package ws
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -20,45 +21,130 @@ const peekSize = 64
 // with gobwas/ws, anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
 	defer s.pending.Add(-1)
-	deadline := timeNow().Add(s.cfg.HandshakeTimeout)
-	_ = nc.SetDeadline(deadline)
-	var head [peekSize]byte
-	n, isWS := s.peek(nc, head[:])
-	if n == 0 {
-		_ = nc.Close()
-		return
-	}
-	pc := &prefixConn{Conn: nc, prefix: head[:n], left: s.cfg.MaxHandshakeBytes}
-	if !isWS {
+	st := s.getState(nc)
+	err := s.upgrade(st)
+	switch {
+	case errors.Is(err, errNotWebSocket):
+		pc := &prefixConn{Conn: nc, prefix: append([]byte(nil), st.pc.prefix...), left: -1}
 		_ = nc.SetDeadline(zeroTime)
-		pc.left = -1
 		s.httpLn.push(pc)
-		return
-	}
-	if !s.admit(deadline) {
+	case errors.Is(err, errRateLimited):
 		s.stats.refused.Add(1)
 		_, _ = nc.Write(response503)
 		_ = nc.Close()
-		return
-	}
-	req, err := s.upgradeConn(pc)
-	if err != nil {
+	case err != nil:
 		s.stats.handshakeErrors.Add(1)
 		s.cfg.Logger.Debug("upgrade refused", "remote", nc.RemoteAddr(), "err", err)
 		if errors.Is(err, errHandshakeTooLarge) {
 			_, _ = nc.Write(response431)
 		}
 		_ = nc.Close()
-		return
+	default:
+		_ = nc.SetDeadline(zeroTime)
+		s.open(nc, &st.req)
 	}
-	_ = nc.SetDeadline(zeroTime)
-	s.open(nc, req)
+	s.putState(st)
+}
+
+// upgradeState is the pooled state of one handshake: the upgrader's
+// callbacks are bound to it once, so an upgrade allocates nothing.
+type upgradeState struct {
+	req  Request
+	pc   prefixConn
+	u    ws.Upgrader
+	head [peekSize]byte
+	// Backing arrays of the Request's byte fields.
+	uri, host, origin, auth []byte
+}
+
+var errNotWebSocket = errors.New("ws: not a WebSocket upgrade of the endpoint")
+var errRateLimited = errors.New("ws: upgrade rate limit")
+
+func (s *Server) newState() *upgradeState {
+	st := &upgradeState{}
+	st.u = ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			st.uri = append(st.uri[:0], uri...)
+			st.req.URI = st.uri
+			return nil
+		},
+		OnHost: func(host []byte) error {
+			st.host = append(st.host[:0], host...)
+			st.req.Host = st.host
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			switch {
+			case bytes.EqualFold(key, headerOrigin):
+				st.origin = append(st.origin[:0], value...)
+				st.req.Origin = st.origin
+			case bytes.EqualFold(key, headerAuthorization):
+				st.auth = append(st.auth[:0], value...)
+				st.req.Authorization = st.auth
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
+				s.stats.refused.Add(1)
+				return nil, rejectFull
+			}
+			return nil, s.cfg.Handler.Accept(&st.req)
+		},
+	}
+	return st
+}
+
+var (
+	headerOrigin        = []byte("Origin")
+	headerAuthorization = []byte("Authorization")
+	rejectFull          = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable),
+		ws.RejectionReason("connection limit reached; retry another node"),
+		ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")))
+)
+
+func (s *Server) getState(nc net.Conn) *upgradeState {
+	st, _ := s.states.Get().(*upgradeState)
+	if st == nil {
+		st = s.newState()
+	}
+	st.req.RemoteAddr = nc.RemoteAddr()
+	st.pc.Conn = nc
+	return st
+}
+
+func (s *Server) putState(st *upgradeState) {
+	st.req = Request{}
+	st.pc = prefixConn{}
+	s.states.Put(st)
+}
+
+// upgrade reads the start of the request and, for a GET of the endpoint,
+// answers the WebSocket handshake.
+func (s *Server) upgrade(st *upgradeState) error {
+	deadline := timeNow().Add(s.cfg.HandshakeTimeout)
+	_ = st.pc.Conn.SetDeadline(deadline)
+	n, isWS := s.peek(st.pc.Conn, st.head[:])
+	st.pc.prefix, st.pc.left = st.head[:n], s.cfg.MaxHandshakeBytes
+	switch {
+	case n == 0:
+		return io.ErrUnexpectedEOF
+	case !isWS:
+		return errNotWebSocket
+	case !s.admit(deadline):
+		return errRateLimited
+	}
+	_, err := st.u.Upgrade(&st.pc)
+	return err
 }
 
 // admit waits for the upgrade rate limiter, refusing when the wait would
 // outlast the handshake deadline.
 func (s *Server) admit(deadline time.Time) bool {
-	r := s.upgrade.Reserve()
+	if s.limiter.Allow() {
+		return true
+	}
+	r := s.limiter.Reserve()
 	delay := r.Delay()
 	if !r.OK() || timeNow().Add(delay).After(deadline) {
 		r.Cancel()
@@ -77,41 +163,6 @@ var (
 func httpResponse(status, header, body string) []byte {
 	return []byte("HTTP/1.1 " + status + "\r\n" + header + "Content-Type: text/plain\r\nContent-Length: " +
 		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
-}
-
-// upgradeConn answers the WebSocket handshake read from pc.
-func (s *Server) upgradeConn(pc *prefixConn) (*Request, error) {
-	req := &Request{RemoteAddr: pc.RemoteAddr().String()}
-	u := ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			req.URI = string(uri)
-			return nil
-		},
-		OnHost: func(host []byte) error {
-			req.Host = string(host)
-			return nil
-		},
-		OnHeader: func(key, value []byte) error {
-			switch {
-			case bytes.EqualFold(key, []byte("Origin")):
-				req.Origin = string(value)
-			case bytes.EqualFold(key, []byte("Authorization")):
-				req.Authorization = string(value)
-			}
-			return nil
-		},
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
-				s.stats.refused.Add(1)
-				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable),
-					ws.RejectionReason("connection limit reached; retry another node"),
-					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")))
-			}
-			return nil, s.cfg.Handler.Accept(req)
-		},
-	}
-	_, err := u.Upgrade(pc)
-	return req, err
 }
 
 // peek reads the start of the request line and reports whether it is a
