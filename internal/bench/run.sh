@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# go tool task bench: a short bench run (under 3 minutes) against a fresh
+# gateway on its own Redis. CONNS (default 5000) connections on one topic.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+conns="${CONNS:-5000}"
+dir=$(mktemp -d)
+port=$((20000 + RANDOM % 10000))
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
+gw=$((port + 1))
+./bin/wsbus serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
+  --upgrade-rate 100000 --upgrade-burst 10000 --log-level warn &
+gateway=$!
+cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"; }
+trap cleanup EXIT
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
+./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
+  --conns "$conns" --settle 12s --broadcasts 20 --gap 200ms "$@"
