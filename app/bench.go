@@ -28,6 +28,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	settle := fs.Duration("settle", 15*time.Second, "idle time before the gateway is measured")
 	broadcasts := fs.Int("broadcasts", 20, "events broadcast to the shared topic")
 	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
+	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
@@ -44,7 +45,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	res, err := bench.Run(context.Background(), bench.Config{
 		URL: *url, Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
-		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap,
+		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
 		Executable: exe, WorkerArgs: []string{"bench", "--worker"}, Progress: stderr,
 	})
 	if err != nil {
@@ -71,6 +72,10 @@ func printBench(w io.Writer, r *bench.Result) {
 		fmt.Fprintf(tw, "broadcast last receipt\tp50 %v  p99 %v  max %v\n", b.LastP50, b.LastP99, b.LastMax)
 		fmt.Fprintf(tw, "broadcast all receipts\tp50 %v  p99 %v  max %v\n", b.AllP50, b.AllP99, b.AllMax)
 		fmt.Fprintf(tw, "broadcast lost\t%d of %d\n", b.Lost, int64(b.Receipts)+b.Lost)
+	}
+	if st := r.Storm; st != nil {
+		fmt.Fprintf(tw, "resume storm\t%d clients, %d missed each: done=%v in %v\n", st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond))
+		fmt.Fprintf(tw, "resume storm problems\t%d not recovered, %d lost, %d duplicates, %d failed reconnects\n", st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
 	}
 	tw.Flush()
 }

@@ -28,7 +28,7 @@ func TestBenchRun(t *testing.T) {
 	b := newTestBus(t, "--upgrade-rate", "100000")
 	res, err := bench.Run(context.Background(), bench.Config{
 		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
-		Conns: 200, PerWorker: 100, Mix: "shared", Broadcasts: 3, Gap: 50 * time.Millisecond,
+		Conns: 200, PerWorker: 100, Mix: "shared", Broadcasts: 3, Gap: 50 * time.Millisecond, Storm: 5,
 		Executable: os.Args[0], WorkerArgs: []string{"-test.run=^$"}, WorkerEnv: []string{"WSBUS_BENCH_WORKER=1"},
 		Progress: io.Discard,
 	})
@@ -44,5 +44,8 @@ func TestBenchRun(t *testing.T) {
 	bc := res.Broadcast
 	if bc == nil || bc.Receipts != 600 || bc.Lost != 0 || bc.LastMax <= 0 || bc.AllP50 > bc.AllMax {
 		t.Fatalf("broadcast = %+v, want 600 receipts, none lost", bc)
+	}
+	if st := res.Storm; st == nil || !st.Done || st.NotRecovered != 0 || st.Lost != 0 || st.Duplicates != 0 || st.Failed != 0 {
+		t.Fatalf("resume storm = %+v, want every client recovered with its 5 missed events, nothing lost or twice", st)
 	}
 }

@@ -112,7 +112,9 @@ func (c *Conn) writeThrough(frame []byte) {
 	}
 	if err != nil && !errors.Is(err, errWouldBlock) {
 		c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
-		c.closeNow()
+		// Never inline: the caller may hold a lock of the Handler's (a
+		// topic's fan-out) that Handler.Closed takes.
+		c.srv.pool.Schedule(c.closeNow)
 		return
 	}
 	c.mu.Lock()

@@ -495,3 +495,48 @@ func TestDeflateOfferIsDeclined(t *testing.T) {
 		t.Fatalf("server accepted extensions %q, want none", ext)
 	}
 }
+
+// lockingHandler's Closed takes a lock its sender may hold, as the
+// gateway's topics do.
+type lockingHandler struct {
+	echoHandler
+	mu    sync.Mutex
+	conns chan *Conn
+}
+
+func (h *lockingHandler) Open(c *Conn, _ *Request) { h.conns <- c }
+func (h *lockingHandler) Closed(*Conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+}
+
+// TestSendNeverCallsClosedInline sends, under the lock that Closed takes,
+// to connections whose peers reset: Send must return instead of closing
+// the connection (and calling Closed) on the caller's goroutine.
+func TestSendNeverCallsClosedInline(t *testing.T) {
+	h := &lockingHandler{conns: make(chan *Conn, 20)}
+	_, addr := startServer(t, h, Config{})
+	for range 20 {
+		conn, _ := dialRaw(t, addr)
+		c := <-h.conns
+		_ = conn.(*net.TCPConn).SetLinger(0)
+		_ = conn.Close() // a reset
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			frame := TextFrame(make([]byte, 1024))
+			for range 50 {
+				if c.Send(frame) != nil {
+					return
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Send deadlocked: it called Closed while the caller held the handler's lock")
+		}
+	}
+}

@@ -40,6 +40,9 @@ type Config struct {
 	// Broadcasts is how many events go to the shared topic, Gap apart.
 	Broadcasts int
 	Gap        time.Duration
+	// Storm, when positive, drops every connection at once, publishes
+	// Storm events to the shared topic, and has every client resume.
+	Storm int
 	// Executable runs a worker: Executable WorkerArgs... (wsbus bench --worker).
 	Executable string
 	WorkerArgs []string
@@ -64,6 +67,19 @@ type Result struct {
 		FDs        float64 `json:"fds"`
 	} `json:"per_conn"`
 	Broadcast *Latency `json:"broadcast,omitempty"`
+	Storm     *Storm   `json:"resume_storm,omitempty"`
+}
+
+// Storm is what a resume storm measured.
+type Storm struct {
+	Clients      int           `json:"clients"`
+	Missed       int           `json:"missed_each"`
+	Took         time.Duration `json:"took_ns"` // from the reconnects' start until every client had every missed event
+	Done         bool          `json:"done"`    // all caught up within the time allowed
+	NotRecovered int           `json:"not_recovered"`
+	Lost         int64         `json:"lost"`
+	Duplicates   uint64        `json:"duplicates"`
+	Failed       int           `json:"failed_reconnects"`
 }
 
 // Latency is the delay from XADD to receipt.
@@ -151,6 +167,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
+	if cfg.Storm > 0 && cfg.Mix == "shared" {
+		if res.Storm, err = storm(ctx, cfg, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
 }
 
@@ -204,6 +225,81 @@ func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribe
 	progress(cfg, "broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
 		lat.Events, subscribers, lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
 	return lat, nil
+}
+
+// storm drops every client, publishes cfg.Storm events, and times the
+// reconnect of all of them until each has every missed event.
+func storm(ctx context.Context, cfg Config, workers []*workerProc, clients, failedBefore int) (*Storm, error) {
+	if err := command(workers, "drop"); err != nil {
+		return nil, err
+	}
+	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	stream := cfg.Keys.Ingress(streams.Partition(sharedTopic, n))
+	for range cfg.Storm {
+		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: -1})
+		if err := cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", sharedTopic, "data", data}}).Err(); err != nil {
+			return nil, fmt.Errorf("publishing while clients are away: %w", err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the owner move them to history
+	start := time.Now()
+	if err := command(workers, "resume"); err != nil {
+		return nil, err
+	}
+	st := &Storm{Clients: clients, Missed: cfg.Storm}
+	want := uint64(clients) * uint64(cfg.Storm)
+	for deadline := start.Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		reports, err := collect(workers)
+		if err != nil {
+			return nil, err
+		}
+		var got uint64
+		resumed, failed := 0, 0
+		st.NotRecovered, st.Duplicates = 0, 0
+		for _, r := range reports {
+			got += r.SinceResume
+			resumed += r.Resumed
+			failed += r.Failed
+			st.NotRecovered += r.NotRecovered
+			st.Duplicates += r.Duplicates
+		}
+		st.Failed = failed - failedBefore
+		st.Took = time.Since(start)
+		st.Lost = int64(want) - int64(got)
+		if got >= want && resumed+st.Failed >= clients {
+			st.Done = true
+			break
+		}
+		if time.Now().After(deadline) {
+			var errs []string
+			for _, r := range reports {
+				errs = append(errs, r.Errors...)
+			}
+			progress(cfg, "resume storm timed out: %d of %d clients resumed, %d of %d events; errors: %q", resumed, clients, got, want, errs)
+			break
+		}
+	}
+	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects",
+		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
+	return st, nil
+}
+
+// command sends a command to every worker and reads each one's answer.
+func command(workers []*workerProc, cmd string) error {
+	for i, w := range workers {
+		if _, err := io.WriteString(w.in, cmd+"\n"); err != nil {
+			return fmt.Errorf("telling worker %d to %s: %w", i, cmd, err)
+		}
+	}
+	for i, w := range workers {
+		if !w.out.Scan() {
+			return fmt.Errorf("worker %d ended during %s: %v", i, cmd, w.out.Err())
+		}
+	}
+	return nil
 }
 
 const sharedTopic = "bench:shared"

@@ -14,6 +14,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsbus/wsbus/streams"
 )
 
 // Job is one worker's share of the connections.
@@ -31,6 +33,14 @@ type Report struct {
 	All       Histogram        `json:"all"`  // every receipt
 	Last      map[int64]uint64 `json:"last"` // broadcast number -> its slowest receipt here, µs
 	Errors    []string         `json:"errors,omitempty"`
+
+	// After a "resume": connections subscribed again, of them answered
+	// recovered:false, events received since, and IDs received twice or
+	// out of order on one connection.
+	Resumed      int    `json:"resumed"`
+	NotRecovered int    `json:"not_recovered"`
+	SinceResume  uint64 `json:"since_resume"`
+	Duplicates   uint64 `json:"duplicates"`
 }
 
 // eventData is the payload bench publishes: send time and broadcast number
@@ -40,15 +50,30 @@ type eventData struct {
 	K int64 `json:"k"`
 }
 
-type worker struct {
-	job      Job
-	mu       sync.Mutex
-	report   Report
-	conns    []net.Conn
-	received atomic.Uint64
+// wconn is one client connection and its resume cursor.
+type wconn struct {
+	topic string
+	conn  net.Conn
+	mu    sync.Mutex
+	last  streams.ID // newest event ID received
+	epoch string
 }
 
-// RunWorker serves one Job read from in, writing reports to out.
+type worker struct {
+	job    Job
+	dialer ws.Dialer
+	conns  []*wconn
+
+	mu       sync.Mutex
+	report   Report
+	received atomic.Uint64
+	since    atomic.Uint64 // events received after the last resume
+	dups     atomic.Uint64
+}
+
+// RunWorker serves one Job read from in, answering the commands "report",
+// "drop" (reset every connection), "resume" (reconnect every one with its
+// cursor) and "quit", one JSON line each, on out.
 func RunWorker(in io.Reader, out io.Writer) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
@@ -59,74 +84,110 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	if err := json.Unmarshal(sc.Bytes(), &w.job); err != nil {
 		return fmt.Errorf("bench worker: decoding job: %w", err)
 	}
+	local := &net.TCPAddr{IP: net.ParseIP(w.job.Source)}
+	w.dialer = ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
+		return d.DialContext(ctx, network, addr)
+	}}
+	for _, t := range w.job.Topics {
+		w.conns = append(w.conns, &wconn{topic: t})
+	}
 	enc := json.NewEncoder(out)
-	w.dialAll()
+	w.connectAll(false)
 	for sc.Scan() {
 		switch sc.Text() {
 		case "report":
 			w.mu.Lock()
 			w.report.Received = w.received.Load()
+			w.report.SinceResume = w.since.Load()
+			w.report.Duplicates = w.dups.Load()
 			err := enc.Encode(&w.report)
 			w.mu.Unlock()
 			if err != nil {
 				return err
 			}
-		case "quit":
-			for _, c := range w.conns {
-				// Reset rather than close: tens of thousands of sockets in
-				// TIME_WAIT would block the next run's connections.
-				if tc, ok := c.(*net.TCPConn); ok {
-					_ = tc.SetLinger(0)
-				}
-				_ = c.Close()
+		case "drop":
+			w.reset()
+			if err := enc.Encode(struct{}{}); err != nil {
+				return err
 			}
+		case "resume":
+			w.since.Store(0)
+			w.mu.Lock()
+			w.report.Resumed, w.report.NotRecovered = 0, 0
+			w.mu.Unlock()
+			if err := enc.Encode(struct{}{}); err != nil { // answered at once; progress via report
+				return err
+			}
+			go w.connectAll(true)
+		case "quit":
+			w.reset()
 			return nil
 		}
 	}
 	return sc.Err()
 }
 
-// dialAll opens every connection, 256 at a time, and waits until each has
-// its subscription confirmed.
-func (w *worker) dialAll() {
-	local := &net.TCPAddr{IP: net.ParseIP(w.job.Source)}
-	dialer := ws.Dialer{
-		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			d := net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
-			return d.DialContext(ctx, network, addr)
-		},
+// reset closes every connection with a TCP reset: tens of thousands of
+// sockets in TIME_WAIT would block the next connections.
+func (w *worker) reset() {
+	for _, wc := range w.conns {
+		wc.mu.Lock()
+		if tc, ok := wc.conn.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+			_ = tc.Close()
+		}
+		wc.conn = nil
+		wc.mu.Unlock()
 	}
+}
+
+// connectAll opens every connection, 256 at a time; resume sends each
+// one's cursor and epoch.
+func (w *worker) connectAll(resume bool) {
 	sem := make(chan struct{}, 256)
 	var wg sync.WaitGroup
-	for _, topic := range w.job.Topics {
+	for _, wc := range w.conns {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			conn, err := w.dial(dialer, topic)
+			recovered, err := w.connect(wc, resume)
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			if err != nil {
+			switch {
+			case err != nil:
 				w.report.Failed++
 				if len(w.report.Errors) < 5 {
 					w.report.Errors = append(w.report.Errors, err.Error())
 				}
-				return
+			case resume:
+				w.report.Resumed++
+				if !recovered {
+					w.report.NotRecovered++
+				}
+			default:
+				w.report.Connected++
 			}
-			w.report.Connected++
-			w.conns = append(w.conns, conn)
 		}()
 	}
 	wg.Wait()
 }
 
-func (w *worker) dial(d ws.Dialer, topic string) (net.Conn, error) {
+// connect dials wc, waits for its subscription and starts its reader.
+func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
+	target := w.job.URL + "?topic=" + url.QueryEscape(wc.topic)
+	wc.mu.Lock()
+	if resume && !wc.last.IsZero() {
+		target += "&since=" + wc.last.String() + "&epoch=" + url.QueryEscape(wc.epoch)
+	}
+	wc.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, br, _, err := d.Dial(ctx, w.job.URL+"?topic="+url.QueryEscape(topic))
+	conn, br, _, err := w.dialer.Dial(ctx, target)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	var r io.Reader = conn
 	if br != nil {
@@ -140,22 +201,31 @@ func (w *worker) dial(d ws.Dialer, topic string) (net.Conn, error) {
 	first, err := wsutil.ReadServerText(rw)
 	if err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("waiting for subscribed: %w", err)
+		return false, fmt.Errorf("waiting for subscribed: %w", err)
 	}
-	var m struct{ Type string }
+	var m struct {
+		Type      string
+		Recovered bool
+		Epoch     string
+	}
 	if json.Unmarshal(first, &m) != nil || m.Type != "subscribed" {
 		_ = conn.Close()
-		return nil, fmt.Errorf("first message %q, want subscribed", first)
+		return false, fmt.Errorf("first message %q, want subscribed", first)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	go w.read(rw)
-	return conn, nil
+	wc.mu.Lock()
+	wc.conn, wc.epoch = conn, m.Epoch
+	wc.mu.Unlock()
+	go w.read(wc, rw, resume)
+	return m.Recovered, nil
 }
 
-// read records every event's delay from XADD to receipt.
-func (w *worker) read(rw io.ReadWriter) {
+// read records every event's delay from XADD to receipt, and checks IDs
+// only ever grow on the connection's cursor.
+func (w *worker) read(wc *wconn, rw io.ReadWriter, resumed bool) {
 	var m struct {
 		Type string
+		ID   string
 		Data eventData
 	}
 	for {
@@ -167,8 +237,20 @@ func (w *worker) read(rw io.ReadWriter) {
 		if json.Unmarshal(b, &m) != nil || m.Type != "event" {
 			continue
 		}
+		if id, err := streams.ParseID(m.ID); err == nil {
+			wc.mu.Lock()
+			if !wc.last.Less(id) {
+				w.dups.Add(1)
+			} else {
+				wc.last = id
+			}
+			wc.mu.Unlock()
+		}
 		d := time.Duration(now - m.Data.T)
 		w.received.Add(1)
+		if resumed {
+			w.since.Add(1)
+		}
 		w.mu.Lock()
 		w.report.All.Record(d)
 		if m.Data.K >= 0 {
