@@ -88,7 +88,7 @@ type Gateway struct {
 	cancel   context.CancelFunc
 	stats    gatewayCounters
 
-	mu     sync.Mutex
+	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
 	parts  []*livePart // by partition, created on first use
 }
@@ -245,9 +245,9 @@ type gatewayCounters struct {
 
 // Stats returns the current counters.
 func (g *Gateway) Stats() GatewayStats {
-	g.mu.Lock()
+	g.mu.RLock()
 	topics := len(g.topics)
-	g.mu.Unlock()
+	g.mu.RUnlock()
 	return GatewayStats{
 		Connections:   g.stats.connections.Load(),
 		Subscriptions: g.stats.subscriptions.Load(),

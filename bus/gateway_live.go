@@ -259,8 +259,8 @@ func (g *Gateway) topicOf(lp *livePart, channel string) *topic {
 	if !ok {
 		return nil
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	return g.topics[name]
 }
 
@@ -292,8 +292,8 @@ func (g *Gateway) fanOut(lp *livePart, channel, payload string) {
 }
 
 func (g *Gateway) topicsOf(p int) []*topic {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	var ts []*topic
 	for _, t := range g.topics {
 		if t.p == p {
