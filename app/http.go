@@ -27,8 +27,6 @@ var demoPage []byte
 type httpAPI struct {
 	cfg     ServeConfig
 	rdb     redis.UniversalClient
-	keys    streams.Keys
-	n       int
 	owner   *bus.Owner
 	gw      *bus.Gateway
 	auth    *auth.Verifier // nil without authentication

@@ -193,7 +193,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return err
 	}
 	defer gw.Close()
-	h := &httpAPI{cfg: c, rdb: rdb, keys: keys, n: n, owner: owner, gw: gw, auth: verifier,
+	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
 		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue,
