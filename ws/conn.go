@@ -89,9 +89,7 @@ func (c *Conn) Send(frame []byte) error {
 		return ErrSlowConsumer
 	}
 	if !c.writing && len(c.queue) == 0 {
-		c.writing = true // this caller is the writer until writeThrough returns
-		c.mu.Unlock()
-		c.writeThrough(frame)
+		c.writeThroughLocked(frame)
 		return nil
 	}
 	start := c.pushLocked(frame)
@@ -100,36 +98,38 @@ func (c *Conn) Send(frame []byte) error {
 	return nil
 }
 
-// writeThrough writes frame straight to the socket without blocking, the
-// common case of a connection that keeps up: no queue, no worker. What the
-// socket does not take goes to the front of the queue for a worker, as do
-// frames queued meanwhile. The caller holds the writer role (c.writing).
-func (c *Conn) writeThrough(frame []byte) {
+// writeThroughLocked writes frame straight to the socket without
+// blocking, the common case of a connection that keeps up: no queue, no
+// worker. What the socket does not take is queued for a worker. It runs
+// with c.mu held, an open connection and nothing queued or being written:
+// holding the lock across the system call keeps closeNow from closing the
+// fd (whose number could then be reused by another connection) under it.
+// It unlocks c.mu.
+func (c *Conn) writeThroughLocked(frame []byte) {
 	n, err := writeNonblock(c.fd, frame)
 	if n > 0 {
 		c.srv.stats.framesOut.Add(1)
 		c.srv.stats.bytesOut.Add(uint64(n))
 	}
 	if err != nil && !errors.Is(err, errWouldBlock) {
+		c.writing = true // nothing more goes out; closeNow follows
+		c.mu.Unlock()
 		c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
 		// Never inline: the caller may hold a lock of the Handler's (a
 		// topic's fan-out) that Handler.Closed takes.
 		c.srv.pool.Schedule(c.closeNow)
 		return
 	}
-	c.mu.Lock()
-	if n < len(frame) {
-		c.queue = append([][]byte{frame[n:]}, c.queue...)
-		c.queued += len(frame) - n
-		c.partial = n > 0
-	}
-	if len(c.queue) == 0 {
-		c.writing = false
+	if n == len(frame) {
 		c.mu.Unlock()
 		return
 	}
+	c.queue = append(c.queue, frame[n:])
+	c.queued += len(frame) - n
+	c.partial = n > 0
+	c.writing = true
 	c.mu.Unlock()
-	c.srv.pool.Schedule(c.writeTask) // keeps the writer role
+	c.srv.pool.Schedule(c.writeTask)
 }
 
 // SendWait is Send for a sender that can wait, such as a replay of
@@ -145,9 +145,7 @@ func (c *Conn) SendWait(frame []byte) error {
 			return ErrClosed
 		}
 		if !c.writing && len(c.queue) == 0 {
-			c.writing = true
-			c.mu.Unlock()
-			c.writeThrough(frame)
+			c.writeThroughLocked(frame)
 			return nil
 		}
 		if c.queued == 0 || c.queued+len(frame) <= c.srv.cfg.MaxQueue {
