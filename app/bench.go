@@ -28,6 +28,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	settle := fs.Duration("settle", 15*time.Second, "idle time before the gateway is measured")
 	broadcasts := fs.Int("broadcasts", 20, "events broadcast to the shared topic")
 	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
+	unicastRate := fs.Int("unicast-rate", 5000, "with --mix own: events per second, each to one connection's topic")
+	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
 	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := parseOrUsage(fs, args); err != nil {
@@ -46,6 +48,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		URL: *url, Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
 		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
+		UnicastRate: *unicastRate, UnicastFor: *unicastFor,
 		Executable: exe, WorkerArgs: []string{"bench", "--worker"}, Progress: stderr,
 	})
 	if err != nil {
@@ -72,6 +75,10 @@ func printBench(w io.Writer, r *bench.Result) {
 		fmt.Fprintf(tw, "broadcast last receipt\tp50 %v  p99 %v  max %v\n", b.LastP50, b.LastP99, b.LastMax)
 		fmt.Fprintf(tw, "broadcast all receipts\tp50 %v  p99 %v  max %v\n", b.AllP50, b.AllP99, b.AllMax)
 		fmt.Fprintf(tw, "broadcast lost\t%d of %d\n", b.Lost, int64(b.Receipts)+b.Lost)
+	}
+	if u := r.Unicast; u != nil {
+		fmt.Fprintf(tw, "unicast\t%d events at %d/s for %v: p50 %v  p99 %v  max %v\n", u.Sent, u.Rate, u.For, u.P50, u.P99, u.Max)
+		fmt.Fprintf(tw, "unicast lost\t%d of %d\n", u.Lost, u.Sent)
 	}
 	if st := r.Storm; st != nil {
 		fmt.Fprintf(tw, "resume storm\t%d clients, %d missed each: done=%v in %v\n", st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond))

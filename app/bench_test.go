@@ -49,3 +49,22 @@ func TestBenchRun(t *testing.T) {
 		t.Fatalf("resume storm = %+v, want every client recovered with its 5 missed events, nothing lost or twice", st)
 	}
 }
+
+// TestBenchUnicast publishes to each connection's own topic at a fixed
+// rate: every event arrives.
+func TestBenchUnicast(t *testing.T) {
+	b := newTestBus(t, "--upgrade-rate", "100000")
+	res, err := bench.Run(context.Background(), bench.Config{
+		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
+		Conns: 100, Mix: "own", UnicastRate: 500, UnicastFor: time.Second,
+		Executable: os.Args[0], WorkerArgs: []string{"-test.run=^$"}, WorkerEnv: []string{"WSBUS_BENCH_WORKER=1"},
+		Progress: io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := res.Unicast
+	if u == nil || u.Sent < 450 || u.Lost != 0 || u.Received != uint64(u.Sent) || u.P99 <= 0 {
+		t.Fatalf("unicast = %+v, want about 500 events, none lost", u)
+	}
+}

@@ -43,6 +43,10 @@ type Config struct {
 	// Storm, when positive, drops every connection at once, publishes
 	// Storm events to the shared topic, and has every client resume.
 	Storm int
+	// UnicastRate events per second, each to one connection's own topic
+	// (mix "own"), for UnicastFor.
+	UnicastRate int
+	UnicastFor  time.Duration
 	// Executable runs a worker: Executable WorkerArgs... (wsbus bench --worker).
 	Executable string
 	WorkerArgs []string
@@ -68,6 +72,19 @@ type Result struct {
 	} `json:"per_conn"`
 	Broadcast *Latency `json:"broadcast,omitempty"`
 	Storm     *Storm   `json:"resume_storm,omitempty"`
+	Unicast   *Unicast `json:"unicast,omitempty"`
+}
+
+// Unicast is what a unicast run measured.
+type Unicast struct {
+	Rate     int           `json:"rate"`
+	For      time.Duration `json:"for_ns"`
+	Sent     int64         `json:"sent"`
+	Received uint64        `json:"received"`
+	Lost     int64         `json:"lost"`
+	P50      time.Duration `json:"p50_ns"`
+	P99      time.Duration `json:"p99_ns"`
+	Max      time.Duration `json:"max_ns"`
 }
 
 // Storm is what a resume storm measured.
@@ -167,6 +184,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
+	if cfg.UnicastRate > 0 && cfg.Mix == "own" {
+		if res.Unicast, err = unicast(ctx, cfg, workers); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Storm > 0 && cfg.Mix == "shared" {
 		if res.Storm, err = storm(ctx, cfg, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
@@ -227,6 +249,55 @@ func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribe
 	return lat, nil
 }
 
+// unicast publishes cfg.UnicastRate events a second, round robin over the
+// connections' own topics, in pipelined batches every 10 ms, and gathers
+// the delay of each receipt.
+func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, error) {
+	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	topics := assignTopics(cfg.Conns, "own", 0)
+	const step = 10 * time.Millisecond
+	u := &Unicast{Rate: cfg.UnicastRate, For: cfg.UnicastFor}
+	start := time.Now()
+	next := 0
+	tick := time.NewTicker(step)
+	defer tick.Stop()
+	for ; time.Since(start) < cfg.UnicastFor; <-tick.C {
+		due := int64(time.Since(start).Seconds()*float64(cfg.UnicastRate)) + 1
+		pipe := cfg.Redis.Pipeline()
+		for ; u.Sent < due; u.Sent++ {
+			t := topics[next%len(topics)]
+			next++
+			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: kindUnicast})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: cfg.Keys.Ingress(streams.Partition(t, n)), Values: []any{"topic", t, "data", data}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("publishing unicast events: %w", err)
+		}
+	}
+	var h Histogram
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		reports, err := collect(workers)
+		if err != nil {
+			return nil, err
+		}
+		h = Histogram{}
+		for _, r := range reports {
+			h.Merge(r.Unicast)
+		}
+		if int64(h.N) >= u.Sent || time.Now().After(deadline) {
+			break
+		}
+	}
+	u.Received = h.N
+	u.Lost = u.Sent - int64(h.N)
+	u.P50, u.P99, u.Max = h.Quantile(0.5), h.Quantile(0.99), h.Quantile(1)
+	progress(cfg, "unicast: %d events at %d/s over %d topics: p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.P50, u.P99, u.Max, u.Lost)
+	return u, nil
+}
+
 // storm drops every client, publishes cfg.Storm events, and times the
 // reconnect of all of them until each has every missed event.
 func storm(ctx context.Context, cfg Config, workers []*workerProc, clients, failedBefore int) (*Storm, error) {
@@ -239,7 +310,7 @@ func storm(ctx context.Context, cfg Config, workers []*workerProc, clients, fail
 	}
 	stream := cfg.Keys.Ingress(streams.Partition(sharedTopic, n))
 	for range cfg.Storm {
-		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: -1})
+		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: kindStorm})
 		if err := cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", sharedTopic, "data", data}}).Err(); err != nil {
 			return nil, fmt.Errorf("publishing while clients are away: %w", err)
 		}

@@ -30,8 +30,9 @@ type Report struct {
 	Connected int              `json:"connected"`
 	Failed    int              `json:"failed"`
 	Received  uint64           `json:"received"`
-	All       Histogram        `json:"all"`  // every receipt
-	Last      map[int64]uint64 `json:"last"` // broadcast number -> its slowest receipt here, µs
+	All       Histogram        `json:"all"`     // every broadcast receipt
+	Unicast   Histogram        `json:"unicast"` // every unicast receipt
+	Last      map[int64]uint64 `json:"last"`    // broadcast number -> its slowest receipt here, µs
 	Errors    []string         `json:"errors,omitempty"`
 
 	// After a "resume": connections subscribed again, of them answered
@@ -44,11 +45,17 @@ type Report struct {
 }
 
 // eventData is the payload bench publishes: send time and broadcast number
-// (negative for unicast events).
+// (kindStorm or kindUnicast for the other phases' events).
 type eventData struct {
 	T int64 `json:"t"` // unix nanoseconds at XADD
 	K int64 `json:"k"`
 }
+
+// Event kinds besides broadcast numbers (which are >= 0).
+const (
+	kindStorm   = -1
+	kindUnicast = -2
+)
 
 // wconn is one client connection and its resume cursor.
 type wconn struct {
@@ -252,7 +259,13 @@ func (w *worker) read(wc *wconn, rw io.ReadWriter, resumed bool) {
 			w.since.Add(1)
 		}
 		w.mu.Lock()
-		w.report.All.Record(d)
+		switch m.Data.K {
+		case kindUnicast:
+			w.report.Unicast.Record(d)
+		case kindStorm:
+		default:
+			w.report.All.Record(d)
+		}
 		if m.Data.K >= 0 {
 			us := uint64(max(d.Microseconds(), 0))
 			w.report.Last[m.Data.K] = max(w.report.Last[m.Data.K], us)
