@@ -100,7 +100,7 @@ func lean(sizes ...*int) {
 // WSBUS_* environment variables, then the --config file, then defaults.
 func parse(fs *flag.FlagSet, args []string) error {
 	var file string
-	fs.StringVar(&file, "config", "", "file of `name = value` lines, one per flag (environment WSBUS_CONFIG)")
+	fs.StringVar(&file, "config", "", "a `file` of \"name = value\" lines, one per flag (environment WSBUS_CONFIG)")
 	if err := applyFile(fs, configPath(args)); err != nil {
 		return err
 	}

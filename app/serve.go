@@ -64,7 +64,7 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "address for WebSocket and HTTP")
 	fs.StringVar(&c.NodeID, "node-id", "", "name of this node in leases and consumer groups (default hostname + listen port)")
 	fs.IntVar(&c.Partitions, "partitions", migrations.DefaultPartitions, "partition count if this start creates the bus")
-	fs.BoolVar(&c.Insecure, "insecure", false, "run without authentication: every client may read every topic and publish over HTTP (development only)")
+	fs.BoolVar(&c.Insecure, "insecure", false, "allow running without a token key: every client may then read every topic, from any origin, and publish over HTTP without a key (development only; a --jwt-* key still applies if given)")
 	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HS256 secret of client tokens")
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RS256/ES256 public key of client tokens")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "when set, tokens must carry this aud")
