@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
 )
 
 const testSecret = "test-secret"
@@ -270,5 +272,32 @@ func TestPublishKeyAndHistoryAuth(t *testing.T) {
 				t.Fatalf("%s %s = %d, want %d", tt.method, tt.url, got, tt.status)
 			}
 		})
+	}
+}
+
+// TestTailWithToken runs `wsbus tail --token` against a gateway with
+// authentication.
+func TestTailWithToken(t *testing.T) {
+	b := securedBus(t, "--jwt-secret", testSecret, "--jwt-audience", "wsbus")
+	b.keys = streams.Keys{Prefix: b.prefix}
+	n, err := streams.Partitions(context.Background(), b.rdb, b.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.n = n
+	var out, logs strings.Builder
+	done := make(chan int, 1)
+	go func() {
+		done <- Main([]string{"tail", "--url", b.node.url, "--count", "1", "--since", "0",
+			"--token", hs(t, claims("u", time.Hour, "alerts")), "alerts"}, &out, &logs)
+	}()
+	id := b.xadd(t, "alerts", `{"level":"high"}`)
+	select {
+	case code := <-done:
+		if code != 0 || out.String() != "alerts "+id+` {"level":"high"}`+"\n" {
+			t.Fatalf("tail exited %d, printed %q, logged %q", code, out.String(), logs.String())
+		}
+	case <-time.After(wait):
+		t.Fatalf("tail printed nothing; it logged %q", logs.String())
 	}
 }

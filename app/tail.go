@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -37,6 +38,7 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket URL of a gateway")
 	since := fs.String("since", "", "resume after this event ID (\"0\": everything retained); default only new events")
 	count := fs.Int("count", 0, "exit after printing this many events (0: run until interrupted)")
+	token := fs.String("token", "", "JWT for a gateway with authentication (sent as Authorization: Bearer)")
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
@@ -56,10 +58,14 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	t := &tailer{url: *url, cursors: cursors, topics: fs.Args(), out: stdout, log: stderr, left: *count}
+	if *token != "" {
+		t.dialer.Header = gws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + *token}})
+	}
 	return t.run(ctx)
 }
 
 type tailer struct {
+	dialer  gws.Dialer
 	url     string
 	topics  []string
 	cursors map[string]*tailCursor
@@ -90,7 +96,7 @@ func (t *tailer) run(ctx context.Context) error {
 }
 
 func (t *tailer) session(ctx context.Context) error {
-	nc, br, _, err := gws.Dial(ctx, t.url)
+	nc, br, _, err := t.dialer.Dial(ctx, t.url)
 	if err != nil {
 		return err
 	}
