@@ -57,5 +57,13 @@ func (k Keys) Dead(p int) string { return k.part(p, "dead") }
 // Partition returns the partition of topic among n: crc32_ieee(topic) % n,
 // the same as zlib.crc32 or java.util.zip.CRC32.
 func Partition(topic string, n int) int {
-	return int(crc32.ChecksumIEEE([]byte(topic)) % uint32(n))
+	// A table loop over the string: crc32.ChecksumIEEE would need a []byte
+	// copy of the topic, an allocation per entry and per subscribe.
+	crc := ^uint32(0)
+	for i := 0; i < len(topic); i++ {
+		crc = ieee[byte(crc)^topic[i]] ^ crc>>8
+	}
+	return int(^crc % uint32(n))
 }
+
+var ieee = crc32.MakeTable(crc32.IEEE)

@@ -2,6 +2,7 @@ package streams
 
 import (
 	"encoding/json"
+	"hash/crc32"
 	"errors"
 	"strings"
 	"testing"
@@ -25,6 +26,23 @@ func TestPartitionMatchesZlibCRC32(t *testing.T) {
 				t.Fatalf("Partition(%q, %d) = %d, want %d", tt.topic, tt.n, got, tt.want)
 			}
 		})
+	}
+}
+
+func FuzzPartitionMatchesHashCRC32(f *testing.F) {
+	f.Add("user:42")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, topic string) {
+		if got, want := Partition(topic, 1<<20), int(crc32.ChecksumIEEE([]byte(topic))%(1<<20)); got != want {
+			t.Fatalf("Partition(%q) = %d, hash/crc32 says %d", topic, got, want)
+		}
+	})
+}
+
+func BenchmarkPartition(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Partition("user:4242424242", 64)
 	}
 }
 
