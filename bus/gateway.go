@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -149,6 +150,9 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)
+	if !bytes.Contains(r.URI, []byte("topic=")) {
+		return // the common case: subscriptions come as messages
+	}
 	u, err := url.ParseRequestURI(string(r.URI))
 	if err != nil {
 		return

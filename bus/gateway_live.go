@@ -356,6 +356,18 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	}
 }
 
+// eventFrame encodes a history event as a frame with one allocation, the
+// frame's own: the data and the event JSON are built in a pooled scratch
+// buffer (data first, the event after it).
 func eventFrame(topic string, e streams.Event) []byte {
-	return ws.TextFrame(streams.AppendEvent(nil, topic, e.ID, []byte(e.Data)))
+	bp := scratch.Get().(*[]byte)
+	buf := append((*bp)[:0], e.Data...)
+	n := len(buf)
+	buf = streams.AppendEvent(buf, topic, e.ID, buf[:n])
+	frame := ws.TextFrame(buf[n:])
+	*bp = buf
+	scratch.Put(bp)
+	return frame
 }
+
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}

@@ -2,7 +2,10 @@ package bus
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
+
+	"github.com/wsbus/wsbus/streams"
 )
 
 func TestDecodeClientMessage(t *testing.T) {
@@ -66,4 +69,22 @@ func FuzzDecodeClientMessage(f *testing.F) {
 			t.Fatalf("accepted %q without a type", b)
 		}
 	})
+}
+
+func TestEventFrame(t *testing.T) {
+	for _, data := range []string{`{"a":1}`, "plain", "", strings.Repeat("x", 5000)} {
+		f := eventFrame("t", streams.Event{ID: "1-2", Data: data})
+		want := streams.AppendEvent(nil, "t", "1-2", []byte(data))
+		if got := f[len(f)-len(want):]; string(got) != string(want) {
+			t.Fatalf("frame payload %q, want %q", got, want)
+		}
+	}
+}
+
+func BenchmarkEventFrame(b *testing.B) {
+	b.ReportAllocs()
+	e := streams.Event{ID: "1718000000000-1", Data: `{"text":"hi"}`}
+	for b.Loop() {
+		_ = eventFrame("user:42", e)
+	}
 }
