@@ -108,6 +108,8 @@ type lease struct {
 	value  string // "<node> <token>", the owner key's content
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	scratch []byte // event encoding buffer of the partition's pipeline, reused per batch
 }
 
 // NewOwner returns an Owner; Run starts it.

@@ -141,6 +141,12 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) erro
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
 	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs)}
 	var dead, forwarded uint64
+	// The batch's events are encoded back to back in the lease's scratch
+	// buffer (each entry's data copied in first, to be read as bytes), and
+	// sliced into args once the buffer has stopped growing.
+	buf := l.scratch[:0]
+	type span struct{ arg, from, to int }
+	var spans []span
 	for _, m := range msgs {
 		e, err := streams.DecodeEntry(m.ID, m.Values, o.cfg.MaxData)
 		switch {
@@ -156,11 +162,19 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) erro
 			args = append(args, "a", m.ID)
 			forwarded++
 		default:
-			event := streams.AppendEvent(nil, e.Topic, e.ID, []byte(e.Data))
+			d := len(buf)
+			buf = append(buf, e.Data...)
+			from := len(buf)
+			buf = streams.AppendEvent(buf, e.Topic, e.ID, buf[d:from])
 			keys = append(keys, o.cfg.Keys.Topic(l.p, e.Topic), o.cfg.Keys.Live(l.p, e.Topic))
-			args = append(args, "h", m.ID, e.Data, event)
+			args = append(args, "h", m.ID, e.Data, nil)
+			spans = append(spans, span{len(args) - 1, from, len(buf)})
 		}
 	}
+	for _, sp := range spans {
+		args[sp.arg] = buf[sp.from:sp.to]
+	}
+	l.scratch = buf
 	added, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Uint64()
 	if err != nil {
 		return err
