@@ -2,14 +2,19 @@ package app
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
 )
 
 // stringList is a flag that may be given several times.
@@ -94,6 +99,26 @@ func lean(sizes ...*int) {
 			*s = redisBuffer
 		}
 	}
+}
+
+// withRedis runs fn with a client of the bus and a context that ends
+// after timeout: the shape of every one-shot command.
+func (c *common) withRedis(timeout time.Duration, fn func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error) error {
+	rdb, err := c.client(0)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return fn(ctx, rdb, streams.Keys{Prefix: c.prefix})
+}
+
+// printJSON writes v indented, for --json output.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // parse reads configuration in order of precedence: command line, then

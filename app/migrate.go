@@ -6,6 +6,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -22,19 +24,15 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 	if wasSet(fs, "partitions") {
 		explicit = *partitions
 	}
-	rdb, err := c.client(0)
-	if err != nil {
+	var applied, n int
+	err := c.withRedis(time.Minute, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
+		var err error
+		if applied, err = migrations.Run(ctx, rdb, keys, explicit); err != nil {
+			return err
+		}
+		n, err = streams.Partitions(ctx, rdb, keys)
 		return err
-	}
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	keys := streams.Keys{Prefix: c.prefix}
-	applied, err := migrations.Run(ctx, rdb, keys, explicit)
-	if err != nil {
-		return err
-	}
-	n, err := streams.Partitions(ctx, rdb, keys)
+	})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -28,14 +30,12 @@ func runPublish(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("reading standard input: %w", err)
 		}
 	}
-	rdb, err := c.client(0)
-	if err != nil {
+	var id string
+	err := c.withRedis(10*time.Second, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
+		var err error
+		id, err = streams.NewPublisher(rdb, keys, 0).Publish(ctx, topic, data)
 		return err
-	}
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	id, err := streams.NewPublisher(rdb, streams.Keys{Prefix: c.prefix}, 0).Publish(ctx, topic, data)
+	})
 	if err != nil {
 		return err
 	}

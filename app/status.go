@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -52,21 +51,17 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
-	rdb, err := c.client(0)
-	if err != nil {
+	var st Status
+	err := c.withRedis(10*time.Second, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
+		var err error
+		st, err = ReadStatus(ctx, rdb, keys)
 		return err
-	}
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := ReadStatus(ctx, rdb, streams.Keys{Prefix: c.prefix})
+	})
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(stdout, st)
 	}
 	printStatus(stdout, st)
 	return nil
