@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,9 +18,7 @@ import (
 	gws "github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
-	"github.com/wsbus/wsbus/streams"
 )
 
 const testSecret = "test-secret"
@@ -76,22 +73,7 @@ func writePEM(tb testing.TB, pub any) string {
 
 func securedBus(tb testing.TB, args ...string) *testBus {
 	tb.Helper()
-	srv := redistest.Start(tb)
-	prefix := redistest.Prefix(tb)
-	var c ServeConfig
-	fs := newFlagSet("t", "t", os.Stderr)
-	c.register(fs)
-	base := []string{"--redis", srv.URL(), "--prefix", prefix, "--listen", "127.0.0.1:0", "--node-id", "secured"}
-	if err := fs.Parse(append(base, args...)); err != nil {
-		tb.Fatal(err)
-	}
-	c.Partitions = 0
-	if err := c.check(); err != nil {
-		tb.Fatal(err)
-	}
-	b := &testBus{srv: srv, rdb: srv.Client(tb), prefix: prefix}
-	b.node = startNode(tb, c)
-	return b
+	return startBus(tb, args...)
 }
 
 func TestAuthTokens(t *testing.T) {
@@ -279,12 +261,6 @@ func TestPublishKeyAndHistoryAuth(t *testing.T) {
 // authentication.
 func TestTailWithToken(t *testing.T) {
 	b := securedBus(t, "--jwt-secret", testSecret, "--jwt-audience", "wsbus")
-	b.keys = streams.Keys{Prefix: b.prefix}
-	n, err := streams.Partitions(context.Background(), b.rdb, b.keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.n = n
 	var out, logs strings.Builder
 	done := make(chan int, 1)
 	go func() {

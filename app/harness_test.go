@@ -23,13 +23,19 @@ type testNode struct {
 	stop func() // drains the node and waits for it
 }
 
-// testConfig returns serve's defaults for a test bus on srv.
+// testConfig returns serve's defaults for an insecure test bus on srv.
 func testConfig(tb testing.TB, srv *redistest.Server, prefix string, args ...string) ServeConfig {
+	tb.Helper()
+	return serveConfig(tb, srv, prefix, append([]string{"--insecure"}, args...)...)
+}
+
+// serveConfig returns serve's defaults for a test bus on srv, with args.
+func serveConfig(tb testing.TB, srv *redistest.Server, prefix string, args ...string) ServeConfig {
 	tb.Helper()
 	var c ServeConfig
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.register(fs)
-	base := []string{"--redis", srv.URL(), "--prefix", prefix, "--listen", "127.0.0.1:0", "--insecure", "--node-id", "node-" + prefix}
+	base := []string{"--redis", srv.URL(), "--prefix", prefix, "--listen", "127.0.0.1:0", "--node-id", "node-" + prefix}
 	if err := fs.Parse(append(base, args...)); err != nil {
 		tb.Fatalf("parsing test flags: %v", err)
 	}
@@ -86,10 +92,16 @@ type testBus struct {
 
 func newTestBus(tb testing.TB, args ...string) *testBus {
 	tb.Helper()
+	return startBus(tb, append([]string{"--insecure"}, args...)...)
+}
+
+// startBus starts a Redis and a node served with args.
+func startBus(tb testing.TB, args ...string) *testBus {
+	tb.Helper()
 	srv := redistest.Start(tb)
 	prefix := redistest.Prefix(tb)
 	b := &testBus{srv: srv, rdb: srv.Client(tb), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
-	b.node = startNode(tb, testConfig(tb, srv, prefix, args...))
+	b.node = startNode(tb, serveConfig(tb, srv, prefix, args...))
 	n, err := streams.Partitions(context.Background(), b.rdb, b.keys)
 	if err != nil {
 		tb.Fatal(err)
