@@ -101,16 +101,15 @@ type Storm struct {
 
 // Latency is the delay from XADD to receipt.
 type Latency struct {
-	Events       int           `json:"events"`
-	Receipts     uint64        `json:"receipts"`
-	Lost         int64         `json:"lost"` // expected receipts that never came
-	LastP50      time.Duration `json:"last_p50_ns"`
-	LastP99      time.Duration `json:"last_p99_ns"`
-	LastMax      time.Duration `json:"last_max_ns"`
-	AllP50       time.Duration `json:"all_p50_ns"`
-	AllP99       time.Duration `json:"all_p99_ns"`
-	AllMax       time.Duration `json:"all_max_ns"`
-	lastReceipts Histogram
+	Events   int           `json:"events"`
+	Receipts uint64        `json:"receipts"`
+	Lost     int64         `json:"lost"` // expected receipts that never came
+	LastP50  time.Duration `json:"last_p50_ns"`
+	LastP99  time.Duration `json:"last_p99_ns"`
+	LastMax  time.Duration `json:"last_max_ns"`
+	AllP50   time.Duration `json:"all_p50_ns"`
+	AllP99   time.Duration `json:"all_p99_ns"`
+	AllMax   time.Duration `json:"all_max_ns"`
 }
 
 // Metrics is the gateway's own view of itself, read from /metrics.
@@ -238,11 +237,12 @@ func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribe
 			last[k] = max(last[k], us)
 		}
 	}
+	var lastReceipts Histogram
 	for _, us := range last {
-		lat.lastReceipts.Record(time.Duration(us) * time.Microsecond)
+		lastReceipts.Record(time.Duration(us) * time.Microsecond)
 	}
 	lat.Lost = want - int64(lat.Receipts)
-	lat.LastP50, lat.LastP99, lat.LastMax = lat.lastReceipts.Quantile(0.5), lat.lastReceipts.Quantile(0.99), lat.lastReceipts.Quantile(1)
+	lat.LastP50, lat.LastP99, lat.LastMax = lastReceipts.Quantile(0.5), lastReceipts.Quantile(0.99), lastReceipts.Quantile(1)
 	lat.AllP50, lat.AllP99, lat.AllMax = all.Quantile(0.5), all.Quantile(0.99), all.Quantile(1)
 	progress(cfg, "broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
 		lat.Events, subscribers, lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
