@@ -41,15 +41,6 @@ func NewHistory(rdb redis.Cmdable, keys Keys, n int) *History {
 	return &History{rdb: rdb, keys: keys, n: n}
 }
 
-// Epoch returns the current epoch of the partition of topic.
-func (h *History) Epoch(ctx context.Context, topic string) (string, error) {
-	e, err := h.rdb.HGet(ctx, h.keys.PartitionMeta(Partition(topic, h.n)), "epoch").Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return "", fmt.Errorf("reading epoch of %s: %w", topic, err)
-	}
-	return e, nil
-}
-
 // Resume answers a subscription to topic that resumes after since, with the
 // epoch the client was given (empty when it has none). since is "0" for
 // everything retained. It reads up to page events.
