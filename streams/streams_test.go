@@ -2,8 +2,8 @@ package streams
 
 import (
 	"encoding/json"
-	"hash/crc32"
 	"errors"
+	"hash/crc32"
 	"strings"
 	"testing"
 	"unicode/utf8"
