@@ -4,9 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/bench"
 	"github.com/wsbus/wsbus/streams"
@@ -19,6 +25,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", "bench [flags]", stderr)
 	var c common
 	c.register(fs)
+	baselineServer := fs.String("baseline-server", "", "serve a baseline (naive or floor) on --listen instead of running a bench; the bench starts these itself")
+	listen := fs.String("listen", "127.0.0.1:0", "with --baseline-server: address to listen on")
+	baselines := fs.String("baselines", "naive,floor", "baselines to measure after the gateway, with the same phases (empty: none); they need the gateway's bus on a single Redis")
 	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket endpoint of the gateway under test (start it with a high --upgrade-rate)")
 	conns := fs.Int("conns", 1000, "connections to open")
 	perWorker := fs.Int("per-worker", 18000, "connections per client process (the fd limit is 20,000 per process)")
@@ -34,21 +43,37 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+	var kinds []string
+	if *baselines != "" {
+		kinds = strings.Split(*baselines, ",")
+	}
+	for _, k := range append(kinds, *baselineServer) {
+		if k != "" && k != bench.Naive && k != bench.Floor {
+			fmt.Fprintf(stderr, "wsbus bench: unknown baseline %q: want %s or %s\n", k, bench.Naive, bench.Floor)
+			return errUsage
+		}
 	}
 	rdb, err := c.client(0)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
+	if *baselineServer != "" {
+		return serveBaseline(*baselineServer, *listen, rdb, c.prefix, stdout)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	res, err := bench.Run(context.Background(), bench.Config{
 		URL: *url, Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
 		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
 		UnicastRate: *unicastRate, UnicastFor: *unicastFor,
 		Executable: exe, WorkerArgs: []string{"bench", "--worker"}, Progress: stderr,
+		Baselines: kinds, BaselineArgs: func(kind string) []string {
+			return append([]string{"bench", "--baseline-server", kind}, c.args()...)
+		},
 	})
 	if err != nil {
 		return err
@@ -60,26 +85,104 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func printBench(w io.Writer, r *bench.Result) {
+// serveBaseline serves a baseline until SIGTERM, after printing its
+// address on stdout for the bench that started it.
+func serveBaseline(kind, listen string, rdb redis.UniversalClient, prefix string, stdout io.Writer) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return bench.ServeBaseline(ctx, bench.BaselineConfig{
+		Kind: kind, Listen: ln, Redis: rdb, Keys: streams.Keys{Prefix: prefix},
+	})
+}
+
+func printBench(w io.Writer, cmp *bench.Comparison) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "connections\t%d (%d failed) over %d workers, mix %s\n", r.Conns, r.Failed, r.Workers, r.Mix)
-	fmt.Fprintf(tw, "upgrades\t%.0f/s\n", r.UpgradesSec)
-	fmt.Fprintf(tw, "RSS per connection\t%.0f B\n", r.PerConn.RSSBytes)
-	fmt.Fprintf(tw, "heap per connection\t%.0f B\n", r.PerConn.HeapBytes)
-	fmt.Fprintf(tw, "goroutines per connection\t%.4f\n", r.PerConn.Goroutines)
-	fmt.Fprintf(tw, "fds per connection\t%.3f\n", r.PerConn.FDs)
-	if b := r.Broadcast; b != nil {
-		fmt.Fprintf(tw, "broadcast last receipt\tp50 %v  p99 %v  max %v\n", b.LastP50, b.LastP99, b.LastMax)
-		fmt.Fprintf(tw, "broadcast all receipts\tp50 %v  p99 %v  max %v\n", b.AllP50, b.AllP99, b.AllMax)
-		fmt.Fprintf(tw, "broadcast lost\t%d of %d\n", b.Lost, int64(b.Receipts)+b.Lost)
+	gw := cmp.Results[0]
+	head := "\t"
+	for _, r := range cmp.Results {
+		head += r.Server + "\t"
 	}
-	if u := r.Unicast; u != nil {
-		fmt.Fprintf(tw, "unicast\t%d events at %d/s for %v: p50 %v  p99 %v  max %v\n", u.Sent, u.Rate, u.For, u.P50, u.P99, u.Max)
-		fmt.Fprintf(tw, "unicast lost\t%d of %d\n", u.Lost, u.Sent)
+	for _, r := range cmp.Results[1:] {
+		head += "wsbus/" + r.Server + "\t"
 	}
-	if st := r.Storm; st != nil {
-		fmt.Fprintf(tw, "resume storm\t%d clients, %d missed each: done=%v in %v\n", st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond))
-		fmt.Fprintf(tw, "resume storm problems\t%d not recovered, %d lost, %d duplicates, %d failed reconnects\n", st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
+	fmt.Fprintln(tw, head)
+	row := func(name, ratio string, value func(*bench.Result) string) {
+		line := name + "\t"
+		for _, r := range cmp.Results {
+			line += value(r) + "\t"
+		}
+		for _, r := range cmp.Results[1:] {
+			if v, ok := cmp.Ratios[r.Server][ratio]; ok {
+				line += fmt.Sprintf("%.2f", v)
+			} else {
+				line += "-"
+			}
+			line += "\t"
+		}
+		fmt.Fprintln(tw, line)
+	}
+	row("connections (failed)", "", func(r *bench.Result) string { return fmt.Sprintf("%d (%d)", r.Conns, r.Failed) })
+	row("upgrades/s", "", func(r *bench.Result) string { return fmt.Sprintf("%.0f", r.UpgradesSec) })
+	row("RSS per connection", "rss_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.RSSBytes) })
+	row("heap per connection", "heap_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.HeapBytes) })
+	row("goroutines per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.4f", r.PerConn.Goroutines) })
+	row("fds per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.3f", r.PerConn.FDs) })
+	if gw.Broadcast != nil {
+		bc := func(f func(*bench.Latency) string) func(*bench.Result) string {
+			return func(r *bench.Result) string {
+				if r.Broadcast == nil {
+					return "-"
+				}
+				return f(r.Broadcast)
+			}
+		}
+		row("broadcast last receipt p50", "broadcast_last_p50", bc(func(b *bench.Latency) string { return ms(b.LastP50) }))
+		row("broadcast last receipt p99", "broadcast_last_p99", bc(func(b *bench.Latency) string { return ms(b.LastP99) }))
+		row("broadcast last receipt max", "", bc(func(b *bench.Latency) string { return ms(b.LastMax) }))
+		row("broadcast all receipts p50", "", bc(func(b *bench.Latency) string { return ms(b.AllP50) }))
+		row("broadcast all receipts p99", "broadcast_all_p99", bc(func(b *bench.Latency) string { return ms(b.AllP99) }))
+		row("broadcast lost", "", bc(func(b *bench.Latency) string { return fmt.Sprintf("%d of %d", b.Lost, int64(b.Receipts)+b.Lost) }))
+	}
+	if gw.Unicast != nil {
+		uc := func(f func(*bench.Unicast) string) func(*bench.Result) string {
+			return func(r *bench.Result) string {
+				if r.Unicast == nil {
+					return "-"
+				}
+				return f(r.Unicast)
+			}
+		}
+		row("unicast events", "", uc(func(u *bench.Unicast) string { return fmt.Sprintf("%d at %d/s", u.Sent, u.Rate) }))
+		row("unicast p50", "unicast_p50", uc(func(u *bench.Unicast) string { return ms(u.P50) }))
+		row("unicast p99", "unicast_p99", uc(func(u *bench.Unicast) string { return ms(u.P99) }))
+		row("unicast max", "", uc(func(u *bench.Unicast) string { return ms(u.Max) }))
+		row("unicast lost", "", uc(func(u *bench.Unicast) string { return fmt.Sprintf("%d of %d", u.Lost, u.Sent) }))
+	}
+	if gw.Storm != nil {
+		st := func(f func(*bench.Storm) string) func(*bench.Result) string {
+			return func(r *bench.Result) string {
+				if r.Storm == nil {
+					return "-"
+				}
+				return f(r.Storm)
+			}
+		}
+		row("resume storm, all caught up", "storm_took", st(func(s *bench.Storm) string {
+			if !s.Done {
+				return "not within 30s"
+			}
+			return ms(s.Took)
+		}))
+		row("resume storm not recovered/lost/dup", "", st(func(s *bench.Storm) string {
+			return fmt.Sprintf("%d/%d/%d", s.NotRecovered, s.Lost, s.Duplicates)
+		}))
 	}
 	tw.Flush()
 }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,60 +12,96 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
-// TestMain lets this test binary serve as a bench worker process.
+// TestMain lets this test binary serve as the wsbus command for the bench's
+// child processes: with WSBUS_TEST_MAIN=1 it runs the arguments after "--".
 func TestMain(m *testing.M) {
-	if os.Getenv("WSBUS_BENCH_WORKER") == "1" {
-		if err := bench.RunWorker(os.Stdin, os.Stdout); err != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
+	if os.Getenv("WSBUS_TEST_MAIN") == "1" {
+		i := slices.Index(os.Args, "--")
+		os.Exit(Main(os.Args[i+1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
 
-// TestBenchRun drives a small bench against an in-process gateway: two
-// worker processes, every connection counted, every broadcast received.
+// benchConfig runs the bench's workers and baselines from this test binary.
+func benchConfig(b *testBus) bench.Config {
+	self := []string{"-test.run=^$", "--"}
+	return bench.Config{
+		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
+		Executable: os.Args[0], Env: []string{"WSBUS_TEST_MAIN=1"},
+		WorkerArgs: append(self, "bench", "--worker"),
+		BaselineArgs: func(kind string) []string {
+			return append(self, "bench", "--baseline-server", kind, "--redis", b.srv.URL(), "--prefix", b.prefix)
+		},
+		Progress: io.Discard,
+	}
+}
+
+// TestBenchRun drives a small bench against an in-process gateway and both
+// baselines: two worker processes each, every connection counted, every
+// broadcast received, and the resume storm exact where it runs.
 func TestBenchRun(t *testing.T) {
 	b := newTestBus(t, "--upgrade-rate", "100000")
-	res, err := bench.Run(context.Background(), bench.Config{
-		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
-		Conns: 200, PerWorker: 100, Mix: "shared", Broadcasts: 3, Gap: 50 * time.Millisecond, Storm: 5,
-		Executable: os.Args[0], WorkerArgs: []string{"-test.run=^$"}, WorkerEnv: []string{"WSBUS_BENCH_WORKER=1"},
-		Progress: io.Discard,
-	})
+	cfg := benchConfig(b)
+	cfg.Conns, cfg.PerWorker, cfg.Mix = 200, 100, "shared"
+	cfg.Broadcasts, cfg.Gap, cfg.Storm = 3, 50*time.Millisecond, 5
+	cfg.Baselines = []string{bench.Naive, bench.Floor}
+	cmp, err := bench.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Workers != 2 || res.Failed != 0 {
-		t.Fatalf("workers %d, failed %d", res.Workers, res.Failed)
+	if len(cmp.Results) != 3 {
+		t.Fatalf("%d results, want the gateway's and two baselines'", len(cmp.Results))
 	}
-	if res.Loaded.FDs-res.Baseline.FDs < 200 {
-		t.Errorf("open fds grew by %.0f, want at least one per connection", res.Loaded.FDs-res.Baseline.FDs)
+	for i, server := range []string{"wsbus", bench.Naive, bench.Floor} {
+		res := cmp.Results[i]
+		if res.Server != server || res.Workers != 2 || res.Failed != 0 {
+			t.Fatalf("result %d: server %q, workers %d, failed %d", i, res.Server, res.Workers, res.Failed)
+		}
+		if res.Loaded.FDs-res.Baseline.FDs < 200 {
+			t.Errorf("%s: open fds grew by %.0f, want at least one per connection", server, res.Loaded.FDs-res.Baseline.FDs)
+		}
+		bc := res.Broadcast
+		if bc == nil || bc.Receipts != 600 || bc.Lost != 0 || bc.LastMax <= 0 || bc.AllP50 > bc.AllMax {
+			t.Fatalf("%s: broadcast = %+v, want 600 receipts, none lost", server, bc)
+		}
+		st := res.Storm
+		if server == bench.Floor {
+			if st != nil {
+				t.Errorf("floor: resume storm %+v, want none (the floor cannot resume)", st)
+			}
+			continue
+		}
+		if st == nil || !st.Done || st.NotRecovered != 0 || st.Lost != 0 || st.Duplicates != 0 || st.Failed != 0 {
+			t.Fatalf("%s: resume storm = %+v, want every client recovered with its 5 missed events, nothing lost or twice", server, st)
+		}
 	}
-	bc := res.Broadcast
-	if bc == nil || bc.Receipts != 600 || bc.Lost != 0 || bc.LastMax <= 0 || bc.AllP50 > bc.AllMax {
-		t.Fatalf("broadcast = %+v, want 600 receipts, none lost", bc)
-	}
-	if st := res.Storm; st == nil || !st.Done || st.NotRecovered != 0 || st.Lost != 0 || st.Duplicates != 0 || st.Failed != 0 {
-		t.Fatalf("resume storm = %+v, want every client recovered with its 5 missed events, nothing lost or twice", st)
+	for _, kind := range []string{bench.Naive, bench.Floor} {
+		r := cmp.Ratios[kind]
+		want := float64(cmp.Results[0].Broadcast.LastP99) / float64(cmp.Results[slices.IndexFunc(cmp.Results, func(r *bench.Result) bool { return r.Server == kind })].Broadcast.LastP99)
+		if r["broadcast_last_p99"] != want {
+			t.Errorf("ratio to %s: broadcast_last_p99 %v, want %v", kind, r["broadcast_last_p99"], want)
+		}
 	}
 }
 
 // TestBenchUnicast publishes to each connection's own topic at a fixed
-// rate: every event arrives.
+// rate: every event arrives, at the gateway and at the naive baseline.
 func TestBenchUnicast(t *testing.T) {
 	b := newTestBus(t, "--upgrade-rate", "100000")
-	res, err := bench.Run(context.Background(), bench.Config{
-		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
-		Conns: 100, Mix: "own", UnicastRate: 500, UnicastFor: time.Second,
-		Executable: os.Args[0], WorkerArgs: []string{"-test.run=^$"}, WorkerEnv: []string{"WSBUS_BENCH_WORKER=1"},
-		Progress: io.Discard,
-	})
+	cfg := benchConfig(b)
+	cfg.Conns, cfg.Mix, cfg.UnicastRate, cfg.UnicastFor = 100, "own", 500, time.Second
+	cfg.Baselines = []string{bench.Naive}
+	cmp, err := bench.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := res.Unicast
-	if u == nil || u.Sent < 450 || u.Lost != 0 || u.Received != uint64(u.Sent) || u.P99 <= 0 {
-		t.Fatalf("unicast = %+v, want about 500 events, none lost", u)
+	for _, res := range cmp.Results {
+		u := res.Unicast
+		if u == nil || u.Sent < 450 || u.Lost != 0 || u.Received != uint64(u.Sent) || u.P99 <= 0 {
+			t.Fatalf("%s: unicast = %+v, want about 500 events, none lost", res.Server, u)
+		}
+	}
+	if _, ok := cmp.Ratios[bench.Naive]["unicast_p99"]; !ok {
+		t.Errorf("ratios %v lack unicast_p99", cmp.Ratios)
 	}
 }

@@ -50,6 +50,15 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.prefix, "prefix", "wsbus", "prefix of every Redis key of the bus")
 }
 
+// args gives the flags that reproduce c, for a child process.
+func (c *common) args() []string {
+	out := []string{"--prefix", c.prefix}
+	for _, u := range c.redis {
+		out = append(out, "--redis", u)
+	}
+	return out
+}
+
 // client opens the Redis client the URLs describe. poolSize 0 keeps
 // go-redis's default.
 func (c *common) client(poolSize int) (redis.UniversalClient, error) {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,13 +51,18 @@ type Config struct {
 	// Executable runs a worker: Executable WorkerArgs... (wsbus bench --worker).
 	Executable string
 	WorkerArgs []string
-	WorkerEnv  []string // added to the worker's environment
+	Env        []string // added to the environment of workers and baselines
+	// Baselines are measured after the gateway, each in a process started
+	// as Executable BaselineArgs(kind)... that prints its address.
+	Baselines    []string
+	BaselineArgs func(kind string) []string
 	// Progress receives one line per step.
 	Progress io.Writer
 }
 
 // Result is what a run measured.
 type Result struct {
+	Server      string  `json:"server"` // wsbus, naive or floor
 	Conns       int     `json:"conns"`
 	Workers     int     `json:"workers"`
 	Mix         string  `json:"mix"`
@@ -127,16 +133,103 @@ type workerProc struct {
 	out *bufio.Scanner
 }
 
-// Run opens the connections, measures the idle gateway, then broadcasts.
-func Run(ctx context.Context, cfg Config) (*Result, error) {
-	if cfg.PerWorker <= 0 {
-		cfg.PerWorker = 18000
-	}
-	metricsURL, err := metricsURL(cfg.URL)
+// Comparison is a run over the gateway and the baselines, one after the
+// other on the same machine.
+type Comparison struct {
+	Results []*Result `json:"results"` // the gateway first
+	// Ratios holds, for each baseline, the gateway's figure divided by
+	// the baseline's: below 1 the gateway does better.
+	Ratios map[string]map[string]float64 `json:"ratios,omitempty"`
+}
+
+// Run measures the gateway at cfg.URL, then each of cfg.Baselines started
+// with cfg.BaselineArgs, with the same phases.
+func Run(ctx context.Context, cfg Config) (*Comparison, error) {
+	cmp := &Comparison{}
+	progress(cfg, "measuring the gateway at %s", cfg.URL)
+	res, err := measure(ctx, cfg, cfg.URL, "wsbus", true)
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Conns: cfg.Conns, Mix: cfg.Mix}
+	cmp.Results = append(cmp.Results, res)
+	for _, kind := range cfg.Baselines {
+		res, err := measureBaseline(ctx, cfg, kind)
+		if err != nil {
+			return nil, fmt.Errorf("baseline %s: %w", kind, err)
+		}
+		cmp.Results = append(cmp.Results, res)
+		if cmp.Ratios == nil {
+			cmp.Ratios = map[string]map[string]float64{}
+		}
+		cmp.Ratios[kind] = ratios(cmp.Results[0], res)
+	}
+	return cmp, nil
+}
+
+// measureBaseline starts a baseline server process, measures it, and
+// stops it.
+func measureBaseline(ctx context.Context, cfg Config, kind string) (*Result, error) {
+	cmd := exec.Command(cfg.Executable, cfg.BaselineArgs(kind)...)
+	if cfg.Env != nil {
+		cmd.Env = append(os.Environ(), cfg.Env...)
+	}
+	cmd.Stderr = cfg.Progress
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting: %w", err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		return nil, fmt.Errorf("it printed no address: %v", sc.Err())
+	}
+	url := "ws://" + sc.Text() + "/v1/ws"
+	progress(cfg, "measuring the %s baseline at %s", kind, url)
+	return measure(ctx, cfg, url, kind, kind == Naive)
+}
+
+// ratios divides the gateway's figures by a baseline's.
+func ratios(gw, base *Result) map[string]float64 {
+	r := map[string]float64{}
+	put := func(name string, a, b float64) {
+		if b > 0 && a > 0 {
+			r[name] = a / b
+		}
+	}
+	put("rss_per_conn", gw.PerConn.RSSBytes, base.PerConn.RSSBytes)
+	put("heap_per_conn", gw.PerConn.HeapBytes, base.PerConn.HeapBytes)
+	if gw.Broadcast != nil && base.Broadcast != nil {
+		put("broadcast_last_p50", float64(gw.Broadcast.LastP50), float64(base.Broadcast.LastP50))
+		put("broadcast_last_p99", float64(gw.Broadcast.LastP99), float64(base.Broadcast.LastP99))
+		put("broadcast_all_p99", float64(gw.Broadcast.AllP99), float64(base.Broadcast.AllP99))
+	}
+	if gw.Unicast != nil && base.Unicast != nil {
+		put("unicast_p50", float64(gw.Unicast.P50), float64(base.Unicast.P50))
+		put("unicast_p99", float64(gw.Unicast.P99), float64(base.Unicast.P99))
+	}
+	if gw.Storm != nil && base.Storm != nil {
+		put("storm_took", float64(gw.Storm.Took), float64(base.Storm.Took))
+	}
+	return r
+}
+
+// measure opens the connections to url, measures the idle server, then
+// runs the phases cfg asks for (the storm only when canResume).
+func measure(ctx context.Context, cfg Config, url, server string, canResume bool) (*Result, error) {
+	if cfg.PerWorker <= 0 {
+		cfg.PerWorker = 18000
+	}
+	metricsURL, err := metricsURL(url)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Server: server, Conns: cfg.Conns, Mix: cfg.Mix}
 	if res.Baseline, err = scrape(metricsURL); err != nil {
 		return nil, err
 	}
@@ -152,7 +245,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}()
 	for i := 0; i*cfg.PerWorker < cfg.Conns; i++ {
 		share := topics[i*cfg.PerWorker : min((i+1)*cfg.PerWorker, cfg.Conns)]
-		w, err := startWorker(cfg, Job{URL: cfg.URL, Source: sourceIP(i), Topics: share})
+		w, err := startWorker(cfg, Job{URL: url, Source: sourceIP(i), Topics: share})
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +281,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
-	if cfg.Storm > 0 && cfg.Mix == "shared" {
+	if cfg.Storm > 0 && cfg.Mix == "shared" && canResume {
 		if res.Storm, err = storm(ctx, cfg, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
 		}
@@ -399,8 +492,8 @@ func sourceIP(i int) string {
 
 func startWorker(cfg Config, job Job) (*workerProc, error) {
 	cmd := exec.Command(cfg.Executable, cfg.WorkerArgs...)
-	if cfg.WorkerEnv != nil {
-		cmd.Env = append(os.Environ(), cfg.WorkerEnv...)
+	if cfg.Env != nil {
+		cmd.Env = append(os.Environ(), cfg.Env...)
 	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
