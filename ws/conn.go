@@ -23,28 +23,35 @@ const (
 // close frame before the socket is cut.
 const closeWait = 2 * time.Second
 
-// Conn is one upgraded WebSocket connection. Send and Close are safe for
-// concurrent use.
+// Conn is one upgraded WebSocket connection: its socket's fd and the
+// little state of its queue and reader. Send and Close are safe for
+// concurrent use. Every system call on fd happens under mu, and closeNow
+// closes fd under mu, so no call can reach a reused fd number.
 type Conn struct {
 	srv      *Server
-	nc       net.Conn
-	fd       int
-	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+	lastSeen atomic.Int64 // unix nanoseconds of the last input
+	inSince  atomic.Int64 // unix nanoseconds since in holds an unfinished frame; 0: none
+	stalled  atomic.Int64 // unix nanoseconds since a write waits for room; 0: none
 	value    atomic.Value
 
 	// Bound once so scheduling a read or write allocates nothing.
 	readTask, writeTask func()
 
 	mu         sync.Mutex
+	fd         int
 	state      uint8
+	registered bool          // in the epoll set
+	reading    bool          // a worker reads: input interest is disarmed
+	waitOut    bool          // the writer waits for room: output interest
 	writing    bool          // a worker owns the queue's draining
 	afterFlush uint8         // 0, or what to do once the queue is empty: see flushed
+	partial    bool          // queue[0] is the unsent rest of a frame already begun on the wire
 	queue      [][]byte      // frames waiting, shared with other connections
 	queued     int           // bytes in queue
-	room       chan struct{} // closed when the queue empties; made only while SendWait waits
-	partial    bool          // queue[0] is the unsent rest of a frame already begun on the wire
+	room       chan struct{} // closed when the queue shrinks; made only while SendWait waits
 
-	// Reader state: one worker reads at a time (one-shot epoll events).
+	// Reader state, touched by the one reading worker only.
+	in     []byte // the start of a frame whose rest has not arrived
 	frag   []byte // message being reassembled from fragments
 	fragOp byte
 }
@@ -55,8 +62,8 @@ const (
 	flushClose           // we answered the peer's close: cut now
 )
 
-func newConn(s *Server, nc net.Conn, fd int) *Conn {
-	c := &Conn{srv: s, nc: nc, fd: fd}
+func newConn(s *Server, fd int) *Conn {
+	c := &Conn{srv: s, fd: fd}
 	c.readTask = c.read
 	c.writeTask = c.write
 	c.lastSeen.Store(timeNow().UnixNano())
@@ -70,8 +77,15 @@ func (c *Conn) Value() any { return c.value.Load() }
 // same concrete type.
 func (c *Conn) SetValue(v any) { c.value.Store(v) }
 
-// RemoteAddr returns the client's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+// RemoteAddr returns the client's address (nil once closed).
+func (c *Conn) RemoteAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateClosed {
+		return nil
+	}
+	return peerAddr(c.fd)
+}
 
 // Send queues a complete frame (see TextFrame). frame is shared, not copied:
 // never modify it afterwards. When the queue would pass Config.MaxQueue the
@@ -101,35 +115,37 @@ func (c *Conn) Send(frame []byte) error {
 // writeThroughLocked writes frame straight to the socket without
 // blocking, the common case of a connection that keeps up: no queue, no
 // worker. What the socket does not take is queued for a worker. It runs
-// with c.mu held, an open connection and nothing queued or being written:
-// holding the lock across the system call keeps closeNow from closing the
-// fd (whose number could then be reused by another connection) under it.
-// It unlocks c.mu.
+// with c.mu held, an open connection and nothing queued or being written,
+// and unlocks c.mu.
 func (c *Conn) writeThroughLocked(frame []byte) {
 	n, err := writeNonblock(c.fd, frame)
 	if n > 0 {
-		c.srv.stats.framesOut.Add(1)
 		c.srv.stats.bytesOut.Add(uint64(n))
 	}
 	if err != nil && !errors.Is(err, errWouldBlock) {
 		c.writing = true // nothing more goes out; closeNow follows
 		c.mu.Unlock()
-		c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
+		c.srv.cfg.Logger.Debug("write failed", "err", err)
 		// Never inline: the caller may hold a lock of the Handler's (a
 		// topic's fan-out) that Handler.Closed takes.
 		c.srv.pool.Schedule(c.closeNow)
 		return
 	}
 	if n == len(frame) {
+		c.srv.stats.framesOut.Add(1)
 		c.mu.Unlock()
 		return
 	}
+	// The socket is full: the rest waits for room, and the epoll event
+	// that says so schedules the writer.
 	c.queue = append(c.queue, frame[n:])
 	c.queued += len(frame) - n
 	c.partial = n > 0
 	c.writing = true
+	c.waitOut = true
+	c.stalled.CompareAndSwap(0, timeNow().UnixNano())
+	c.armLocked()
 	c.mu.Unlock()
-	c.srv.pool.Schedule(c.writeTask)
 }
 
 // SendWait is Send for a sender that can wait, such as a replay of
@@ -259,12 +275,18 @@ func (c *Conn) sendControl(frame []byte) {
 	c.startWriter(start)
 }
 
-// write drains the queue with one writev per batch.
+// write drains the queue, a writev per batch, until it is empty or the
+// socket is full; then the connection waits for room in the epoll set and
+// the next event schedules write again. No worker ever blocks on a socket.
 func (c *Conn) write() {
+	c.mu.Lock()
 	for {
-		c.mu.Lock()
-		batch := c.queue
-		if len(batch) == 0 || c.state == stateClosed {
+		if c.state == stateClosed {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		if len(c.queue) == 0 {
 			c.writing = false
 			c.queue = nil // an idle connection keeps no buffer
 			after := c.afterFlush
@@ -272,24 +294,105 @@ func (c *Conn) write() {
 			c.flushed(after)
 			return
 		}
-		c.queue, c.queued, c.partial = nil, 0, false
-		if c.room != nil {
-			close(c.room) // wake SendWait: the queue has room again
-			c.room = nil
+		n, err := writevNonblock(c.fd, c.queue)
+		if n > 0 {
+			c.srv.stats.bytesOut.Add(uint64(n))
+			c.srv.stats.framesOut.Add(uint64(c.advanceLocked(n)))
+			if c.room != nil {
+				close(c.room) // wake SendWait: the queue has room again
+				c.room = nil
+			}
 		}
-		c.mu.Unlock()
-
-		_ = c.nc.SetWriteDeadline(timeNow().Add(c.srv.cfg.WriteTimeout))
-		frames := len(batch)
-		bufs := net.Buffers(batch)
-		n, err := bufs.WriteTo(c.nc)
-		c.srv.stats.framesOut.Add(uint64(frames))
-		c.srv.stats.bytesOut.Add(uint64(n))
-		if err != nil {
-			c.srv.cfg.Logger.Debug("write failed", "remote", c.nc.RemoteAddr(), "err", err)
+		switch {
+		case errors.Is(err, errWouldBlock) || err == nil && len(c.queue) > 0 && n == 0:
+			c.waitOut = true
+			c.stalled.CompareAndSwap(0, timeNow().UnixNano())
+			c.armLocked()
+			c.mu.Unlock()
+			return
+		case err != nil:
+			c.mu.Unlock()
+			c.srv.cfg.Logger.Debug("write failed", "err", err)
 			c.closeNow()
 			return
 		}
+		c.stalled.Store(0)
+	}
+}
+
+// advanceLocked drops n written bytes from the queue and returns how many
+// frames were completed.
+func (c *Conn) advanceLocked(n int) int {
+	c.queued -= n
+	done := 0
+	for n > 0 {
+		f := c.queue[0]
+		if n < len(f) {
+			c.queue[0] = f[n:]
+			c.partial = true
+			return done
+		}
+		n -= len(f)
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		c.partial = false
+		done++
+	}
+	return done
+}
+
+// armLocked re-arms the one-shot epoll registration with what the
+// connection still waits for: input unless a worker is reading it, room to
+// write while the writer waits.
+func (c *Conn) armLocked() {
+	if !c.registered || c.state == stateClosed {
+		return
+	}
+	ev := c.interestLocked()
+	if ev == 0 {
+		return
+	}
+	if err := c.srv.poll.mod(c.fd, ev); err != nil {
+		c.srv.cfg.Logger.Error("re-arming a connection", "err", err)
+		c.srv.pool.Schedule(c.closeNow)
+	}
+}
+
+func (c *Conn) interestLocked() uint32 {
+	var ev uint32
+	if !c.reading {
+		ev |= pollIn
+	}
+	if c.waitOut {
+		ev |= pollOut
+	}
+	return ev
+}
+
+// event is the epoll callback: input, room to write, or a hang-up. The
+// registration is one-shot, so what fired is disarmed until a worker has
+// handled it; what did not fire is re-armed at once.
+func (c *Conn) event(ev uint32) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	read := !c.reading && ev&(pollIn|pollErr) != 0
+	write := c.waitOut && ev&(pollOut|pollErr) != 0
+	if read {
+		c.reading = true
+	}
+	if write {
+		c.waitOut = false
+	}
+	c.armLocked()
+	c.mu.Unlock()
+	if read {
+		c.srv.pool.Schedule(c.readTask)
+	}
+	if write {
+		c.srv.pool.Schedule(c.writeTask)
 	}
 }
 
@@ -298,9 +401,11 @@ func (c *Conn) flushed(after uint8) {
 	case flushClose:
 		c.closeNow()
 	case flushHalfClose:
-		if tc, ok := c.nc.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
+		c.mu.Lock()
+		if c.state != stateClosed {
+			_ = shutdownWrite(c.fd)
 		}
+		c.mu.Unlock()
 		time.AfterFunc(closeWait, c.closeNow)
 	}
 }
@@ -318,11 +423,32 @@ func (c *Conn) closeNow() {
 		close(c.room) // a waiting SendWait finds the connection closed
 		c.room = nil
 	}
-	_ = c.srv.poll.del(c.fd) // before Close, so the fd number cannot be reused while registered
+	if c.registered {
+		_ = c.srv.poll.del(c.fd) // before closing: the number may be reused at once
+	}
+	if c.fd >= 0 {
+		_ = closeFD(c.fd)
+	}
+	c.fd = -1
 	c.mu.Unlock()
-	_ = c.nc.Close()
 	c.srv.forget(c)
 	c.srv.cfg.Handler.Closed(c)
+}
+
+// expired cuts a connection whose unfinished frame or stalled write has
+// outlived its timeout, and reports whether it did.
+func (c *Conn) expired(now int64) bool {
+	if t := c.inSince.Load(); t != 0 && now-t > int64(c.srv.cfg.ReadTimeout) {
+		c.srv.cfg.Logger.Debug("closing: frame not finished in time")
+		c.closeNow()
+		return true
+	}
+	if t := c.stalled.Load(); t != 0 && now-t > int64(c.srv.cfg.WriteTimeout) {
+		c.srv.cfg.Logger.Debug("closing: client takes no data")
+		c.closeNow()
+		return true
+	}
+	return false
 }
 
 // keepalive pings a silent connection and closes an idle one.

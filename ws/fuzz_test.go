@@ -1,8 +1,6 @@
 package ws
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -61,20 +59,29 @@ func FuzzReadFrames(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, input []byte) {
 		h.tb = t
-		c := newConn(s, &fuzzConn{r: bytes.NewReader(input)}, -1)
-		br := bufio.NewReaderSize(c.nc, readBufferSize)
-		for i := 0; ; i++ {
-			err := c.readFrame(br)
-			if err == nil {
-				continue
-			}
+		if err := feed(newConn(s, -1), input); err != nil {
 			var ce *closeError
-			if errors.As(err, &ce) || errors.Is(err, errStopReading) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, bufio.ErrBufferFull) {
-				return
+			if !errors.As(err, &ce) && !errors.Is(err, errStopReading) {
+				t.Fatalf("unexpected error %v", err)
 			}
-			t.Fatalf("unexpected error %v", err)
 		}
 	})
+}
+
+// feed hands input to c's reader as reads of a socket would, split into
+// pieces of varied sizes so frames arrive whole, split and several at once.
+func feed(c *Conn, input []byte) error {
+	buf := make([]byte, readBufferSize)
+	sizes := []int{readBufferSize, 1, 5, 2, 13, 700}
+	for i := 0; len(input) > 0; i++ {
+		dst := c.readInto(buf)
+		n := copy(dst, input[:min(len(input), sizes[i%len(sizes)])])
+		input = input[n:]
+		if err := c.received(buf, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func TestFragmentedTextIsValidated(t *testing.T) {
@@ -85,9 +92,8 @@ func TestFragmentedTextIsValidated(t *testing.T) {
 		t.Fatal(err)
 	}
 	input := append(frame(false, 0, opText, []byte("\xce"), true), frame(true, 0, opContinuation, []byte("\xba"), true)...)
-	c := newConn(s, &fuzzConn{r: bytes.NewReader(input)}, -1)
-	br := bufio.NewReader(c.nc)
-	for c.readFrame(br) == nil {
+	if err := feed(newConn(s, -1), input); err != nil {
+		t.Fatal(err)
 	}
 	if len(got) != 1 || !utf8.Valid(got[0]) || string(got[0]) != "κ" {
 		t.Fatalf("messages = %q, want one \"κ\"", got)

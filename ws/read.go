@@ -1,65 +1,126 @@
 package ws
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
 	"unicode/utf8"
 
-	"github.com/gobwas/pool/pbufio"
 	"github.com/gobwas/pool/pbytes"
 	"github.com/gobwas/ws"
 )
 
-// readBufferSize is the pooled reader taken while a connection has input.
-// Client messages are small commands; larger frames are read in full into
-// a pooled byte slice.
+// readBufferSize is the pooled buffer a worker reads into while a
+// connection has input. Client messages are small commands; a frame that
+// does not arrive whole waits in a buffer of its own size (see keep).
 const readBufferSize = 4096
 
-// ready is the epoll callback: the connection has input (or hung up).
-func (c *Conn) ready() { c.srv.pool.Schedule(c.readTask) }
+// maxReadsPerEvent bounds the reads of one event, so a client that streams
+// cannot hold a worker: the one-shot event fires again when re-armed.
+const maxReadsPerEvent = 16
+
+// maxHeader is the largest frame header: 2 bytes, 8 of length, 4 of mask.
+const maxHeader = 14
 
 // read drains the connection's input, then re-arms its one-shot event.
 func (c *Conn) read() {
-	// The previous reader re-armed the event under c.mu; taking it here
-	// orders this reader after that one for the race detector too (the
-	// kernel's epoll orders them in fact).
+	buf := pbytes.GetLen(readBufferSize)
+	defer pbytes.Put(buf)
+	for range maxReadsPerEvent {
+		dst := c.readInto(buf)
+		c.mu.Lock()
+		if c.state == stateClosed {
+			c.mu.Unlock()
+			return
+		}
+		n, err := readNonblock(c.fd, dst)
+		c.mu.Unlock()
+		if errors.Is(err, errWouldBlock) {
+			break
+		}
+		if err == nil && n == 0 {
+			err = io.EOF
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.lastSeen.Store(timeNow().UnixNano())
+		if err := c.received(buf, n); err != nil {
+			c.fail(err)
+			return
+		}
+		if n < len(dst) {
+			break // drained
+		}
+	}
 	c.mu.Lock()
-	closed := c.state == stateClosed
+	c.reading = false
+	c.armLocked()
 	c.mu.Unlock()
-	if closed {
-		return
+}
+
+// readInto returns where the next read goes: after the unfinished frame
+// when there is one (never past its end), else into buf.
+func (c *Conn) readInto(buf []byte) []byte {
+	if c.in != nil {
+		return c.in[len(c.in):cap(c.in)]
 	}
-	br := pbufio.GetReader(c.nc, readBufferSize)
-	err := c.readAll(br)
-	pbufio.PutReader(br)
-	if err != nil {
-		c.fail(err)
-		return
+	return buf
+}
+
+// received handles n bytes just read into readInto(buf).
+func (c *Conn) received(buf []byte, n int) error {
+	if c.in != nil {
+		c.in = c.in[:len(c.in)+n]
+		return c.consume(c.in)
 	}
-	c.mu.Lock()
-	if c.state != stateClosed {
-		err = c.srv.poll.rearm(c.fd)
-	}
-	c.mu.Unlock()
-	if err != nil {
-		c.closeNow()
+	return c.consume(buf[:n])
+}
+
+// consume handles every whole frame of data and keeps the unfinished rest.
+func (c *Conn) consume(data []byte) error {
+	for {
+		h, size, err := parseHeader(data)
+		if err != nil {
+			return err
+		}
+		if size == 0 {
+			return c.keep(data, maxHeader)
+		}
+		if err := c.check(h); err != nil {
+			return err
+		}
+		end := size + int(h.length)
+		if len(data) < end {
+			return c.keep(data, end)
+		}
+		payload := data[size:end]
+		ws.Cipher(payload, h.mask, 0)
+		if err := c.handle(h, payload); err != nil {
+			return err
+		}
+		data = data[end:]
 	}
 }
 
-// readAll reads frames while the reader holds buffered input. The first
-// read returns at once (epoll said so); later ones only finish a frame.
-func (c *Conn) readAll(br *bufio.Reader) error {
-	_ = c.nc.SetReadDeadline(timeNow().Add(c.srv.cfg.ReadTimeout))
-	for {
-		if err := c.readFrame(br); err != nil {
-			return err
-		}
-		if br.Buffered() == 0 {
-			return nil
-		}
+// keep holds the start of an unfinished frame, in a buffer with room for
+// need bytes (the whole frame once its header is known), and times it.
+func (c *Conn) keep(rest []byte, need int) error {
+	if len(rest) == 0 {
+		c.in = nil
+		c.inSince.Store(0)
+		return nil
 	}
+	if c.in != nil && cap(c.in) >= need {
+		c.in = c.in[:copy(c.in, rest)] // rest may sit inside c.in: copy moves it down
+	} else {
+		in := make([]byte, len(rest), need)
+		copy(in, rest)
+		c.in = in
+	}
+	c.inSince.CompareAndSwap(0, timeNow().UnixNano())
+	return nil
 }
 
 func (c *Conn) fail(err error) {
@@ -68,7 +129,7 @@ func (c *Conn) fail(err error) {
 	}
 	var ce *closeError
 	if errors.As(err, &ce) {
-		c.srv.cfg.Logger.Debug("closing on bad input", "remote", c.nc.RemoteAddr(), "err", err)
+		c.srv.cfg.Logger.Debug("closing on bad input", "err", err)
 		c.Close(ce.code, ce.reason)
 		// Its input is garbage now; wait for the peer's close only in
 		// flushed's timer, reading no more.
@@ -87,20 +148,20 @@ type header struct {
 	mask   [4]byte
 }
 
-// readHeader parses a frame header without allocating.
-func readHeader(br *bufio.Reader) (header, error) {
-	b, err := br.Peek(2)
-	if err != nil {
-		return header{}, err
+// parseHeader parses the frame header at the start of b. size is 0 when
+// b does not hold all of it yet.
+func parseHeader(b []byte) (h header, size int, err error) {
+	if len(b) < 2 {
+		return header{}, 0, nil
 	}
-	h := header{
+	h = header{
 		fin:    b[0]&0x80 != 0,
 		rsv:    (b[0] >> 4) & 0x7,
 		op:     b[0] & 0x0F,
 		masked: b[1]&0x80 != 0,
 		length: int64(b[1] & 0x7F),
 	}
-	size := 2
+	size = 2
 	switch h.length {
 	case 126:
 		size += 2
@@ -110,8 +171,8 @@ func readHeader(br *bufio.Reader) (header, error) {
 	if h.masked {
 		size += 4
 	}
-	if b, err = br.Peek(size); err != nil {
-		return header{}, err
+	if len(b) < size {
+		return header{}, 0, nil
 	}
 	rest := b[2:]
 	switch h.length {
@@ -121,7 +182,7 @@ func readHeader(br *bufio.Reader) (header, error) {
 	case 127:
 		u := binary.BigEndian.Uint64(rest)
 		if u > 1<<62 {
-			return header{}, errTooBig
+			return header{}, 0, errTooBig
 		}
 		h.length = int64(u)
 		rest = rest[8:]
@@ -129,37 +190,7 @@ func readHeader(br *bufio.Reader) (header, error) {
 	if h.masked {
 		copy(h.mask[:], rest)
 	}
-	_, _ = br.Discard(size)
-	return h, nil
-}
-
-// readFrame reads and handles one frame.
-func (c *Conn) readFrame(br *bufio.Reader) error {
-	h, err := readHeader(br)
-	if err != nil {
-		return err
-	}
-	c.lastSeen.Store(timeNow().UnixNano())
-	if err := c.check(h); err != nil {
-		return err
-	}
-	n := int(h.length)
-	var payload, pooled []byte
-	if n <= br.Size() {
-		if payload, err = br.Peek(n); err != nil {
-			return err
-		}
-		defer br.Discard(n)
-	} else {
-		pooled = pbytes.GetLen(n)
-		defer pbytes.Put(pooled)
-		if _, err = io.ReadFull(br, pooled); err != nil {
-			return err
-		}
-		payload = pooled
-	}
-	ws.Cipher(payload, h.mask, 0)
-	return c.handle(h, payload)
+	return h, size, nil
 }
 
 // check applies RFC 6455's rules that need only the header.

@@ -221,23 +221,32 @@ func (s *Server) forget(c *Conn) {
 	s.mu.Unlock()
 }
 
-// keepalive pings silent connections and closes idle ones: one goroutine
-// for the whole server instead of a timer per connection.
+// keepalive pings silent connections, closes idle ones and cuts those
+// whose unfinished frame or stalled write outlived its timeout: one
+// goroutine for the whole server instead of timers per connection.
 func (s *Server) keepalive() {
-	tick := time.NewTicker(s.cfg.PingInterval / 2)
+	tick := time.NewTicker(min(sweepEvery, s.cfg.PingInterval/2))
 	defer tick.Stop()
-	settle := time.NewTicker(settleCheck)
-	defer settle.Stop()
+	var lastPing, lastSettle time.Time
 	var settled, last uint64 // upgrade counts: at the last settle, and at the last check
 	for {
 		select {
 		case <-s.done:
 			return
 		case now := <-tick.C:
-			for _, c := range s.snapshot() {
-				c.keepalive(now)
+			ping := now.Sub(lastPing) >= s.cfg.PingInterval/2
+			if ping {
+				lastPing = now
 			}
-		case <-settle.C:
+			for _, c := range s.snapshot() {
+				if !c.expired(now.UnixNano()) && ping {
+					c.keepalive(now)
+				}
+			}
+			if now.Sub(lastSettle) < settleCheck {
+				continue
+			}
+			lastSettle = now
 			// Return memory to the system once a burst of upgrades is
 			// over: the buffers and garbage of thousands of handshakes
 			// otherwise sit in the heap's headroom, and an idle node would
@@ -251,6 +260,10 @@ func (s *Server) keepalive() {
 		}
 	}
 }
+
+// sweepEvery is how often, at most, connections are checked for timeouts;
+// pings follow Config.PingInterval.
+const sweepEvery = time.Second
 
 // settleCheck is how often the server looks for the end of a burst of
 // upgrades (one check without new upgrades ends it).

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -538,5 +539,65 @@ func TestSendNeverCallsClosedInline(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("Send deadlocked: it called Closed while the caller held the handler's lock")
 		}
+	}
+}
+
+// TestUnfinishedFrameIsCut: a client that sends part of a frame and stops
+// is cut once Config.ReadTimeout has passed, and not before; a frame that
+// arrives in pieces within the time is read whole.
+func TestUnfinishedFrameIsCut(t *testing.T) {
+	h := &echoHandler{}
+	_, addr := startServer(t, h, Config{ReadTimeout: 500 * time.Millisecond})
+	conn, br := dialRaw(t, addr)
+	whole := text("split across three writes")
+	for _, piece := range [][]byte{whole[:1], whole[1:4], whole[4:]} {
+		_, _ = conn.Write(piece)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if f := readServerFrame(t, conn, br); string(f.Payload) != "split across three writes" {
+		t.Fatalf("echo %q, want the split message", f.Payload)
+	}
+	start := time.Now()
+	_, _ = conn.Write(text("never finished")[:5])
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := br.ReadByte()
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("server sent something instead of cutting the connection")
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("server kept a connection with an unfinished frame past ReadTimeout")
+	}
+	if took < 500*time.Millisecond {
+		t.Fatalf("cut after %v, before ReadTimeout", took)
+	}
+}
+
+// TestStalledWriteIsCut: a client that takes no data while the server has
+// some to send is cut once Config.WriteTimeout has passed.
+func TestStalledWriteIsCut(t *testing.T) {
+	h := &echoHandler{}
+	opened := make(chan *Conn, 1)
+	h.onOpen = func(c *Conn) { opened <- c }
+	s, addr := startServer(t, h, Config{WriteTimeout: 500 * time.Millisecond, MaxQueue: 64 << 20})
+	conn, _ := dialRaw(t, addr)
+	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+	c := <-opened
+	frame := TextFrame(make([]byte, 64<<10))
+	for range 200 { // 12.5 MiB, more than both socket buffers hold
+		if err := c.Send(frame); err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a connection whose client reads nothing is still open after 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s.Stats().SlowConsumers != 0 {
+		t.Fatal("cut as a slow consumer, want the write timeout")
 	}
 }

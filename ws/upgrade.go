@@ -185,30 +185,40 @@ func (s *Server) peek(nc net.Conn, buf []byte) (int, bool) {
 	return n, next == ' ' || next == '?'
 }
 
-// open hands an upgraded connection to the epoll loop.
+// open hands an upgraded connection to the epoll loop, keeping only its
+// fd. It is registered before Handler.Open, which may send more than the
+// socket takes at once (a replay of history), but its input waits until
+// Open has returned.
 func (s *Server) open(nc net.Conn, req *Request) {
-	fd, err := socketFD(nc)
+	fd, err := detachFD(nc)
 	if err != nil {
+		s.cfg.Logger.Error("taking the socket of an upgraded connection", "err", err)
 		_ = nc.Close()
 		return
 	}
-	c := newConn(s, nc, fd)
+	c := newConn(s, fd)
 	if !s.register(c) {
-		_, _ = nc.Write(closeFrame(CloseGoingAway, errServerClosing.reason))
-		_ = nc.Close()
+		_, _ = writeNonblock(fd, closeFrame(CloseGoingAway, errServerClosing.reason))
+		_ = closeFD(fd)
+		return
+	}
+	c.mu.Lock()
+	c.reading = true // no input before Open
+	err = s.poll.add(fd, c.interestLocked(), c.event)
+	c.registered = err == nil
+	c.mu.Unlock()
+	if err != nil {
+		s.cfg.Logger.Error("registering connection with epoll", "err", err)
+		s.forget(c)
+		_ = closeFD(fd)
 		return
 	}
 	s.stats.upgraded.Add(1)
 	s.cfg.Handler.Open(c, req)
 	c.mu.Lock()
-	if c.state != stateClosed {
-		err = s.poll.add(fd, c.ready)
-	}
+	c.reading = false
+	c.armLocked()
 	c.mu.Unlock()
-	if err != nil {
-		s.cfg.Logger.Error("registering connection with epoll", "err", err)
-		c.closeNow()
-	}
 }
 
 // prefixConn replays the bytes peeked from a connection before reading
