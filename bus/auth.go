@@ -121,14 +121,14 @@ type expiries struct {
 type expiryHeap []*client
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].expAt.Before(h[j].expAt) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expAt < h[j].expAt }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].expIdx, h[j].expIdx = i, j
+	h[i].expIdx, h[j].expIdx = int32(i), int32(j)
 }
 func (h *expiryHeap) Push(x any) {
 	cl := x.(*client)
-	cl.expIdx = len(*h)
+	cl.expIdx = int32(len(*h))
 	*h = append(*h, cl)
 }
 func (h *expiryHeap) Pop() any {
@@ -145,9 +145,9 @@ func newExpiries() *expiries { return &expiries{wake: make(chan struct{}, 1)} }
 // set makes cl's connection expire at at.
 func (e *expiries) set(cl *client, at time.Time) {
 	e.mu.Lock()
-	cl.expAt = at
+	cl.expAt = at.UnixNano()
 	if cl.expIdx >= 0 {
-		heap.Fix(&e.h, cl.expIdx)
+		heap.Fix(&e.h, int(cl.expIdx))
 	} else {
 		heap.Push(&e.h, cl)
 	}
@@ -165,7 +165,7 @@ func (e *expiries) set(cl *client, at time.Time) {
 func (e *expiries) remove(cl *client) {
 	e.mu.Lock()
 	if cl.expIdx >= 0 {
-		heap.Remove(&e.h, cl.expIdx)
+		heap.Remove(&e.h, int(cl.expIdx))
 	}
 	e.mu.Unlock()
 }
@@ -178,12 +178,12 @@ func (e *expiries) run(done <-chan struct{}) {
 		e.mu.Lock()
 		var due []*client
 		now := time.Now()
-		for len(e.h) > 0 && !e.h[0].expAt.After(now) {
+		for len(e.h) > 0 && e.h[0].expAt <= now.UnixNano() {
 			due = append(due, heap.Pop(&e.h).(*client))
 		}
 		next := time.Hour
 		if len(e.h) > 0 {
-			next = time.Until(e.h[0].expAt)
+			next = time.Until(time.Unix(0, e.h[0].expAt))
 		}
 		e.mu.Unlock()
 		for _, cl := range due {

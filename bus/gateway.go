@@ -98,13 +98,14 @@ type Gateway struct {
 type client struct {
 	mu     sync.Mutex
 	subs   []*subscription // few per connection: a slice is smaller than a map
-	closed bool
-	claims *auth.Claims // nil without authentication
+	claims *auth.Claims    // nil without authentication
 	conn   *ws.Conn
 
 	// Guarded by expiries.mu.
-	expAt  time.Time
-	expIdx int // index in the expiry heap, -1 when not in it
+	expAt  int64 // unix nanoseconds
+	expIdx int32 // index in the expiry heap, -1 when not in it
+
+	closed bool // guarded by mu
 }
 
 // NewGateway returns a Gateway; Close stops it.

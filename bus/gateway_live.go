@@ -46,10 +46,10 @@ type liveEvent struct {
 type subscription struct {
 	conn    *ws.Conn
 	topic   *topic
-	idx     int         // position in topic.subs, -1 when not in it; guarded by topic.mu
 	last    streams.ID  // newest event sent; guarded by topic.mu once live
-	live    bool        // history sent; guarded by topic.mu
 	pending []liveEvent // live events held until live; guarded by topic.mu
+	idx     int32       // position in topic.subs, -1 when not in it; guarded by topic.mu
+	live    bool        // history sent; guarded by topic.mu
 }
 
 func (t *topic) markReady() { t.readyOnce.Do(func() { close(t.ready) }) }
@@ -104,17 +104,17 @@ func deliverTo(g *Gateway, subs []*subscription, ev liveEvent) {
 
 // addLocked and removeLocked keep t.subs a dense slice.
 func (t *topic) addLocked(s *subscription) {
-	s.idx = len(t.subs)
+	s.idx = int32(len(t.subs))
 	t.subs = append(t.subs, s)
 }
 
 func (t *topic) removeLocked(s *subscription) bool {
-	i := s.idx
+	i := int(s.idx)
 	if i < 0 || i >= len(t.subs) || t.subs[i] != s {
 		return false
 	}
 	last := t.subs[len(t.subs)-1]
-	t.subs[i], last.idx = last, i
+	t.subs[i], last.idx = last, int32(i)
 	t.subs[len(t.subs)-1] = nil
 	t.subs = t.subs[:len(t.subs)-1]
 	s.idx = -1

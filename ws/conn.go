@@ -34,9 +34,6 @@ type Conn struct {
 	stalled  atomic.Int64 // unix nanoseconds since a write waits for room; 0: none
 	value    atomic.Value
 
-	// Bound once so scheduling a read or write allocates nothing.
-	readTask, writeTask func()
-
 	mu         sync.Mutex
 	fd         int
 	state      uint8
@@ -50,10 +47,7 @@ type Conn struct {
 	queued     int           // bytes in queue
 	room       chan struct{} // closed when the queue shrinks; made only while SendWait waits
 
-	// Reader state, touched by the one reading worker only.
-	in     []byte // the start of a frame whose rest has not arrived
-	frag   []byte // message being reassembled from fragments
-	fragOp byte
+	rd *partialInput // touched by the one reading worker only; nil between messages
 }
 
 const (
@@ -64,8 +58,6 @@ const (
 
 func newConn(s *Server, fd int) *Conn {
 	c := &Conn{srv: s, fd: fd}
-	c.readTask = c.read
-	c.writeTask = c.write
 	c.lastSeen.Store(timeNow().UnixNano())
 	return c
 }
@@ -128,7 +120,7 @@ func (c *Conn) writeThroughLocked(frame []byte) {
 		c.srv.cfg.Logger.Debug("write failed", "err", err)
 		// Never inline: the caller may hold a lock of the Handler's (a
 		// topic's fan-out) that Handler.Closed takes.
-		c.srv.pool.Schedule(c.closeNow)
+		c.srv.pool.schedule(task{c: c, op: taskClose})
 		return
 	}
 	if n == len(frame) {
@@ -200,7 +192,7 @@ func (c *Conn) pushLocked(frame []byte) bool {
 
 func (c *Conn) startWriter(start bool) {
 	if start {
-		c.srv.pool.Schedule(c.writeTask)
+		c.srv.pool.schedule(task{c: c, op: taskWrite})
 	}
 }
 
@@ -354,7 +346,7 @@ func (c *Conn) armLocked() {
 	}
 	if err := c.srv.poll.mod(c.fd, ev); err != nil {
 		c.srv.cfg.Logger.Error("re-arming a connection", "err", err)
-		c.srv.pool.Schedule(c.closeNow)
+		c.srv.pool.schedule(task{c: c, op: taskClose})
 	}
 }
 
@@ -389,10 +381,10 @@ func (c *Conn) event(ev uint32) {
 	c.armLocked()
 	c.mu.Unlock()
 	if read {
-		c.srv.pool.Schedule(c.readTask)
+		c.srv.pool.schedule(task{c: c, op: taskRead})
 	}
 	if write {
-		c.srv.pool.Schedule(c.writeTask)
+		c.srv.pool.schedule(task{c: c, op: taskWrite})
 	}
 }
 
@@ -426,12 +418,12 @@ func (c *Conn) closeNow() {
 	if c.registered {
 		_ = c.srv.poll.del(c.fd) // before closing: the number may be reused at once
 	}
+	c.srv.forget(c)
 	if c.fd >= 0 {
 		_ = closeFD(c.fd)
 	}
 	c.fd = -1
 	c.mu.Unlock()
-	c.srv.forget(c)
 	c.srv.cfg.Handler.Closed(c)
 }
 

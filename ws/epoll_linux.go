@@ -37,12 +37,12 @@ func newPoller(onError func(error)) (*poller, error) {
 	return &poller{ep: ep}, nil
 }
 
-// add registers fd for events; ready runs on the epoll goroutine for each
-// event.
-func (p *poller) add(fd int, events uint32, ready func(uint32)) error {
+// add registers c's fd for events; c.event runs on the epoll goroutine
+// for each event.
+func (p *poller) add(fd int, events uint32, c *Conn) error {
 	return p.ep.Add(fd, netpoll.EpollEvent(events|netpoll.EPOLLONESHOT), func(ev netpoll.EpollEvent) {
 		if ev&epollClosed == 0 {
-			ready(uint32(ev))
+			c.event(uint32(ev))
 		}
 	})
 }

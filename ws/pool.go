@@ -9,8 +9,8 @@ import (
 // WebSockets and Go". Workers exit after idleTimeout without work, so an
 // idle server has none.
 type pool struct {
-	handoff chan func()   // unbuffered: taken only by a waiting worker
-	backlog chan func()   // buffered: drained by busy workers when they finish
+	handoff chan task     // unbuffered: taken only by a waiting worker
+	backlog chan task     // buffered: drained by busy workers when they finish
 	sem     chan struct{} // one token per running worker
 	idle    time.Duration
 
@@ -19,21 +19,56 @@ type pool struct {
 
 func newPool(max int, idle time.Duration) *pool {
 	return &pool{
-		handoff: make(chan func()),
-		backlog: make(chan func(), 64*max),
+		handoff: make(chan task),
+		backlog: make(chan task, 64*max),
 		sem:     make(chan struct{}, max),
 		idle:    idle,
 	}
 }
 
-// Schedule runs task on a worker without blocking the caller: an idle
+// Schedule runs fn on a worker, as schedule does a task.
+func (p *pool) Schedule(fn func()) { p.schedule(task{fn: fn}) }
+
+// task is a connection's read, write or close, or any function: a
+// connection's tasks are values, not closures bound to it, so an idle
+// connection holds none and scheduling one allocates nothing.
+type task struct {
+	c  *Conn
+	op taskOp
+	fn func() // when c is nil
+}
+
+type taskOp uint8
+
+const (
+	taskRead taskOp = iota
+	taskWrite
+	taskClose
+)
+
+func (t task) run() {
+	if t.c == nil {
+		t.fn()
+		return
+	}
+	switch t.op {
+	case taskRead:
+		t.c.read()
+	case taskWrite:
+		t.c.write()
+	case taskClose:
+		t.c.closeNow()
+	}
+}
+
+// schedule runs task on a worker without blocking the caller: an idle
 // worker takes it, or a new one up to max, or the backlog holds it for the
 // next free worker. When even the backlog is full it gets a goroutine of its
 // own (counted in overflow): callers hold locks while they queue frames, so
 // running the task inline could deadlock, and blocking would stall the epoll
 // loop. Each connection has at most one read and one write task outstanding,
 // which bounds the overflow.
-func (p *pool) Schedule(task func()) {
+func (p *pool) schedule(task task) {
 	select {
 	case p.handoff <- task:
 		return
@@ -49,15 +84,15 @@ func (p *pool) Schedule(task func()) {
 	case p.backlog <- task:
 	default:
 		p.overflow.Add(1)
-		go task()
+		go task.run()
 	}
 }
 
-func (p *pool) worker(task func()) {
+func (p *pool) worker(task task) {
 	timer := time.NewTimer(p.idle)
 	defer timer.Stop()
 	for {
-		task()
+		task.run()
 		timer.Reset(p.idle)
 		select {
 		case task = <-p.handoff:

@@ -63,17 +63,18 @@ func (c *Conn) read() {
 // readInto returns where the next read goes: after the unfinished frame
 // when there is one (never past its end), else into buf.
 func (c *Conn) readInto(buf []byte) []byte {
-	if c.in != nil {
-		return c.in[len(c.in):cap(c.in)]
+	if in := c.held(); in != nil {
+		return in[len(in):cap(in)]
 	}
 	return buf
 }
 
 // received handles n bytes just read into readInto(buf).
 func (c *Conn) received(buf []byte, n int) error {
-	if c.in != nil {
-		c.in = c.in[:len(c.in)+n]
-		return c.consume(c.in)
+	if in := c.held(); in != nil {
+		in = in[:len(in)+n]
+		c.rd.in = in
+		return c.consume(in)
 	}
 	return c.consume(buf[:n])
 }
@@ -108,16 +109,16 @@ func (c *Conn) consume(data []byte) error {
 // need bytes (the whole frame once its header is known), and times it.
 func (c *Conn) keep(rest []byte, need int) error {
 	if len(rest) == 0 {
-		c.in = nil
+		c.setHeld(nil)
 		c.inSince.Store(0)
 		return nil
 	}
-	if c.in != nil && cap(c.in) >= need {
-		c.in = c.in[:copy(c.in, rest)] // rest may sit inside c.in: copy moves it down
+	if in := c.held(); in != nil && cap(in) >= need {
+		c.setHeld(in[:copy(in, rest)]) // rest may sit inside in: copy moves it down
 	} else {
 		in := make([]byte, len(rest), need)
 		copy(in, rest)
-		c.in = in
+		c.setHeld(in)
 	}
 	c.inSince.CompareAndSwap(0, timeNow().UnixNano())
 	return nil
@@ -146,6 +147,58 @@ type header struct {
 	masked bool
 	length int64
 	mask   [4]byte
+}
+
+// partialInput is what a connection's reader holds between reads: the
+// start of a frame, a message of several fragments. Most connections never
+// need one, and none keeps one once it is done with them.
+type partialInput struct {
+	in     []byte // the start of a frame whose rest has not arrived
+	frag   []byte // message being reassembled from fragments
+	fragOp byte
+}
+
+func (c *Conn) held() []byte {
+	if c.rd == nil {
+		return nil
+	}
+	return c.rd.in
+}
+
+func (c *Conn) fragment() []byte {
+	if c.rd == nil {
+		return nil
+	}
+	return c.rd.frag
+}
+
+func (c *Conn) setHeld(in []byte) {
+	if in == nil && c.rd == nil {
+		return
+	}
+	if c.rd == nil {
+		c.rd = &partialInput{}
+	}
+	c.rd.in = in
+	c.tidy()
+}
+
+func (c *Conn) setFragment(frag []byte, op byte) {
+	if frag == nil && c.rd == nil {
+		return
+	}
+	if c.rd == nil {
+		c.rd = &partialInput{}
+	}
+	c.rd.frag, c.rd.fragOp = frag, op
+	c.tidy()
+}
+
+// tidy drops the partialInput once it holds nothing.
+func (c *Conn) tidy() {
+	if c.rd.in == nil && c.rd.frag == nil {
+		c.rd = nil
+	}
 }
 
 // parseHeader parses the frame header at the start of b. size is 0 when
@@ -207,17 +260,17 @@ func (c *Conn) check(h header) error {
 			return errControlFrame
 		}
 	case opText, opBinary:
-		if c.frag != nil {
+		if c.fragment() != nil {
 			return errFragmented
 		}
 		if h.length > int64(c.srv.cfg.MaxMessage) {
 			return errTooBig
 		}
 	case opContinuation:
-		if c.frag == nil {
+		if c.fragment() == nil {
 			return errContinuation
 		}
-		if int64(len(c.frag))+h.length > int64(c.srv.cfg.MaxMessage) {
+		if int64(len(c.fragment()))+h.length > int64(c.srv.cfg.MaxMessage) {
 			return errTooBig
 		}
 	default:
@@ -236,17 +289,17 @@ func (c *Conn) handle(h header, payload []byte) error {
 	case opClose:
 		return c.handleClose(payload)
 	case opContinuation:
-		c.frag = append(c.frag, payload...)
+		msg := append(c.fragment(), payload...)
+		op := c.rd.fragOp
 		if !h.fin {
+			c.setFragment(msg, op)
 			return nil
 		}
-		msg, op := c.frag, c.fragOp
-		c.frag = nil
+		c.setFragment(nil, 0)
 		return c.deliver(op, msg)
 	}
 	if !h.fin {
-		c.frag = append(make([]byte, 0, len(payload)), payload...)
-		c.fragOp = h.op
+		c.setFragment(append(make([]byte, 0, len(payload)), payload...), h.op)
 		return nil
 	}
 	return c.deliver(h.op, payload)

@@ -17,7 +17,7 @@ import (
 // Server accepts TCP connections, upgrades WebSocket requests and serves
 // the rest over net/http on the same port.
 //
-// Lock order: Server.mu before Conn.mu before the epoll's own lock.
+// Lock order: Conn.mu before Server.mu before the epoll's own lock.
 type Server struct {
 	cfg     Config
 	poll    *poller
@@ -30,7 +30,8 @@ type Server struct {
 	stats   counters
 
 	mu     sync.Mutex
-	conns  map[*Conn]struct{}
+	conns  []*Conn // by fd: fd numbers are dense, and a slot costs 8 bytes
+	live   int     // non-nil entries of conns
 	ln     net.Listener
 	closed bool
 	done   chan struct{}
@@ -46,7 +47,6 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		pool:    newPool(cfg.Workers, 10*time.Second),
 		limiter: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
-		conns:   make(map[*Conn]struct{}),
 		done:    make(chan struct{}),
 	}
 	poll, err := newPoller(func(err error) { cfg.Logger.Error("epoll wait failed", "err", err) })
@@ -183,7 +183,7 @@ func (s *Server) closePaced(ctx context.Context, conns []*Conn, code uint16, rea
 func (s *Server) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.conns)
+	return s.live
 }
 
 func (s *Server) snapshot() []*Conn {
@@ -193,9 +193,11 @@ func (s *Server) snapshot() []*Conn {
 }
 
 func (s *Server) snapshotLocked() []*Conn {
-	conns := make([]*Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
+	conns := make([]*Conn, 0, s.live)
+	for _, c := range s.conns {
+		if c != nil {
+			conns = append(conns, c)
+		}
 	}
 	return conns
 }
@@ -207,15 +209,22 @@ func (s *Server) register(c *Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	for c.fd >= len(s.conns) {
+		s.conns = append(s.conns, nil)
+	}
+	s.conns[c.fd] = c
+	s.live++
 	s.stats.connections.Add(1)
 	return true
 }
 
+// forget removes c; its caller holds c.mu and has not closed c.fd yet, so
+// the slot cannot belong to a new connection.
 func (s *Server) forget(c *Conn) {
 	s.mu.Lock()
-	if _, ok := s.conns[c]; ok {
-		delete(s.conns, c)
+	if c.fd >= 0 && c.fd < len(s.conns) && s.conns[c.fd] == c {
+		s.conns[c.fd] = nil
+		s.live--
 		s.stats.connections.Add(-1)
 	}
 	s.mu.Unlock()

@@ -204,13 +204,17 @@ func (s *Server) open(nc net.Conn, req *Request) {
 	}
 	c.mu.Lock()
 	c.reading = true // no input before Open
-	err = s.poll.add(fd, c.interestLocked(), c.event)
+	err = s.poll.add(fd, c.interestLocked(), c)
 	c.registered = err == nil
 	c.mu.Unlock()
 	if err != nil {
 		s.cfg.Logger.Error("registering connection with epoll", "err", err)
+		c.mu.Lock()
+		c.state = stateClosed
 		s.forget(c)
 		_ = closeFD(fd)
+		c.fd = -1
+		c.mu.Unlock()
 		return
 	}
 	s.stats.upgraded.Add(1)
