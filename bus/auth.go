@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	gws "github.com/gobwas/ws"
-
 	"github.com/wsbus/wsbus/ws"
 )
 
@@ -40,9 +38,7 @@ func (g *Gateway) Accept(r *ws.Request) error {
 	return nil
 }
 
-func reject(status int, reason string) error {
-	return gws.RejectConnectionError(gws.RejectionStatus(status), gws.RejectionReason(reason))
-}
+func reject(status int, reason string) error { return ws.Reject(status, reason) }
 
 // BearerToken returns the token of an "Authorization: Bearer" value.
 func BearerToken(header string) string {

@@ -3,29 +3,26 @@ package ws
 import (
 	"bytes"
 	"errors"
-	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/gobwas/ws"
 )
 
 // peekSize is enough of the request line to tell "GET /v1/ws" from
 // anything else.
 const peekSize = 64
 
-// handshake routes a new connection: an upgrade of cfg.Path is done here
-// with gobwas/ws, anything else goes to net/http.
+// handshake routes a new connection: an upgrade of cfg.Path is answered
+// here, anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
 	defer s.pending.Add(-1)
 	st := s.getState(nc)
+	defer s.putState(st)
 	err := s.upgrade(st)
 	switch {
 	case errors.Is(err, errNotWebSocket):
-		pc := &prefixConn{Conn: nc, prefix: append([]byte(nil), st.pc.prefix...), left: -1}
+		pc := &prefixConn{Conn: nc, prefix: append([]byte(nil), st.buf[:st.n]...)}
 		_ = nc.SetDeadline(zeroTime)
 		s.httpLn.push(pc)
 	case errors.Is(err, errRateLimited):
@@ -35,107 +32,96 @@ func (s *Server) handshake(nc net.Conn) {
 	case err != nil:
 		s.stats.handshakeErrors.Add(1)
 		s.cfg.Logger.Debug("upgrade refused", "remote", nc.RemoteAddr(), "err", err)
-		if errors.Is(err, errHandshakeTooLarge) {
+		switch {
+		case errors.Is(err, errHandshakeTooLarge):
 			_, _ = nc.Write(response431)
+		case errors.Is(err, errHandshakeIO):
+		default:
+			_, _ = nc.Write(refusal(err))
 		}
 		_ = nc.Close()
 	default:
 		_ = nc.SetDeadline(zeroTime)
-		s.open(nc, &st.req)
+		s.open(nc, &st.req, st.buf[st.head:st.n])
 	}
-	s.putState(st)
 }
 
-// upgradeState is the pooled state of one handshake: the upgrader's
-// callbacks are bound to it once, so an upgrade allocates nothing.
+// upgradeState is the pooled state of one handshake: the request is read
+// and parsed in buf, and the answer built in out.
 type upgradeState struct {
+	conn net.Conn
 	req  Request
-	pc   prefixConn
-	u    ws.Upgrader
-	head [peekSize]byte
-	// Backing arrays of the Request's byte fields.
-	uri, host, origin, auth []byte
-}
-
-var errNotWebSocket = errors.New("ws: not a WebSocket upgrade of the endpoint")
-var errRateLimited = errors.New("ws: upgrade rate limit")
-
-func (s *Server) newState() *upgradeState {
-	st := &upgradeState{}
-	st.u = ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			st.uri = append(st.uri[:0], uri...)
-			st.req.URI = st.uri
-			return nil
-		},
-		OnHost: func(host []byte) error {
-			st.host = append(st.host[:0], host...)
-			st.req.Host = st.host
-			return nil
-		},
-		OnHeader: func(key, value []byte) error {
-			switch {
-			case bytes.EqualFold(key, headerOrigin):
-				st.origin = append(st.origin[:0], value...)
-				st.req.Origin = st.origin
-			case bytes.EqualFold(key, headerAuthorization):
-				st.auth = append(st.auth[:0], value...)
-				st.req.Authorization = st.auth
-			}
-			return nil
-		},
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
-				s.stats.refused.Add(1)
-				return nil, rejectFull
-			}
-			return nil, s.cfg.Handler.Accept(&st.req)
-		},
-	}
-	return st
+	buf  []byte // Config.MaxHandshakeBytes
+	n    int    // bytes read into buf
+	head int    // length of the request head; buf[head:n] came after it
+	out  []byte
 }
 
 var (
-	headerOrigin        = []byte("Origin")
-	headerAuthorization = []byte("Authorization")
-	rejectFull          = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable),
-		ws.RejectionReason("connection limit reached; retry another node"),
-		ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")))
+	errNotWebSocket = errors.New("ws: not a WebSocket upgrade of the endpoint")
+	errRateLimited  = errors.New("ws: upgrade rate limit")
+	errHandshakeIO  = errors.New("ws: connection failed during the handshake")
 )
 
 func (s *Server) getState(nc net.Conn) *upgradeState {
 	st, _ := s.states.Get().(*upgradeState)
 	if st == nil {
-		st = s.newState()
+		st = &upgradeState{buf: make([]byte, s.cfg.MaxHandshakeBytes), out: make([]byte, 0, 160)}
 	}
 	st.req.RemoteAddr = nc.RemoteAddr()
-	st.pc.Conn = nc
+	st.conn = nc
 	return st
 }
 
 func (s *Server) putState(st *upgradeState) {
 	st.req = Request{}
-	st.pc = prefixConn{}
+	st.conn = nil
+	st.n, st.head = 0, 0
 	s.states.Put(st)
 }
 
-// upgrade reads the start of the request and, for a GET of the endpoint,
-// answers the WebSocket handshake.
+// upgrade reads the request and, for a GET of the endpoint, answers the
+// WebSocket handshake. Refusals are answered by the caller.
 func (s *Server) upgrade(st *upgradeState) error {
+	nc := st.conn
 	deadline := timeNow().Add(s.cfg.HandshakeTimeout)
-	_ = st.pc.Conn.SetDeadline(deadline)
-	n, isWS := s.peek(st.pc.Conn, st.head[:])
-	st.pc.prefix, st.pc.left = st.head[:n], s.cfg.MaxHandshakeBytes
+	_ = nc.SetDeadline(deadline)
+	n, isWS := s.peek(nc, st.buf[:min(peekSize, len(st.buf))])
+	st.n = n
 	switch {
 	case n == 0:
-		return io.ErrUnexpectedEOF
+		return errHandshakeIO
 	case !isWS:
 		return errNotWebSocket
 	case !s.admit(deadline):
 		return errRateLimited
 	}
-	_, err := st.u.Upgrade(&st.pc)
-	return err
+	for st.head = headerEnd(st.buf[:st.n]); st.head < 0; st.head = headerEnd(st.buf[:st.n]) {
+		if st.n == len(st.buf) {
+			return errHandshakeTooLarge
+		}
+		m, err := nc.Read(st.buf[st.n:])
+		if m == 0 && err != nil {
+			return errHandshakeIO
+		}
+		st.n += m
+	}
+	key, err := parseHandshake(st.buf[:st.head], &st.req)
+	if err != nil {
+		return err
+	}
+	if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
+		s.stats.refused.Add(1)
+		return rejectFull
+	}
+	if err := s.cfg.Handler.Accept(&st.req); err != nil {
+		return err
+	}
+	st.out = appendAccept(st.out[:0], key)
+	if _, err := nc.Write(st.out); err != nil {
+		return errHandshakeIO
+	}
+	return nil
 }
 
 // admit waits for the upgrade rate limiter, refusing when the wait would
@@ -189,7 +175,7 @@ func (s *Server) peek(nc net.Conn, buf []byte) (int, bool) {
 // fd. It is registered before Handler.Open, which may send more than the
 // socket takes at once (a replay of history), but its input waits until
 // Open has returned.
-func (s *Server) open(nc net.Conn, req *Request) {
+func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	fd, err := detachFD(nc)
 	if err != nil {
 		s.cfg.Logger.Error("taking the socket of an upgraded connection", "err", err)
@@ -219,6 +205,13 @@ func (s *Server) open(nc net.Conn, req *Request) {
 	}
 	s.stats.upgraded.Add(1)
 	s.cfg.Handler.Open(c, req)
+	if len(early) > 0 {
+		// Frames the client sent right behind its request.
+		if err := c.consume(early); err != nil {
+			c.fail(err)
+			return
+		}
+	}
 	c.mu.Lock()
 	c.reading = false
 	c.armLocked()
@@ -226,33 +219,19 @@ func (s *Server) open(nc net.Conn, req *Request) {
 }
 
 // prefixConn replays the bytes peeked from a connection before reading
-// on, and fails once left bytes were read (left < 0: no limit), since
-// gobwas/ws reads header lines of any length.
+// on: net/http gets a request that is not an upgrade whole.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
-	left   int
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
-	if c.left == 0 {
-		return 0, errHandshakeTooLarge
-	}
-	if c.left > 0 && len(p) > c.left {
-		p = p[:c.left]
-	}
-	var n int
-	var err error
 	if len(c.prefix) > 0 {
-		n = copy(p, c.prefix)
+		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
-	} else {
-		n, err = c.Conn.Read(p)
+		return n, nil
 	}
-	if c.left > 0 {
-		c.left -= n
-	}
-	return n, err
+	return c.Conn.Read(p)
 }
 
 // handoffListener feeds non-WebSocket connections to net/http.
