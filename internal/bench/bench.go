@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -145,6 +146,9 @@ type Comparison struct {
 // Run measures the gateway at cfg.URL, then each of cfg.Baselines started
 // with cfg.BaselineArgs, with the same phases.
 func Run(ctx context.Context, cfg Config) (*Comparison, error) {
+	if cfg.Storm > 0 && cfg.Mix == "shared" && cfg.Broadcasts == 0 {
+		return nil, errors.New("bench: the resume storm needs broadcasts first: clients resume from the last event they received")
+	}
 	cmp := &Comparison{}
 	progress(cfg, "measuring the gateway at %s", cfg.URL)
 	res, err := measure(ctx, cfg, cfg.URL, "wsbus", true)
@@ -245,7 +249,7 @@ func measure(ctx context.Context, cfg Config, url, server string, canResume bool
 	}()
 	for i := 0; i*cfg.PerWorker < cfg.Conns; i++ {
 		share := topics[i*cfg.PerWorker : min((i+1)*cfg.PerWorker, cfg.Conns)]
-		w, err := startWorker(cfg, Job{URL: url, Source: sourceIP(i), Topics: share})
+		w, err := startWorker(cfg, Job{URL: url, Sources: sourceIPs(i, len(share)), Topics: share})
 		if err != nil {
 			return nil, err
 		}
@@ -484,10 +488,19 @@ func assignTopics(n int, mix string, topics int) []string {
 	return out
 }
 
-// sourceIP gives worker i its own loopback source address, so no single
-// address runs out of ephemeral ports.
-func sourceIP(i int) string {
-	return fmt.Sprintf("127.%d.%d.%d", 1+i/62500, (i/250)%250, 1+i%250)
+// perSource is how many connections dial from one source address: the
+// kernel finds a free ephemeral port quickly only while few are taken.
+const perSource = 1000
+
+// sourceIPs gives worker i loopback source addresses of its own, one per
+// perSource of its n connections.
+func sourceIPs(i, n int) []string {
+	var out []string
+	for k := range (n + perSource - 1) / perSource {
+		j := i*64 + k // a worker holds at most 64,000 connections
+		out = append(out, fmt.Sprintf("127.%d.%d.%d", 1+j/62500, (j/250)%250, 1+j%250))
+	}
+	return out
 }
 
 func startWorker(cfg Config, job Job) (*workerProc, error) {

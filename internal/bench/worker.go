@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -20,9 +21,9 @@ import (
 
 // Job is one worker's share of the connections.
 type Job struct {
-	URL    string   `json:"url"`    // WebSocket URL without query
-	Source string   `json:"source"` // local IP to dial from
-	Topics []string `json:"topics"` // the topic of each connection
+	URL     string   `json:"url"`     // WebSocket URL without query
+	Sources []string `json:"sources"` // local IPs to dial from, in turn
+	Topics  []string `json:"topics"`  // the topic of each connection
 }
 
 // Report is what a worker tells the parent.
@@ -59,17 +60,18 @@ const (
 
 // wconn is one client connection and its resume cursor.
 type wconn struct {
-	topic string
-	conn  net.Conn
-	mu    sync.Mutex
-	last  streams.ID // newest event ID received
-	epoch string
+	topic  string
+	dialer *ws.Dialer
+	conn   net.Conn
+	mu     sync.Mutex
+	last   streams.ID // newest event ID received
+	epoch  string
 }
 
 type worker struct {
-	job    Job
-	dialer ws.Dialer
-	conns  []*wconn
+	job     Job
+	dialers []ws.Dialer // one per source address
+	conns   []*wconn
 
 	mu       sync.Mutex
 	report   Report
@@ -91,13 +93,15 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	if err := json.Unmarshal(sc.Bytes(), &w.job); err != nil {
 		return fmt.Errorf("bench worker: decoding job: %w", err)
 	}
-	local := &net.TCPAddr{IP: net.ParseIP(w.job.Source)}
-	w.dialer = ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
-		return d.DialContext(ctx, network, addr)
-	}}
-	for _, t := range w.job.Topics {
-		w.conns = append(w.conns, &wconn{topic: t})
+	for _, src := range w.job.Sources {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second, Control: bindAddressNoPort}
+		w.dialers = append(w.dialers, ws.Dialer{NetDial: d.DialContext})
+	}
+	if len(w.dialers) == 0 {
+		return fmt.Errorf("bench worker: no source address")
+	}
+	for i, t := range w.job.Topics {
+		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)]})
 	}
 	enc := json.NewEncoder(out)
 	w.connectAll(false)
@@ -133,6 +137,23 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		}
 	}
 	return sc.Err()
+}
+
+// ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT.
+const ipBindAddressNoPort = 24
+
+// bindAddressNoPort lets connect, not bind, choose the source port: bind
+// to an address with port 0 searches every port in use on it, which made
+// dialing tens of thousands of connections from one address take seconds
+// of kernel time.
+func bindAddressNoPort(_, _ string, rc syscall.RawConn) error {
+	var err error
+	if cerr := rc.Control(func(fd uintptr) {
+		err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	}); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // reset closes every connection with a TCP reset: tens of thousands of
@@ -192,7 +213,7 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	wc.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, br, _, err := w.dialer.Dial(ctx, target)
+	conn, br, _, err := wc.dialer.Dial(ctx, target)
 	if err != nil {
 		return false, err
 	}
