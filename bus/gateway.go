@@ -84,6 +84,7 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 type Gateway struct {
 	cfg      GatewayConfig
 	hist     *streams.History
+	reads    *coalescer
 	expiries *expiries
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -118,6 +119,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	g := &Gateway{
 		cfg:      cfg,
 		hist:     streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
+		reads:    newCoalescer(),
 		ctx:      ctx,
 		cancel:   cancel,
 		topics:   make(map[string]*topic),

@@ -68,48 +68,76 @@ func (g *Gateway) waitReady(t *topic) bool {
 }
 
 // sendHistory sends subscribed and the events after the cursor; it sets
-// s.last (s is not live yet, so no one else reads it).
+// s.last (s is not live yet, so no one else reads it). Concurrent
+// subscriptions from the same cursor share one read (see coalescer).
 func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool {
-	if m.Since == nil {
-		epoch, head, err := g.hist.Head(g.ctx, m.Topic)
-		if err != nil {
-			g.cfg.Logger.Warn("reading topic head", "topic", m.Topic, "err", err)
-			return false
-		}
-		s.last = head
-		_ = c.Send(ws.TextFrame(appendSubscribed(nil, m.Topic, true, epoch)))
-		return true
+	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
+	if !key.head {
+		key.since = *m.Since
+		g.stats.resumes.Add(1)
 	}
-	g.stats.resumes.Add(1)
-	r, err := g.hist.Resume(g.ctx, m.Topic, *m.Since, m.Epoch, g.cfg.HistoryPage)
-	if err != nil {
-		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
+	h := g.reads.do(key, func() history { return g.readHistory(key) })
+	if h.err != nil {
+		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
 		return false
 	}
-	if !r.Recovered {
+	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
 	}
-	_ = c.Send(ws.TextFrame(appendSubscribed(nil, m.Topic, r.Recovered, r.Epoch)))
-	if r.Recovered {
-		s.last, _ = streams.ParseID(*m.Since)
+	_ = c.Send(h.subscribed)
+	if h.recovered && !key.head {
+		s.last, _ = streams.ParseID(key.since)
 	} // else the cursor is not trusted: every event sent or held is new to it
-	events, more := r.Events, r.More
-	for {
-		for _, e := range events {
-			s.last = streams.MustParseID(e.ID)
-			if c.SendWait(eventFrame(m.Topic, e)) != nil {
-				return true // closed: Closed cleans up
-			}
+	if key.head {
+		s.last = h.last
+	}
+	for i, f := range h.frames {
+		s.last = h.ids[i]
+		if c.SendWait(f) != nil {
+			return true // closed: Closed cleans up
 		}
-		if !more {
-			return true
-		}
-		if events, err = g.hist.Range(g.ctx, m.Topic, s.last, g.cfg.HistoryPage); err != nil {
+	}
+	for more := h.more; more; {
+		events, err := g.hist.Range(g.ctx, m.Topic, s.last, g.cfg.HistoryPage)
+		if err != nil {
 			g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
 			return false
 		}
+		for _, e := range events {
+			s.last = streams.MustParseID(e.ID)
+			if c.SendWait(eventFrame(m.Topic, e)) != nil {
+				return true
+			}
+		}
 		more = len(events) == g.cfg.HistoryPage
 	}
+	return true
+}
+
+// readHistory reads what a subscription with key is sent first: the head
+// of the topic, or the first page after the cursor, encoded.
+func (g *Gateway) readHistory(key readKey) history {
+	if key.head {
+		epoch, head, err := g.hist.Head(g.ctx, key.topic)
+		return history{err: err, last: head, recovered: true,
+			subscribed: ws.TextFrame(appendSubscribed(nil, key.topic, true, epoch))}
+	}
+	r, err := g.hist.Resume(g.ctx, key.topic, key.since, key.epoch, g.cfg.HistoryPage)
+	if err != nil {
+		return history{err: err}
+	}
+	h := history{
+		subscribed: ws.TextFrame(appendSubscribed(nil, key.topic, r.Recovered, r.Epoch)),
+		recovered:  r.Recovered,
+		more:       r.More,
+		frames:     make([][]byte, len(r.Events)),
+		ids:        make([]streams.ID, len(r.Events)),
+	}
+	for i, e := range r.Events {
+		h.frames[i] = eventFrame(key.topic, e)
+		h.ids[i] = streams.MustParseID(e.ID)
+	}
+	return h
 }
 
 // goLive sends the live events held while history was sent, dropping those

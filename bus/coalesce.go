@@ -1,0 +1,78 @@
+package bus
+
+import (
+	"sync"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// When thousands of clients reconnect at once they mostly resume the same
+// topics from the same cursor. Their history reads are coalesced: at most
+// one read per (topic, cursor, epoch) is in flight, and every request that
+// arrives meanwhile waits for the next read, which then serves them all. A
+// request never joins a read that started before it, so a subscriber's
+// read always begins after its subscription to the live channel, which is
+// what makes history + live gap-free (see subscribe). The answer is
+// encoded once: every subscriber is sent the same frames.
+
+// readKey identifies reads that can be shared.
+type readKey struct {
+	topic, since, epoch string
+	head                bool // Head (no cursor) rather than Resume
+}
+
+// history is one read's answer, ready to send.
+type history struct {
+	err        error
+	subscribed []byte       // the "subscribed" frame
+	frames     [][]byte     // event frames, oldest first
+	ids        []streams.ID // their IDs
+	last       streams.ID   // cursor after the read (the head, for a Head)
+	recovered  bool
+	more       bool // a full page: read on with Range from last
+}
+
+type flight struct {
+	done chan struct{}
+	h    history
+}
+
+// coalescer runs shared reads.
+type coalescer struct {
+	mu      sync.Mutex
+	running map[readKey]*flight // started: too late to join
+	waiting map[readKey]*flight // starts when the running one ends: join it
+}
+
+func newCoalescer() *coalescer {
+	return &coalescer{running: map[readKey]*flight{}, waiting: map[readKey]*flight{}}
+}
+
+// do returns the answer of a read of key that started after do was called.
+func (co *coalescer) do(key readKey, read func() history) history {
+	co.mu.Lock()
+	if f, ok := co.waiting[key]; ok {
+		co.mu.Unlock()
+		<-f.done
+		return f.h
+	}
+	f := &flight{done: make(chan struct{})}
+	if prev, busy := co.running[key]; busy {
+		co.waiting[key] = f
+		co.mu.Unlock()
+		<-prev.done
+		co.mu.Lock()
+		delete(co.waiting, key)
+	}
+	co.running[key] = f
+	co.mu.Unlock()
+
+	f.h = read()
+	co.mu.Lock()
+	if co.running[key] == f {
+		delete(co.running, key)
+	}
+	co.mu.Unlock()
+	close(f.done)
+	return f.h
+}
