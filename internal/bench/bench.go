@@ -347,15 +347,15 @@ func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribe
 }
 
 // unicast publishes cfg.UnicastRate events a second, round robin over the
-// connections' own topics, in pipelined batches every 10 ms, and gathers
-// the delay of each receipt.
+// connections' own topics, spread evenly: what is due is published every
+// millisecond (pipelined), and gathers the delay of each receipt.
 func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, error) {
 	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
 	if err != nil {
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, "own", 0)
-	const step = 10 * time.Millisecond
+	const step = time.Millisecond
 	u := &Unicast{Rate: cfg.UnicastRate, For: cfg.UnicastFor}
 	start := time.Now()
 	next := 0
