@@ -28,7 +28,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	baselineServer := fs.String("baseline-server", "", "serve a baseline (naive or floor) on --listen instead of running a bench; the bench starts these itself")
 	listen := fs.String("listen", "127.0.0.1:0", "with --baseline-server: address to listen on")
 	baselines := fs.String("baselines", "naive,floor", "baselines to measure after the gateway, with the same phases (empty: none); they need the gateway's bus on a single Redis")
-	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket endpoint of the gateway under test (start it with a high --upgrade-rate)")
+	var urls stringList
+	fs.Var(&urls, "url", "WebSocket endpoint of the gateway under test (start it with a high --upgrade-rate); repeat it, or separate with commas, to spread the connections over several gateways of one bus (default ws://127.0.0.1:8080/v1/ws)")
 	conns := fs.Int("conns", 1000, "connections to open")
 	perWorker := fs.Int("per-worker", 18000, "connections per client process (the fd limit is 20,000 per process)")
 	mix := fs.String("mix", "shared", "topic mix: shared (one topic), own (one each) or zipf")
@@ -53,6 +54,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return errUsage
 		}
 	}
+	gateways := urls.split()
+	if len(gateways) == 0 {
+		gateways = []string{"ws://127.0.0.1:8080/v1/ws"}
+	}
 	rdb, err := c.client(0)
 	if err != nil {
 		return err
@@ -66,7 +71,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	res, err := bench.Run(context.Background(), bench.Config{
-		URL: *url, Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
+		URL: gateways[0], MoreURLs: gateways[1:], Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
 		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
 		UnicastRate: *unicastRate, UnicastFor: *unicastFor,
@@ -111,6 +116,9 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 		head += "wsbus/" + r.Server + "\t"
 	}
 	fmt.Fprintln(tw, head)
+	if gw.Gateways > 1 {
+		fmt.Fprintf(tw, "gateways\t%d\t\n", gw.Gateways)
+	}
 	row := func(name, ratio string, value func(*bench.Result) string) {
 		line := name + "\t"
 		for _, r := range cmp.Results {

@@ -26,6 +26,10 @@ import (
 type Config struct {
 	// URL is the gateway's WebSocket endpoint, e.g. ws://127.0.0.1:8080/v1/ws.
 	URL string
+	// More gateways of the same bus: connections are spread over URL and
+	// these, one worker process or more each, and the idle cost is summed
+	// over all of them. Baselines are measured for one gateway only.
+	MoreURLs []string
 	// Redis and Keys are the bus the gateway serves; bench XADDs to it.
 	Redis redis.UniversalClient
 	Keys  streams.Keys
@@ -64,6 +68,7 @@ type Config struct {
 // Result is what a run measured.
 type Result struct {
 	Server      string  `json:"server"` // wsbus, naive or floor
+	Gateways    int     `json:"gateways"`
 	Conns       int     `json:"conns"`
 	Workers     int     `json:"workers"`
 	Mix         string  `json:"mix"`
@@ -150,12 +155,17 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 		return nil, errors.New("bench: the resume storm needs broadcasts first: clients resume from the last event they received")
 	}
 	cmp := &Comparison{}
-	progress(cfg, "measuring the gateway at %s", cfg.URL)
-	res, err := measure(ctx, cfg, cfg.URL, "wsbus", true)
+	urls := append([]string{cfg.URL}, cfg.MoreURLs...)
+	progress(cfg, "measuring the gateway at %s", strings.Join(urls, ", "))
+	res, err := measure(ctx, cfg, urls, "wsbus", true)
 	if err != nil {
 		return nil, err
 	}
 	cmp.Results = append(cmp.Results, res)
+	if len(urls) > 1 && len(cfg.Baselines) > 0 {
+		progress(cfg, "baselines skipped: they are measured against a single gateway")
+		return cmp, nil
+	}
 	for _, kind := range cfg.Baselines {
 		res, err := measureBaseline(ctx, cfg, kind)
 		if err != nil {
@@ -195,7 +205,7 @@ func measureBaseline(ctx context.Context, cfg Config, kind string) (*Result, err
 	}
 	url := "ws://" + sc.Text() + "/v1/ws"
 	progress(cfg, "measuring the %s baseline at %s", kind, url)
-	return measure(ctx, cfg, url, kind, kind == Naive)
+	return measure(ctx, cfg, []string{url}, kind, kind == Naive)
 }
 
 // ratios divides the gateway's figures by a baseline's.
@@ -223,18 +233,23 @@ func ratios(gw, base *Result) map[string]float64 {
 	return r
 }
 
-// measure opens the connections to url, measures the idle server, then
-// runs the phases cfg asks for (the storm only when canResume).
-func measure(ctx context.Context, cfg Config, url, server string, canResume bool) (*Result, error) {
+// measure opens the connections to the servers at urls, measures them
+// idle, then runs the phases cfg asks for (the storm only when canResume).
+func measure(ctx context.Context, cfg Config, urls []string, server string, canResume bool) (*Result, error) {
 	if cfg.PerWorker <= 0 {
 		cfg.PerWorker = 18000
 	}
-	metricsURL, err := metricsURL(url)
-	if err != nil {
-		return nil, err
+	var metricsURLs []string
+	for _, u := range urls {
+		m, err := metricsURL(u)
+		if err != nil {
+			return nil, err
+		}
+		metricsURLs = append(metricsURLs, m)
 	}
-	res := &Result{Server: server, Conns: cfg.Conns, Mix: cfg.Mix}
-	if res.Baseline, err = scrape(metricsURL); err != nil {
+	res := &Result{Server: server, Gateways: len(urls), Conns: cfg.Conns, Mix: cfg.Mix}
+	var err error
+	if res.Baseline, err = scrapeAll(metricsURLs); err != nil {
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, cfg.Mix, cfg.Topics)
@@ -247,9 +262,12 @@ func measure(ctx context.Context, cfg Config, url, server string, canResume bool
 			_ = w.cmd.Wait()
 		}
 	}()
-	for i := 0; i*cfg.PerWorker < cfg.Conns; i++ {
-		share := topics[i*cfg.PerWorker : min((i+1)*cfg.PerWorker, cfg.Conns)]
-		w, err := startWorker(cfg, Job{URL: url, Sources: sourceIPs(i, len(share)), Topics: share})
+	// Every server gets a worker or more; each worker an equal share.
+	n := max((cfg.Conns+cfg.PerWorker-1)/cfg.PerWorker, len(urls))
+	n = (n + len(urls) - 1) / len(urls) * len(urls)
+	for i := range n {
+		share := topics[i*cfg.Conns/n : (i+1)*cfg.Conns/n]
+		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share})
 		if err != nil {
 			return nil, err
 		}
@@ -266,14 +284,14 @@ func measure(ctx context.Context, cfg Config, url, server string, canResume bool
 	res.UpgradesSec = float64(cfg.Conns-res.Failed) / time.Since(start).Seconds()
 	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, time.Since(start).Round(time.Millisecond), cfg.Settle)
 	time.Sleep(cfg.Settle)
-	if res.Loaded, err = scrape(metricsURL); err != nil {
+	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {
 		return nil, err
 	}
-	n := float64(cfg.Conns - res.Failed)
-	res.PerConn.RSSBytes = (res.Loaded.RSS - res.Baseline.RSS) / n
-	res.PerConn.HeapBytes = (res.Loaded.Heap - res.Baseline.Heap) / n
-	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / n
-	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / n
+	open := float64(cfg.Conns - res.Failed)
+	res.PerConn.RSSBytes = (res.Loaded.RSS - res.Baseline.RSS) / open
+	res.PerConn.HeapBytes = (res.Loaded.Heap - res.Baseline.Heap) / open
+	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / open
+	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / open
 	progress(cfg, "idle: %.0f B RSS, %.0f B heap, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.Goroutines, res.PerConn.FDs)
 	if cfg.Broadcasts > 0 && cfg.Mix == "shared" {
 		if res.Broadcast, err = broadcast(ctx, cfg, workers, int64(cfg.Conns-res.Failed)); err != nil {
@@ -559,6 +577,23 @@ func metricsURL(wsURL string) (string, error) {
 		scheme = "https"
 	}
 	return scheme + "://" + u.Host + "/metrics", nil
+}
+
+// scrapeAll sums the metrics of several servers.
+func scrapeAll(urls []string) (Metrics, error) {
+	var sum Metrics
+	for _, u := range urls {
+		m, err := scrape(u)
+		if err != nil {
+			return Metrics{}, err
+		}
+		sum.RSS += m.RSS
+		sum.Heap += m.Heap
+		sum.HeapObjs += m.HeapObjs
+		sum.Goroutines += m.Goroutines
+		sum.FDs += m.FDs
+	}
+	return sum, nil
 }
 
 // scrape reads the gateway's process and Go metrics.

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The issue-3 fleet run: GATEWAYS (6) gateway processes on one fresh Redis,
+# CONNS (100000) connections spread over them from worker processes, one
+# broadcast topic. Usage: bash internal/bench/fleet.sh [wsbus bench flags]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+conns="${CONNS:-100000}"
+gateways="${GATEWAYS:-6}"
+dir=$(mktemp -d)
+port=$((20000 + RANDOM % 10000))
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+urls=()
+for i in $(seq 1 "$gateways"); do
+  gw=$((port + i))
+  ./bin/wsbus serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
+    --upgrade-rate 100000 --upgrade-burst 10000 --log-level warn &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
+  urls+=("ws://127.0.0.1:$gw/v1/ws")
+done
+sleep 3 # let the partitions settle over the fleet
+./bin/wsbus status --redis "redis://127.0.0.1:$port/0" | sed -n "1,$((gateways + 3))p"
+./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "$(IFS=,; echo "${urls[*]}")" \
+  --conns "$conns" --settle 20s --broadcasts 10 --gap 1s --storm 0 "$@"
