@@ -15,4 +15,4 @@ cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli 
 trap cleanup EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
-  --conns "$conns" --settle 12s --broadcasts 20 --gap 200ms "$@"
+  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms "$@"

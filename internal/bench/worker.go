@@ -2,12 +2,16 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,6 +66,7 @@ const (
 type wconn struct {
 	topic  string
 	dialer *ws.Dialer
+	shard  *shard
 	conn   net.Conn
 	mu     sync.Mutex
 	last   streams.ID // newest event ID received
@@ -75,9 +80,19 @@ type worker struct {
 
 	mu       sync.Mutex
 	report   Report
+	shards   [64]shard // receipts, recorded by connection i in shards[i%64]
 	received atomic.Uint64
 	since    atomic.Uint64 // events received after the last resume
 	dups     atomic.Uint64
+}
+
+// shard is a part of the receipts: connections record into different
+// shards so their readers do not all contend for one lock.
+type shard struct {
+	mu      sync.Mutex
+	all     Histogram
+	unicast Histogram
+	last    map[int64]uint64
 }
 
 // RunWorker serves one Job read from in, answering the commands "report",
@@ -101,7 +116,7 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		return fmt.Errorf("bench worker: no source address")
 	}
 	for i, t := range w.job.Topics {
-		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)]})
+		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)]})
 	}
 	enc := json.NewEncoder(out)
 	w.connectAll(false)
@@ -112,6 +127,17 @@ func RunWorker(in io.Reader, out io.Writer) error {
 			w.report.Received = w.received.Load()
 			w.report.SinceResume = w.since.Load()
 			w.report.Duplicates = w.dups.Load()
+			w.report.All, w.report.Unicast, w.report.Last = Histogram{}, Histogram{}, map[int64]uint64{}
+			for i := range w.shards {
+				sh := &w.shards[i]
+				sh.mu.Lock()
+				w.report.All.Merge(sh.all)
+				w.report.Unicast.Merge(sh.unicast)
+				for k, us := range sh.last {
+					w.report.Last[k] = max(w.report.Last[k], us)
+				}
+				sh.mu.Unlock()
+			}
 			err := enc.Encode(&w.report)
 			w.mu.Unlock()
 			if err != nil {
@@ -217,14 +243,13 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	var r io.Reader = conn
-	if br != nil {
-		r = br
+	if br == nil {
+		br = bufio.NewReaderSize(conn, 1024)
 	}
 	rw := struct {
 		io.Reader
 		io.Writer
-	}{r, conn}
+	}{br, conn}
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	first, err := wsutil.ReadServerText(rw)
 	if err != nil {
@@ -244,28 +269,41 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	wc.mu.Lock()
 	wc.conn, wc.epoch = conn, m.Epoch
 	wc.mu.Unlock()
-	go w.read(wc, rw, resume)
+	go w.read(wc, br, conn, resume)
 	return m.Recovered, nil
 }
 
 // read records every event's delay from XADD to receipt, and checks IDs
-// only ever grow on the connection's cursor.
-func (w *worker) read(wc *wconn, rw io.ReadWriter, resumed bool) {
-	var m struct {
-		Type string
-		ID   string
-		Data eventData
-	}
+// only ever grow on the connection's cursor. It reads frames itself and
+// picks the fields out of the event without a JSON decoder: the client is
+// the same for every server measured, and the cheaper it is the more the
+// measurement is of the server.
+func (w *worker) read(wc *wconn, br *bufio.Reader, conn net.Conn, resumed bool) {
+	var payload []byte
 	for {
-		b, err := wsutil.ReadServerText(rw)
+		op, p, err := readServerFrame(br, payload[:0])
 		if err != nil {
 			return
 		}
-		now := time.Now().UnixNano()
-		if json.Unmarshal(b, &m) != nil || m.Type != "event" {
+		payload = p
+		switch op {
+		case ws.OpPing:
+			if ws.WriteFrame(conn, ws.MaskFrame(ws.NewPongFrame(p))) != nil {
+				return
+			}
+			continue
+		case ws.OpClose:
+			return
+		case ws.OpText:
+		default:
 			continue
 		}
-		if id, err := streams.ParseID(m.ID); err == nil {
+		now := time.Now().UnixNano()
+		idText, t, k, ok := parseEvent(p)
+		if !ok {
+			continue
+		}
+		if id, err := streams.ParseID(idText); err == nil {
 			wc.mu.Lock()
 			if !wc.last.Less(id) {
 				w.dups.Add(1)
@@ -274,23 +312,81 @@ func (w *worker) read(wc *wconn, rw io.ReadWriter, resumed bool) {
 			}
 			wc.mu.Unlock()
 		}
-		d := time.Duration(now - m.Data.T)
+		d := time.Duration(now - t)
 		w.received.Add(1)
 		if resumed {
 			w.since.Add(1)
 		}
-		w.mu.Lock()
-		switch m.Data.K {
+		sh := wc.shard
+		sh.mu.Lock()
+		switch k {
 		case kindUnicast:
-			w.report.Unicast.Record(d)
+			sh.unicast.Record(d)
 		case kindStorm:
 		default:
-			w.report.All.Record(d)
+			sh.all.Record(d)
 		}
-		if m.Data.K >= 0 {
+		if k >= 0 {
+			if sh.last == nil {
+				sh.last = map[int64]uint64{}
+			}
 			us := uint64(max(d.Microseconds(), 0))
-			w.report.Last[m.Data.K] = max(w.report.Last[m.Data.K], us)
+			sh.last[k] = max(sh.last[k], us)
 		}
-		w.mu.Unlock()
+		sh.mu.Unlock()
 	}
+}
+
+// readServerFrame reads one unmasked frame, its payload into buf.
+func readServerFrame(br *bufio.Reader, buf []byte) (ws.OpCode, []byte, error) {
+	var head [2]byte
+	if _, err := io.ReadFull(br, head[:]); err != nil {
+		return 0, nil, err
+	}
+	n := uint64(head[1] & 0x7f)
+	switch n {
+	case 126:
+		var ext [2]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, nil, err
+		}
+		n = uint64(binary.BigEndian.Uint16(ext[:]))
+	case 127:
+		var ext [8]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(ext[:])
+	}
+	if n > 64<<20 {
+		return 0, nil, fmt.Errorf("bench: a %d-byte frame", n)
+	}
+	buf = slices.Grow(buf[:0], int(n))[:n]
+	if _, err := io.ReadFull(br, buf); err != nil {
+		return 0, nil, err
+	}
+	return ws.OpCode(head[0] & 0x0f), buf, nil
+}
+
+// parseEvent picks the ID and the bench's own data, {"t":...,"k":...},
+// out of an event message; ok is false for anything else.
+func parseEvent(b []byte) (id string, t, k int64, ok bool) {
+	rest, found := bytes.CutPrefix(b, []byte(`{"type":"event","id":"`))
+	if !found {
+		return "", 0, 0, false
+	}
+	i := bytes.IndexByte(rest, '"')
+	if i < 0 {
+		return "", 0, 0, false
+	}
+	id = string(rest[:i])
+	_, data, found := bytes.Cut(rest[i:], []byte(`"data":{"t":`))
+	if !found {
+		return "", 0, 0, false
+	}
+	ts, data, _ := bytes.Cut(data, []byte(`,"k":`))
+	ks, _, _ := bytes.Cut(data, []byte(`}`))
+	t, err1 := strconv.ParseInt(string(ts), 10, 64)
+	k, err2 := strconv.ParseInt(string(ks), 10, 64)
+	return id, t, k, err1 == nil && err2 == nil
 }
