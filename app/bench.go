@@ -138,6 +138,7 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 	row("upgrades/s", "", func(r *bench.Result) string { return fmt.Sprintf("%.0f", r.UpgradesSec) })
 	row("RSS per connection", "rss_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.RSSBytes) })
 	row("heap per connection", "heap_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.HeapBytes) })
+	row("heap objects per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.1f", r.PerConn.HeapObjects) })
 	row("goroutines per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.4f", r.PerConn.Goroutines) })
 	row("fds per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.3f", r.PerConn.FDs) })
 	if gw.Broadcast != nil {

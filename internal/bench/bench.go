@@ -77,10 +77,11 @@ type Result struct {
 	Baseline    Metrics `json:"baseline"`
 	Loaded      Metrics `json:"loaded"`
 	PerConn     struct {
-		RSSBytes   float64 `json:"rss_bytes"`
-		HeapBytes  float64 `json:"heap_bytes"`
-		Goroutines float64 `json:"goroutines"`
-		FDs        float64 `json:"fds"`
+		RSSBytes    float64 `json:"rss_bytes"`
+		HeapBytes   float64 `json:"heap_bytes"`
+		HeapObjects float64 `json:"heap_objects"`
+		Goroutines  float64 `json:"goroutines"`
+		FDs         float64 `json:"fds"`
 	} `json:"per_conn"`
 	Broadcast *Latency `json:"broadcast,omitempty"`
 	Storm     *Storm   `json:"resume_storm,omitempty"`
@@ -290,9 +291,10 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	open := float64(cfg.Conns - res.Failed)
 	res.PerConn.RSSBytes = (res.Loaded.RSS - res.Baseline.RSS) / open
 	res.PerConn.HeapBytes = (res.Loaded.Heap - res.Baseline.Heap) / open
+	res.PerConn.HeapObjects = (res.Loaded.HeapObjs - res.Baseline.HeapObjs) / open
 	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / open
 	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / open
-	progress(cfg, "idle: %.0f B RSS, %.0f B heap, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.Goroutines, res.PerConn.FDs)
+	progress(cfg, "idle: %.0f B RSS, %.0f B heap in %.1f objects, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.HeapObjects, res.PerConn.Goroutines, res.PerConn.FDs)
 	if cfg.Broadcasts > 0 && cfg.Mix == "shared" {
 		if res.Broadcast, err = broadcast(ctx, cfg, workers, int64(cfg.Conns-res.Failed)); err != nil {
 			return nil, err

@@ -29,4 +29,4 @@ done
 sleep 3 # let the partitions settle over the fleet
 ./bin/wsbus status --redis "redis://127.0.0.1:$port/0" | sed -n "1,$((gateways + 3))p"
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "$(IFS=,; echo "${urls[*]}")" \
-  --conns "$conns" --settle 20s --broadcasts 10 --gap 1s --storm 0 "$@"
+  --conns "$conns" --settle 20s --broadcasts 5 --gap 3s --storm 0 "$@"
