@@ -43,10 +43,13 @@ type Config struct {
 	// ReadTimeout bounds reading the rest of a frame once its first byte
 	// arrived. Zero value means 5 s.
 	ReadTimeout time.Duration
-	// WriteTimeout bounds one batched write. Zero value means 10 s.
+	// WriteTimeout bounds how long a write may wait for room in the
+	// socket before the connection is cut. Zero value means 10 s.
 	WriteTimeout time.Duration
 	// PingInterval is how long a connection may be silent before the server
-	// pings it. Zero value means 25 s, under common 30 s proxy timeouts.
+	// pings it: each connection waits between 3/4 of it and all of it, so
+	// connections opened together are not pinged together. Zero value means
+	// 25 s, under common 30 s proxy timeouts.
 	PingInterval time.Duration
 	// IdleTimeout closes a connection silent for this long (a pong counts as
 	// activity). Zero value means 3 × PingInterval.

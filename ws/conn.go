@@ -42,6 +42,7 @@ type Conn struct {
 	waitOut    bool          // the writer waits for room: output interest
 	writing    bool          // a worker owns the queue's draining
 	afterFlush uint8         // 0, or what to do once the queue is empty: see flushed
+	spread     uint8         // where in the last quarter of PingInterval its pings fall
 	partial    bool          // queue[0] is the unsent rest of a frame already begun on the wire
 	queue      [][]byte      // frames waiting, shared with other connections
 	queued     int           // bytes in queue
@@ -57,7 +58,7 @@ const (
 )
 
 func newConn(s *Server, fd int) *Conn {
-	c := &Conn{srv: s, fd: fd}
+	c := &Conn{srv: s, fd: fd, spread: uint8(uint32(fd) * 2654435761 >> 24)}
 	c.lastSeen.Store(timeNow().UnixNano())
 	return c
 }
@@ -262,6 +263,10 @@ func (c *Conn) sendControl(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
+	if !c.writing && len(c.queue) == 0 {
+		c.writeThroughLocked(frame)
+		return
+	}
 	start := c.pushLocked(frame)
 	c.mu.Unlock()
 	c.startWriter(start)
@@ -446,10 +451,12 @@ func (c *Conn) expired(now int64) bool {
 // keepalive pings a silent connection and closes an idle one.
 func (c *Conn) keepalive(now time.Time) {
 	silent := now.Sub(time.Unix(0, c.lastSeen.Load()))
+	ping := c.srv.cfg.PingInterval
+	ping -= ping / 4 * time.Duration(255-c.spread) / 256
 	switch {
 	case silent > c.srv.cfg.IdleTimeout:
 		c.Close(CloseGoingAway, "idle timeout")
-	case silent > c.srv.cfg.PingInterval:
+	case silent > ping:
 		c.sendControl(pingFrame)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -599,5 +601,39 @@ func TestStalledWriteIsCut(t *testing.T) {
 	}
 	if s.Stats().SlowConsumers != 0 {
 		t.Fatal("cut as a slow consumer, want the write timeout")
+	}
+}
+
+// TestPingsAreSpread: connections opened together are pinged after
+// different silences, from 3/4 of PingInterval to all of it.
+func TestPingsAreSpread(t *testing.T) {
+	null, err := syscall.Open(os.DevNull, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(null)
+	s, err := New(Config{Handler: nopHandler{}, PingInterval: 100 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	early, late := newConn(s, null), newConn(s, null)
+	early.spread, late.spread = 0, 255
+	start := time.Now()
+	early.lastSeen.Store(start.UnixNano())
+	late.lastSeen.Store(start.UnixNano())
+	pings := func() uint64 { return s.Stats().FramesOut }
+	early.keepalive(start.Add(74 * time.Second))
+	late.keepalive(start.Add(74 * time.Second))
+	if n := pings(); n != 0 {
+		t.Fatalf("%d pings after 74 s of silence, want none before 3/4 of the interval", n)
+	}
+	early.keepalive(start.Add(76 * time.Second))
+	late.keepalive(start.Add(76 * time.Second))
+	if n := pings(); n != 1 {
+		t.Fatalf("%d pings after 76 s, want the early connection's only", n)
+	}
+	late.keepalive(start.Add(101 * time.Second))
+	if n := pings(); n != 2 {
+		t.Fatalf("%d pings after 101 s, want both", n)
 	}
 }
