@@ -32,6 +32,7 @@ type Conn struct {
 	lastSeen atomic.Int64 // unix nanoseconds of the last input
 	inSince  atomic.Int64 // unix nanoseconds since in holds an unfinished frame; 0: none
 	stalled  atomic.Int64 // unix nanoseconds since a write waits for room; 0: none
+	pinged   atomic.Int64 // unix nanoseconds of the last ping
 	value    atomic.Value
 
 	mu         sync.Mutex
@@ -456,7 +457,8 @@ func (c *Conn) keepalive(now time.Time) {
 	switch {
 	case silent > c.srv.cfg.IdleTimeout:
 		c.Close(CloseGoingAway, "idle timeout")
-	case silent > ping:
+	case silent > ping && now.Sub(time.Unix(0, c.pinged.Load())) > ping:
+		c.pinged.Store(now.UnixNano())
 		c.sendControl(pingFrame)
 	}
 }

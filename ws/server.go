@@ -236,19 +236,15 @@ func (s *Server) forget(c *Conn) {
 func (s *Server) keepalive() {
 	tick := time.NewTicker(min(sweepEvery, s.cfg.PingInterval/2))
 	defer tick.Stop()
-	var lastPing, lastSettle time.Time
+	var lastSettle time.Time
 	var settled, last uint64 // upgrade counts: at the last settle, and at the last check
 	for {
 		select {
 		case <-s.done:
 			return
 		case now := <-tick.C:
-			ping := now.Sub(lastPing) >= s.cfg.PingInterval/2
-			if ping {
-				lastPing = now
-			}
 			for _, c := range s.snapshot() {
-				if !c.expired(now.UnixNano()) && ping {
+				if !c.expired(now.UnixNano()) {
 					c.keepalive(now)
 				}
 			}
@@ -270,8 +266,8 @@ func (s *Server) keepalive() {
 	}
 }
 
-// sweepEvery is how often, at most, connections are checked for timeouts;
-// pings follow Config.PingInterval.
+// sweepEvery is how often, at most, connections are checked for pings and
+// timeouts.
 const sweepEvery = time.Second
 
 // settleCheck is how often the server looks for the end of a burst of

@@ -632,6 +632,10 @@ func TestPingsAreSpread(t *testing.T) {
 	if n := pings(); n != 1 {
 		t.Fatalf("%d pings after 76 s, want the early connection's only", n)
 	}
+	early.keepalive(start.Add(77 * time.Second))
+	if n := pings(); n != 1 {
+		t.Fatalf("%d pings after 77 s, want no second ping a second after the first", n)
+	}
 	late.keepalive(start.Add(101 * time.Second))
 	if n := pings(); n != 2 {
 		t.Fatalf("%d pings after 101 s, want both", n)
