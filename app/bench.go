@@ -143,12 +143,7 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 	row("fds per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.3f", r.PerConn.FDs) })
 	if gw.Broadcast != nil {
 		bc := func(f func(*bench.Latency) string) func(*bench.Result) string {
-			return func(r *bench.Result) string {
-				if r.Broadcast == nil {
-					return "-"
-				}
-				return f(r.Broadcast)
-			}
+			return phase(func(r *bench.Result) *bench.Latency { return r.Broadcast }, f)
 		}
 		row("broadcast last receipt p50", "broadcast_last_p50", bc(func(b *bench.Latency) string { return ms(b.LastP50) }))
 		row("broadcast last receipt p99", "broadcast_last_p99", bc(func(b *bench.Latency) string { return ms(b.LastP99) }))
@@ -159,12 +154,7 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 	}
 	if gw.Unicast != nil {
 		uc := func(f func(*bench.Unicast) string) func(*bench.Result) string {
-			return func(r *bench.Result) string {
-				if r.Unicast == nil {
-					return "-"
-				}
-				return f(r.Unicast)
-			}
+			return phase(func(r *bench.Result) *bench.Unicast { return r.Unicast }, f)
 		}
 		row("unicast events", "", uc(func(u *bench.Unicast) string { return fmt.Sprintf("%d at %d/s", u.Sent, u.Rate) }))
 		row("unicast p50", "unicast_p50", uc(func(u *bench.Unicast) string { return ms(u.P50) }))
@@ -174,12 +164,7 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 	}
 	if gw.Storm != nil {
 		st := func(f func(*bench.Storm) string) func(*bench.Result) string {
-			return func(r *bench.Result) string {
-				if r.Storm == nil {
-					return "-"
-				}
-				return f(r.Storm)
-			}
+			return phase(func(r *bench.Result) *bench.Storm { return r.Storm }, f)
 		}
 		row("resume storm, all caught up", "storm_took", st(func(s *bench.Storm) string {
 			if !s.Done {
@@ -192,6 +177,17 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 		}))
 	}
 	tw.Flush()
+}
+
+// phase formats a figure of one phase of a result, "-" where the server
+// did not run that phase.
+func phase[T any](of func(*bench.Result) *T, f func(*T) string) func(*bench.Result) string {
+	return func(r *bench.Result) string {
+		if p := of(r); p != nil {
+			return f(p)
+		}
+		return "-"
+	}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }

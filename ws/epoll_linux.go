@@ -56,26 +56,17 @@ func (p *poller) close() error     { return p.ep.Close() }
 
 // readNonblock reads from a non-blocking socket; errWouldBlock means there
 // is nothing to read now.
-func readNonblock(fd int, b []byte) (int, error) {
-	for {
-		n, err := syscall.Read(fd, b)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return 0, errWouldBlock
-		case err != nil:
-			return 0, err
-		}
-		return n, nil
-	}
-}
+func readNonblock(fd int, b []byte) (int, error) { return nonblocking(syscall.Read, fd, b) }
 
 // writeNonblock writes to a non-blocking socket and returns errWouldBlock
 // instead of waiting.
-func writeNonblock(fd int, b []byte) (int, error) {
+func writeNonblock(fd int, b []byte) (int, error) { return nonblocking(syscall.Write, fd, b) }
+
+// nonblocking runs a read or write, retried when a signal interrupts it;
+// EAGAIN becomes errWouldBlock.
+func nonblocking(op func(int, []byte) (int, error), fd int, b []byte) (int, error) {
 	for {
-		n, err := syscall.Write(fd, b)
+		n, err := op(fd, b)
 		switch {
 		case err == syscall.EINTR:
 			continue
