@@ -23,9 +23,7 @@ func (g *Gateway) Accept(r *ws.Request) error {
 	}
 	token := BearerToken(string(r.Authorization))
 	if token == "" {
-		if u, err := url.ParseRequestURI(string(r.URI)); err == nil {
-			token = u.Query().Get("token")
-		}
+		token, _ = queryValue(r.URI, "token")
 	}
 	if token == "" {
 		return reject(http.StatusUnauthorized, "a token is required (Authorization: Bearer, or ?token=)")

@@ -153,23 +153,47 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)
-	if !bytes.Contains(r.URI, []byte("topic=")) {
+	topic, ok := queryValue(r.URI, "topic")
+	if !ok {
 		return // the common case: subscriptions come as messages
 	}
-	u, err := url.ParseRequestURI(string(r.URI))
-	if err != nil {
-		return
-	}
-	q := u.Query()
-	if !q.Has("topic") {
-		return
-	}
-	m := clientMessage{Type: "subscribe", Topic: q.Get("topic"), Epoch: q.Get("epoch")}
-	if q.Has("since") {
-		since := q.Get("since")
+	m := clientMessage{Type: "subscribe", Topic: topic}
+	m.Epoch, _ = queryValue(r.URI, "epoch")
+	if since, ok := queryValue(r.URI, "since"); ok {
 		m.Since = &since
 	}
 	g.subscribe(c, cl, m)
+}
+
+// queryValue returns the first value of key in the query of uri, unescaped
+// as url.Values would have it, without building url.Values: an Open with
+// ?topic= is on the path of every connection of a reconnect storm. Pairs
+// that do not unescape are skipped, as url.URL.Query skips them.
+func queryValue(uri []byte, key string) (string, bool) {
+	_, query, _ := bytes.Cut(uri, []byte("?"))
+	for len(query) > 0 {
+		var pair []byte
+		pair, query, _ = bytes.Cut(query, []byte("&"))
+		if len(pair) == 0 || bytes.IndexByte(pair, ';') >= 0 {
+			continue // url.ParseQuery skips these too
+		}
+		k, v, _ := bytes.Cut(pair, []byte("="))
+		if bytes.ContainsAny(k, "%+") {
+			if uk, err := url.QueryUnescape(string(k)); err != nil || uk != key {
+				continue
+			}
+		} else if string(k) != key {
+			continue
+		}
+		if bytes.ContainsAny(v, "%+") {
+			if value, err := url.QueryUnescape(string(v)); err == nil {
+				return value, true
+			}
+			continue
+		}
+		return string(v), true
+	}
+	return "", false
 }
 
 // Message handles one client message.

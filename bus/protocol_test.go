@@ -1,7 +1,9 @@
 package bus
 
 import (
+	"bytes"
 	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -87,4 +89,23 @@ func BenchmarkEventFrame(b *testing.B) {
 	for b.Loop() {
 		_ = eventFrame("user:42", e)
 	}
+}
+
+// FuzzQueryValue: queryValue reads a handshake's query as url.ParseQuery
+// would, first value of a key, for any request target.
+func FuzzQueryValue(f *testing.F) {
+	f.Add([]byte("/v1/ws?topic=a&since=0"), "topic")
+	f.Add([]byte("/v1/ws?topic=bench%3Ashared&epoch=x+y"), "topic")
+	f.Add([]byte("/v1/ws?%74opic=a&topic=b"), "topic")
+	f.Add([]byte("/v1/ws?since=%zz&since=1-1"), "since")
+	f.Add([]byte("/v1/ws?a;b=c&topic"), "topic")
+	f.Fuzz(func(t *testing.T, uri []byte, key string) {
+		got, ok := queryValue(uri, key)
+		_, raw, _ := bytes.Cut(uri, []byte("?"))
+		vals, _ := url.ParseQuery(string(raw))
+		want, wantOK := vals[key]
+		if ok != wantOK || ok && got != want[0] {
+			t.Fatalf("queryValue(%q, %q) = %q, %v; url.ParseQuery has %q", uri, key, got, ok, want)
+		}
+	})
 }
