@@ -193,13 +193,23 @@ func (s *Server) snapshot() []*Conn {
 }
 
 func (s *Server) snapshotLocked() []*Conn {
-	conns := make([]*Conn, 0, s.live)
+	return s.appendConnsLocked(make([]*Conn, 0, s.live))
+}
+
+// appendConns appends the open connections to dst.
+func (s *Server) appendConns(dst []*Conn) []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendConnsLocked(dst)
+}
+
+func (s *Server) appendConnsLocked(dst []*Conn) []*Conn {
 	for _, c := range s.conns {
 		if c != nil {
-			conns = append(conns, c)
+			dst = append(dst, c)
 		}
 	}
-	return conns
+	return dst
 }
 
 // register adds c unless the server is shutting down.
@@ -238,16 +248,19 @@ func (s *Server) keepalive() {
 	defer tick.Stop()
 	var lastSettle time.Time
 	var settled, last uint64 // upgrade counts: at the last settle, and at the last check
+	var conns []*Conn        // reused each sweep: an idle server allocates nothing here
 	for {
 		select {
 		case <-s.done:
 			return
 		case now := <-tick.C:
-			for _, c := range s.snapshot() {
+			conns = s.appendConns(conns[:0])
+			for _, c := range conns {
 				if !c.expired(now.UnixNano()) {
 					c.keepalive(now)
 				}
 			}
+			clear(conns) // hold no closed connection until the next sweep
 			if now.Sub(lastSettle) < settleCheck {
 				continue
 			}
