@@ -8,8 +8,10 @@ dir=$(mktemp -d)
 port=$((20000 + RANDOM % 10000))
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
 gw=$((port + 1))
+# Keepalive pings (which neither baseline sends) are set to start after the
+# measured phases; PING_INTERVAL=25s measures the default with them in.
 ./bin/wsbus serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
-  --upgrade-rate 100000 --upgrade-burst 10000 --log-level warn &
+  --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-60s}" --log-level warn &
 gateway=$!
 cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
