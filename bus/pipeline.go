@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +28,9 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 		return err
 	}
 	cursor := "0" // our own pending entries first, then ">" for new ones
-	lastTrim := time.Now()
+	// Partitions taken together (a node starting) trim at different
+	// seconds of the minute, not all in one.
+	lastTrim := time.Now().Add(-rand.N(trimEvery))
 	var backoff time.Duration
 	for ctx.Err() == nil {
 		msgs, err := o.read(ctx, l.p, cursor)
