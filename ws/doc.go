@@ -1,12 +1,14 @@
 // Package ws is wsbus's WebSocket edge: a raw listener that upgrades
-// /v1/ws with gobwas/ws straight off the connection and hands every other
-// path to a net/http handler, an epoll loop that owns upgraded connections,
-// a bounded worker pool that reads and writes them, and bounded write queues
-// of frames encoded once and shared by every connection they go to.
+// /v1/ws straight off the connection (the handshake parsed and answered in
+// a pooled buffer, without allocating) and hands every other path to a
+// net/http handler, an epoll loop that owns upgraded connections by their
+// fd alone, a bounded worker pool that reads and writes them, and bounded
+// write queues of frames encoded once and shared by every connection they
+// go to.
 //
 // An idle connection has no goroutine, timer or buffer of its own: reads
-// take a pooled reader only while data is there, writes a worker only while
-// frames are queued.
+// take a pooled buffer only while data is there, writes go straight to the
+// socket, and a worker only while frames wait for room.
 //
 //	srv, err := ws.New(ws.Config{Handler: h, HTTP: mux})
 //	ln, _ := net.Listen("tcp", "127.0.0.1:8080")
