@@ -641,3 +641,28 @@ func TestPingsAreSpread(t *testing.T) {
 		t.Fatalf("%d pings after 101 s, want both", n)
 	}
 }
+
+// TestUpgradedSocketFlags: the fd an upgraded connection keeps is
+// non-blocking (a write to a full socket must not stall the fan-out) and
+// close-on-exec (a child process must not inherit clients' sockets).
+func TestUpgradedSocketFlags(t *testing.T) {
+	h := &echoHandler{}
+	opened := make(chan *Conn, 1)
+	h.onOpen = func(c *Conn) { opened <- c }
+	_, addr := startServer(t, h, Config{})
+	dialRaw(t, addr)
+	c := <-opened
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fdFlags, _, e1 := syscall.Syscall(syscall.SYS_FCNTL, uintptr(c.fd), syscall.F_GETFD, 0)
+	flFlags, _, e2 := syscall.Syscall(syscall.SYS_FCNTL, uintptr(c.fd), syscall.F_GETFL, 0)
+	if e1 != 0 || e2 != 0 {
+		t.Fatalf("fcntl: %v %v", e1, e2)
+	}
+	if fdFlags&syscall.FD_CLOEXEC == 0 {
+		t.Error("upgraded socket is not close-on-exec")
+	}
+	if flFlags&syscall.O_NONBLOCK == 0 {
+		t.Error("upgraded socket is blocking")
+	}
+}

@@ -9,10 +9,6 @@ import (
 	"time"
 )
 
-// peekSize is enough of the request line to tell "GET /v1/ws" from
-// anything else.
-const peekSize = 64
-
 // handshake routes a new connection: an upgrade of cfg.Path is answered
 // here, anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
@@ -86,7 +82,7 @@ func (s *Server) upgrade(st *upgradeState) error {
 	nc := st.conn
 	deadline := timeNow().Add(s.cfg.HandshakeTimeout)
 	_ = nc.SetDeadline(deadline)
-	n, isWS := s.peek(nc, st.buf[:min(peekSize, len(st.buf))])
+	n, isWS := s.peek(nc, st.buf)
 	st.n = n
 	switch {
 	case n == 0:
@@ -151,12 +147,13 @@ func httpResponse(status, header, body string) []byte {
 		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
 }
 
-// peek reads the start of the request line and reports whether it is a
-// GET of the WebSocket path.
+// peek reads into buf until it holds the start of the request line, and
+// reports whether it is a GET of the WebSocket path. A request that came in
+// one packet is then read whole, with one read.
 func (s *Server) peek(nc net.Conn, buf []byte) (int, bool) {
 	want := len("GET ") + len(s.cfg.Path) + 1
 	n := 0
-	for n < want {
+	for n < want && n < len(buf) {
 		m, err := nc.Read(buf[n:])
 		n += m
 		if err != nil || bytes.IndexByte(buf[:n], '\n') >= 0 {
