@@ -27,7 +27,7 @@ type history struct {
 	subscribed []byte       // the "subscribed" frame
 	frames     [][]byte     // event frames, oldest first
 	ids        []streams.ID // their IDs
-	last       streams.ID   // cursor after the read (the head, for a Head)
+	last       streams.ID   // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool
 	more       bool // a full page: read on with Range from last
 }

@@ -90,12 +90,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 		g.stats.notRecovered.Add(1)
 	}
 	_ = c.Send(h.subscribed)
-	if h.recovered && !key.head {
-		s.last, _ = streams.ParseID(key.since)
-	} // else the cursor is not trusted: every event sent or held is new to it
-	if key.head {
-		s.last = h.last
-	}
+	s.last = h.last
 	for i, f := range h.frames {
 		s.last = h.ids[i]
 		if c.SendWait(f) != nil {
@@ -138,6 +133,9 @@ func (g *Gateway) readHistory(key readKey) history {
 		frames:     make([][]byte, len(r.Events)),
 		ids:        make([]streams.ID, len(r.Events)),
 	}
+	if r.Recovered {
+		h.last, _ = streams.ParseID(key.since)
+	} // else the cursor is not trusted: every event sent or held is new to it
 	for i, e := range r.Events {
 		h.frames[i] = eventFrame(key.topic, e)
 		h.ids[i] = streams.MustParseID(e.ID)
