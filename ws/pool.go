@@ -26,9 +26,6 @@ func newPool(max int, idle time.Duration) *pool {
 	}
 }
 
-// Schedule runs fn on a worker, as schedule does a task.
-func (p *pool) Schedule(fn func()) { p.schedule(task{fn: fn}) }
-
 // task is a connection's read, write or close, or any function: a
 // connection's tasks are values, not closures bound to it, so an idle
 // connection holds none and scheduling one allocates nothing.

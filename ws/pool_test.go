@@ -19,7 +19,7 @@ func TestPoolNeverBlocksOrRunsInline(t *testing.T) {
 		wg.Add(1)
 		scheduled := make(chan struct{})
 		inline := true
-		p.Schedule(func() {
+		p.schedule(task{fn: func() {
 			defer wg.Done()
 			<-scheduled
 			if inline {
@@ -27,7 +27,7 @@ func TestPoolNeverBlocksOrRunsInline(t *testing.T) {
 			}
 			<-release
 			ran.Add(1)
-		})
+		}})
 		inline = false
 		close(scheduled)
 	}
@@ -47,7 +47,7 @@ func TestPoolWorkersExitWhenIdle(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Add(1)
-		p.Schedule(wg.Done)
+		p.schedule(task{fn: wg.Done})
 	}
 	wg.Wait()
 	deadline := time.Now().Add(2 * time.Second)
