@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/streams"
+	wsbusws "github.com/wsbus/wsbus/ws"
 )
 
 // The baselines a run measures the gateway against, each in a process of
@@ -140,7 +142,6 @@ func (s *baseline) join(ctx context.Context, topic string) (*baseTopic, error) {
 // deliver hands every live event to its topic's connections.
 func (s *baseline) deliver(ctx context.Context) {
 	ch := s.ps.Channel(redis.WithChannelSize(1024))
-	var frame []byte
 	for {
 		var m *redis.Message
 		select {
@@ -162,7 +163,7 @@ func (s *baseline) deliver(ctx context.Context) {
 			s.mu.Unlock()
 			continue
 		}
-		frame = appendTextFrame(frame[:0], m.Payload)
+		frame := wsbusws.TextFrameString(m.Payload) // encoded once, as the gateway does
 		kept := t.fds[:0]
 		for _, fd := range t.fds {
 			if _, err := syscall.Write(fd, frame); err != nil {
@@ -176,17 +177,12 @@ func (s *baseline) deliver(ctx context.Context) {
 	}
 }
 
-// appendTextFrame appends an unmasked final text frame of payload.
-func appendTextFrame(dst []byte, payload string) []byte {
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x81, byte(n))
-	case n < 1<<16:
-		dst = append(dst, 0x81, 126, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(dst, payload...)
+// subscribedMessage is the "subscribed" answer, as the gateway words it.
+func subscribedMessage(topic string, recovered bool, epoch string) []byte {
+	msg := append([]byte(`{"type":"subscribed","topic":`), streams.AppendJSONString(nil, topic)...)
+	msg = strconv.AppendBool(append(msg, `,"recovered":`...), recovered)
+	msg = append(msg, `,"epoch":`...)
+	return append(streams.AppendJSONString(msg, epoch), '}')
 }
 
 // serveFloor upgrades, answers "subscribed", and keeps only a duplicate of
@@ -207,7 +203,7 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	hello := appendTextFrame(nil, `{"type":"subscribed","topic":"`+topic+`","recovered":false,"epoch":""}`)
+	hello := wsbusws.TextFrame(subscribedMessage(topic, false, ""))
 	if _, err := conn.Write(hello); err != nil {
 		return
 	}
@@ -295,7 +291,7 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 func (c *naiveConn) resume(topic string, res streams.Resume) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msg := fmt.Appendf(nil, `{"type":"subscribed","topic":%q,"recovered":%t,"epoch":%q}`, topic, res.Recovered, res.Epoch)
+	msg := subscribedMessage(topic, res.Recovered, res.Epoch)
 	c.send <- msg
 	for _, e := range res.Events {
 		c.send <- streams.AppendEvent(nil, topic, e.ID, []byte(e.Data))

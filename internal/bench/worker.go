@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -337,35 +336,24 @@ func (w *worker) read(wc *wconn, br *bufio.Reader, conn net.Conn, resumed bool) 
 	}
 }
 
-// readServerFrame reads one unmasked frame, its payload into buf.
+// readServerFrame reads one frame with gobwas/ws's header reader, its
+// payload into buf.
 func readServerFrame(br *bufio.Reader, buf []byte) (ws.OpCode, []byte, error) {
-	var head [2]byte
-	if _, err := io.ReadFull(br, head[:]); err != nil {
+	h, err := ws.ReadHeader(br)
+	if err != nil {
 		return 0, nil, err
 	}
-	n := uint64(head[1] & 0x7f)
-	switch n {
-	case 126:
-		var ext [2]byte
-		if _, err := io.ReadFull(br, ext[:]); err != nil {
-			return 0, nil, err
-		}
-		n = uint64(binary.BigEndian.Uint16(ext[:]))
-	case 127:
-		var ext [8]byte
-		if _, err := io.ReadFull(br, ext[:]); err != nil {
-			return 0, nil, err
-		}
-		n = binary.BigEndian.Uint64(ext[:])
+	if h.Length > 64<<20 {
+		return 0, nil, fmt.Errorf("bench: a %d-byte frame", h.Length)
 	}
-	if n > 64<<20 {
-		return 0, nil, fmt.Errorf("bench: a %d-byte frame", n)
-	}
-	buf = slices.Grow(buf[:0], int(n))[:n]
+	buf = slices.Grow(buf[:0], int(h.Length))[:h.Length]
 	if _, err := io.ReadFull(br, buf); err != nil {
 		return 0, nil, err
 	}
-	return ws.OpCode(head[0] & 0x0f), buf, nil
+	if h.Masked {
+		ws.Cipher(buf, h.Mask, 0)
+	}
+	return h.OpCode, buf, nil
 }
 
 // parseEvent picks the ID and the bench's own data, {"t":...,"k":...},
