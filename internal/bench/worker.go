@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,16 +65,21 @@ type wconn struct {
 	topic  string
 	dialer *ws.Dialer
 	shard  *shard
-	conn   net.Conn
-	mu     sync.Mutex
-	last   streams.ID // newest event ID received
-	epoch  string
+
+	mu      sync.Mutex
+	fd      int    // the socket, read by the worker's inbox; -1 when there is none
+	rest    []byte // the start of a frame not all read yet
+	hdr     bytes.Reader
+	resumed bool       // connected by "resume": its events count as since
+	last    streams.ID // newest event ID received
+	epoch   string
 }
 
 type worker struct {
 	job     Job
 	dialers []ws.Dialer // one per source address
 	conns   []*wconn
+	in      *inbox
 
 	mu       sync.Mutex
 	report   Report
@@ -115,7 +119,11 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		return fmt.Errorf("bench worker: no source address")
 	}
 	for i, t := range w.job.Topics {
-		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)]})
+		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)], fd: -1})
+	}
+	var err error
+	if w.in, err = newInbox(w); err != nil {
+		return fmt.Errorf("bench worker: %w", err)
 	}
 	enc := json.NewEncoder(out)
 	w.connectAll(false)
@@ -181,16 +189,13 @@ func bindAddressNoPort(_, _ string, rc syscall.RawConn) error {
 	return err
 }
 
-// reset closes every connection with a TCP reset: tens of thousands of
-// sockets in TIME_WAIT would block the next connections.
+// reset closes every connection with a TCP reset.
 func (w *worker) reset() {
 	for _, wc := range w.conns {
 		wc.mu.Lock()
-		if tc, ok := wc.conn.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-			_ = tc.Close()
+		if wc.fd >= 0 {
+			w.in.drop(wc, wc.fd, true)
 		}
-		wc.conn = nil
 		wc.mu.Unlock()
 	}
 }
@@ -264,96 +269,55 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		_ = conn.Close()
 		return false, fmt.Errorf("first message %q, want subscribed", first)
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	wc.mu.Lock()
-	wc.conn, wc.epoch = conn, m.Epoch
+	wc.epoch = m.Epoch
 	wc.mu.Unlock()
-	go w.read(wc, br, conn, resume)
+	early, _ := br.Peek(br.Buffered())
+	if err := w.in.adopt(wc, conn, early, resume); err != nil {
+		return false, err
+	}
 	return m.Recovered, nil
 }
 
-// read records every event's delay from XADD to receipt, and checks IDs
-// only ever grow on the connection's cursor. It reads frames itself and
-// picks the fields out of the event without a JSON decoder: the client is
-// the same for every server measured, and the cheaper it is the more the
-// measurement is of the server.
-func (w *worker) read(wc *wconn, br *bufio.Reader, conn net.Conn, resumed bool) {
-	var payload []byte
-	for {
-		op, p, err := readServerFrame(br, payload[:0])
-		if err != nil {
-			return
-		}
-		payload = p
-		switch op {
-		case ws.OpPing:
-			if ws.WriteFrame(conn, ws.MaskFrame(ws.NewPongFrame(p))) != nil {
-				return
-			}
-			continue
-		case ws.OpClose:
-			return
-		case ws.OpText:
-		default:
-			continue
-		}
-		now := time.Now().UnixNano()
-		idText, t, k, ok := parseEvent(p)
-		if !ok {
-			continue
-		}
-		if id, err := streams.ParseID(idText); err == nil {
-			wc.mu.Lock()
-			if !wc.last.Less(id) {
-				w.dups.Add(1)
-			} else {
-				wc.last = id
-			}
-			wc.mu.Unlock()
-		}
-		d := time.Duration(now - t)
-		w.received.Add(1)
-		if resumed {
-			w.since.Add(1)
-		}
-		sh := wc.shard
-		sh.mu.Lock()
-		switch k {
-		case kindUnicast:
-			sh.unicast.Record(d)
-		case kindStorm:
-		default:
-			sh.all.Record(d)
-		}
-		if k >= 0 {
-			if sh.last == nil {
-				sh.last = map[int64]uint64{}
-			}
-			us := uint64(max(d.Microseconds(), 0))
-			sh.last[k] = max(sh.last[k], us)
-		}
-		sh.mu.Unlock()
+// record takes the delay from XADD to receipt of an event and checks IDs
+// only ever grow on the connection's cursor. It picks the fields out of the
+// event without a JSON decoder: the client is the same for every server
+// measured, and the cheaper it is the more the measurement is of the
+// server. It runs with wc.mu held.
+func (w *worker) record(wc *wconn, p []byte, now int64) {
+	idText, t, k, ok := parseEvent(p)
+	if !ok {
+		return
 	}
-}
-
-// readServerFrame reads one frame with gobwas/ws's header reader, its
-// payload into buf.
-func readServerFrame(br *bufio.Reader, buf []byte) (ws.OpCode, []byte, error) {
-	h, err := ws.ReadHeader(br)
-	if err != nil {
-		return 0, nil, err
+	if id, err := streams.ParseID(idText); err == nil {
+		if !wc.last.Less(id) {
+			w.dups.Add(1)
+		} else {
+			wc.last = id
+		}
 	}
-	if h.Length > 64<<20 {
-		return 0, nil, fmt.Errorf("bench: a %d-byte frame", h.Length)
+	d := time.Duration(now - t)
+	w.received.Add(1)
+	if wc.resumed {
+		w.since.Add(1)
 	}
-	buf = slices.Grow(buf[:0], int(h.Length))[:h.Length]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return 0, nil, err
+	sh := wc.shard
+	sh.mu.Lock()
+	switch k {
+	case kindUnicast:
+		sh.unicast.Record(d)
+	case kindStorm:
+	default:
+		sh.all.Record(d)
 	}
-	if h.Masked {
-		ws.Cipher(buf, h.Mask, 0)
+	if k >= 0 {
+		if sh.last == nil {
+			sh.last = map[int64]uint64{}
+		}
+		us := uint64(max(d.Microseconds(), 0))
+		sh.last[k] = max(sh.last[k], us)
 	}
-	return h.OpCode, buf, nil
+	sh.mu.Unlock()
 }
 
 // parseEvent picks the ID and the bench's own data, {"t":...,"k":...},

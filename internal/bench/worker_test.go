@@ -1,10 +1,11 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -12,25 +13,57 @@ import (
 )
 
 // TestParseEvent reads the bench's data back out of an event encoded the
-// way the gateway encodes it, after a frame round trip.
+// way the gateway encodes it.
 func TestParseEvent(t *testing.T) {
 	data, _ := json.Marshal(eventData{T: 1764150000123456789, K: kindUnicast})
 	msg := streams.AppendEvent(nil, "bench:7", "1764150000123-4", data)
-	var wire bytes.Buffer
-	if err := ws.WriteFrame(&wire, ws.NewTextFrame(msg)); err != nil {
-		t.Fatal(err)
-	}
-	op, p, err := readServerFrame(bufio.NewReader(&wire), nil)
-	if err != nil || op != ws.OpText {
-		t.Fatalf("frame: %v %v", op, err)
-	}
-	id, ts, k, ok := parseEvent(p)
+	id, ts, k, ok := parseEvent(msg)
 	if !ok || id != "1764150000123-4" || ts != 1764150000123456789 || k != kindUnicast {
-		t.Fatalf("parseEvent(%s) = %q %d %d %v", p, id, ts, k, ok)
+		t.Fatalf("parseEvent(%s) = %q %d %d %v", msg, id, ts, k, ok)
 	}
 	for _, other := range []string{`{"type":"subscribed","topic":"a"}`, `{"type":"event","id":"1-1","topic":"a","data":"x"}`, `{"type":"event","id":"1-1`} {
 		if _, _, _, ok := parseEvent([]byte(other)); ok {
 			t.Errorf("parseEvent(%s) ok, want not an event of the bench", other)
+		}
+	}
+}
+
+// TestConsumeSplitFrames feeds the inbox a ping and three events cut in two
+// at every offset, as reads may deliver them: every event is recorded once,
+// in order, the repeated one counted as a duplicate, whatever the cut.
+func TestConsumeSplitFrames(t *testing.T) {
+	now := time.Now().UnixNano()
+	var wire bytes.Buffer
+	_ = ws.WriteFrame(&wire, ws.NewPingFrame([]byte("p")))
+	for _, e := range []struct {
+		id string
+		k  int64
+	}{{"5-1", 0}, {"5-2", kindUnicast}, {"5-2", kindUnicast}} {
+		data, _ := json.Marshal(eventData{T: now - int64(time.Millisecond), K: e.k})
+		// A long topic makes a payload over 125 bytes: the header's
+		// 2-byte extended length is cut too.
+		_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "bench:"+strings.Repeat("x", 200), e.id, data)))
+	}
+	in := &inbox{}
+	for cut := 0; cut <= wire.Len(); cut++ {
+		w := &worker{}
+		in.w = w
+		wc := &wconn{fd: -1, shard: &w.shards[0]}
+		b := bytes.Clone(wire.Bytes())
+		if err := in.consume(wc, b[:cut], now); err != nil {
+			t.Fatalf("cut %d: %v", cut, err)
+		}
+		if err := in.consume(wc, b[cut:], now); err != nil {
+			t.Fatalf("cut %d: %v", cut, err)
+		}
+		if got := w.received.Load(); got != 3 {
+			t.Fatalf("cut %d: received %d, want 3", cut, got)
+		}
+		if d := w.dups.Load(); d != 1 || wc.last.String() != "5-2" || len(wc.rest) != 0 {
+			t.Fatalf("cut %d: dups %d, last %s, %d bytes left", cut, d, wc.last, len(wc.rest))
+		}
+		if w.shards[0].all.N != 1 || w.shards[0].unicast.N != 2 {
+			t.Fatalf("cut %d: %d broadcast and %d unicast receipts, want 1 and 2", cut, w.shards[0].all.N, w.shards[0].unicast.N)
 		}
 	}
 }
