@@ -19,15 +19,16 @@ import (
 //
 // Lock order: Conn.mu before Server.mu before the epoll's own lock.
 type Server struct {
-	cfg     Config
-	poll    *poller
-	limiter *rate.Limiter
-	states  sync.Pool    // *upgradeState
-	pending atomic.Int64 // accepted connections not yet upgraded or handed to HTTP
-	pool    *pool
-	httpLn  *handoffListener
-	httpSrv *http.Server
-	stats   counters
+	cfg      Config
+	poll     *poller
+	limiter  *rate.Limiter
+	statesMu sync.Mutex
+	states   []*upgradeState // idle, at most idleStates
+	pending  atomic.Int64    // accepted connections not yet upgraded or handed to HTTP
+	pool     *pool
+	httpLn   *handoffListener
+	httpSrv  *http.Server
+	stats    counters
 
 	mu     sync.Mutex
 	conns  []*Conn // by fd: fd numbers are dense, and a slot costs 8 bytes

@@ -412,6 +412,24 @@ func TestHandshakeLimits(t *testing.T) {
 			t.Fatalf("response %v, %v: want 431", resp, err)
 		}
 	})
+	t.Run("large headers within the limit", func(t *testing.T) {
+		// Past the buffer a handshake starts with, short of the limit.
+		_, addr := startServer(t, &echoHandler{}, Config{MaxHandshakeBytes: 16 << 10})
+		for range 3 { // the second and third reuse the first's state
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			d := ws.Dialer{Header: ws.HandshakeHeaderHTTP(http.Header{"Cookie": {strings.Repeat("c", 12<<10)}})}
+			conn, _, _, err := d.Dial(ctx, "ws://"+addr+"/v1/ws")
+			cancel()
+			if err != nil {
+				t.Fatalf("a 12 KB handshake under a 16 KB limit: %v", err)
+			}
+			_ = wsutil.WriteClientText(conn, []byte("hi"))
+			if msg, err := wsutil.ReadServerText(conn); err != nil || string(msg) != "hi" {
+				t.Fatalf("echo = %q, %v", msg, err)
+			}
+			conn.Close()
+		}
+	})
 	t.Run("connection limit", func(t *testing.T) {
 		s, addr := startServer(t, &echoHandler{}, Config{MaxConnections: 2})
 		dialRaw(t, addr)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -59,10 +60,27 @@ var (
 	errHandshakeIO  = errors.New("ws: connection failed during the handshake")
 )
 
+// Handshake states are kept on a short free list rather than in a
+// sync.Pool, which every GC empties: during a burst of connections that
+// made each cycle's concurrent handshakes allocate their buffers again.
+// A state starts with a buffer for a common request and grows it to
+// Config.MaxHandshakeBytes only for a larger one, which is not kept.
+const (
+	handshakeBuf = 2 << 10
+	idleStates   = 256
+)
+
 func (s *Server) getState(nc net.Conn) *upgradeState {
-	st, _ := s.states.Get().(*upgradeState)
+	var st *upgradeState
+	s.statesMu.Lock()
+	if n := len(s.states); n > 0 {
+		st = s.states[n-1]
+		s.states[n-1] = nil
+		s.states = s.states[:n-1]
+	}
+	s.statesMu.Unlock()
 	if st == nil {
-		st = &upgradeState{buf: make([]byte, s.cfg.MaxHandshakeBytes), out: make([]byte, 0, 160)}
+		st = &upgradeState{buf: make([]byte, min(handshakeBuf, s.cfg.MaxHandshakeBytes)), out: make([]byte, 0, 160)}
 	}
 	st.req.RemoteAddr = nc.RemoteAddr()
 	st.conn = nc
@@ -70,10 +88,17 @@ func (s *Server) getState(nc net.Conn) *upgradeState {
 }
 
 func (s *Server) putState(st *upgradeState) {
+	if len(st.buf) > handshakeBuf {
+		return
+	}
 	st.req = Request{}
 	st.conn = nil
 	st.n, st.head = 0, 0
-	s.states.Put(st)
+	s.statesMu.Lock()
+	if len(s.states) < idleStates {
+		s.states = append(s.states, st)
+	}
+	s.statesMu.Unlock()
 }
 
 // upgrade reads the request and, for a GET of the endpoint, answers the
@@ -94,7 +119,10 @@ func (s *Server) upgrade(st *upgradeState) error {
 	}
 	for st.head = headerEnd(st.buf[:st.n]); st.head < 0; st.head = headerEnd(st.buf[:st.n]) {
 		if st.n == len(st.buf) {
-			return errHandshakeTooLarge
+			if len(st.buf) >= s.cfg.MaxHandshakeBytes {
+				return errHandshakeTooLarge
+			}
+			st.buf = slices.Grow(st.buf, s.cfg.MaxHandshakeBytes-len(st.buf))[:s.cfg.MaxHandshakeBytes]
 		}
 		m, err := nc.Read(st.buf[st.n:])
 		if m == 0 && err != nil {
