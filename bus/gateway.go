@@ -106,7 +106,34 @@ type client struct {
 	expAt  int64 // unix nanoseconds
 	expIdx int32 // index in the expiry heap, -1 when not in it
 
-	closed bool // guarded by mu
+	closed    bool // guarded by mu
+	firstUsed bool // first has been handed out; guarded by mu
+
+	// Most connections hold one topic: its subscription and the array of
+	// subs live in the client's own memory, one heap object for the three.
+	first subscription
+	one   [1]*subscription
+}
+
+// newClient returns the state of connection c.
+func newClient(c *ws.Conn) *client {
+	cl := &client{conn: c, expIdx: -1}
+	cl.subs = cl.one[:0]
+	return cl
+}
+
+// newSubscription returns a subscription of c to t: the client's own first
+// one, or a new one after it. first is handed out once only, so a
+// subscription never changes meaning while a history read holds it.
+func (cl *client) newSubscription(c *ws.Conn, t *topic) *subscription {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.firstUsed {
+		return &subscription{conn: c, topic: t, idx: -1}
+	}
+	cl.firstUsed = true
+	cl.first = subscription{conn: c, topic: t, idx: -1}
+	return &cl.first
 }
 
 // NewGateway returns a Gateway; Close stops it.
@@ -146,7 +173,7 @@ func (g *Gateway) Close() error {
 
 // Open starts a connection, subscribing it when its URL names a topic.
 func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
-	cl := &client{conn: c, expIdx: -1}
+	cl := newClient(c)
 	if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
 		g.expiries.set(cl, claims.Expires)

@@ -31,7 +31,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	t := g.acquire(m.Topic)
-	s := &subscription{conn: c, topic: t, idx: -1}
+	s := cl.newSubscription(c, t)
 	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
 		g.release(t)
 		g.sendError(c, code, m.Topic, msg)
