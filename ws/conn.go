@@ -38,18 +38,46 @@ type Conn struct {
 	mu         sync.Mutex
 	fd         int
 	state      uint8
-	registered bool          // in the epoll set
-	reading    bool          // a worker reads: input interest is disarmed
-	waitOut    bool          // the writer waits for room: output interest
-	writing    bool          // a worker owns the queue's draining
-	afterFlush uint8         // 0, or what to do once the queue is empty: see flushed
-	spread     uint8         // where in the last quarter of PingInterval its pings fall
-	partial    bool          // queue[0] is the unsent rest of a frame already begun on the wire
-	queue      [][]byte      // frames waiting, shared with other connections
-	queued     int           // bytes in queue
-	room       chan struct{} // closed when the queue shrinks; made only while SendWait waits
+	registered bool     // in the epoll set
+	reading    bool     // a worker reads: input interest is disarmed
+	waitOut    bool     // the writer waits for room: output interest
+	writing    bool     // a worker owns the queue's draining
+	afterFlush uint8    // 0, or what to do once the queue is empty: see flushed
+	spread     uint8    // where in the last quarter of PingInterval its pings fall
+	out        *backlog // frames waiting; nil while the connection keeps up
 
 	rd *partialInput // touched by the one reading worker only; nil between messages
+}
+
+// backlog is what waits to be written to a connection that did not keep
+// up. It is made when a write first finds the socket full and dropped when
+// it drains: a connection that keeps up never has one.
+type backlog struct {
+	frames  [][]byte      // shared with other connections
+	queued  int           // bytes in frames
+	partial bool          // frames[0] is the unsent rest of a frame already begun on the wire
+	room    chan struct{} // closed when the backlog shrinks; made only while SendWait waits
+}
+
+func (c *Conn) backlogLocked() *backlog {
+	if c.out == nil {
+		c.out = &backlog{}
+	}
+	return c.out
+}
+
+// queuedLocked returns the bytes waiting to be written.
+func (c *Conn) queuedLocked() int {
+	if c.out == nil {
+		return 0
+	}
+	return c.out.queued
+}
+
+// idleLocked reports whether nothing is queued and no worker writes: a
+// frame may go straight to the socket.
+func (c *Conn) idleLocked() bool {
+	return !c.writing && (c.out == nil || len(c.out.frames) == 0)
 }
 
 const (
@@ -90,13 +118,13 @@ func (c *Conn) Send(frame []byte) error {
 		c.mu.Unlock()
 		return ErrClosed
 	}
-	if c.queued+len(frame) > c.srv.cfg.MaxQueue {
+	if c.queuedLocked()+len(frame) > c.srv.cfg.MaxQueue {
 		c.mu.Unlock()
 		c.srv.stats.slowConsumers.Add(1)
 		c.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume", true)
 		return ErrSlowConsumer
 	}
-	if !c.writing && len(c.queue) == 0 {
+	if c.idleLocked() {
 		c.writeThroughLocked(frame)
 		return nil
 	}
@@ -132,9 +160,10 @@ func (c *Conn) writeThroughLocked(frame []byte) {
 	}
 	// The socket is full: the rest waits for room, and the epoll event
 	// that says so schedules the writer.
-	c.queue = append(c.queue, frame[n:])
-	c.queued += len(frame) - n
-	c.partial = n > 0
+	b := c.backlogLocked()
+	b.frames = append(b.frames, frame[n:])
+	b.queued += len(frame) - n
+	b.partial = n > 0
 	c.writing = true
 	c.waitOut = true
 	c.stalled.CompareAndSwap(0, timeNow().UnixNano())
@@ -154,20 +183,21 @@ func (c *Conn) SendWait(frame []byte) error {
 			c.mu.Unlock()
 			return ErrClosed
 		}
-		if !c.writing && len(c.queue) == 0 {
+		if c.idleLocked() {
 			c.writeThroughLocked(frame)
 			return nil
 		}
-		if c.queued == 0 || c.queued+len(frame) <= c.srv.cfg.MaxQueue {
+		if queued := c.queuedLocked(); queued == 0 || queued+len(frame) <= c.srv.cfg.MaxQueue {
 			start := c.pushLocked(frame)
 			c.mu.Unlock()
 			c.startWriter(start)
 			return nil
 		}
-		if c.room == nil {
-			c.room = make(chan struct{})
+		b := c.backlogLocked()
+		if b.room == nil {
+			b.room = make(chan struct{})
 		}
-		room := c.room
+		room := b.room
 		c.mu.Unlock()
 		wait := time.Until(deadline)
 		if wait <= 0 {
@@ -185,8 +215,9 @@ func (c *Conn) SendWait(frame []byte) error {
 // pushLocked queues frame and reports whether the caller must start a
 // writer (none owns the queue yet).
 func (c *Conn) pushLocked(frame []byte) bool {
-	c.queue = append(c.queue, frame)
-	c.queued += len(frame)
+	b := c.backlogLocked()
+	b.frames = append(b.frames, frame)
+	b.queued += len(frame)
 	start := !c.writing
 	c.writing = true
 	return start
@@ -246,14 +277,18 @@ func (c *Conn) replyClose(frame []byte) {
 // dropQueueLocked discards the backlog but not the rest of a frame already
 // begun on the wire: a close frame must follow whole frames.
 func (c *Conn) dropQueueLocked() {
+	b := c.out
+	if b == nil {
+		return
+	}
 	keep := 0
-	if c.partial {
+	if b.partial {
 		keep = 1
 	}
-	c.queue = c.queue[:keep]
-	c.queued = 0
-	for _, f := range c.queue {
-		c.queued += len(f)
+	b.frames = b.frames[:keep]
+	b.queued = 0
+	for _, f := range b.frames {
+		b.queued += len(f)
 	}
 }
 
@@ -264,7 +299,7 @@ func (c *Conn) sendControl(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if !c.writing && len(c.queue) == 0 {
+	if c.idleLocked() {
 		c.writeThroughLocked(frame)
 		return
 	}
@@ -284,25 +319,26 @@ func (c *Conn) write() {
 			c.mu.Unlock()
 			return
 		}
-		if len(c.queue) == 0 {
+		if c.out == nil || len(c.out.frames) == 0 {
 			c.writing = false
-			c.queue = nil // an idle connection keeps no buffer
+			c.dropBacklogLocked() // a connection that keeps up has none
 			after := c.afterFlush
 			c.mu.Unlock()
 			c.flushed(after)
 			return
 		}
-		n, err := writevNonblock(c.fd, c.queue)
+		b := c.out
+		n, err := writevNonblock(c.fd, b.frames)
 		if n > 0 {
 			c.srv.stats.bytesOut.Add(uint64(n))
-			c.srv.stats.framesOut.Add(uint64(c.advanceLocked(n)))
-			if c.room != nil {
-				close(c.room) // wake SendWait: the queue has room again
-				c.room = nil
+			c.srv.stats.framesOut.Add(uint64(b.advance(n)))
+			if b.room != nil {
+				close(b.room) // wake SendWait: the queue has room again
+				b.room = nil
 			}
 		}
 		switch {
-		case errors.Is(err, errWouldBlock) || err == nil && len(c.queue) > 0 && n == 0:
+		case errors.Is(err, errWouldBlock) || err == nil && len(b.frames) > 0 && n == 0:
 			c.waitOut = true
 			c.stalled.CompareAndSwap(0, timeNow().UnixNano())
 			c.armLocked()
@@ -318,25 +354,33 @@ func (c *Conn) write() {
 	}
 }
 
-// advanceLocked drops n written bytes from the queue and returns how many
+// advance drops n written bytes from the backlog and returns how many
 // frames were completed.
-func (c *Conn) advanceLocked(n int) int {
-	c.queued -= n
+func (b *backlog) advance(n int) int {
+	b.queued -= n
 	done := 0
 	for n > 0 {
-		f := c.queue[0]
+		f := b.frames[0]
 		if n < len(f) {
-			c.queue[0] = f[n:]
-			c.partial = true
+			b.frames[0] = f[n:]
+			b.partial = true
 			return done
 		}
 		n -= len(f)
-		c.queue[0] = nil
-		c.queue = c.queue[1:]
-		c.partial = false
+		b.frames[0] = nil
+		b.frames = b.frames[1:]
+		b.partial = false
 		done++
 	}
 	return done
+}
+
+// dropBacklogLocked forgets the backlog, waking a SendWait that waits on it.
+func (c *Conn) dropBacklogLocked() {
+	if c.out != nil && c.out.room != nil {
+		close(c.out.room)
+	}
+	c.out = nil
 }
 
 // armLocked re-arms the one-shot epoll registration with what the
@@ -416,11 +460,7 @@ func (c *Conn) closeNow() {
 		return
 	}
 	c.state = stateClosed
-	c.queue, c.queued = nil, 0
-	if c.room != nil {
-		close(c.room) // a waiting SendWait finds the connection closed
-		c.room = nil
-	}
+	c.dropBacklogLocked() // a waiting SendWait finds the connection closed
 	if c.registered {
 		_ = c.srv.poll.del(c.fd) // before closing: the number may be reused at once
 	}
