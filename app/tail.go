@@ -14,23 +14,14 @@ import (
 
 	gws "github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsbus/wsbus/bus"
 )
 
 // tailCursor is what tail remembers of a topic to resume it.
 type tailCursor struct {
 	since *string
 	epoch string
-}
-
-type serverMessage struct {
-	Type      string          `json:"type"`
-	Topic     string          `json:"topic"`
-	ID        string          `json:"id"`
-	Data      json.RawMessage `json:"data"`
-	Recovered bool            `json:"recovered"`
-	Epoch     string          `json:"epoch"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
 }
 
 func runTail(args []string, stdout, stderr io.Writer) error {
@@ -134,7 +125,7 @@ func (t *tailer) session(ctx context.Context) error {
 }
 
 func (t *tailer) handle(data []byte) error {
-	var m serverMessage
+	var m bus.ServerMessage
 	if err := json.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("bad message from server: %w", err)
 	}

@@ -18,6 +18,22 @@ type clientMessage struct {
 	Token string  `json:"token"` // refresh
 }
 
+// ServerMessage is any message a gateway sends, as a Go client decodes it
+// (wsbus tail, the tests); the fields a type does not carry stay zero.
+// Data is the event's payload as published: JSON when the publisher sent
+// JSON, else a JSON string.
+type ServerMessage struct {
+	Type      string          `json:"type"`
+	Topic     string          `json:"topic"`
+	ID        string          `json:"id"`
+	Data      json.RawMessage `json:"data"`
+	Recovered bool            `json:"recovered"`
+	Epoch     string          `json:"epoch"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
+}
+
 // Error codes of {"type":"error"} replies.
 const (
 	codeBadRequest        = "bad_request"

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wsbus/wsbus/streams"
 )
@@ -40,18 +42,29 @@ func TestDecodeClientMessage(t *testing.T) {
 
 func strp(s string) *string { return &s }
 
-func TestServerMessagesAreJSON(t *testing.T) {
-	for _, b := range [][]byte{
-		appendSubscribed(nil, `we"ird`, true, "e1"),
-		appendSubscribed(nil, "t", false, ""),
-		appendUnsubscribed(nil, "t\\"),
-		appendError(nil, codeBadTopic, "", "bad \"topic\"\n"),
-		appendError(nil, codeBadTopic, "t", "m"),
-		pongMessage,
+// TestServerMessagesDecode: what the gateway writes is JSON that a client
+// decoding into ServerMessage reads back field for field.
+func TestServerMessagesDecode(t *testing.T) {
+	for _, tc := range []struct {
+		b    []byte
+		want ServerMessage
+	}{
+		{appendSubscribed(nil, `we"ird`, true, "e1"), ServerMessage{Type: "subscribed", Topic: `we"ird`, Recovered: true, Epoch: "e1"}},
+		{appendSubscribed(nil, "t", false, ""), ServerMessage{Type: "subscribed", Topic: "t"}},
+		{appendUnsubscribed(nil, "t\\"), ServerMessage{Type: "unsubscribed", Topic: "t\\"}},
+		{appendError(nil, codeBadTopic, "", "bad \"topic\"\n"), ServerMessage{Type: "error", Code: codeBadTopic, Message: "bad \"topic\"\n"}},
+		{appendError(nil, codeBadTopic, "t", "m"), ServerMessage{Type: "error", Code: codeBadTopic, Topic: "t", Message: "m"}},
+		{appendRefreshed(nil, time.Unix(1764150000, 0)), ServerMessage{Type: "refreshed", Expires: 1764150000}},
+		{streams.AppendEvent(nil, "t", "1-2", []byte(`{"a":1}`)), ServerMessage{Type: "event", Topic: "t", ID: "1-2", Data: json.RawMessage(`{"a":1}`)}},
+		{pongMessage, ServerMessage{Type: "pong"}},
 	} {
-		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil || m["type"] == "" {
-			t.Errorf("%s: %v", b, err)
+		var got ServerMessage
+		if err := json.Unmarshal(tc.b, &got); err != nil {
+			t.Errorf("%s: %v", tc.b, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s decodes to %+v, want %+v", tc.b, got, tc.want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/wsbus/wsbus/bus"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -260,11 +261,7 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		_ = conn.Close()
 		return false, fmt.Errorf("waiting for subscribed: %w", err)
 	}
-	var m struct {
-		Type      string
-		Recovered bool
-		Epoch     string
-	}
+	var m bus.ServerMessage
 	if json.Unmarshal(first, &m) != nil || m.Type != "subscribed" {
 		_ = conn.Close()
 		return false, fmt.Errorf("first message %q, want subscribed", first)

@@ -15,19 +15,12 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsbus/wsbus/bus"
 )
 
 // Message is any server message.
-type Message struct {
-	Type      string          `json:"type"`
-	Topic     string          `json:"topic"`
-	ID        string          `json:"id"`
-	Data      json.RawMessage `json:"data"`
-	Recovered bool            `json:"recovered"`
-	Epoch     string          `json:"epoch"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-}
+type Message = bus.ServerMessage
 
 // Client is one test connection.
 type Client struct {
