@@ -30,14 +30,21 @@ const wait = 10 * time.Second
 // publisher XADDs the way any service does: hash the topic, add to the
 // partition's ingress.
 type publisher struct {
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	keys streams.Keys
 	n    int
 }
 
 func newPublisher(tb testing.TB, srv *redistest.Server, prefix string) *publisher {
 	tb.Helper()
-	p := &publisher{rdb: srv.Client(tb), keys: streams.Keys{Prefix: prefix}}
+	return publisherOn(tb, srv.Client(tb), prefix)
+}
+
+// publisherOn publishes through rdb, a single Redis's client or a
+// cluster's.
+func publisherOn(tb testing.TB, rdb redis.UniversalClient, prefix string) *publisher {
+	tb.Helper()
+	p := &publisher{rdb: rdb, keys: streams.Keys{Prefix: prefix}}
 	n, err := streams.Partitions(context.Background(), p.rdb, p.keys)
 	if err != nil {
 		tb.Fatal(err)

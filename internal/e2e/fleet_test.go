@@ -30,7 +30,7 @@ const (
 // fleet is a bus with several gateway processes.
 type fleet struct {
 	tb     testing.TB
-	srv    *redistest.Server
+	redis  string // --redis of every node
 	prefix string
 	pub    *publisher
 	mu     sync.Mutex
@@ -40,11 +40,19 @@ type fleet struct {
 
 func newFleet(tb testing.TB, names ...string) *fleet {
 	tb.Helper()
-	f := &fleet{tb: tb, srv: redistest.Start(tb), prefix: redistest.Prefix(tb), nodes: map[string]*gateway{}}
+	srv := redistest.Start(tb)
+	return newFleetOn(tb, srv.URL(), srv.Client(tb), names...)
+}
+
+// newFleetOn starts the named nodes on the Redis of redisURL, which rdb is
+// a client of: a single Redis or a cluster.
+func newFleetOn(tb testing.TB, redisURL string, rdb redis.UniversalClient, names ...string) *fleet {
+	tb.Helper()
+	f := &fleet{tb: tb, redis: redisURL, prefix: redistest.Prefix(tb), nodes: map[string]*gateway{}}
 	for _, name := range names {
 		f.start(name)
 	}
-	f.pub = newPublisher(tb, f.srv, f.prefix)
+	f.pub = publisherOn(tb, rdb, f.prefix)
 	covered := map[int]bool{}
 	for i := 0; len(covered) < fleetPartitions || len(f.topics) < fleetPartitions+4; i++ {
 		topic := "topic-" + strconv.Itoa(i)
@@ -59,7 +67,7 @@ func newFleet(tb testing.TB, names ...string) *fleet {
 
 func (f *fleet) start(name string) *gateway {
 	f.tb.Helper()
-	g := startGateway(f.tb, f.srv.URL(), f.prefix, "--node-id", name, "--partitions", strconv.Itoa(fleetPartitions),
+	g := startGateway(f.tb, f.redis, f.prefix, "--node-id", name, "--partitions", strconv.Itoa(fleetPartitions),
 		"--lease-ttl", fleetTTL.String(), "--history-len", "100000", "--drain-rate", "0")
 	f.mu.Lock()
 	f.nodes[name] = g
@@ -110,6 +118,20 @@ func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
 		return nil
 	})
 	return owners
+}
+
+// waitTakenOver waits until another node holds every partition that gone
+// held in before.
+func (f *fleet) waitTakenOver(before []string, gone string) {
+	f.tb.Helper()
+	redistest.Eventually(f.tb, 3*fleetTTL, func() error {
+		for p, o := range f.owners() {
+			if before[p] == gone && (o == "" || o == gone) {
+				return fmt.Errorf("partition %d not taken over yet", p)
+			}
+		}
+		return nil
+	})
 }
 
 // publishing appends events round-robin over the topics until stopped.
@@ -302,17 +324,8 @@ func TestFleetNodeKilled(t *testing.T) {
 
 	killed := time.Now()
 	f.nodes["b"].kill(t)
-	var took time.Duration
-	redistest.Eventually(t, 3*fleetTTL, func() error {
-		owners := f.owners()
-		for p, o := range owners {
-			if before[p] == "b" && (o == "" || o == "b") {
-				return fmt.Errorf("partition %d not taken over yet", p)
-			}
-		}
-		took = time.Since(killed)
-		return nil
-	})
+	f.waitTakenOver(before, "b")
+	took := time.Since(killed)
 	t.Logf("take-over after SIGKILL: %v (lease TTL %v)", took.Round(10*time.Millisecond), fleetTTL)
 	if took > fleetTTL+time.Second {
 		t.Errorf("take-over took %v, want at most the lease TTL %v plus 1s", took, fleetTTL)
@@ -461,7 +474,7 @@ func TestStatusShowsTheFleet(t *testing.T) {
 	for range 30 {
 		f.pub.xadd(t, f.topics[0], "x")
 	}
-	out, err := exec.Command(wsbusBin, "status", "--json", "--redis", f.srv.URL(), "--prefix", f.prefix).Output()
+	out, err := exec.Command(wsbusBin, "status", "--json", "--redis", f.redis, "--prefix", f.prefix).Output()
 	if err != nil {
 		t.Fatalf("wsbus status: %v", err)
 	}
@@ -492,7 +505,7 @@ func TestStatusShowsTheFleet(t *testing.T) {
 			t.Errorf("partition %+v, owner key says %q", p, owners[p.P])
 		}
 	}
-	text, err := exec.Command(wsbusBin, "status", "--redis", f.srv.URL(), "--prefix", f.prefix).Output()
+	text, err := exec.Command(wsbusBin, "status", "--redis", f.redis, "--prefix", f.prefix).Output()
 	if err != nil || !containsAll(string(text), "2 live nodes", "LAST OWNER CHANGE", "\na ", "\nb ") {
 		t.Fatalf("status text (%v):\n%s", err, text)
 	}
