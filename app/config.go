@@ -89,10 +89,17 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		Addrs:                 addrs,
 		PoolSize:              poolSize,
 		ContextTimeoutEnabled: true,
+		// go-redis keeps writing to a failed master until it reloads the
+		// slot map, every 60 s by default; MOVED replies reload it sooner
+		// only once a new master answers.
+		ClusterStateReloadInterval: clusterReload,
 	}
 	lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 	return redis.NewClusterClient(opt), nil
 }
+
+// clusterReload is how often a Redis Cluster's slot map is read again.
+const clusterReload = 5 * time.Second
 
 // redisBuffer is the read and write buffer of each Redis connection.
 // go-redis defaults to 32 KiB each (128 KiB for pipelines); a gateway keeps
