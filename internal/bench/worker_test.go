@@ -67,3 +67,34 @@ func TestConsumeSplitFrames(t *testing.T) {
 		}
 	}
 }
+
+// FuzzConsume: the bench client reads whatever a server under test sends
+// without panicking, and the same bytes cut anywhere give the same events.
+func FuzzConsume(f *testing.F) {
+	data, _ := json.Marshal(eventData{T: 1, K: 0})
+	var wire bytes.Buffer
+	_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "t", "1-1", data)))
+	_ = ws.WriteFrame(&wire, ws.NewPingFrame(nil))
+	f.Add(wire.Bytes(), 3)
+	f.Add([]byte{0x81, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 1)
+	f.Add([]byte{0x81, 0xfe, 0x00, 0x02, 1, 2, 3, 4, 'a', 'b'}, 0)
+	f.Fuzz(func(t *testing.T, input []byte, cut int) {
+		run := func(pieces ...[]byte) (uint64, error) {
+			w := &worker{}
+			in := &inbox{w: w}
+			wc := &wconn{fd: -1, shard: &w.shards[0]}
+			for _, p := range pieces {
+				if err := in.consume(wc, bytes.Clone(p), 0); err != nil {
+					return w.received.Load(), err
+				}
+			}
+			return w.received.Load(), nil
+		}
+		whole, errWhole := run(input)
+		cut = min(max(cut, 0), len(input))
+		split, errSplit := run(input[:cut], input[cut:])
+		if whole != split || (errWhole == nil) != (errSplit == nil) {
+			t.Fatalf("whole: %d events, %v; cut at %d: %d events, %v", whole, errWhole, cut, split, errSplit)
+		}
+	})
+}
