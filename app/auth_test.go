@@ -18,26 +18,18 @@ import (
 	gws "github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/wsbus/wsbus/internal/authtest"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
 const testSecret = "test-secret"
-
-func token(tb testing.TB, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
-	tb.Helper()
-	s, err := jwt.NewWithClaims(method, claims).SignedString(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
-}
 
 func claims(sub string, ttl time.Duration, topics ...string) jwt.MapClaims {
 	return jwt.MapClaims{"sub": sub, "exp": time.Now().Add(ttl).Unix(), "aud": "wsbus", "topics": topics}
 }
 
 func hs(tb testing.TB, c jwt.MapClaims) string {
-	return token(tb, jwt.SigningMethodHS256, []byte(testSecret), c)
+	return authtest.Sign(tb, jwt.SigningMethodHS256, []byte(testSecret), c)
 }
 
 func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
@@ -98,16 +90,16 @@ func TestAuthTokens(t *testing.T) {
 	}{
 		{"HS256 in the header", hsBus, bearer(hs(t, good)), "", 101},
 		{"HS256 in the query", hsBus, nil, "?token=" + hs(t, good), 101},
-		{"RS256", rsBus, bearer(token(t, jwt.SigningMethodRS256, rsaKey, good)), "", 101},
-		{"ES256", esBus, bearer(token(t, jwt.SigningMethodES256, ecKey, good)), "", 101},
+		{"RS256", rsBus, bearer(authtest.Sign(t, jwt.SigningMethodRS256, rsaKey, good)), "", 101},
+		{"ES256", esBus, bearer(authtest.Sign(t, jwt.SigningMethodES256, ecKey, good)), "", 101},
 		{"no token", hsBus, nil, "", 401},
 		{"alg none", hsBus, bearer(none), "", 401},
 		{"alg none to RS256", rsBus, bearer(none), "", 401},
-		{"HS256 signed with the RSA public key", rsBus, bearer(token(t, jwt.SigningMethodHS256, rsaPEM, good)), "", 401},
+		{"HS256 signed with the RSA public key", rsBus, bearer(authtest.Sign(t, jwt.SigningMethodHS256, rsaPEM, good)), "", 401},
 		{"expired", hsBus, bearer(hs(t, claims("u1", -time.Minute, "user:1"))), "", 401},
 		{"missing exp", hsBus, bearer(hs(t, noExp)), "", 401},
 		{"wrong aud", hsBus, bearer(hs(t, wrongAud)), "", 401},
-		{"bad signature", hsBus, bearer(token(t, jwt.SigningMethodHS256, []byte("nope"), good)), "", 401},
+		{"bad signature", hsBus, bearer(authtest.Sign(t, jwt.SigningMethodHS256, []byte("nope"), good)), "", 401},
 		{"not a JWT", hsBus, bearer("garbage"), "", 401},
 	}
 	for _, tt := range tests {

@@ -12,16 +12,9 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-)
 
-func sign(tb testing.TB, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
-	tb.Helper()
-	s, err := jwt.NewWithClaims(method, claims).SignedString(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
-}
+	"github.com/wsbus/wsbus/internal/authtest"
+)
 
 func valid() jwt.MapClaims {
 	return jwt.MapClaims{"sub": "u1", "exp": time.Now().Add(time.Hour).Unix(), "topics": []string{"user:1", "news:*"}}
@@ -65,26 +58,26 @@ func TestVerify(t *testing.T) {
 	es, _ := New(Config{PublicKey: ecPub})
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, valid()).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	// Algorithm confusion: HS256 signed with the RSA public key's PEM as the secret.
-	confused := sign(t, jwt.SigningMethodHS256, pemOf(t, &rsaKey.PublicKey), valid())
+	confused := authtest.Sign(t, jwt.SigningMethodHS256, pemOf(t, &rsaKey.PublicKey), valid())
 	tests := []struct {
 		name  string
 		v     *Verifier
 		token string
 		ok    bool
 	}{
-		{"HS256", hs, sign(t, jwt.SigningMethodHS256, secret, with(valid(), "aud", "wsbus")), true},
-		{"RS256", rs, sign(t, jwt.SigningMethodRS256, rsaKey, valid()), true},
-		{"ES256", es, sign(t, jwt.SigningMethodES256, ecKey, valid()), true},
+		{"HS256", hs, authtest.Sign(t, jwt.SigningMethodHS256, secret, with(valid(), "aud", "wsbus")), true},
+		{"RS256", rs, authtest.Sign(t, jwt.SigningMethodRS256, rsaKey, valid()), true},
+		{"ES256", es, authtest.Sign(t, jwt.SigningMethodES256, ecKey, valid()), true},
 		{"alg none", rs, none, false},
 		{"alg none against a secret", hs, none, false},
 		{"HS256 with the RSA public key as secret", rs, confused, false},
-		{"RS256 token to an HS256 verifier", hs, sign(t, jwt.SigningMethodRS256, rsaKey, with(valid(), "aud", "wsbus")), false},
-		{"expired", hs, sign(t, jwt.SigningMethodHS256, secret, with(with(valid(), "aud", "wsbus"), "exp", time.Now().Add(-time.Minute).Unix())), false},
-		{"missing exp", hs, sign(t, jwt.SigningMethodHS256, secret, with(with(valid(), "aud", "wsbus"), "exp", nil)), false},
-		{"wrong aud", hs, sign(t, jwt.SigningMethodHS256, secret, with(valid(), "aud", "other")), false},
-		{"missing aud", hs, sign(t, jwt.SigningMethodHS256, secret, valid()), false},
-		{"bad signature", hs, sign(t, jwt.SigningMethodHS256, []byte("wrong"), with(valid(), "aud", "wsbus")), false},
-		{"other ES key", es, sign(t, jwt.SigningMethodES256, mustEC(), valid()), false},
+		{"RS256 token to an HS256 verifier", hs, authtest.Sign(t, jwt.SigningMethodRS256, rsaKey, with(valid(), "aud", "wsbus")), false},
+		{"expired", hs, authtest.Sign(t, jwt.SigningMethodHS256, secret, with(with(valid(), "aud", "wsbus"), "exp", time.Now().Add(-time.Minute).Unix())), false},
+		{"missing exp", hs, authtest.Sign(t, jwt.SigningMethodHS256, secret, with(with(valid(), "aud", "wsbus"), "exp", nil)), false},
+		{"wrong aud", hs, authtest.Sign(t, jwt.SigningMethodHS256, secret, with(valid(), "aud", "other")), false},
+		{"missing aud", hs, authtest.Sign(t, jwt.SigningMethodHS256, secret, valid()), false},
+		{"bad signature", hs, authtest.Sign(t, jwt.SigningMethodHS256, []byte("wrong"), with(valid(), "aud", "wsbus")), false},
+		{"other ES key", es, authtest.Sign(t, jwt.SigningMethodES256, mustEC(), valid()), false},
 		{"garbage", hs, "not.a.jwt", false},
 	}
 	for _, tt := range tests {
