@@ -92,7 +92,8 @@ type Gateway struct {
 
 	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
-	parts  []*livePart // by partition, created on first use
+	parts  []*liveConn // by partition, made on first use
+	shared *liveConn   // on a single Redis, the one in every slot of parts
 }
 
 // client is the Gateway's state of one connection.
@@ -150,7 +151,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		topics:   make(map[string]*topic),
-		parts:    make([]*livePart, cfg.Partitions),
+		parts:    make([]*liveConn, cfg.Partitions),
 		expiries: newExpiries(),
 	}
 	go g.sweep()
@@ -163,9 +164,11 @@ func (g *Gateway) Close() error {
 	g.cancel()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, lp := range g.parts {
-		if lp != nil {
-			_ = lp.ps.Close()
+	closed := map[*liveConn]bool{}
+	for _, lc := range g.parts {
+		if lc != nil && !closed[lc] {
+			closed[lc] = true
+			_ = lc.ps.Close()
 		}
 	}
 	return nil

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"net"
 	"runtime"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -136,8 +136,7 @@ func (g *Gateway) acquire(name string) *topic {
 			ready: make(chan struct{}),
 		}
 		g.topics[name] = t
-		lp := g.partLocked(t.p)
-		if err := lp.ps.SSubscribe(g.ctx, g.cfg.Keys.Live(t.p, name)); err != nil {
+		if err := g.liveLocked(t.p).ps.SSubscribe(g.ctx, g.cfg.Keys.Live(t.p, name)); err != nil {
 			// go-redis resubscribes on its next connection; the catch-up
 			// that follows covers what was missed.
 			g.cfg.Logger.Warn("subscribing live channel", "topic", name, "err", err)
@@ -191,38 +190,59 @@ func (g *Gateway) sweep() {
 	}
 }
 
-// livePart is the pub/sub connection of one partition's live channels: a
-// Redis Cluster PubSub is bound to the node of its first channel's slot, so
-// each partition gets its own.
-type livePart struct {
-	g      *Gateway
-	p      int
-	ps     *redis.PubSub
-	prefix string // "<prefix>:{p}:live:", cut from channel names
+// liveConn is a pub/sub connection for live channels. On Redis Cluster a
+// PubSub is bound to the node of its first channel's slot, so each
+// partition gets its own; on a single Redis one connection carries every
+// partition's channels: go-redis gives each PubSub connection 64 KiB of
+// buffers whatever the options say, 4 MiB for 64 partitions, and each is a
+// connection Redis holds.
+type liveConn struct {
+	g  *Gateway
+	ps *redis.PubSub
+
+	mu    sync.Mutex
+	parts []int // partitions whose channels it carries
 }
 
-func (g *Gateway) partLocked(p int) *livePart {
-	if lp := g.parts[p]; lp != nil {
-		return lp
+// liveLocked returns the pub/sub connection for partition p's channels.
+func (g *Gateway) liveLocked(p int) *liveConn {
+	if lc := g.parts[p]; lc != nil {
+		return lc
 	}
-	lp := &livePart{g: g, p: p, ps: g.cfg.Redis.SSubscribe(g.ctx), prefix: g.cfg.Keys.Live(p, "")}
-	g.parts[p] = lp
-	go lp.receive()
-	return lp
+	lc := g.shared
+	if lc == nil {
+		lc = &liveConn{g: g, ps: g.cfg.Redis.SSubscribe(g.ctx)}
+		go lc.receive()
+		if _, cluster := g.cfg.Redis.(*redis.ClusterClient); !cluster {
+			g.shared = lc
+		}
+	}
+	lc.mu.Lock()
+	lc.parts = append(lc.parts, p)
+	lc.mu.Unlock()
+	g.parts[p] = lc
+	return lc
 }
 
-// receive reads one partition's pub/sub until the Gateway closes. After
-// the connection is lost, go-redis reconnects and resubscribes; the first
-// confirmation after that starts a catch-up of every topic from history.
-func (lp *livePart) receive() {
-	g := lp.g
+func (lc *liveConn) partitions() []int {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return slices.Clone(lc.parts)
+}
+
+// receive reads one pub/sub connection until the Gateway closes. After the
+// connection is lost, go-redis reconnects and resubscribes every channel
+// with one command; the first confirmation after that starts a catch-up of
+// every topic of its partitions from history.
+func (lc *liveConn) receive() {
+	g := lc.g
 	lost := false
 	for g.ctx.Err() == nil {
-		msg, err := lp.ps.ReceiveTimeout(g.ctx, 15*time.Second)
+		msg, err := lc.ps.ReceiveTimeout(g.ctx, 15*time.Second)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				_ = lp.ps.Ping(g.ctx) // a dead connection fails here and reconnects
+				_ = lc.ps.Ping(g.ctx) // a dead connection fails here and reconnects
 				continue
 			}
 			if g.ctx.Err() != nil {
@@ -230,8 +250,11 @@ func (lp *livePart) receive() {
 			}
 			if !lost {
 				lost = true
-				g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partition", lp.p, "err", err)
-				g.startCatching(lp.p)
+				parts := lc.partitions()
+				g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partitions", len(parts), "err", err)
+				for _, p := range parts {
+					g.startCatching(p)
+				}
 			}
 			time.Sleep(50 * time.Millisecond)
 			continue
@@ -241,21 +264,25 @@ func (lp *livePart) receive() {
 			if m.Kind != "ssubscribe" {
 				continue
 			}
-			if t := g.topicOf(lp, m.Channel); t != nil {
+			if t := g.topicOf(m.Channel); t != nil {
 				t.markReady()
 			}
 			if lost {
 				lost = false
-				go g.catchUp(lp.p)
+				go func(parts []int) {
+					for _, p := range parts {
+						g.catchUp(p)
+					}
+				}(lc.partitions())
 			}
 		case *redis.Message:
-			g.fanOut(lp, m.Channel, m.Payload)
+			g.fanOut(m.Channel, m.Payload)
 		}
 	}
 }
 
-func (g *Gateway) topicOf(lp *livePart, channel string) *topic {
-	name, ok := strings.CutPrefix(channel, lp.prefix)
+func (g *Gateway) topicOf(channel string) *topic {
+	_, name, ok := g.cfg.Keys.LiveTopic(channel)
 	if !ok {
 		return nil
 	}
@@ -266,9 +293,9 @@ func (g *Gateway) topicOf(lp *livePart, channel string) *topic {
 
 // fanOut encodes a live event's frame once and queues it to every
 // subscriber of its topic.
-func (g *Gateway) fanOut(lp *livePart, channel, payload string) {
+func (g *Gateway) fanOut(channel, payload string) {
 	g.stats.liveEvents.Add(1)
-	t := g.topicOf(lp, channel)
+	t := g.topicOf(channel)
 	if t == nil {
 		return
 	}

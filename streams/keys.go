@@ -3,6 +3,7 @@ package streams
 import (
 	"hash/crc32"
 	"strconv"
+	"strings"
 )
 
 // DefaultPrefix is the key prefix when none is configured.
@@ -44,6 +45,24 @@ func (k Keys) Topic(p int, topic string) string { return k.part(p, "topic:"+topi
 
 // Live is the sharded pub/sub channel of one topic.
 func (k Keys) Live(p int, topic string) string { return k.part(p, "live:"+topic) }
+
+// LiveTopic returns the partition and topic of a channel Live made; ok is
+// false for any other name.
+func (k Keys) LiveTopic(channel string) (p int, topic string, ok bool) {
+	rest, ok := strings.CutPrefix(channel, k.prefix()+":{")
+	if !ok {
+		return 0, "", false
+	}
+	num, rest, ok := strings.Cut(rest, "}:live:")
+	if !ok {
+		return 0, "", false
+	}
+	p, err := strconv.Atoi(num)
+	if err != nil || p < 0 || strconv.Itoa(p) != num {
+		return 0, "", false
+	}
+	return p, rest, true
+}
 
 // PartitionMeta is the hash holding partition p's epoch and fencing counter.
 func (k Keys) PartitionMeta(p int) string { return k.part(p, "meta") }

@@ -66,6 +66,24 @@ func TestKeys(t *testing.T) {
 	}
 }
 
+func TestLiveTopic(t *testing.T) {
+	k := Keys{Prefix: "app"}
+	for _, tc := range []struct {
+		p     int
+		topic string
+	}{{3, "user:1"}, {0, "a}:live:b"}, {63, ""}} {
+		p, topic, ok := k.LiveTopic(k.Live(tc.p, tc.topic))
+		if !ok || p != tc.p || topic != tc.topic {
+			t.Errorf("LiveTopic(Live(%d, %q)) = %d, %q, %v", tc.p, tc.topic, p, topic, ok)
+		}
+	}
+	for _, ch := range []string{"app:{3}:topic:user:1", "wsbus:{3}:live:a", "app:{x}:live:a", "app:{-1}:live:a", "app:{03}:live:a", "app:3:live:a"} {
+		if _, _, ok := k.LiveTopic(ch); ok {
+			t.Errorf("LiveTopic(%q) ok, want not a live channel of the bus", ch)
+		}
+	}
+}
+
 func TestParseID(t *testing.T) {
 	tests := []struct {
 		in   string
