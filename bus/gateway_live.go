@@ -20,16 +20,16 @@ const topicLinger = 30 * time.Second
 
 // topic is one topic with local subscribers.
 type topic struct {
-	name      string
-	p         int
-	ready     chan struct{} // closed once Redis confirmed the subscription
-	readyOnce sync.Once
+	name string
+	p    int
 
 	// Guarded by Gateway.mu.
 	refs      int
-	idleSince time.Time
+	idleSince int64 // unix nanoseconds when refs fell to 0
 
 	mu       sync.Mutex
+	ready    bool            // Redis confirmed the live channel's subscription
+	waiting  chan struct{}   // made by the first subscriber to wait for ready, closed then
 	subs     []*subscription // each knows its index (subscription.idx)
 	seen     streams.ID      // newest event delivered to this topic's subscribers
 	catching bool            // pub/sub was lost: live events wait in backlog
@@ -52,7 +52,31 @@ type subscription struct {
 	live    bool        // history sent; guarded by topic.mu
 }
 
-func (t *topic) markReady() { t.readyOnce.Do(func() { close(t.ready) }) }
+// markReady records that the live channel is subscribed and wakes the
+// subscriptions waiting for it. A topic keeps no channel once ready.
+func (t *topic) markReady() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ready = true
+	if t.waiting != nil {
+		close(t.waiting)
+		t.waiting = nil
+	}
+}
+
+// readyOrWait reports whether the live channel is subscribed; if not, it
+// returns a channel closed once it is.
+func (t *topic) readyOrWait() (bool, <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ready {
+		return true, nil
+	}
+	if t.waiting == nil {
+		t.waiting = make(chan struct{})
+	}
+	return false, t.waiting
+}
 
 // deliverLocked sends ev to every subscriber that has not had it, in ID
 // order; subscriptions still sending history hold it for later. A large
@@ -130,11 +154,7 @@ func (g *Gateway) acquire(name string) *topic {
 	defer g.mu.Unlock()
 	t, ok := g.topics[name]
 	if !ok {
-		t = &topic{
-			name:  name,
-			p:     streams.Partition(name, g.cfg.Partitions),
-			ready: make(chan struct{}),
-		}
+		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions)}
 		g.topics[name] = t
 		if err := g.liveLocked(t.p).ps.SSubscribe(g.ctx, g.cfg.Keys.Live(t.p, name)); err != nil {
 			// go-redis resubscribes on its next connection; the catch-up
@@ -151,7 +171,7 @@ func (g *Gateway) release(t *topic) {
 	g.mu.Lock()
 	t.refs--
 	if t.refs == 0 {
-		t.idleSince = time.Now()
+		t.idleSince = time.Now().UnixNano()
 	}
 	g.mu.Unlock()
 }
@@ -180,7 +200,7 @@ func (g *Gateway) sweep() {
 		case now := <-tick.C:
 			g.mu.Lock()
 			for name, t := range g.topics {
-				if t.refs == 0 && now.Sub(t.idleSince) > topicLinger {
+				if t.refs == 0 && now.UnixNano()-t.idleSince > int64(topicLinger) {
 					delete(g.topics, name)
 					_ = g.parts[t.p].ps.SUnsubscribe(g.ctx, g.cfg.Keys.Live(t.p, name))
 				}

@@ -55,15 +55,14 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 }
 
 func (g *Gateway) waitReady(t *topic) bool {
-	select {
-	case <-t.ready:
-		return true // the common case: no timer
-	default:
+	ready, wait := t.readyOrWait()
+	if ready {
+		return true // the common case: no timer, no channel
 	}
 	timer := time.NewTimer(g.cfg.ReadyTimeout)
 	defer timer.Stop()
 	select {
-	case <-t.ready:
+	case <-wait:
 		return true
 	case <-timer.C:
 		return false
