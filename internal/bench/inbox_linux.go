@@ -46,10 +46,9 @@ func (in *inbox) adopt(wc *wconn, conn net.Conn, early []byte, resumed bool) err
 		return err
 	}
 	wc.mu.Lock()
+	defer wc.mu.Unlock()
 	wc.fd, wc.rest, wc.resumed = fd, wc.rest[:0], resumed
-	err = in.consume(wc, early, time.Now().UnixNano())
-	wc.mu.Unlock()
-	if err != nil {
+	if err := in.consume(wc, early, time.Now().UnixNano()); err != nil {
 		in.drop(wc, fd, false)
 		return err
 	}
@@ -59,6 +58,7 @@ func (in *inbox) adopt(wc *wconn, conn net.Conn, early []byte, resumed bool) err
 	}
 	in.byFD[fd] = wc
 	in.mu.Unlock()
+	// Events wait for wc.mu, which is held until wc is ready for them.
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}
 	if err := syscall.EpollCtl(in.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		in.drop(wc, fd, false)
@@ -91,7 +91,8 @@ func dupFD(conn net.Conn) (int, error) {
 }
 
 // drop closes wc's socket, with a TCP reset when reset is set: tens of
-// thousands of sockets in TIME_WAIT would block the next connections.
+// thousands of sockets in TIME_WAIT would block the next connections. It
+// runs with wc.mu held.
 func (in *inbox) drop(wc *wconn, fd int, reset bool) {
 	in.mu.Lock()
 	if fd < len(in.byFD) && in.byFD[fd] == wc {
