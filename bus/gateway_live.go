@@ -218,10 +218,50 @@ func (g *Gateway) sweep() {
 // connection Redis holds.
 type liveConn struct {
 	g  *Gateway
-	ps *redis.PubSub
+	ps *redis.PubSub // guarded by Gateway.mu: renew replaces it
 
 	mu    sync.Mutex
 	parts []int // partitions whose channels it carries
+}
+
+func (lc *liveConn) pubsub() *redis.PubSub {
+	lc.g.mu.RLock()
+	defer lc.g.mu.RUnlock()
+	return lc.ps
+}
+
+// renew replaces old, a connection whose channels Redis no longer serves
+// there (a MOVED reply, or a slot that moved away), with a new one
+// subscribed to every channel of lc's partitions, found by a fresh slot
+// map. The caller has started the catch-up that the first confirmation
+// completes.
+func (lc *liveConn) renew(old *redis.PubSub) {
+	g := lc.g
+	if cc, ok := g.cfg.Redis.(*redis.ClusterClient); ok {
+		cc.ReloadState(g.ctx)
+	}
+	parts := lc.partitions()
+	g.mu.Lock()
+	if lc.ps != old {
+		g.mu.Unlock()
+		return
+	}
+	var channels []string
+	for name, t := range g.topics {
+		if slices.Contains(parts, t.p) {
+			channels = append(channels, g.cfg.Keys.Live(t.p, name))
+		}
+	}
+	ps := g.cfg.Redis.SSubscribe(g.ctx)
+	lc.ps = ps
+	g.mu.Unlock()
+	_ = old.Close()
+	if len(channels) > 0 {
+		// One slot per connection on Redis Cluster; no slots on one Redis.
+		if err := ps.SSubscribe(g.ctx, channels...); err != nil {
+			g.cfg.Logger.Warn("resubscribing live channels", "channels", len(channels), "err", err)
+		}
+	}
 }
 
 // liveLocked returns the pub/sub connection for partition p's channels.
@@ -257,30 +297,49 @@ func (lc *liveConn) partitions() []int {
 func (lc *liveConn) receive() {
 	g := lc.g
 	lost := false
+	loseOnce := func(err error) {
+		if lost {
+			return
+		}
+		lost = true
+		parts := lc.partitions()
+		g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partitions", len(parts), "err", err)
+		for _, p := range parts {
+			g.startCatching(p)
+		}
+	}
 	for g.ctx.Err() == nil {
-		msg, err := lc.ps.ReceiveTimeout(g.ctx, 15*time.Second)
+		ps := lc.pubsub()
+		msg, err := ps.ReceiveTimeout(g.ctx, 15*time.Second)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				_ = lc.ps.Ping(g.ctx) // a dead connection fails here and reconnects
+				_ = ps.Ping(g.ctx) // a dead connection fails here and reconnects
 				continue
 			}
 			if g.ctx.Err() != nil {
 				return
 			}
-			if !lost {
-				lost = true
-				parts := lc.partitions()
-				g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partitions", len(parts), "err", err)
-				for _, p := range parts {
-					g.startCatching(p)
-				}
+			loseOnce(err)
+			var reply redis.Error
+			if errors.As(err, &reply) {
+				// A reply on a sound connection (MOVED: the slot is served
+				// elsewhere now): go-redis would not reconnect by itself.
+				lc.renew(ps)
+				time.Sleep(200 * time.Millisecond)
+				continue
 			}
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
+			if m.Kind == "sunsubscribe" && g.topicOf(m.Channel) != nil {
+				// Redis dropped a channel still wanted: its slot moved.
+				loseOnce(errors.New("redis unsubscribed " + m.Channel))
+				lc.renew(ps)
+				continue
+			}
 			if m.Kind != "ssubscribe" {
 				continue
 			}

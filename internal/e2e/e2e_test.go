@@ -195,7 +195,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 		clients[topic].Expect("subscribed", wait)
 	}
 
-	pb := startPublishing(t, pub, topics, 500*time.Microsecond)
+	pb := startPublishing(t, pub, topics, 500*time.Microsecond, false)
 
 	// Read what arrives before the kill, as a client would.
 	got := make(map[string][]string)

@@ -142,12 +142,14 @@ type publishing struct {
 }
 
 func (f *fleet) publish() *publishing {
-	return startPublishing(f.tb, f.pub, f.topics, time.Millisecond)
+	return startPublishing(f.tb, f.pub, f.topics, time.Millisecond, false)
 }
 
 // startPublishing XADDs events round-robin over topics, one per interval,
-// until finish.
-func startPublishing(tb testing.TB, pub *publisher, topics []string, interval time.Duration) *publishing {
+// until finish. With retry a failed XADD is sent again (only safe where a
+// failure cannot mean the entry was added: a dead Redis node), else it
+// fails the test.
+func startPublishing(tb testing.TB, pub *publisher, topics []string, interval time.Duration, retry bool) *publishing {
 	pb := &publishing{stop: make(chan struct{}), done: make(chan struct{}), ids: map[string][]string{}}
 	go func() {
 		defer close(pb.done)
@@ -162,6 +164,11 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 				Stream: pub.keys.Ingress(streams.Partition(topic, pub.n)),
 				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
 			}).Result()
+			if err != nil && retry {
+				i--
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
 			if err != nil {
 				tb.Errorf("XADD: %v", err)
 				return
@@ -271,7 +278,8 @@ func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 			defer r.mu.Unlock()
 			for _, t := range f.topics {
 				if len(r.got[t]) < len(published[t]) {
-					return fmt.Errorf("client %d has %d of %d events of %s", i, len(r.got[t]), len(published[t]), t)
+					missing := slices.DeleteFunc(slices.Clone(published[t]), func(id string) bool { return slices.Contains(r.got[t], id) })
+					return fmt.Errorf("client %d has %d of %d events of %s; missing %v; problems %v", i, len(r.got[t]), len(published[t]), t, missing, r.problems)
 				}
 			}
 			return nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -62,50 +63,93 @@ func start(tb testing.TB, args ...string) *Server {
 	return s
 }
 
-// Cluster is a Redis Cluster of masters without replicas.
+// Cluster is a Redis Cluster: masters, each with its replicas.
 type Cluster struct {
-	Nodes []*Server
+	Masters  []*Server
+	Replicas [][]*Server // by master
 }
 
-// StartCluster starts n cluster-enabled redis-servers, gives each an equal
-// range of the 16,384 slots, joins them and waits until every node reports
-// the cluster ok. They stop at the end of the test.
-func StartCluster(tb testing.TB, n int) *Cluster {
+// StartCluster starts masters cluster-enabled redis-servers, gives each an
+// equal range of the 16,384 slots and replicas replicas of its own, joins
+// them and waits until every node reports the cluster ok and every replica
+// is in sync. A master that stops answering for 2 s is failed over. They
+// stop at the end of the test.
+func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	tb.Helper()
-	cl := &Cluster{}
-	for range n {
+	cl := &Cluster{Replicas: make([][]*Server, masters)}
+	node := func() *Server {
 		dir := tb.TempDir()
-		cl.Nodes = append(cl.Nodes, start(tb, "--cluster-enabled", "yes",
-			"--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000"))
+		return start(tb, "--cluster-enabled", "yes",
+			"--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000")
 	}
 	ctx := context.Background()
-	clients := make([]*redis.Client, n)
-	for i, s := range cl.Nodes {
-		clients[i] = s.Client(tb)
-		lo, hi := i*16384/n, (i+1)*16384/n-1
-		if err := clients[i].ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
-			tb.Fatalf("CLUSTER ADDSLOTSRANGE %d %d on %s: %v", lo, hi, s.Addr, err)
+	for i := range masters {
+		m := node()
+		cl.Masters = append(cl.Masters, m)
+		lo, hi := i*16384/masters, (i+1)*16384/masters-1
+		c := redis.NewClient(&redis.Options{Addr: m.Addr})
+		err := c.ClusterAddSlotsRange(ctx, lo, hi).Err()
+		_ = c.Close()
+		if err != nil {
+			tb.Fatalf("CLUSTER ADDSLOTSRANGE %d %d on %s: %v", lo, hi, m.Addr, err)
+		}
+		for range replicas {
+			cl.Replicas[i] = append(cl.Replicas[i], node())
 		}
 	}
-	for _, s := range cl.Nodes[1:] {
+	all := cl.nodes()
+	clients := map[*Server]*redis.Client{}
+	for _, s := range all {
+		clients[s] = s.Client(tb)
+	}
+	for _, s := range all[1:] {
 		host, port, _ := net.SplitHostPort(s.Addr)
-		if err := clients[0].ClusterMeet(ctx, host, port).Err(); err != nil {
+		if err := clients[all[0]].ClusterMeet(ctx, host, port).Err(); err != nil {
 			tb.Fatalf("CLUSTER MEET %s: %v", s.Addr, err)
 		}
 	}
-	Eventually(tb, 20*time.Second, func() error {
-		for i, c := range clients {
-			info, err := c.ClusterInfo(ctx).Result()
+	for i, m := range cl.Masters {
+		id, err := clients[m].ClusterMyID(ctx).Result()
+		if err != nil {
+			tb.Fatalf("CLUSTER MYID on %s: %v", m.Addr, err)
+		}
+		for _, r := range cl.Replicas[i] {
+			// The replica must have heard of its master by gossip first.
+			Eventually(tb, 20*time.Second, func() error { return clients[r].ClusterReplicate(ctx, id).Err() })
+		}
+	}
+	Eventually(tb, 30*time.Second, func() error {
+		for _, s := range all {
+			info, err := clients[s].ClusterInfo(ctx).Result()
 			if err != nil {
 				return err
 			}
-			if !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(n)) {
-				return fmt.Errorf("node %s not ready:\n%s", cl.Nodes[i].Addr, info)
+			if !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(len(all))) {
+				return fmt.Errorf("node %s not ready:\n%s", s.Addr, info)
+			}
+		}
+		for _, rs := range cl.Replicas {
+			for _, r := range rs {
+				repl, err := clients[r].Info(ctx, "replication").Result()
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(repl, "master_link_status:up") {
+					return fmt.Errorf("replica %s not in sync:\n%s", r.Addr, repl)
+				}
 			}
 		}
 		return nil
 	})
 	return cl
+}
+
+func (cl *Cluster) nodes() []*Server {
+	out := slices.Clone(cl.Masters)
+	for _, rs := range cl.Replicas {
+		out = append(out, rs...)
+	}
+	return out
 }
 
 // URL is the redis+cluster:// URL of the cluster, as --redis takes it.
@@ -114,9 +158,9 @@ func (cl *Cluster) URL() string {
 }
 
 func (cl *Cluster) addrs() []string {
-	addrs := make([]string, len(cl.Nodes))
-	for i, s := range cl.Nodes {
-		addrs[i] = s.Addr
+	var addrs []string
+	for _, s := range cl.nodes() {
+		addrs = append(addrs, s.Addr)
 	}
 	return addrs
 }
@@ -124,9 +168,17 @@ func (cl *Cluster) addrs() []string {
 // Client returns a cluster client, closed at the end of the test.
 func (cl *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 	tb.Helper()
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs()})
+	// Reload the slot map often, as wsbus does, so that a failover is seen
+	// within seconds rather than go-redis's default minute.
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs(), ClusterStateReloadInterval: time.Second})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// Kill stops the server at once, as a crash would.
+func (s *Server) Kill() {
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
 }
 
 // URL is the redis:// URL of the server.
