@@ -3,10 +3,14 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/streams"
 )
 
 // TestClusterNodeKilled runs the bus on a three-node Redis Cluster: the
@@ -100,4 +104,79 @@ func TestClusterMasterFailover(t *testing.T) {
 		published[topic] = append(published[topic], ids...)
 	}
 	f.verify(published, clients)
+}
+
+// TestClusterSlotMoved moves the slot of a partition to the other master
+// while events are published to it: Redis drops the gateway's
+// subscriptions to that slot's live channels, and the gateway subscribes
+// them again on the new node and catches up; every client gets every
+// event once, in order.
+func TestClusterSlotMoved(t *testing.T) {
+	cl := redistest.StartCluster(t, 2, 0)
+	rdb := cl.Client(t)
+	f := newFleetOn(t, cl.URL(), rdb, "a")
+	f.waitBalanced(10*time.Second, "a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clients := f.clients(ctx, 2)
+	pb := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
+	time.Sleep(time.Second)
+
+	key := f.pub.keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
+	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := rdb.MasterForKey(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := cl.Masters[0].Client(t)
+	if src.Options().Addr == cl.Masters[0].Addr {
+		dst = cl.Masters[1].Client(t)
+	}
+	srcID, dstID := src.ClusterMyID(ctx).Val(), dst.ClusterMyID(ctx).Val()
+	host, port, _ := net.SplitHostPort(dst.Options().Addr)
+	for _, step := range []struct {
+		c    *redis.Client
+		args []any
+	}{
+		{dst, []any{"CLUSTER", "SETSLOT", slot, "IMPORTING", srcID}},
+		{src, []any{"CLUSTER", "SETSLOT", slot, "MIGRATING", dstID}},
+	} {
+		if err := step.c.Do(ctx, step.args...).Err(); err != nil {
+			t.Fatalf("%v: %v", step.args, err)
+		}
+	}
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		if err := src.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("MIGRATE %v: %v", keys, err)
+		}
+	}
+	for _, c := range []*redis.Client{dst, src} {
+		if err := c.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err(); err != nil {
+			t.Fatalf("CLUSTER SETSLOT %d NODE on %s: %v", slot, c.Options().Addr, err)
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, func() error {
+		rdb.ReloadState(ctx)
+		node, err := rdb.MasterForKey(ctx, key)
+		if err != nil || node.Options().Addr != dst.Options().Addr {
+			return fmt.Errorf("slot %d not yet on %s: %v", slot, dst.Options().Addr, err)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	f.verify(pb.finish(), clients)
 }
