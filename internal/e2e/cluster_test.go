@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"testing"
@@ -21,8 +20,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 0)
 	rdb := cl.Client(t)
 	f := newFleetOn(t, cl.URL(), rdb, "a", "b")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := f.ctx
 	shards := map[string]bool{}
 	for p := range fleetPartitions {
 		node, err := rdb.MasterForKey(ctx, f.pub.keys.Ingress(p))
@@ -35,7 +33,7 @@ func TestClusterNodeKilled(t *testing.T) {
 		t.Fatalf("the %d partitions live on %d shards, want all %d", fleetPartitions, len(shards), len(cl.Masters))
 	}
 	before := f.waitBalanced(10*time.Second, "a", "b")
-	clients := f.clients(ctx, 2)
+	clients := f.clients(2)
 	pb := f.publish()
 	time.Sleep(time.Second)
 
@@ -59,9 +57,8 @@ func TestClusterMasterFailover(t *testing.T) {
 	rdb := cl.Client(t)
 	f := newFleetOn(t, cl.URL(), rdb, "a", "b")
 	f.waitBalanced(10*time.Second, "a", "b")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	ctx := f.ctx
+	clients := f.clients(2)
 	pb := f.publish()
 	time.Sleep(time.Second)
 	published := pb.finish()
@@ -116,9 +113,8 @@ func TestClusterSlotMoved(t *testing.T) {
 	rdb := cl.Client(t)
 	f := newFleetOn(t, cl.URL(), rdb, "a")
 	f.waitBalanced(10*time.Second, "a")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	ctx := f.ctx
+	clients := f.clients(2)
 	pb := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
 	time.Sleep(time.Second)
 

@@ -35,7 +35,8 @@ type fleet struct {
 	pub    *publisher
 	mu     sync.Mutex
 	nodes  map[string]*gateway
-	topics []string // at least one per partition
+	topics []string        // at least one per partition
+	ctx    context.Context // done when the test ends: clients stop
 }
 
 func newFleet(tb testing.TB, names ...string) *fleet {
@@ -62,6 +63,9 @@ func newFleetOn(tb testing.TB, redisURL string, rdb redis.UniversalClient, names
 			f.topics = append(f.topics, topic)
 		}
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel) // registered last: runs before the nodes stop
+	f.ctx = ctx
 	return f
 }
 
@@ -310,13 +314,14 @@ func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 	}
 }
 
-// clients starts per clients on every node.
-func (f *fleet) clients(ctx context.Context, per int) []*resumer {
+// clients starts per clients for each node, each resuming all topics
+// across drops until the test ends.
+func (f *fleet) clients(per int) []*resumer {
 	var rs []*resumer
 	for i := range per * len(f.urls()) {
 		r := newResumer(f.urls, i, f.topics)
 		rs = append(rs, r)
-		go r.run(ctx)
+		go r.run(f.ctx)
 	}
 	return rs
 }
@@ -324,9 +329,7 @@ func (f *fleet) clients(ctx context.Context, per int) []*resumer {
 func TestFleetNodeKilled(t *testing.T) {
 	f := newFleet(t, "a", "b", "c")
 	before := f.waitBalanced(10*time.Second, "a", "b", "c")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	clients := f.clients(2)
 	pb := f.publish()
 	time.Sleep(time.Second)
 
@@ -346,9 +349,7 @@ func TestFleetNodeKilled(t *testing.T) {
 func TestFleetNodePausedPastItsLease(t *testing.T) {
 	f := newFleet(t, "a", "b", "c")
 	f.waitBalanced(10*time.Second, "a", "b", "c")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	clients := f.clients(2)
 	pb := f.publish()
 	time.Sleep(time.Second)
 	b := f.nodes["b"]
@@ -376,9 +377,7 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 func TestFleetNodeAdded(t *testing.T) {
 	f := newFleet(t, "a", "b")
 	before := f.waitBalanced(10*time.Second, "a", "b")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	clients := f.clients(2)
 	pb := f.publish()
 	time.Sleep(500 * time.Millisecond)
 	f.start("c")
@@ -397,7 +396,7 @@ func TestFleetNodeAdded(t *testing.T) {
 		t.Errorf("a join moved %d partitions but the new node got %d: partitions moved between old nodes", moved, toC)
 	}
 	// Clients on the new node too.
-	clients = append(clients, f.clients(ctx, 1)...)
+	clients = append(clients, f.clients(1)...)
 	time.Sleep(time.Second)
 	f.verify(pb.finish(), clients)
 }
@@ -405,9 +404,7 @@ func TestFleetNodeAdded(t *testing.T) {
 func TestFleetRollingRestart(t *testing.T) {
 	f := newFleet(t, "a", "b", "c")
 	f.waitBalanced(10*time.Second, "a", "b", "c")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clients := f.clients(ctx, 2)
+	clients := f.clients(2)
 	pb := f.publish()
 	for _, name := range []string{"a", "b", "c"} {
 		time.Sleep(500 * time.Millisecond)
@@ -424,7 +421,10 @@ func TestFleetRollingRestart(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	f.verify(pb.finish(), clients)
 	for i, r := range clients {
-		if r.reconnects == 0 {
+		r.mu.Lock()
+		reconnects := r.reconnects
+		r.mu.Unlock()
+		if reconnects == 0 {
 			t.Errorf("client %d never reconnected during a rolling restart", i)
 		}
 	}
