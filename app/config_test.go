@@ -2,7 +2,9 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,5 +82,22 @@ func TestMainCommandLine(t *testing.T) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d with %q / %q", code, stdout.String(), stderr.String(), tt.code, tt.inStdout, tt.inStderr)
 			}
 		})
+	}
+}
+
+// TestRedisLoggerIsDebug: go-redis's own messages reach the node's log only
+// at debug level, marked as go-redis's.
+func TestRedisLoggerIsDebug(t *testing.T) {
+	for _, tc := range []struct {
+		level slog.Level
+		want  bool
+	}{{slog.LevelDebug, true}, {slog.LevelInfo, false}} {
+		var buf bytes.Buffer
+		r := redisLogger{slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: tc.level}))}
+		r.Printf(context.Background(), "redis: %s: failed to dial\n", "pool.go:770")
+		got := buf.String()
+		if has := strings.Contains(got, `msg="redis: pool.go:770: failed to dial"`) && strings.Contains(got, "from=go-redis"); has != tc.want {
+			t.Errorf("at level %v the log holds %q", tc.level, got)
+		}
 	}
 }

@@ -126,9 +126,20 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	redis.SetLogger(redisLogger{logger})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	return Serve(ctx, c, logger, func(string) {})
+}
+
+// redisLogger puts go-redis's own messages (a node's pool failing to dial,
+// many times a second while a Redis node is down) into the node's log at
+// debug level: the gateway reports what they cost it (a partition's
+// pipeline, the live channels) at warn.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "from", "go-redis")
 }
 
 // Serve runs a gateway node until ctx is done, then drains it: leases are
