@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -219,9 +218,6 @@ func (g *Gateway) sweep() {
 type liveConn struct {
 	g  *Gateway
 	ps *redis.PubSub // guarded by Gateway.mu: renew replaces it
-
-	mu    sync.Mutex
-	parts []int // partitions whose channels it carries
 }
 
 func (lc *liveConn) pubsub() *redis.PubSub {
@@ -240,7 +236,6 @@ func (lc *liveConn) renew(old *redis.PubSub) {
 	if cc, ok := g.cfg.Redis.(*redis.ClusterClient); ok {
 		cc.ReloadState(g.ctx)
 	}
-	parts := lc.partitions()
 	g.mu.Lock()
 	if lc.ps != old {
 		g.mu.Unlock()
@@ -248,7 +243,7 @@ func (lc *liveConn) renew(old *redis.PubSub) {
 	}
 	var channels []string
 	for name, t := range g.topics {
-		if slices.Contains(parts, t.p) {
+		if g.parts[t.p] == lc {
 			channels = append(channels, g.cfg.Keys.Live(t.p, name))
 		}
 	}
@@ -277,17 +272,21 @@ func (g *Gateway) liveLocked(p int) *liveConn {
 			g.shared = lc
 		}
 	}
-	lc.mu.Lock()
-	lc.parts = append(lc.parts, p)
-	lc.mu.Unlock()
 	g.parts[p] = lc
 	return lc
 }
 
+// partitions returns the partitions whose channels lc carries.
 func (lc *liveConn) partitions() []int {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return slices.Clone(lc.parts)
+	lc.g.mu.RLock()
+	defer lc.g.mu.RUnlock()
+	var parts []int
+	for p, o := range lc.g.parts {
+		if o == lc {
+			parts = append(parts, p)
+		}
+	}
+	return parts
 }
 
 // receive reads one pub/sub connection until the Gateway closes. After the
