@@ -47,18 +47,22 @@ func (k Keys) Topic(p int, topic string) string { return k.part(p, "topic:"+topi
 func (k Keys) Live(p int, topic string) string { return k.part(p, "live:"+topic) }
 
 // LiveTopic returns the partition and topic of a channel Live made; ok is
-// false for any other name.
+// false for any other name. It allocates nothing: it runs for every live
+// event a gateway receives.
 func (k Keys) LiveTopic(channel string) (p int, topic string, ok bool) {
-	rest, ok := strings.CutPrefix(channel, k.prefix()+":{")
+	rest, ok := strings.CutPrefix(channel, k.prefix())
 	if !ok {
+		return 0, "", false
+	}
+	if rest, ok = strings.CutPrefix(rest, ":{"); !ok {
 		return 0, "", false
 	}
 	num, rest, ok := strings.Cut(rest, "}:live:")
-	if !ok {
-		return 0, "", false
+	if !ok || num == "" || len(num) > 1 && num[0] == '0' {
+		return 0, "", false // as Live writes p: no sign, no leading zero
 	}
 	p, err := strconv.Atoi(num)
-	if err != nil || p < 0 || strconv.Itoa(p) != num {
+	if err != nil || p < 0 || num[0] == '+' {
 		return 0, "", false
 	}
 	return p, rest, true

@@ -77,9 +77,17 @@ func TestLiveTopic(t *testing.T) {
 			t.Errorf("LiveTopic(Live(%d, %q)) = %d, %q, %v", tc.p, tc.topic, p, topic, ok)
 		}
 	}
-	for _, ch := range []string{"app:{3}:topic:user:1", "wsbus:{3}:live:a", "app:{x}:live:a", "app:{-1}:live:a", "app:{03}:live:a", "app:3:live:a"} {
+	for _, ch := range []string{"app:{3}:topic:user:1", "wsbus:{3}:live:a", "app:{x}:live:a", "app:{-1}:live:a", "app:{+1}:live:a", "app:{03}:live:a", "app:{}:live:a", "app:3:live:a", "appx:{3}:live:a"} {
 		if _, _, ok := k.LiveTopic(ch); ok {
 			t.Errorf("LiveTopic(%q) ok, want not a live channel of the bus", ch)
+		}
+	}
+	// It runs for every live event: no allocation, whatever the prefix or
+	// partition.
+	for _, k := range []Keys{{}, {Prefix: "a-rather-long-application-prefix"}} {
+		ch := k.Live(517, "user:42")
+		if n := testing.AllocsPerRun(100, func() { _, _, _ = k.LiveTopic(ch) }); n != 0 {
+			t.Errorf("LiveTopic(%q) allocates %v times", ch, n)
 		}
 	}
 }
