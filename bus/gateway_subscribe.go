@@ -119,14 +119,14 @@ func (g *Gateway) readHistory(key readKey) history {
 	if key.head {
 		epoch, head, err := g.hist.Head(g.ctx, key.topic)
 		return history{err: err, last: head, recovered: true,
-			subscribed: ws.TextFrame(appendSubscribed(nil, key.topic, true, epoch))}
+			subscribed: ws.TextFrame(AppendSubscribed(nil, key.topic, true, epoch))}
 	}
 	r, err := g.hist.Resume(g.ctx, key.topic, key.since, key.epoch, g.cfg.HistoryPage)
 	if err != nil {
 		return history{err: err}
 	}
 	h := history{
-		subscribed: ws.TextFrame(appendSubscribed(nil, key.topic, r.Recovered, r.Epoch)),
+		subscribed: ws.TextFrame(AppendSubscribed(nil, key.topic, r.Recovered, r.Epoch)),
 		recovered:  r.Recovered,
 		more:       r.More,
 		frames:     make([][]byte, len(r.Events)),

@@ -61,7 +61,9 @@ func decodeClientMessage(b []byte) (clientMessage, error) {
 	return m, nil
 }
 
-func appendSubscribed(dst []byte, topic string, recovered bool, epoch string) []byte {
+// AppendSubscribed appends the "subscribed" answer to a subscription:
+// {"type":"subscribed","topic":…,"recovered":…,"epoch":…}.
+func AppendSubscribed(dst []byte, topic string, recovered bool, epoch string) []byte {
 	dst = append(dst, `{"type":"subscribed","topic":`...)
 	dst = streams.AppendJSONString(dst, topic)
 	if recovered {

@@ -49,8 +49,8 @@ func TestServerMessagesDecode(t *testing.T) {
 		b    []byte
 		want ServerMessage
 	}{
-		{appendSubscribed(nil, `we"ird`, true, "e1"), ServerMessage{Type: "subscribed", Topic: `we"ird`, Recovered: true, Epoch: "e1"}},
-		{appendSubscribed(nil, "t", false, ""), ServerMessage{Type: "subscribed", Topic: "t"}},
+		{AppendSubscribed(nil, `we"ird`, true, "e1"), ServerMessage{Type: "subscribed", Topic: `we"ird`, Recovered: true, Epoch: "e1"}},
+		{AppendSubscribed(nil, "t", false, ""), ServerMessage{Type: "subscribed", Topic: "t"}},
 		{appendUnsubscribed(nil, "t\\"), ServerMessage{Type: "unsubscribed", Topic: "t\\"}},
 		{appendError(nil, codeBadTopic, "", "bad \"topic\"\n"), ServerMessage{Type: "error", Code: codeBadTopic, Message: "bad \"topic\"\n"}},
 		{appendError(nil, codeBadTopic, "t", "m"), ServerMessage{Type: "error", Code: codeBadTopic, Topic: "t", Message: "m"}},

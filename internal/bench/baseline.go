@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/bus"
 	"github.com/wsbus/wsbus/streams"
 	wsbusws "github.com/wsbus/wsbus/ws"
 )
@@ -177,14 +177,6 @@ func (s *baseline) deliver(ctx context.Context) {
 	}
 }
 
-// subscribedMessage is the "subscribed" answer, as the gateway words it.
-func subscribedMessage(topic string, recovered bool, epoch string) []byte {
-	msg := append([]byte(`{"type":"subscribed","topic":`), streams.AppendJSONString(nil, topic)...)
-	msg = strconv.AppendBool(append(msg, `,"recovered":`...), recovered)
-	msg = append(msg, `,"epoch":`...)
-	return append(streams.AppendJSONString(msg, epoch), '}')
-}
-
 // serveFloor upgrades, answers "subscribed", and keeps only a duplicate of
 // the socket's fd, in blocking mode, for the write loop.
 func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
@@ -203,7 +195,7 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	hello := wsbusws.TextFrame(subscribedMessage(topic, false, ""))
+	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, topic, false, ""))
 	if _, err := conn.Write(hello); err != nil {
 		return
 	}
@@ -291,7 +283,7 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 func (c *naiveConn) resume(topic string, res streams.Resume) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msg := subscribedMessage(topic, res.Recovered, res.Epoch)
+	msg := bus.AppendSubscribed(nil, topic, res.Recovered, res.Epoch)
 	c.send <- msg
 	for _, e := range res.Events {
 		c.send <- streams.AppendEvent(nil, topic, e.ID, []byte(e.Data))
