@@ -84,15 +84,7 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	}
 	ctx := context.Background()
 	for i := range masters {
-		m := node()
-		cl.Masters = append(cl.Masters, m)
-		lo, hi := i*16384/masters, (i+1)*16384/masters-1
-		c := redis.NewClient(&redis.Options{Addr: m.Addr})
-		err := c.ClusterAddSlotsRange(ctx, lo, hi).Err()
-		_ = c.Close()
-		if err != nil {
-			tb.Fatalf("CLUSTER ADDSLOTSRANGE %d %d on %s: %v", lo, hi, m.Addr, err)
-		}
+		cl.Masters = append(cl.Masters, node())
 		for range replicas {
 			cl.Replicas[i] = append(cl.Replicas[i], node())
 		}
@@ -101,6 +93,12 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	clients := map[*Server]*redis.Client{}
 	for _, s := range all {
 		clients[s] = s.Client(tb)
+	}
+	for i, m := range cl.Masters {
+		lo, hi := i*16384/masters, (i+1)*16384/masters-1
+		if err := clients[m].ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+			tb.Fatalf("CLUSTER ADDSLOTSRANGE %d %d on %s: %v", lo, hi, m.Addr, err)
+		}
 	}
 	for _, s := range all[1:] {
 		host, port, _ := net.SplitHostPort(s.Addr)
