@@ -16,7 +16,7 @@ import (
 // token (Authorization: Bearer, or ?token=), before the upgrade.
 func (g *Gateway) Accept(r *ws.Request) error {
 	if !g.originAllowed(r.Origin, r.Host) {
-		return reject(http.StatusForbidden, "origin not allowed")
+		return ws.Reject(http.StatusForbidden, "origin not allowed")
 	}
 	if g.cfg.Auth == nil {
 		return nil
@@ -26,17 +26,15 @@ func (g *Gateway) Accept(r *ws.Request) error {
 		token, _ = queryValue(r.URI, "token")
 	}
 	if token == "" {
-		return reject(http.StatusUnauthorized, "a token is required (Authorization: Bearer, or ?token=)")
+		return ws.Reject(http.StatusUnauthorized, "a token is required (Authorization: Bearer, or ?token=)")
 	}
 	claims, err := g.cfg.Auth.Verify(token)
 	if err != nil {
-		return reject(http.StatusUnauthorized, "invalid token")
+		return ws.Reject(http.StatusUnauthorized, "invalid token")
 	}
 	r.State = claims
 	return nil
 }
-
-func reject(status int, reason string) error { return ws.Reject(status, reason) }
 
 // BearerToken returns the token of an "Authorization: Bearer" value.
 func BearerToken(header string) string {
