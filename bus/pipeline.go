@@ -18,8 +18,10 @@ import (
 const trimEvery = time.Minute
 
 // runPartition moves partition p's ingress into history and pub/sub while
-// the lease holds: first the entries left pending by earlier owners (or an
-// earlier run of this node), then new ones.
+// the lease holds: first the entries pending in the consumer group (left
+// by earlier owners, or an earlier run of this node), then new ones. No
+// entry enters this node's pending list but through a script that checks
+// the lease (see readScript and applyScript).
 func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	if err := o.ensure(ctx, l); err != nil {
 		return err
@@ -27,29 +29,39 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	if err := o.claim(ctx, l); err != nil {
 		return err
 	}
-	cursor := "0" // our own pending entries first, then ">" for new ones
+	// after is the ID new entries come after; "" while the pending ones
+	// are read first.
+	after := ""
 	// Partitions taken together (a node starting) trim at different
 	// seconds of the minute, not all in one.
 	lastTrim := time.Now().Add(-rand.N(trimEvery))
 	var backoff time.Duration
 	for ctx.Err() == nil {
-		msgs, err := o.read(ctx, l.p, cursor)
-		if err == nil && cursor == "0" && len(msgs) == 0 {
-			cursor = ">"
-			continue
-		}
-		if err == nil {
-			err = o.apply(ctx, l, msgs)
+		var msgs []redis.XMessage
+		var err error
+		if after == "" {
+			msgs, after, err = o.readPending(ctx, l)
+			if err == nil {
+				err = o.apply(ctx, l, msgs, false)
+			}
+		} else {
+			msgs, err = o.readNew(ctx, l.p, after)
+			if err == nil {
+				err = o.apply(ctx, l, msgs, true)
+			}
+			if err == nil && len(msgs) > 0 {
+				after = msgs[len(msgs)-1].ID
+			}
 		}
 		if time.Since(lastTrim) > trimEvery && err == nil {
 			lastTrim = time.Now()
 			err = o.trim(ctx, l)
 		}
 		if err != nil {
-			cursor = "0" // what was read is pending now: take it up again first
+			after = "" // what was taken is pending now: read it from there
 		}
 		switch {
-		case err == nil:
+		case err == nil || isTakeRefused(err):
 			backoff = 0
 		case ctx.Err() != nil:
 			return nil
@@ -73,18 +85,31 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	return nil
 }
 
-// read reads a batch of ingress entries after cursor.
-func (o *Owner) read(ctx context.Context, p int, cursor string) ([]redis.XMessage, error) {
-	block := o.cfg.Block
-	if cursor != ">" {
-		block = -1 // pending entries: answer at once
+// readPending reads, fenced by the lease, a batch of the entries pending
+// under this node. When there are none it returns the ID that new entries
+// come after instead.
+func (o *Owner) readPending(ctx context.Context, l *lease) (msgs []redis.XMessage, after string, err error) {
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
+	res, err := readScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, o.cfg.Node, o.cfg.Batch).Result()
+	if err != nil {
+		return nil, "", err
 	}
-	res, err := o.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group:    streams.Group,
-		Consumer: o.cfg.Node,
-		Streams:  []string{o.cfg.Keys.Ingress(p), cursor},
-		Count:    int64(o.cfg.Batch),
-		Block:    block,
+	if id, ok := res.(string); ok {
+		return nil, id, nil
+	}
+	msgs, err = xMessages(res)
+	return msgs, "", err
+}
+
+// readNew waits, for the configured Block at most, for entries of
+// partition p after the ID after, and returns a batch of them. It reads
+// without the consumer group, so it takes nothing: apply takes them, if
+// the lease still holds.
+func (o *Owner) readNew(ctx context.Context, p int, after string) ([]redis.XMessage, error) {
+	res, err := o.cfg.Redis.XRead(ctx, &redis.XReadArgs{
+		Streams: []string{o.cfg.Keys.Ingress(p), after},
+		Count:   int64(o.cfg.Batch),
+		Block:   o.cfg.Block,
 	}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -93,6 +118,32 @@ func (o *Owner) read(ctx context.Context, p int, cursor string) ([]redis.XMessag
 		return nil, err
 	}
 	return res[0].Messages, nil
+}
+
+// xMessages converts entries as a script returns them, each {id, {field,
+// value, ...}} (or {id, nil} for an entry deleted while pending).
+func xMessages(res any) ([]redis.XMessage, error) {
+	entries, ok := res.([]any)
+	if !ok {
+		return nil, fmt.Errorf("reading ingress: unexpected reply %T", res)
+	}
+	msgs := make([]redis.XMessage, len(entries))
+	for i, e := range entries {
+		pair, ok := e.([]any)
+		if !ok || len(pair) != 2 {
+			return nil, fmt.Errorf("reading ingress: unexpected entry %v", e)
+		}
+		id, _ := pair[0].(string)
+		fields, _ := pair[1].([]any)
+		values := make(map[string]any, len(fields)/2)
+		for j := 0; j+1 < len(fields); j += 2 {
+			if k, ok := fields[j].(string); ok {
+				values[k] = fields[j+1]
+			}
+		}
+		msgs[i] = redis.XMessage{ID: id, Values: values}
+	}
+	return msgs, nil
 }
 
 // ensure recreates a lost stream, group or epoch of the partition.
@@ -113,17 +164,15 @@ func (o *Owner) ensure(ctx context.Context, l *lease) error {
 
 // claim takes over the entries that other consumers (earlier owners) left
 // pending. The lease makes this node the partition's only reader, so they
-// are claimed whatever their idle time.
+// are claimed whatever their idle time; the claim is fenced by it too.
 func (o *Owner) claim(ctx context.Context, l *lease) error {
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
 	start := "0-0"
 	for {
-		_, next, err := o.cfg.Redis.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{
-			Stream:   o.cfg.Keys.Ingress(l.p),
-			Group:    streams.Group,
-			Consumer: o.cfg.Node,
-			Start:    start,
-			Count:    int64(o.cfg.Batch),
-		}).Result()
+		next, err := claimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, o.cfg.Node, start, o.cfg.Batch).Text()
+		if isLeaseLost(err) {
+			return ErrLeaseLost
+		}
 		if err != nil {
 			return fmt.Errorf("claiming pending entries of partition %d: %w", l.p, err)
 		}
@@ -134,15 +183,21 @@ func (o *Owner) claim(ctx context.Context, l *lease) error {
 	}
 }
 
-// apply validates a batch and applies it with one fenced script call.
-// Misrouted entries are first forwarded to their partition (a crash between
-// forward and acknowledgement forwards again: at least once).
-func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage) error {
+// apply validates a batch and applies it with one fenced script call; with
+// take, the batch was read outside the consumer group and the script takes
+// it into the group first. Misrouted entries are first forwarded to their
+// partition (a crash between forward and acknowledgement forwards again:
+// at least once).
+func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, take bool) error {
 	if len(msgs) == 0 {
 		return nil
 	}
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
-	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs)}
+	takeArg := ""
+	if take {
+		takeArg = "take"
+	}
+	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, takeArg}
 	var dead, forwarded uint64
 	// The batch's events are encoded back to back in the lease's scratch
 	// buffer (each entry's data copied in first, to be read as bytes), and
@@ -229,4 +284,11 @@ func (o *Owner) trim(ctx context.Context, l *lease) error {
 	minID := strconv.FormatInt(time.Now().Add(-o.cfg.Retention).UnixMilli(), 10) + "-0"
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
 	return trimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, minID).Err()
+}
+
+// isTakeRefused reports an apply refused because the consumer group did
+// not hand over the entries read (see applyScript): nothing was applied,
+// and what it handed over is pending, to be read from there.
+func isTakeRefused(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "WSBUSTAKE")
 }

@@ -41,6 +41,45 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
+// readScript reads, for the partition's owner and fenced by its lease, a
+// batch of the entries pending under this consumer: claimed from earlier
+// owners, or read by an apply that failed. When none are pending it
+// returns the group's last delivered ID instead: new entries come after it.
+// KEYS: owner, ingress. ARGV: lease value, group, consumer, count.
+// Returns the entries, each {id, {field, value, ...}} ({id, nil} for one
+// deleted while pending), or that ID.
+var readScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('WSBUSLEASE lease lost')
+end
+local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '0')
+if type(r) == 'table' and r.err then
+  return r
+end
+if #r[1][2] > 0 then
+  return r[1][2]
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  if name == ARGV[2] then
+    return last
+  end
+end
+return redis.error_reply('NOGROUP no consumer group ' .. ARGV[2])`)
+
+// claimScript takes over, for the partition's owner, up to a count of the
+// entries other consumers (earlier owners) left pending, fenced by the
+// lease. KEYS: owner, ingress. ARGV: lease value, group, consumer, start,
+// count. Returns the cursor to go on from, "0-0" when done.
+var claimScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('WSBUSLEASE lease lost')
+end
+return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5], 'JUSTID')[1]`)
+
 // ensureScript makes sure a partition has its ingress stream, consumer
 // group and epoch. A group that must be created here means the partition's
 // data was lost (migrations create every group), so the epoch is renewed.
@@ -63,17 +102,43 @@ return 0`)
 // so a replay adds nothing twice), then published; refused entries go to
 // the dead-letter stream; everything is acknowledged.
 //
+// A batch of new entries, read with a plain XREAD, is first taken into the
+// group here ("take"): XREADGROUP of as many entries, which must be the
+// same ones, or nothing is applied (WSBUSTAKE: they are pending now, and
+// read again from there). Taking them only here, behind the lease check,
+// means a node whose lease was lost never holds an entry (see readScript).
+//
 // KEYS: owner, ingress, dead, then a topic stream and live channel per
 // history op. ARGV: lease value, group, max history length, history ttl ms,
-// op count, then per op: "h" id data event | "d" id reason topic data | "a" id.
+// op count, consumer, "take" or "", then per op: "h" id data event |
+// "d" id reason topic data | "a" id.
 // Returns the number of entries added to history.
 var applyScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
-local k, a, added = 4, 6, 0
-local acks = {}
-for i = 1, tonumber(ARGV[5]) do
+local n = tonumber(ARGV[5])
+local ids, a = {}, 8
+for i = 1, n do
+  local kind = ARGV[a]
+  ids[i] = ARGV[a + 1]
+  if kind == 'h' then a = a + 4 elseif kind == 'd' then a = a + 5 else a = a + 2 end
+end
+if ARGV[7] == 'take' then
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], ARGV[6], 'COUNT', n, 'STREAMS', KEYS[2], '>')
+  if type(r) == 'table' and r.err then
+    return r
+  end
+  local got = r and r[1][2] or {}
+  for i = 1, math.max(n, #got) do
+    if not got[i] or got[i][1] ~= ids[i] then
+      return redis.error_reply('WSBUSTAKE the group holds other entries than those read')
+    end
+  end
+end
+local k, added = 4, 0
+a = 8
+for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' then
     local ok = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[3], id, 'data', ARGV[a + 2])
@@ -90,10 +155,9 @@ for i = 1, tonumber(ARGV[5]) do
   else
     a = a + 2
   end
-  acks[#acks + 1] = id
 end
-if #acks > 0 then
-  redis.call('XACK', KEYS[2], ARGV[2], unpack(acks))
+if n > 0 then
+  redis.call('XACK', KEYS[2], ARGV[2], unpack(ids))
 end
 return added`)
 

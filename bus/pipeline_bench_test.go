@@ -1,0 +1,89 @@
+package bus
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// pipelineOwner runs an owner of a one-partition bus and returns its
+// Redis and a subscription to topic's live channel.
+func pipelineOwner(b *testing.B, topic string) (*redis.Client, streams.Keys, <-chan *redis.Message) {
+	ctx := context.Background()
+	rdb, keys := testBus(b, 1)
+	o := testOwner(b, rdb, keys, 1, "n", 0)
+	rctx, stop := context.WithCancel(ctx)
+	b.Cleanup(stop)
+	go func() { _ = o.Run(rctx) }()
+	sub := rdb.SSubscribe(ctx, keys.Live(0, topic))
+	b.Cleanup(func() { _ = sub.Close() })
+	if _, err := sub.Receive(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return rdb, keys, sub.Channel(redis.WithChannelSize(1 << 16))
+}
+
+// received waits for n messages on live.
+func received(b *testing.B, live <-chan *redis.Message, n int) {
+	for range n {
+		select {
+		case <-live:
+		case <-time.After(10 * time.Second):
+			b.Fatal("no event on the live channel within 10 s")
+		}
+	}
+}
+
+// BenchmarkPipelineWake times one event through an idle partition's
+// pipeline: XADD to its ingress until the owner's publish arrives on the
+// topic's live channel. Each event finds the pipeline waiting, the case
+// where the owner's wait-then-read costs a round trip more than a blocking
+// XREADGROUP would.
+func BenchmarkPipelineWake(b *testing.B) {
+	ctx := context.Background()
+	topic := "wake"
+	rdb, keys, live := pipelineOwner(b, topic)
+	add := func() {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", "1"}}).Err(); err != nil {
+			b.Fatal(err)
+		}
+		received(b, live, 1)
+	}
+	add() // the partition is owned and its pipeline waiting
+	for b.Loop() {
+		add()
+	}
+}
+
+// BenchmarkPipelineBusy times events through a busy partition: they are
+// added 1,000 to a Redis pipeline, faster than one owner moves them, so
+// the owner reads full batches back to back. ns/op is per event.
+func BenchmarkPipelineBusy(b *testing.B) {
+	ctx := context.Background()
+	topic := "busy"
+	rdb, keys, live := pipelineOwner(b, topic)
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", "1"}}).Err(); err != nil {
+		b.Fatal(err)
+	}
+	received(b, live, 1)
+	b.ResetTimer()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		received(b, live, b.N)
+	}()
+	for i := 0; i < b.N; i += 1000 {
+		pipe := rdb.Pipeline()
+		for range min(1000, b.N-i) {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", `{"n":1}`}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
