@@ -38,6 +38,26 @@ func testOwner(tb testing.TB, rdb *redis.Client, keys streams.Keys, n int, node 
 	return o
 }
 
+// heldPartition returns a one-partition bus, an Owner of it (node "n")
+// not running, and the lease it holds, ensured; count entries of topic
+// "t" are in its ingress, their IDs returned.
+func heldPartition(tb testing.TB, count int) (*redis.Client, streams.Keys, *Owner, *lease, []string) {
+	tb.Helper()
+	ctx := context.Background()
+	rdb, keys := testBus(tb, 1)
+	o := testOwner(tb, rdb, keys, 1, "n", 0)
+	l := &lease{p: 0, value: "n 1"}
+	rdb.Set(ctx, keys.Owner(0), l.value, 0)
+	if err := o.ensure(ctx, l); err != nil {
+		tb.Fatal(err)
+	}
+	var ids []string
+	for i := range count {
+		ids = append(ids, rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", "t", "data", strconv.Itoa(i)}}).Val())
+	}
+	return rdb, keys, o, l, ids
+}
+
 // TestFencedWritesOfAStaleOwner: once another node holds a partition's
 // lease, every write of the old owner is refused and changes nothing.
 func TestFencedWritesOfAStaleOwner(t *testing.T) {
@@ -56,11 +76,11 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	rdb.Set(ctx, keys.Owner(wrong), "new 2", 0)
 
 	msgs := []redis.XMessage{{ID: id, Values: map[string]any{"topic": topic, "data": "1"}}}
-	if err := o.apply(ctx, stale, msgs, false); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, ""); !isLeaseLost(err) {
 		t.Fatalf("apply by a stale owner = %v, want lease lost", err)
 	}
 	other := []redis.XMessage{{ID: misrouted, Values: map[string]any{"topic": topic, "data": "2"}}}
-	if err := o.apply(ctx, staleWrong, other, false); !isLeaseLost(err) {
+	if err := o.apply(ctx, staleWrong, other, ""); !isLeaseLost(err) {
 		t.Fatalf("forward by a stale owner = %v, want lease lost", err)
 	}
 	if err := o.trim(ctx, stale); !isLeaseLost(err) {
@@ -78,7 +98,7 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	if msgs, _, err := o.readPending(ctx, stale); !isLeaseLost(err) || len(msgs) > 0 {
 		t.Fatalf("read by a stale owner = %v, %v; want lease lost", msgs, err)
 	}
-	if err := o.apply(ctx, stale, msgs, true); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, "0-0"); !isLeaseLost(err) {
 		t.Fatalf("apply of new entries by a stale owner = %v, want lease lost", err)
 	}
 	if err := o.claim(ctx, stale); !isLeaseLost(err) {
@@ -141,19 +161,20 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 // is applied and what the group handed over is read from the pending list.
 func TestTakeChecksTheEntries(t *testing.T) {
 	ctx := context.Background()
-	rdb, keys := testBus(t, 1)
-	o := testOwner(t, rdb, keys, 1, "n", 0)
-	l := &lease{p: 0, value: "n 1"}
-	rdb.Set(ctx, keys.Owner(0), l.value, 0)
-	for i := range 2 {
-		rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", "t", "data", strconv.Itoa(i)}})
-	}
+	rdb, keys, o, l, _ := heldPartition(t, 2)
 	msgs, err := o.readNew(ctx, 0, "0")
 	if err != nil || len(msgs) != 2 {
 		t.Fatalf("readNew = %v, %v; want both entries", msgs, err)
 	}
+	// Read after the first, but the group has delivered nothing yet.
+	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); !isTakeRefused(err) {
+		t.Fatalf("apply of entries read after %s = %v, want refused", msgs[0].ID, err)
+	}
+	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 0 {
+		t.Fatalf("%d entries pending after a take refused for the group's position, want none", n)
+	}
 	// The group's next entry is the first, not the second.
-	if err := o.apply(ctx, l, msgs[1:], true); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs[1:], "0-0"); !isTakeRefused(err) {
 		t.Fatalf("apply of the second entry alone = %v, want refused", err)
 	}
 	if n := rdb.XLen(ctx, keys.Topic(0, "t")).Val(); n != 0 {
@@ -163,7 +184,7 @@ func TestTakeChecksTheEntries(t *testing.T) {
 	if err != nil || len(pending) != 1 || pending[0].ID != msgs[0].ID || after != "" {
 		t.Fatalf("readPending = %v, %q, %v; want the first entry", pending, after, err)
 	}
-	if err := o.apply(ctx, l, pending, false); err != nil {
+	if err := o.apply(ctx, l, pending, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, after, err = o.readPending(ctx, l); err != nil || after != msgs[0].ID {
@@ -173,7 +194,7 @@ func TestTakeChecksTheEntries(t *testing.T) {
 	if err != nil || len(rest) != 1 || rest[0].ID != msgs[1].ID {
 		t.Fatalf("readNew after %s = %v, %v; want the second entry", after, rest, err)
 	}
-	if err := o.apply(ctx, l, rest, true); err != nil {
+	if err := o.apply(ctx, l, rest, after); err != nil {
 		t.Fatal(err)
 	}
 	got := rdb.XRange(ctx, keys.Topic(0, "t"), "-", "+").Val()
@@ -182,5 +203,116 @@ func TestTakeChecksTheEntries(t *testing.T) {
 	}
 	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 0 {
 		t.Fatalf("%d entries still pending, want none", n)
+	}
+}
+
+// TestEpochRenewedWhenDataGoesBack: Redis loses the newest writes (here a
+// restart from an older snapshot: SAVE, then DEBUG RELOAD NOSAVE; a
+// failover before replication does the same) under a running owner. An
+// event it had applied and clients may have seen is gone, so the owner
+// renews the partition's epoch: cursors of the old one cannot be trusted.
+// Events after the loss still flow.
+func TestEpochRenewedWhenDataGoesBack(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t, "--enable-debug-command", "yes").Client(t)
+	keys := streams.Keys{Prefix: "back"}
+	if _, err := migrations.Run(ctx, rdb, keys, 1); err != nil {
+		t.Fatal(err)
+	}
+	o := testOwner(t, rdb, keys, 1, "n", 100*time.Millisecond)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = o.Run(rctx) }()
+	topic := "back"
+	sub := rdb.SSubscribe(ctx, keys.Live(0, topic))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	live := sub.Channel()
+	publish := func(data string) string {
+		t.Helper()
+		id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", data}}).Val()
+		select {
+		case m := <-live:
+			if !strings.Contains(m.Payload, id) {
+				t.Fatalf("live event %s, want %s", m.Payload, id)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %s (data %s) not published within 5 s; owner %+v", id, data, o.Stats())
+		}
+		return id
+	}
+	epoch := func() string { return rdb.HGet(ctx, keys.PartitionMeta(0), "epoch").Val() }
+
+	kept := publish("1")
+	before := epoch()
+	if err := rdb.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	publish("2") // applied and published, then lost
+	if err := rdb.Do(ctx, "DEBUG", "RELOAD", "NOSAVE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	after := publish("3")
+	if e := epoch(); e == before || e == "" {
+		t.Fatalf("epoch %q after the loss, want a new one (was %q)", e, before)
+	}
+	if n := o.Stats().Epochs; n != 1 {
+		t.Fatalf("%d epochs renewed, want 1", n)
+	}
+	got := rdb.XRange(ctx, keys.Topic(0, topic), "-", "+").Val()
+	if len(got) != 2 || got[0].ID != kept || got[1].ID != after {
+		t.Fatalf("history %v, want %s and %s", got, kept, after)
+	}
+}
+
+// TestGroupBackRenewsEpoch: the consumer group found below what this
+// node applied (a Redis that went back in time, here set back by hand) is
+// noticed by the pending read, the epoch is renewed once, and the entries
+// after the group's position are applied again, in order.
+func TestGroupBackRenewsEpoch(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 2)
+	before := l.epoch
+	msgs, err := o.readNew(ctx, 0, "0-0")
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("readNew = %v, %v", msgs, err)
+	}
+	if err := o.apply(ctx, l, msgs, "0-0"); err != nil {
+		t.Fatal(err)
+	}
+	_, at, err := o.readPending(ctx, l)
+	if err != nil || at != ids[1] || o.behind(l, at) {
+		t.Fatalf("readPending = %q, %v, behind %v; want the group at %s, not behind", at, err, o.behind(l, at), ids[1])
+	}
+	// The group and history go back; the ingress keeps both entries.
+	rdb.XGroupSetID(ctx, keys.Ingress(0), streams.Group, "0-0")
+	rdb.Del(ctx, keys.Topic(0, "t"))
+	if _, at, err = o.readPending(ctx, l); err != nil || !o.behind(l, at) {
+		t.Fatalf("readPending = %q, %v, behind %v; want the group at 0-0, behind", at, err, o.behind(l, at))
+	}
+	if err := o.ensure(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if l.epoch == before || o.Stats().Epochs != 1 {
+		t.Fatalf("epoch %q (was %q), %d renewed: want a new one", l.epoch, before, o.Stats().Epochs)
+	}
+	if o.behind(l, at) {
+		t.Fatal("still behind after ensure renewed the epoch: the pipeline would renew it again")
+	}
+	if err := o.ensure(ctx, l); err != nil || o.Stats().Epochs != 1 {
+		t.Fatalf("ensure again: %v, %d renewed; want still 1", err, o.Stats().Epochs)
+	}
+	msgs, err = o.readNew(ctx, 0, at)
+	if err == nil {
+		err = o.apply(ctx, l, msgs, at)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rdb.XRange(ctx, keys.Topic(0, "t"), "-", "+").Val()
+	if len(got) != 2 || got[0].ID != ids[0] || got[1].ID != ids[1] {
+		t.Fatalf("history %v, want %v again", got, ids)
 	}
 }

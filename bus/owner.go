@@ -100,6 +100,19 @@ type Owner struct {
 
 	mu    sync.Mutex
 	owned map[int]*lease
+
+	// applied is, by partition, the last entry this node applied and the
+	// epoch it was applied under: if the ingress is later found below it
+	// under the same epoch, the partition's newest data was lost. Only
+	// the partition's pipeline touches its mark, and one pipeline of a
+	// partition runs at a time (o.mu orders one's end and the next start).
+	applied []mark
+}
+
+// mark is the last entry applied to a partition, under an epoch.
+type mark struct {
+	epoch string
+	id    streams.ID
 }
 
 // lease is one held partition lease.
@@ -108,6 +121,7 @@ type lease struct {
 	value  string // "<node> <token>", the owner key's content
 	cancel context.CancelFunc
 	done   chan struct{}
+	epoch  string // the partition's epoch, as ensure last found it
 
 	scratch []byte // event encoding buffer of the partition's pipeline, reused per batch
 }
@@ -118,7 +132,7 @@ func NewOwner(cfg OwnerConfig) (*Owner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Owner{cfg: cfg, owned: make(map[int]*lease)}, nil
+	return &Owner{cfg: cfg, owned: make(map[int]*lease), applied: make([]mark, cfg.Partitions)}, nil
 }
 
 // Run heartbeats, renews leases and rebalances partitions over the live
@@ -305,10 +319,11 @@ type OwnerStats struct {
 	DeadLettered uint64 // entries refused to the dead-letter stream
 	Forwarded    uint64 // entries moved to their right partition
 	HandedOver   uint64 // partitions given up to rebalance
+	Epochs       uint64 // partition epochs renewed: data found lost
 }
 
 type ownerCounters struct {
-	acquired, lost, delivered, deadLettered, forwarded, handedOver atomic.Uint64
+	acquired, lost, delivered, deadLettered, forwarded, handedOver, epochs atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -321,6 +336,7 @@ func (o *Owner) Stats() OwnerStats {
 		DeadLettered: o.stats.deadLettered.Load(),
 		Forwarded:    o.stats.forwarded.Load(),
 		HandedOver:   o.stats.handedOver.Load(),
+		Epochs:       o.stats.epochs.Load(),
 	}
 }
 

@@ -32,6 +32,9 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	// after is the ID new entries come after; "" while the pending ones
 	// are read first.
 	after := ""
+	// check: the partition's data may have changed under the pipeline (an
+	// error from Redis, the group not where it was left): ensure first.
+	check := false
 	// Partitions taken together (a node starting) trim at different
 	// seconds of the minute, not all in one.
 	lastTrim := time.Now().Add(-rand.N(trimEvery))
@@ -39,18 +42,33 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	for ctx.Err() == nil {
 		var msgs []redis.XMessage
 		var err error
-		if after == "" {
+		switch {
+		case check:
+			err = o.ensure(ctx, l)
+			check = err != nil
+		case after == "":
 			msgs, after, err = o.readPending(ctx, l)
-			if err == nil {
-				err = o.apply(ctx, l, msgs, false)
+			if err == nil && after != "" && o.behind(l, after) {
+				after, check = "", true
+				continue
 			}
-		} else {
+			if err == nil {
+				err = o.apply(ctx, l, msgs, "")
+			}
+		default:
 			msgs, err = o.readNew(ctx, l.p, after)
 			if err == nil {
-				err = o.apply(ctx, l, msgs, true)
+				err = o.apply(ctx, l, msgs, after)
 			}
-			if err == nil && len(msgs) > 0 {
+			switch {
+			case err == nil && len(msgs) > 0:
 				after = msgs[len(msgs)-1].ID
+			case err == nil:
+				// Idle for a Block: read on from the group's position,
+				// which checks it is where it was left (an entry under an
+				// ID at or below after, added after Redis went back in
+				// time, would wait here unseen).
+				after = ""
 			}
 		}
 		if time.Since(lastTrim) > trimEvery && err == nil {
@@ -59,6 +77,7 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 		}
 		if err != nil {
 			after = "" // what was taken is pending now: read it from there
+			check = true
 		}
 		switch {
 		case err == nil || isTakeRefused(err):
@@ -69,10 +88,8 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 			o.stats.lost.Add(1)
 			return ErrLeaseLost
 		case strings.HasPrefix(err.Error(), "NOGROUP"):
-			// The stream or group vanished: the partition's data was lost.
-			if err := o.ensure(ctx, l); err != nil {
-				return err
-			}
+			// The stream or group vanished: the partition's data was lost,
+			// and ensure (next) recreates them under a new epoch.
 		default:
 			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
 			o.cfg.Logger.Warn("partition pipeline", "partition", l.p, "err", err, "retry_in", backoff)
@@ -83,6 +100,15 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 		}
 	}
 	return nil
+}
+
+// behind reports whether the consumer group has delivered less than this
+// node applied (under the lease's epoch), which only a Redis that went
+// back in time does (ensure then renews the epoch).
+func (o *Owner) behind(l *lease, delivered string) bool {
+	m := o.applied[l.p]
+	id, err := streams.ParseID(delivered)
+	return err == nil && m.epoch == l.epoch && id.Less(m.id)
 }
 
 // readPending reads, fenced by the lease, a batch of the entries pending
@@ -146,18 +172,37 @@ func xMessages(res any) ([]redis.XMessage, error) {
 	return msgs, nil
 }
 
-// ensure recreates a lost stream, group or epoch of the partition.
+// ensure recreates a lost stream, group or epoch of the partition, and
+// renews the epoch if the consumer group went back below the last entry
+// this node applied under it: Redis lost its newest writes, and clients'
+// cursors of that epoch cannot be trusted.
 func (o *Owner) ensure(ctx context.Context, l *lease) error {
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.PartitionMeta(l.p)}
-	renewed, err := ensureScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, streams.NewEpoch()).Int()
+	m := o.applied[l.p]
+	last := ""
+	if !m.id.IsZero() {
+		last = m.id.String()
+	}
+	res, err := ensureScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, streams.NewEpoch(), m.epoch, last).Slice()
 	if err != nil {
 		if isLeaseLost(err) {
 			return ErrLeaseLost
 		}
 		return fmt.Errorf("checking partition %d: %w", l.p, err)
 	}
-	if renewed == 1 {
+	if len(res) != 2 {
+		return fmt.Errorf("checking partition %d: unexpected reply %v", l.p, res)
+	}
+	status, _ := res[0].(int64)
+	l.epoch, _ = res[1].(string)
+	switch status {
+	case 1:
 		o.cfg.Logger.Warn("partition data missing; epoch renewed", "partition", l.p)
+		o.stats.epochs.Add(1)
+	case 2:
+		o.cfg.Logger.Warn("partition data went back in time; epoch renewed", "partition", l.p, "last_applied", last)
+		o.stats.epochs.Add(1)
+		o.applied[l.p] = mark{}
 	}
 	return nil
 }
@@ -183,21 +228,21 @@ func (o *Owner) claim(ctx context.Context, l *lease) error {
 	}
 }
 
-// apply validates a batch and applies it with one fenced script call; with
-// take, the batch was read outside the consumer group and the script takes
-// it into the group first. Misrouted entries are first forwarded to their
-// partition (a crash between forward and acknowledgement forwards again:
-// at least once).
-func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, take bool) error {
+// apply validates a batch and applies it with one fenced script call. A
+// batch read outside the consumer group, after the ID after, the script
+// takes into the group first; after is "" for entries already pending.
+// Misrouted entries are first forwarded to their partition (a crash
+// between forward and acknowledgement forwards again: at least once).
+func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, after string) error {
 	if len(msgs) == 0 {
 		return nil
 	}
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
-	takeArg := ""
-	if take {
-		takeArg = "take"
+	take := ""
+	if after != "" {
+		take = "take"
 	}
-	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, takeArg}
+	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, take, after}
 	var dead, forwarded uint64
 	// The batch's events are encoded back to back in the lease's scratch
 	// buffer (each entry's data copied in first, to be read as bytes), and
@@ -240,6 +285,11 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, take
 	o.stats.delivered.Add(added)
 	o.stats.deadLettered.Add(dead)
 	o.stats.forwarded.Add(forwarded)
+	if id, err := streams.ParseID(msgs[len(msgs)-1].ID); err == nil {
+		if m := &o.applied[l.p]; m.epoch != l.epoch || m.id.Less(id) {
+			*m = mark{epoch: l.epoch, id: id}
+		}
+	}
 	return nil
 }
 

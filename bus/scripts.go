@@ -5,6 +5,30 @@ import "github.com/redis/go-redis/v9"
 // All scripts touch the keys of one partition only, which share the hash
 // tag {p}: they run in one Redis Cluster slot.
 
+// luaStreams defines, for the scripts that need them, idless(a, b):
+// whether stream ID a ("<ms>-<seq>") sorts before ID b; and delivered(key,
+// group): the last ID the group delivered, or nil without the group.
+const luaStreams = `
+local function idless(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local function delivered(key, group)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == group then
+      return last
+    end
+  end
+  return nil
+end
+`
+
 // acquireScript takes the lease of a partition when it is free (or already
 // ours) and returns its fencing token, or nil. A new owner's token is one
 // more than any before it.
@@ -48,7 +72,7 @@ return 0`)
 // KEYS: owner, ingress. ARGV: lease value, group, consumer, count.
 // Returns the entries, each {id, {field, value, ...}} ({id, nil} for one
 // deleted while pending), or that ID.
-var readScript = redis.NewScript(`
+var readScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
@@ -59,14 +83,9 @@ end
 if #r[1][2] > 0 then
   return r[1][2]
 end
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-  end
-  if name == ARGV[2] then
-    return last
-  end
+local last = delivered(KEYS[2], ARGV[2])
+if last then
+  return last
 end
 return redis.error_reply('NOGROUP no consumer group ' .. ARGV[2])`)
 
@@ -81,20 +100,35 @@ end
 return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5], 'JUSTID')[1]`)
 
 // ensureScript makes sure a partition has its ingress stream, consumer
-// group and epoch. A group that must be created here means the partition's
-// data was lost (migrations create every group), so the epoch is renewed.
-// KEYS: owner, ingress, partition meta. ARGV: lease value, group, new epoch.
-// Returns 1 when the epoch was renewed.
-var ensureScript = redis.NewScript(`
+// group and epoch, and that its data has not gone back in time. A group
+// that must be created here means the partition's data was lost
+// (migrations create every group). A group that has delivered less than
+// this node applied under the same epoch went back: a failover before
+// replication, a restart from an older snapshot. Entries clients may have
+// seen can be gone, or replaced by new ones under the same IDs (a clock
+// behind the old one's). Either way the epoch is renewed.
+// KEYS: owner, ingress, partition meta. ARGV: lease value, group, new
+// epoch, the epoch and the last ID this node applied under it ("" if none).
+// Returns {status, epoch}: status 0 as expected, 1 data missing, 2 the
+// group went back; the epoch is renewed for 1 and 2.
+var ensureScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
-if type(created) == 'table' and created.ok or created == 'OK' or not redis.call('HGET', KEYS[3], 'epoch') then
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if type(created) == 'table' and created.ok or created == 'OK' or not epoch then
   redis.call('HSET', KEYS[3], 'epoch', ARGV[3])
-  return 1
+  return {1, ARGV[3]}
 end
-return 0`)
+if ARGV[5] ~= '' and epoch == ARGV[4] then
+  local last = delivered(KEYS[2], ARGV[2])
+  if last and idless(last, ARGV[5]) then
+    redis.call('HSET', KEYS[3], 'epoch', ARGV[3])
+    return {2, ARGV[3]}
+  end
+end
+return {0, epoch}`)
 
 // applyScript applies one batch of decoded ingress entries, fenced by the
 // lease: each history entry is added to its topic stream with the ingress
@@ -102,29 +136,36 @@ return 0`)
 // so a replay adds nothing twice), then published; refused entries go to
 // the dead-letter stream; everything is acknowledged.
 //
-// A batch of new entries, read with a plain XREAD, is first taken into the
-// group here ("take"): XREADGROUP of as many entries, which must be the
-// same ones, or nothing is applied (WSBUSTAKE: they are pending now, and
-// read again from there). Taking them only here, behind the lease check,
-// means a node whose lease was lost never holds an entry (see readScript).
+// A batch of new entries, read with a plain XREAD after an ID, is first
+// taken into the group here ("take"): the group must have delivered up to
+// that ID and no further, and XREADGROUP of as many entries must give the
+// same ones, or nothing is applied (WSBUSTAKE: what it gave is pending now,
+// and read again from there; the group behind that ID can mean the
+// partition's data went back in time, which ensureScript checks). Taking
+// them only here, behind the lease check, means a node whose lease was
+// lost never holds an entry (see readScript).
 //
 // KEYS: owner, ingress, dead, then a topic stream and live channel per
 // history op. ARGV: lease value, group, max history length, history ttl ms,
-// op count, consumer, "take" or "", then per op: "h" id data event |
-// "d" id reason topic data | "a" id.
+// op count, consumer, "take" or "", the ID the batch was read after, then
+// per op: "h" id data event | "d" id reason topic data | "a" id.
 // Returns the number of entries added to history.
-var applyScript = redis.NewScript(`
+var applyScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
 local n = tonumber(ARGV[5])
-local ids, a = {}, 8
+local ids, a = {}, 9
 for i = 1, n do
   local kind = ARGV[a]
   ids[i] = ARGV[a + 1]
   if kind == 'h' then a = a + 4 elseif kind == 'd' then a = a + 5 else a = a + 2 end
 end
 if ARGV[7] == 'take' then
+  local last = delivered(KEYS[2], ARGV[2])
+  if last ~= ARGV[8] then
+    return redis.error_reply('WSBUSTAKE the group has delivered up to ' .. tostring(last) .. ', not ' .. ARGV[8])
+  end
   local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], ARGV[6], 'COUNT', n, 'STREAMS', KEYS[2], '>')
   if type(r) == 'table' and r.err then
     return r
@@ -137,7 +178,7 @@ if ARGV[7] == 'take' then
   end
 end
 local k, added = 4, 0
-a = 8
+a = 9
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' then
@@ -175,19 +216,13 @@ return redis.call('XADD', KEYS[2], '*', 'topic', ARGV[2], 'data', ARGV[3], 'forw
 // trimScript trims the ingress stream to entries newer than ARGV[3], but
 // never past the oldest entry still pending (XTRIM would drop it).
 // KEYS: owner, ingress. ARGV: lease value, group, min ID ("<ms>-0").
-var trimScript = redis.NewScript(`
+var trimScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
 local minid = ARGV[3]
 local pend = redis.call('XPENDING', KEYS[2], ARGV[2])
-if pend[1] > 0 then
-  local function parse(id)
-    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-    return tonumber(ms), tonumber(seq)
-  end
-  local pm, ps = parse(pend[2])
-  local mm, ms = parse(minid)
-  if pm < mm or (pm == mm and ps < ms) then minid = pend[2] end
+if pend[1] > 0 and idless(pend[2], minid) then
+  minid = pend[2]
 end
 return redis.call('XTRIM', KEYS[2], 'MINID', '~', minid)`)

@@ -23,10 +23,11 @@ type Server struct {
 	cmd  *exec.Cmd
 }
 
-// Start starts a redis-server and stops it at the end of the test.
-func Start(tb testing.TB) *Server {
+// Start starts a redis-server, with args added to the defaults (say,
+// "--enable-debug-command", "yes"), and stops it at the end of the test.
+func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
-	return start(tb)
+	return start(tb, args...)
 }
 
 // start runs redis-server with args added to the defaults and waits until
