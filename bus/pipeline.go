@@ -238,11 +238,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 		return nil
 	}
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
-	take := ""
-	if after != "" {
-		take = "take"
-	}
-	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, take, after}
+	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, after}
 	var dead, forwarded uint64
 	// The batch's events are encoded back to back in the lease's scratch
 	// buffer (each entry's data copied in first, to be read as bytes), and

@@ -137,34 +137,38 @@ return {0, epoch}`)
 // the dead-letter stream; everything is acknowledged.
 //
 // A batch of new entries, read with a plain XREAD after an ID, is first
-// taken into the group here ("take"): the group must have delivered up to
-// that ID and no further, and XREADGROUP of as many entries must give the
-// same ones, or nothing is applied (WSBUSTAKE: what it gave is pending now,
-// and read again from there; the group behind that ID can mean the
-// partition's data went back in time, which ensureScript checks). Taking
-// them only here, behind the lease check, means a node whose lease was
-// lost never holds an entry (see readScript).
+// taken into the group here: the group must have delivered up to that ID
+// and no further, and XREADGROUP of as many entries must give the same
+// ones, or nothing is applied (WSBUSTAKE: what it gave is pending now, and
+// read again from there; the group behind that ID can mean the partition's
+// data went back in time, which ensureScript checks). Owners never wait in
+// a blocking XREADGROUP: Redis would hand the next entry to a stale owner
+// still waiting there after its lease expired, and the entry would sit in
+// that owner's pending list, where the new owner does not look. Taking
+// entries only here, behind the lease check, means a node whose lease was
+// lost never holds one.
 //
 // KEYS: owner, ingress, dead, then a topic stream and live channel per
 // history op. ARGV: lease value, group, max history length, history ttl ms,
-// op count, consumer, "take" or "", the ID the batch was read after, then
-// per op: "h" id data event | "d" id reason topic data | "a" id.
+// op count, consumer, the ID the batch was read after ("" for entries
+// already pending), then per op: "h" id data event | "d" id reason topic
+// data | "a" id.
 // Returns the number of entries added to history.
 var applyScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
 local n = tonumber(ARGV[5])
-local ids, a = {}, 9
+local ids, a = {}, 8
 for i = 1, n do
   local kind = ARGV[a]
   ids[i] = ARGV[a + 1]
   if kind == 'h' then a = a + 4 elseif kind == 'd' then a = a + 5 else a = a + 2 end
 end
-if ARGV[7] == 'take' then
+if ARGV[7] ~= '' then
   local last = delivered(KEYS[2], ARGV[2])
-  if last ~= ARGV[8] then
-    return redis.error_reply('WSBUSTAKE the group has delivered up to ' .. tostring(last) .. ', not ' .. ARGV[8])
+  if last ~= ARGV[7] then
+    return redis.error_reply('WSBUSTAKE the group has delivered up to ' .. tostring(last) .. ', not ' .. ARGV[7])
   end
   local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], ARGV[6], 'COUNT', n, 'STREAMS', KEYS[2], '>')
   if type(r) == 'table' and r.err then
@@ -178,7 +182,7 @@ if ARGV[7] == 'take' then
   end
 end
 local k, added = 4, 0
-a = 9
+a = 8
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' then
