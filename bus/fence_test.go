@@ -316,3 +316,29 @@ func TestGroupBackRenewsEpoch(t *testing.T) {
 		t.Fatalf("history %v, want %v again", got, ids)
 	}
 }
+
+// TestPendingEntryDeleted: an entry deleted while pending (XDEL by hand)
+// comes back from the pending read without fields; it is dead-lettered
+// and acknowledged, and blocks nothing.
+func TestPendingEntryDeleted(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 1)
+	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: streams.Group, Consumer: "n", Streams: []string{keys.Ingress(0), ">"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.XDel(ctx, keys.Ingress(0), ids[0])
+	msgs, _, err := o.readPending(ctx, l)
+	if err != nil || len(msgs) != 1 || msgs[0].ID != ids[0] || len(msgs[0].Values) != 0 {
+		t.Fatalf("readPending = %+v, %v; want %s without fields", msgs, err, ids[0])
+	}
+	if err := o.apply(ctx, l, msgs, ""); err != nil {
+		t.Fatal(err)
+	}
+	dead := rdb.XRange(ctx, keys.Dead(0), "-", "+").Val()
+	if len(dead) != 1 || dead[0].Values["id"] != ids[0] || o.Stats().DeadLettered != 1 {
+		t.Fatalf("dead letters %v, %d counted; want %s", dead, o.Stats().DeadLettered, ids[0])
+	}
+	if _, after, err := o.readPending(ctx, l); err != nil || after != ids[0] {
+		t.Fatalf("readPending after = %q, %v; want nothing pending, the group at %s", after, err, ids[0])
+	}
+}
