@@ -342,3 +342,45 @@ func TestPendingEntryDeleted(t *testing.T) {
 		t.Fatalf("readPending after = %q, %v; want nothing pending, the group at %s", after, err, ids[0])
 	}
 }
+
+// TestTrimKeepsWhatWasNotRead: entries older than the retention that the
+// group has not delivered yet (a backlog from while no owner ran) are not
+// trimmed; delivered and acknowledged ones before them are.
+func TestTrimKeepsWhatWasNotRead(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, _ := heldPartition(t, 0)
+	old := time.Now().Add(-48 * time.Hour).UnixMilli()
+	add := func(from, n int) {
+		for i := range n {
+			id := strconv.FormatInt(old, 10) + "-" + strconv.Itoa(from+i)
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), ID: id, Values: []any{"topic", "t", "data", "x"}}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// 300 entries read and acknowledged, then 300 never read; all older
+	// than the 24 h retention. (XTRIM ~ drops whole nodes of 100.)
+	add(0, 300)
+	after := "0-0"
+	for range 3 { // batches of 100
+		msgs, err := o.readNew(ctx, 0, after)
+		if err == nil {
+			err = o.apply(ctx, l, msgs, after)
+		}
+		if err != nil || len(msgs) == 0 {
+			t.Fatalf("reading and applying after %s: %d entries, %v", after, len(msgs), err)
+		}
+		after = msgs[len(msgs)-1].ID
+	}
+	add(300, 300)
+	if err := o.trim(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	unread := rdb.XRange(ctx, keys.Ingress(0), strconv.FormatInt(old, 10)+"-300", "+").Val()
+	if len(unread) != 300 {
+		t.Fatalf("%d of the 300 unread entries left after trimming, want all", len(unread))
+	}
+	if n := rdb.XLen(ctx, keys.Ingress(0)).Val(); n >= 600 {
+		t.Fatalf("ingress holds %d entries after trimming, want the read ones (some) gone", n)
+	}
+}

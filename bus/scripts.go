@@ -218,7 +218,9 @@ end
 return redis.call('XADD', KEYS[2], '*', 'topic', ARGV[2], 'data', ARGV[3], 'forwarded_from', ARGV[4])`)
 
 // trimScript trims the ingress stream to entries newer than ARGV[3], but
-// never past the oldest entry still pending (XTRIM would drop it).
+// never past the oldest entry still pending, nor past the last one the
+// group delivered: XTRIM would drop them unprocessed (a backlog older than
+// the retention, say, from while no owner ran).
 // KEYS: owner, ingress. ARGV: lease value, group, min ID ("<ms>-0").
 var trimScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -228,5 +230,9 @@ local minid = ARGV[3]
 local pend = redis.call('XPENDING', KEYS[2], ARGV[2])
 if pend[1] > 0 and idless(pend[2], minid) then
   minid = pend[2]
+end
+local last = delivered(KEYS[2], ARGV[2])
+if last and idless(last, minid) then
+  minid = last
 end
 return redis.call('XTRIM', KEYS[2], 'MINID', '~', minid)`)
