@@ -38,7 +38,8 @@ type OwnerConfig struct {
 	// value means 100: one Redis round trip each, little added latency.
 	Batch int
 	// Block bounds one blocking read, so a lost lease or shutdown is noticed
-	// promptly. Zero value means 1 s.
+	// promptly; an idle partition also checks its consumer group is where
+	// it was left (see ensureScript) once per Block. Zero value means 1 s.
 	Block time.Duration
 	// MaxData is the payload limit; bigger entries are dead-lettered. Zero
 	// value means streams.DefaultMaxData (64 KiB).
