@@ -157,52 +157,47 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 }
 
 // TestTakeChecksTheEntries: a batch read outside the consumer group is
-// applied only if the group hands over the same entries; otherwise nothing
-// is applied and what the group handed over is read from the pending list.
+// applied only if the group is where it was read from and the batch starts
+// with the group's next entry; otherwise nothing is done, and reading goes
+// on from the group's position. Applied entries are never left pending,
+// and the group's count of entries read (its lag) stays right.
 func TestTakeChecksTheEntries(t *testing.T) {
 	ctx := context.Background()
-	rdb, keys, o, l, _ := heldPartition(t, 2)
+	rdb, keys, o, l, ids := heldPartition(t, 3)
 	msgs, err := o.readNew(ctx, 0, "0")
-	if err != nil || len(msgs) != 2 {
-		t.Fatalf("readNew = %v, %v; want both entries", msgs, err)
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
 	// Read after the first, but the group has delivered nothing yet.
 	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); !isTakeRefused(err) {
 		t.Fatalf("apply of entries read after %s = %v, want refused", msgs[0].ID, err)
-	}
-	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 0 {
-		t.Fatalf("%d entries pending after a take refused for the group's position, want none", n)
 	}
 	// The group's next entry is the first, not the second.
 	if err := o.apply(ctx, l, msgs[1:], "0-0"); !isTakeRefused(err) {
 		t.Fatalf("apply of the second entry alone = %v, want refused", err)
 	}
 	if n := rdb.XLen(ctx, keys.Topic(0, "t")).Val(); n != 0 {
-		t.Fatalf("history holds %d entries after a refused take, want 0", n)
+		t.Fatalf("history holds %d entries after refused takes, want 0", n)
 	}
 	pending, after, err := o.readPending(ctx, l)
-	if err != nil || len(pending) != 1 || pending[0].ID != msgs[0].ID || after != "" {
-		t.Fatalf("readPending = %v, %q, %v; want the first entry", pending, after, err)
+	if err != nil || len(pending) != 0 || after != "0-0" {
+		t.Fatalf("readPending = %v, %q, %v; want nothing pending, the group at 0-0", pending, after, err)
 	}
-	if err := o.apply(ctx, l, pending, ""); err != nil {
-		t.Fatal(err)
-	}
-	if _, after, err = o.readPending(ctx, l); err != nil || after != msgs[0].ID {
-		t.Fatalf("readPending with none pending = %q, %v; want the last delivered ID %s", after, err, msgs[0].ID)
-	}
-	rest, err := o.readNew(ctx, 0, after)
-	if err != nil || len(rest) != 1 || rest[0].ID != msgs[1].ID {
-		t.Fatalf("readNew after %s = %v, %v; want the second entry", after, rest, err)
-	}
-	if err := o.apply(ctx, l, rest, after); err != nil {
-		t.Fatal(err)
+	for _, batch := range [][]redis.XMessage{msgs[:2], msgs[2:]} {
+		if err := o.apply(ctx, l, batch, after); err != nil {
+			t.Fatalf("apply after %s: %v", after, err)
+		}
+		if _, after, err = o.readPending(ctx, l); err != nil || after != batch[len(batch)-1].ID {
+			t.Fatalf("readPending = %q, %v; want the group at %s", after, err, batch[len(batch)-1].ID)
+		}
 	}
 	got := rdb.XRange(ctx, keys.Topic(0, "t"), "-", "+").Val()
-	if len(got) != 2 || got[0].ID != msgs[0].ID || got[1].ID != msgs[1].ID {
-		t.Fatalf("history = %v, want both entries in order", got)
+	if len(got) != 3 || got[0].ID != ids[0] || got[1].ID != ids[1] || got[2].ID != ids[2] {
+		t.Fatalf("history = %v, want the three entries in order", got)
 	}
-	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 0 {
-		t.Fatalf("%d entries still pending, want none", n)
+	groups := rdb.XInfoGroups(ctx, keys.Ingress(0)).Val()
+	if len(groups) != 1 || groups[0].Pending != 0 || groups[0].EntriesRead != 3 || groups[0].Lag != 0 {
+		t.Fatalf("group %+v, want nothing pending, 3 entries read, lag 0", groups)
 	}
 }
 
@@ -264,6 +259,38 @@ func TestEpochRenewedWhenDataGoesBack(t *testing.T) {
 	got := rdb.XRange(ctx, keys.Topic(0, topic), "-", "+").Val()
 	if len(got) != 2 || got[0].ID != kept || got[1].ID != after {
 		t.Fatalf("history %v, want %s and %s", got, kept, after)
+	}
+}
+
+// TestTakeOfAGroupWithoutCount: where Redis does not know how many entries
+// the group has read (a new group), the take reads the batch with
+// XREADGROUP; if the group then holds other entries than those read (one
+// was deleted meanwhile), nothing is applied and they are read back from
+// the pending list, not lost.
+func TestTakeOfAGroupWithoutCount(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 3)
+	msgs, err := o.readNew(ctx, 0, "0")
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
+	}
+	rdb.XDel(ctx, keys.Ingress(0), ids[1])
+	if err := o.apply(ctx, l, msgs, "0-0"); !isTakeRefused(err) {
+		t.Fatalf("apply with an entry deleted after the read = %v, want refused", err)
+	}
+	pending, _, err := o.readPending(ctx, l)
+	if err != nil || len(pending) != 2 || pending[0].ID != ids[0] || pending[1].ID != ids[2] {
+		t.Fatalf("readPending = %v, %v; want %s and %s", pending, err, ids[0], ids[2])
+	}
+	if err := o.apply(ctx, l, pending, ""); err != nil {
+		t.Fatal(err)
+	}
+	got := rdb.XRange(ctx, keys.Topic(0, "t"), "-", "+").Val()
+	if len(got) != 2 || got[0].ID != ids[0] || got[1].ID != ids[2] {
+		t.Fatalf("history = %v, want %s and %s", got, ids[0], ids[2])
+	}
+	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 0 {
+		t.Fatalf("%d entries still pending, want none", n)
 	}
 }
 

@@ -76,7 +76,7 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 			err = o.trim(ctx, l)
 		}
 		if err != nil {
-			after = "" // what was taken is pending now: read it from there
+			after = "" // read on from the group's position, pending entries first
 			check = true
 		}
 		switch {
@@ -230,7 +230,8 @@ func (o *Owner) claim(ctx context.Context, l *lease) error {
 
 // apply validates a batch and applies it with one fenced script call. A
 // batch read outside the consumer group, after the ID after, the script
-// takes into the group first; after is "" for entries already pending.
+// moves the group past; after is "" for entries already pending, which it
+// acknowledges.
 // Misrouted entries are first forwarded to their partition (a crash
 // between forward and acknowledgement forwards again: at least once).
 func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, after string) error {
@@ -238,7 +239,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 		return nil
 	}
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
-	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), o.cfg.Node, after}
+	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), after, msgs[len(msgs)-1].ID, o.cfg.Node}
 	var dead, forwarded uint64
 	// The batch's events are encoded back to back in the lease's scratch
 	// buffer (each entry's data copied in first, to be read as bytes), and
@@ -332,9 +333,9 @@ func (o *Owner) trim(ctx context.Context, l *lease) error {
 	return trimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, minID).Err()
 }
 
-// isTakeRefused reports an apply refused because the consumer group did
-// not hand over the entries read (see applyScript): nothing was applied,
-// and what it handed over is pending, to be read from there.
+// isTakeRefused reports an apply refused because the consumer group was
+// not where the batch was read from (see applyScript): nothing was done,
+// and reading goes on from the group's position.
 func isTakeRefused(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "WSBUSTAKE")
 }

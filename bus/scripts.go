@@ -7,7 +7,8 @@ import "github.com/redis/go-redis/v9"
 
 // luaStreams defines, for the scripts that need them, idless(a, b):
 // whether stream ID a ("<ms>-<seq>") sorts before ID b; and delivered(key,
-// group): the last ID the group delivered, or nil without the group.
+// group): the last ID the group delivered (nil without the group) and how
+// many entries it has read (nil when Redis does not know).
 const luaStreams = `
 local function idless(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -17,12 +18,14 @@ local function idless(a, b)
 end
 local function delivered(key, group)
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-    local name, last
+    local name, last, read
     for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+      if g[i] == 'name' then name = g[i + 1]
+      elseif g[i] == 'last-delivered-id' then last = g[i + 1]
+      elseif g[i] == 'entries-read' then read = g[i + 1] end
     end
     if name == group then
-      return last
+      return last, read
     end
   end
   return nil
@@ -67,7 +70,8 @@ return 0`)
 
 // readScript reads, for the partition's owner and fenced by its lease, a
 // batch of the entries pending under this consumer: claimed from earlier
-// owners, or read by an apply that failed. When none are pending it
+// owners (a version of wsbus that read with XREADGROUP, or anything else
+// that did; this one never leaves an entry pending). When none are pending it
 // returns the group's last delivered ID instead: new entries come after it.
 // KEYS: owner, ingress. ARGV: lease value, group, consumer, count.
 // Returns the entries, each {id, {field, value, ...}} ({id, nil} for one
@@ -134,55 +138,56 @@ return {0, epoch}`)
 // lease: each history entry is added to its topic stream with the ingress
 // ID (an ID not above the stream's top means it was added before: skipped,
 // so a replay adds nothing twice), then published; refused entries go to
-// the dead-letter stream; everything is acknowledged.
+// the dead-letter stream.
 //
-// A batch of new entries, read with a plain XREAD after an ID, is first
-// taken into the group here: the group must have delivered up to that ID
-// and no further, and XREADGROUP of as many entries must give the same
-// ones, or nothing is applied (WSBUSTAKE: what it gave is pending now, and
-// read again from there; the group behind that ID can mean the partition's
-// data went back in time, which ensureScript checks). Owners never wait in
-// a blocking XREADGROUP: Redis would hand the next entry to a stale owner
-// still waiting there after its lease expired, and the entry would sit in
-// that owner's pending list, where the new owner does not look. Taking
-// entries only here, behind the lease check, means a node whose lease was
-// lost never holds one.
+// A batch of new entries, read with a plain XREAD after an ID, moves the
+// consumer group past it here, in the same step as it is applied (so it is
+// never pending): the group must have delivered up to that ID and no
+// further, and the first entry after it must be the batch's first, or
+// nothing is done (WSBUSTAKE; a group behind that ID can mean the
+// partition's data went back in time, which ensureScript checks). Owners
+// never wait in a blocking XREADGROUP: Redis would hand the next entry to a
+// stale owner still waiting there after its lease expired, and the entry
+// would sit in that owner's pending list, where the new owner does not
+// look. Moving the group only here, behind the lease check, means a node
+// whose lease was lost never takes an entry. (The group is moved with
+// XGROUP SETID and its count of entries read, which its lag is computed
+// from; where Redis does not know that count, by XREADGROUP, once.) A
+// batch of entries already pending (left by an earlier owner) is
+// acknowledged.
 //
 // KEYS: owner, ingress, dead, then a topic stream and live channel per
 // history op. ARGV: lease value, group, max history length, history ttl ms,
-// op count, consumer, the ID the batch was read after ("" for entries
-// already pending), then per op: "h" id data event | "d" id reason topic
-// data | "a" id.
+// op count, the ID the batch was read after ("" for pending entries), the
+// batch's last ID, consumer, then per op: "h" id data event | "d" id
+// reason topic data | "a" id.
 // Returns the number of entries added to history.
 var applyScript = redis.NewScript(luaStreams + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
-local n = tonumber(ARGV[5])
-local ids, a = {}, 8
-for i = 1, n do
-  local kind = ARGV[a]
-  ids[i] = ARGV[a + 1]
-  if kind == 'h' then a = a + 4 elseif kind == 'd' then a = a + 5 else a = a + 2 end
-end
-if ARGV[7] ~= '' then
-  local last = delivered(KEYS[2], ARGV[2])
-  if last ~= ARGV[7] then
-    return redis.error_reply('WSBUSTAKE the group has delivered up to ' .. tostring(last) .. ', not ' .. ARGV[7])
+local n, after = tonumber(ARGV[5]), ARGV[6]
+if after ~= '' then
+  local last, read = delivered(KEYS[2], ARGV[2])
+  local first = redis.call('XRANGE', KEYS[2], '(' .. after, '+', 'COUNT', 1)[1]
+  if last ~= after or not first or first[1] ~= ARGV[10] then
+    return redis.error_reply('WSBUSTAKE the group is at ' .. tostring(last) .. ', the batch was read after ' .. after)
   end
-  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], ARGV[6], 'COUNT', n, 'STREAMS', KEYS[2], '>')
-  if type(r) == 'table' and r.err then
-    return r
-  end
-  local got = r and r[1][2] or {}
-  for i = 1, math.max(n, #got) do
-    if not got[i] or got[i][1] ~= ids[i] then
+  if read then
+    redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], ARGV[7], 'ENTRIESREAD', read + n)
+  else
+    -- Redis does not know how many entries the group has read (a new
+    -- group): XREADGROUP works it out, and the batch is acknowledged below.
+    local got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[8], 'COUNT', n, 'STREAMS', KEYS[2], '>')
+    local entries = got and got[1][2] or {}
+    if #entries ~= n or entries[n][1] ~= ARGV[7] then
       return redis.error_reply('WSBUSTAKE the group holds other entries than those read')
     end
+    after = ''
   end
 end
-local k, added = 4, 0
-a = 8
+local k, a, added = 4, 9, 0
+local acks = {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' then
@@ -200,9 +205,10 @@ for i = 1, n do
   else
     a = a + 2
   end
+  acks[i] = id
 end
-if n > 0 then
-  redis.call('XACK', KEYS[2], ARGV[2], unpack(ids))
+if after == '' and n > 0 then
+  redis.call('XACK', KEYS[2], ARGV[2], unpack(acks))
 end
 return added`)
 
