@@ -242,10 +242,8 @@ func (lc *liveConn) renew(old *redis.PubSub) {
 		return
 	}
 	var channels []string
-	for name, t := range g.topics {
-		if g.parts[t.p] == lc {
-			channels = append(channels, g.cfg.Keys.Live(t.p, name))
-		}
+	for _, t := range lc.topicsLocked() {
+		channels = append(channels, g.cfg.Keys.Live(t.p, t.name))
 	}
 	ps := g.cfg.Redis.SSubscribe(g.ctx)
 	lc.ps = ps
@@ -276,17 +274,21 @@ func (g *Gateway) liveLocked(p int) *liveConn {
 	return lc
 }
 
-// partitions returns the partitions whose channels lc carries.
-func (lc *liveConn) partitions() []int {
+// topics returns the topics whose live channels lc carries.
+func (lc *liveConn) topics() []*topic {
 	lc.g.mu.RLock()
 	defer lc.g.mu.RUnlock()
-	var parts []int
-	for p, o := range lc.g.parts {
-		if o == lc {
-			parts = append(parts, p)
+	return lc.topicsLocked()
+}
+
+func (lc *liveConn) topicsLocked() []*topic {
+	var ts []*topic
+	for _, t := range lc.g.topics {
+		if lc.g.parts[t.p] == lc {
+			ts = append(ts, t)
 		}
 	}
-	return parts
+	return ts
 }
 
 // receive reads one pub/sub connection until the Gateway closes. After the
@@ -301,11 +303,9 @@ func (lc *liveConn) receive() {
 			return
 		}
 		lost = true
-		parts := lc.partitions()
-		g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "partitions", len(parts), "err", err)
-		for _, p := range parts {
-			g.startCatching(p)
-		}
+		ts := lc.topics()
+		g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "topics", len(ts), "err", err)
+		startCatching(ts)
 	}
 	for g.ctx.Err() == nil {
 		ps := lc.pubsub()
@@ -347,11 +347,7 @@ func (lc *liveConn) receive() {
 			}
 			if lost {
 				lost = false
-				go func(parts []int) {
-					for _, p := range parts {
-						g.catchUp(p)
-					}
-				}(lc.partitions())
+				go g.catchUp(lc.topics())
 			}
 		case *redis.Message:
 			g.fanOut(m.Channel, m.Payload)
@@ -396,33 +392,21 @@ func (g *Gateway) fanOut(channel, payload string) {
 	t.mu.Unlock()
 }
 
-func (g *Gateway) topicsOf(p int) []*topic {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	var ts []*topic
-	for _, t := range g.topics {
-		if t.p == p {
-			ts = append(ts, t)
-		}
-	}
-	return ts
-}
-
-// startCatching makes a partition's topics hold live events until they
-// are caught up from history.
-func (g *Gateway) startCatching(p int) {
-	for _, t := range g.topicsOf(p) {
+// startCatching makes topics hold live events until they are caught up
+// from history.
+func startCatching(ts []*topic) {
+	for _, t := range ts {
 		t.mu.Lock()
 		t.catching = true
 		t.mu.Unlock()
 	}
 }
 
-// catchUp delivers, for every topic of partition p, the history written
-// after the newest event its subscribers had, then the live events held
-// meanwhile; IDs already delivered are dropped per subscriber.
-func (g *Gateway) catchUp(p int) {
-	for _, t := range g.topicsOf(p) {
+// catchUp delivers, for every topic of ts, the history written after the
+// newest event its subscribers had, then the live events held meanwhile;
+// IDs already delivered are dropped per subscriber.
+func (g *Gateway) catchUp(ts []*topic) {
+	for _, t := range ts {
 		g.stats.catchUps.Add(1)
 		for g.ctx.Err() == nil {
 			if err := g.catchUpTopic(t); err == nil {
