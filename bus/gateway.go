@@ -164,10 +164,12 @@ func (g *Gateway) Close() error {
 	g.cancel()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	closed := map[*liveConn]bool{}
+	if g.shared != nil { // in every slot of parts
+		_ = g.shared.ps.Close()
+		return nil
+	}
 	for _, lc := range g.parts {
-		if lc != nil && !closed[lc] {
-			closed[lc] = true
+		if lc != nil {
 			_ = lc.ps.Close()
 		}
 	}
