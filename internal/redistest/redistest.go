@@ -24,15 +24,9 @@ type Server struct {
 }
 
 // Start starts a redis-server, with args added to the defaults (say,
-// "--enable-debug-command", "yes"), and stops it at the end of the test.
+// "--enable-debug-command", "yes"), waits until it answers PING, and stops
+// it at the end of the test.
 func Start(tb testing.TB, args ...string) *Server {
-	tb.Helper()
-	return start(tb, args...)
-}
-
-// start runs redis-server with args added to the defaults and waits until
-// it answers PING.
-func start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -80,7 +74,7 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	cl := &Cluster{Replicas: make([][]*Server, masters)}
 	node := func() *Server {
 		dir := tb.TempDir()
-		return start(tb, "--cluster-enabled", "yes",
+		return Start(tb, "--cluster-enabled", "yes",
 			"--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000")
 	}
 	ctx := context.Background()
