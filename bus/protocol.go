@@ -16,6 +16,7 @@ type clientMessage struct {
 	Since *string `json:"since"` // nil: only new events
 	Epoch string  `json:"epoch"`
 	Token string  `json:"token"` // refresh
+	ID    string  `json:"id"`    // ack
 }
 
 // ServerMessage is any message a gateway sends, as a Go client decodes it
@@ -32,6 +33,8 @@ type ServerMessage struct {
 	Code      string          `json:"code"`
 	Message   string          `json:"message"`
 	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
+	Acked     string          `json:"acked"`   // subscribed, on a connection with a subject
+	Unread    int64           `json:"unread"`  // subscribed, on a connection with a subject
 }
 
 // Error codes of {"type":"error"} replies.
@@ -46,6 +49,9 @@ const (
 	codeUnavailable       = "unavailable"
 	codeForbidden         = "forbidden"
 	codeUnauthorized      = "unauthorized"
+	codeNoSubject         = "no_subject"
+	codeBadID             = "bad_id"
+	codeTooManyAcks       = "too_many_acks"
 )
 
 // errBadMessage is returned by decodeClientMessage for anything that is not
