@@ -4,9 +4,9 @@ import "github.com/redis/go-redis/v9"
 
 // ackScript moves subjects' cursors on one topic forward, never back (see
 // ack.go for the key's layout and life). Each candidate ID must be an
-// event in the topic's history; one below the oldest retained event (it
-// may have been trimmed since) is accepted only when the cursor is already
-// at or past it, as the late ack it then is. The history's expiry is
+// event in the topic's history; one below the oldest retained event, when
+// some were trimmed (it may have been one of them), is accepted only when
+// the cursor is already at or past it, as the late ack it then is. The history's expiry is
 // copied to the cursors' hash, so both end together.
 // KEYS: history, acked. ARGV: per subject: subject, count, then that many
 // IDs, highest first.
@@ -14,10 +14,19 @@ import "github.com/redis/go-redis/v9"
 var ackScript = redis.NewScript(luaStreams + `
 local hist, acked = KEYS[1], KEYS[2]
 local out, top, oldest = {}, nil, nil
+-- trimmed: whether id, not in the history, may have been an event trimmed
+-- away: it is below the oldest retained one, and some were removed.
 local function trimmed(id)
   if oldest == nil then
-    local f = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)[1]
-    oldest = f and f[1] or false
+    oldest = false
+    local ok, info = pcall(redis.call, 'XINFO', 'STREAM', hist)
+    if ok then
+      local f = {}
+      for k = 1, #info, 2 do f[info[k]] = info[k + 1] end
+      if f['entries-added'] ~= f['length'] and f['first-entry'] then
+        oldest = f['first-entry'][1]
+      end
+    end
   end
   return oldest and idless(id, oldest)
 end

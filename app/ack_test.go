@@ -1,0 +1,127 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+// ack sends an ack message.
+func ack(c *wstest.Client, topic, id string) {
+	c.Send(map[string]string{"type": "ack", "topic": topic, "id": id})
+}
+
+// cursor returns the acked cursor of sub on topic as stored ("" if none).
+func (b *testBus) cursor(tb testing.TB, topic, sub string) string {
+	tb.Helper()
+	v, _ := b.rdb.HGet(context.Background(), b.keys.Acked(streams.Partition(topic, b.n), topic), "s:"+sub).Result()
+	id, _, _ := strings.Cut(v, " ")
+	return id
+}
+
+// waitCursor polls until sub's cursor on topic is want.
+func (b *testBus) waitCursor(tb testing.TB, topic, sub, want string) {
+	tb.Helper()
+	redistest.Eventually(tb, wait, func() error {
+		if got := b.cursor(tb, topic, sub); got != want {
+			return fmt.Errorf("cursor of %s on %s = %q, want %q", sub, topic, got, want)
+		}
+		return nil
+	})
+}
+
+// published adds n events to topic and waits until its history holds them.
+func (b *testBus) published(tb testing.TB, topic string, n int) []string {
+	tb.Helper()
+	var ids []string
+	for i := range n {
+		ids = append(ids, b.xadd(tb, topic, fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	redistest.Eventually(tb, wait, func() error {
+		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
+			return fmt.Errorf("history of %s not at %s yet", topic, ids[n-1])
+		}
+		return nil
+	})
+	return ids
+}
+
+func TestAckMovesTheSubjectsCursorForwardOnly(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "inbox", 5)
+	phone := wstest.Dial(t, b.node.url+"?user=ann")
+	laptop := wstest.Dial(t, b.node.url+"?user=ann")
+	ack(phone, "inbox", ids[2])
+	b.waitCursor(t, "inbox", "ann", ids[2])
+	ack(laptop, "inbox", ids[1]) // behind the cursor: no move, no error
+	ack(laptop, "inbox", ids[3])
+	b.waitCursor(t, "inbox", "ann", ids[3])
+	ack(phone, "inbox", ids[0])
+	ping(phone)
+	phone.Expect("pong", wait)
+	time.Sleep(50 * time.Millisecond) // several flushes
+	if got := b.cursor(t, "inbox", "ann"); got != ids[3] {
+		t.Fatalf("cursor = %s after an older ack, want it still %s", got, ids[3])
+	}
+	laptop.ExpectQuiet(50 * time.Millisecond)
+	phone.ExpectQuiet(50 * time.Millisecond)
+	if got := b.cursor(t, "inbox", "bob"); got != "" {
+		t.Fatalf("bob's cursor = %q, want none", got)
+	}
+}
+
+func ping(c *wstest.Client) { c.Send(map[string]string{"type": "ping"}) }
+
+func TestAckErrorsKeepTheConnection(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "errs", 3)
+	anon := wstest.Dial(t, b.node.url)
+	ack(anon, "errs", ids[0])
+	if e := anon.Expect("error", wait); e.Code != "no_subject" || e.Topic != "errs" {
+		t.Fatalf("ack without a subject = %+v, want no_subject", e)
+	}
+	ping(anon)
+	anon.Expect("pong", wait)
+
+	c := wstest.Dial(t, b.node.url+"?user=ann")
+	ack(c, "errs", ids[1])
+	b.waitCursor(t, "errs", "ann", ids[1])
+	for _, tt := range []struct{ name, topic, id, code string }{
+		{"not an ID", "errs", "x", "bad_id"},
+		{"zero", "errs", "0", "bad_id"},
+		{"beyond the head", "errs", "99999999999999-0", "bad_id"},
+		{"between events", "errs", bumped(ids[2]), "bad_id"},
+		{"older, never an event", "errs", "1-0", "bad_id"},
+		{"another topic's event", "other", ids[2], "bad_id"},
+		{"bad topic", "a b", ids[2], "bad_topic"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ack(c, tt.topic, tt.id)
+			if e := c.Expect("error", wait); e.Code != tt.code || e.Topic != tt.topic {
+				t.Fatalf("ack %s %s = %+v, want %s", tt.topic, tt.id, e, tt.code)
+			}
+			ping(c)
+			c.Expect("pong", wait)
+		})
+	}
+	c.Send(map[string]any{"type": "ack", "topic": 5})
+	if e := c.Expect("error", wait); e.Code != "bad_request" {
+		t.Fatalf("malformed ack = %+v, want bad_request", e)
+	}
+	if got := b.cursor(t, "errs", "ann"); got != ids[1] {
+		t.Fatalf("cursor = %s after bad acks, want %s", got, ids[1])
+	}
+}
+
+// bumped returns an ID just after id, which no event has.
+func bumped(id string) string {
+	v := streams.MustParseID(id)
+	v.Seq += 1000
+	return v.String()
+}
