@@ -22,6 +22,9 @@ func TestDecodeClientMessage(t *testing.T) {
 		{"subscribe without since", `{"type":"subscribe","topic":"a"}`, true, nil},
 		{"since null", `{"type":"subscribe","topic":"a","since":null}`, true, nil},
 		{"extra fields", `{"type":"ping","x":[1]}`, true, nil},
+		{"ack", `{"type":"ack","topic":"a","id":"1718000000000-1"}`, true, nil},
+		{"ack with a numeric id", `{"type":"ack","topic":"a","id":5}`, false, nil},
+		{"since acked", `{"type":"subscribe","topic":"a","since":"acked"}`, true, strp("acked")},
 		{"no type", `{"topic":"a"}`, false, nil},
 		{"type not a string", `{"type":1}`, false, nil},
 		{"array", `[]`, false, nil},
@@ -75,6 +78,9 @@ func FuzzDecodeClientMessage(f *testing.F) {
 	for _, s := range []string{
 		`{"type":"subscribe","topic":"user:42","since":"1718000000000-0","epoch":"k3v9"}`,
 		`{"type":"unsubscribe","topic":"a"}`, `{"type":"ping"}`, `{}`, `null`, `"x"`, `{"type":"subscribe","since":5}`,
+		`{"type":"ack","topic":"user:42","id":"1718000000000-1"}`, `{"type":"ack","topic":"a","id":"0"}`,
+		`{"type":"ack","topic":"a","id":null}`, `{"type":"ack","id":["1-1"]}`, `{"type":"ack","topic":"a","id":"1-1","id":"2-2"}`,
+		`{"type":"subscribe","topic":"user:42","since":"acked"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -82,6 +88,16 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		m, err := decodeClientMessage(b)
 		if err == nil && m.Type == "" {
 			t.Fatalf("accepted %q without a type", b)
+		}
+		if err == nil && m.Type == "ack" {
+			// What the gateway checks before queueing an ack must not
+			// panic, and an ID it accepts prints back as a Redis ID.
+			if id, err := streams.ParseID(m.ID); err == nil {
+				if _, err := streams.ParseID(id.String()); err != nil {
+					t.Fatalf("ID %q reformats to %q, which does not parse", m.ID, id.String())
+				}
+			}
+			_ = streams.ValidateTopic(m.Topic)
 		}
 	})
 }
