@@ -69,7 +69,8 @@ func (h *httpAPI) demo(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(demoPage)
 }
 
-// publish is POST /v1/publish {"topic":..,"data":..} -> {"id":..}.
+// publish is POST /v1/publish {"topic":..,"data":..,"deadline":ms?} ->
+// {"id":..}.
 func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 	switch key := h.cfg.PublishKey; {
 	case key == "" && !h.cfg.Insecure:
@@ -81,8 +82,9 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body struct {
-		Topic string          `json:"topic"`
-		Data  json.RawMessage `json:"data"`
+		Topic    string          `json:"topic"`
+		Data     json.RawMessage `json:"data"`
+		Deadline *int64          `json:"deadline"` // ms; nil for none
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+4096))
 	if err := dec.Decode(&body); err != nil {
@@ -93,7 +95,15 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "data is missing")
 		return
 	}
-	id, err := h.pub.Publish(r.Context(), body.Topic, body.Data)
+	var deadline time.Duration
+	if body.Deadline != nil {
+		if *body.Deadline < 1 || *body.Deadline > streams.MaxDeadline {
+			writeError(w, http.StatusBadRequest, "deadline must be a whole number of milliseconds from 1 to "+strconv.Itoa(streams.MaxDeadline))
+			return
+		}
+		deadline = time.Duration(*body.Deadline) * time.Millisecond
+	}
+	id, err := h.pub.PublishDeadline(r.Context(), body.Topic, body.Data, deadline)
 	switch {
 	case errors.Is(err, streams.ErrBadTopic):
 		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
