@@ -153,8 +153,8 @@ func (h *httpAPI) unread(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	acked := "0"
-	if !c.Acked.IsZero() {
-		acked = c.Acked.String()
+	if !c.ID.IsZero() {
+		acked = c.ID.String()
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"topic": topic, "sub": sub, "acked": acked, "unread": c.Unread})
 }

@@ -7,14 +7,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cursor is a subject's acknowledged cursor on a topic (see bus/ack.go for
+// Acked is a subject's acknowledged cursor on a topic (see bus/ack.go for
 // how acks move it) and how many events follow it.
-type Cursor struct {
-	// Acked is the newest event the subject acknowledged; zero when it
-	// never acknowledged one (or its cursor expired with the topic's
-	// history).
-	Acked ID
-	// Unread is how many events of the topic follow Acked, exactly: the
+type Acked struct {
+	// ID is the newest event the subject acknowledged; zero when it never
+	// acknowledged one (or its cursor expired with the topic's history).
+	ID ID
+	// Unread is how many events of the topic follow ID, exactly: the
 	// head's sequence number minus the cursor's when both are of one
 	// sequence, which they are unless Redis lost data; otherwise counted.
 	// A cursor of zero is followed by every event of the sequence, trimmed
@@ -75,21 +74,21 @@ func (h *History) CursorCmd(ctx context.Context, pipe redis.Pipeliner, topic, su
 }
 
 // ReadCursor decodes the answer of a cursor read.
-func ReadCursor(cmd *redis.Cmd) (Cursor, error) {
+func ReadCursor(cmd *redis.Cmd) (Acked, error) {
 	res, err := cmd.Slice()
 	if err != nil {
-		return Cursor{}, fmt.Errorf("reading acknowledged cursor: %w", err)
+		return Acked{}, fmt.Errorf("reading acknowledged cursor: %w", err)
 	}
 	if len(res) != 2 {
-		return Cursor{}, fmt.Errorf("reading acknowledged cursor: unexpected reply %v", res)
+		return Acked{}, fmt.Errorf("reading acknowledged cursor: unexpected reply %v", res)
 	}
 	s, _ := res[0].(string)
 	id, err := ParseID(s)
 	if err != nil {
-		return Cursor{}, fmt.Errorf("reading acknowledged cursor: %w", err)
+		return Acked{}, fmt.Errorf("reading acknowledged cursor: %w", err)
 	}
 	n, _ := res[1].(int64)
-	return Cursor{Acked: id, Unread: n}, nil
+	return Acked{ID: id, Unread: n}, nil
 }
 
 // LoadScripts loads the scripts History runs in pipelines, where EVALSHA
@@ -99,7 +98,7 @@ func (h *History) LoadScripts(ctx context.Context) error {
 }
 
 // ReadCursor returns subject's cursor on topic.
-func (h *History) ReadCursor(ctx context.Context, topic, subject string) (Cursor, error) {
+func (h *History) ReadCursor(ctx context.Context, topic, subject string) (Acked, error) {
 	p := Partition(topic, h.n)
 	cmd := cursorScript.Run(ctx, h.rdb, []string{h.keys.Acked(p, topic), h.keys.Topic(p, topic)}, subject)
 	return ReadCursor(cmd)
