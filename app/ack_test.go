@@ -125,3 +125,35 @@ func bumped(id string) string {
 	v.Seq += 1000
 	return v.String()
 }
+
+func TestUnreadOverHTTP(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "badge", 5)
+	c := wstest.Dial(t, b.node.url+"?user=ann")
+	ack(c, "badge", ids[1])
+	b.waitCursor(t, "badge", "ann", ids[1])
+	get := func(query string) (int, map[string]any) {
+		return httpJSON(t, "GET", "http://"+b.node.addr+"/v1/unread?"+query, "")
+	}
+	for _, tt := range []struct {
+		name, query string
+		acked       string
+		unread      float64
+	}{
+		{"after an ack", "topic=badge&sub=ann", ids[1], 3},
+		{"never acked", "topic=badge&sub=bob", "0", 5},
+		{"empty topic", "topic=nothing&sub=ann", "0", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			status, res := get(tt.query)
+			if status != 200 || res["acked"] != tt.acked || res["unread"] != tt.unread || res["topic"] == "" || res["sub"] == "" {
+				t.Fatalf("unread?%s = %d %v, want acked %s unread %v", tt.query, status, res, tt.acked, tt.unread)
+			}
+		})
+	}
+	for _, q := range []string{"sub=ann", "topic=a%20b&sub=ann", "topic=badge", "topic=badge&sub=", "topic=badge&sub=" + strings.Repeat("x", 1025)} {
+		if status, res := get(q); status != 400 || res["error"] == "" {
+			t.Fatalf("unread?%s = %d %v, want 400 with an error", q, status, res)
+		}
+	}
+}
