@@ -80,7 +80,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 		key.since = *m.Since
 		g.stats.resumes.Add(1)
 	}
-	h := g.reads.do(key, func() history { return g.readHistory(key) })
+	h := g.reads.do(key, "", func([]string) history { return g.readHistory(key) })
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
 		return false

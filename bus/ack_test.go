@@ -1,0 +1,61 @@
+package bus
+
+import (
+	"testing"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// TestAckerCoalescesAndBounds: acks coalesce per subject, topic and
+// connection keeping the highest ID, and a connection's acks waiting to
+// be written are bounded by MaxAcks.
+func TestAckerCoalescesAndBounds(t *testing.T) {
+	g := &Gateway{cfg: GatewayConfig{MaxAcks: 2, Partitions: 4}}
+	a := newAcker(g)
+	phone, laptop := &client{subject: "ann"}, &client{subject: "ann"}
+	id := func(ms uint64) streams.ID { return streams.ID{Ms: ms} }
+	for _, step := range []struct {
+		name  string
+		cl    *client
+		topic string
+		id    streams.ID
+		ok    bool
+	}{
+		{"first", phone, "a", id(5), true},
+		{"higher on the same topic coalesces", phone, "a", id(9), true},
+		{"lower on the same topic coalesces", phone, "a", id(7), true},
+		{"another topic", phone, "b", id(1), true},
+		{"past the bound", phone, "c", id(1), false},
+		{"coalescing needs no room", phone, "b", id(2), true},
+		{"another connection has its own bound", laptop, "a", id(8), true},
+	} {
+		if got := a.add(step.cl, step.topic, step.id); got != step.ok {
+			t.Fatalf("%s: add = %v, want %v", step.name, got, step.ok)
+		}
+	}
+	if n := phone.acks.Load(); n != 2 {
+		t.Fatalf("phone has %d acks waiting, want 2", n)
+	}
+	calls := a.calls(a.take())
+	if len(calls) != 2 {
+		t.Fatalf("%d script calls, want one per topic (2)", len(calls))
+	}
+	for _, call := range calls {
+		if call.topic != "a" {
+			continue
+		}
+		// One subject, two candidates, highest first.
+		want := []any{"ann", 2, "9-0", "8-0"}
+		if len(call.args) != len(want) {
+			t.Fatalf("args of topic a = %v, want %v", call.args, want)
+		}
+		for i := range want {
+			if call.args[i] != want[i] {
+				t.Fatalf("args of topic a = %v, want %v", call.args, want)
+			}
+		}
+		if call.cands[0].cl != phone || call.cands[1].cl != laptop {
+			t.Fatal("candidates are not in the order of their IDs")
+		}
+	}
+}
