@@ -60,6 +60,16 @@ func parseDue(m string) (dueMember, bool) {
 // escalateDue escalates the events of l's partition that are due now, a
 // batch at a time, and sets l.nextDue to when the next one is.
 func (o *Owner) escalateDue(ctx context.Context, l *lease) error {
+	_, cluster := o.cfg.Redis.(*redis.ClusterClient)
+	return o.escalateDueWith(ctx, l, cluster)
+}
+
+// escalateDueSteps is escalateDue as on Redis Cluster, in three steps.
+func (o *Owner) escalateDueSteps(ctx context.Context, l *lease) error {
+	return o.escalateDueWith(ctx, l, true)
+}
+
+func (o *Owner) escalateDueWith(ctx context.Context, l *lease, steps bool) error {
 	key := o.cfg.Keys.Deadlines(l.p)
 	for {
 		now := time.Now().UnixMilli()
@@ -81,8 +91,8 @@ func (o *Owner) escalateDue(ctx context.Context, l *lease) error {
 			}
 		}
 		var n int64
-		if _, cluster := o.cfg.Redis.(*redis.ClusterClient); cluster {
-			n, l.nextDue, err = o.escalateCluster(ctx, l, members)
+		if steps {
+			n, l.nextDue, err = o.escalateSteps(ctx, l, members)
 		} else {
 			n, l.nextDue, err = o.escalateAtomic(ctx, l, members)
 		}
@@ -133,40 +143,54 @@ func (o *Owner) escalateAtomic(ctx context.Context, l *lease, members []dueMembe
 	return res[0], res[1], nil
 }
 
-func (o *Owner) escalateCluster(ctx context.Context, l *lease, members []dueMember) (n, next int64, err error) {
+// escalateSteps escalates members in the three steps of Redis Cluster
+// (see the top of this file).
+func (o *Owner) escalateSteps(ctx context.Context, l *lease, members []dueMember) (n, next int64, err error) {
+	unacked, n, err := o.escalateOnce(ctx, l, members)
+	if err != nil {
+		return 0, 0, err
+	}
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Deadlines(l.p)}
+	args := []any{l.value}
+	for _, raw := range unacked {
+		args = append(args, raw)
+	}
+	next, err = dueDoneScript.Run(ctx, o.cfg.Redis, keys, args...).Int64()
+	if err != nil {
+		return n, 0, fencedErr(err, "escalating deadlines of partition %d", l.p)
+	}
+	return n, next, nil
+}
+
+// escalateOnce runs the first two steps: it returns the members no subject
+// acknowledged, escalated (n of them now, the others before).
+func (o *Owner) escalateOnce(ctx context.Context, l *lease, members []dueMember) (unacked []string, n int64, err error) {
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Deadlines(l.p)}
 	args := []any{l.value}
 	for _, m := range members {
 		keys = append(keys, o.ackedKey(l, m))
 		args = append(args, m.raw)
 	}
-	unacked, err := unackedScript.Run(ctx, o.cfg.Redis, keys, args...).StringSlice()
+	unacked, err = unackedScript.Run(ctx, o.cfg.Redis, keys, args...).StringSlice()
 	if err != nil {
-		return 0, 0, fencedErr(err, "checking deadlines of partition %d", l.p)
+		return nil, 0, fencedErr(err, "checking deadlines of partition %d", l.p)
 	}
-	if len(unacked) > 0 {
-		if err := o.checkLease(ctx, l); err != nil {
-			return 0, 0, err
-		}
-		eargs := []any{escalationsLen, time.Now().UnixMilli()}
-		for _, raw := range unacked {
-			m, _ := parseDue(raw)
-			eargs = append(eargs, strconv.Itoa(l.p)+"/"+m.id, m.topic, m.id, m.seq, m.data, m.deadline)
-		}
-		ekeys := []string{o.cfg.Keys.Escalations(), o.cfg.Keys.EscalationsSent()}
-		if n, err = escalateOnceScript.Run(ctx, o.cfg.Redis, ekeys, eargs...).Int64(); err != nil {
-			return 0, 0, fmt.Errorf("escalating deadlines of partition %d: %w", l.p, err)
-		}
+	if len(unacked) == 0 {
+		return nil, 0, nil
 	}
-	dargs := []any{l.value}
+	if err := o.checkLease(ctx, l); err != nil {
+		return nil, 0, err
+	}
+	eargs := []any{escalationsLen, time.Now().UnixMilli()}
 	for _, raw := range unacked {
-		dargs = append(dargs, raw)
+		m, _ := parseDue(raw)
+		eargs = append(eargs, strconv.Itoa(l.p)+"/"+m.id, m.topic, m.id, m.seq, m.data, m.deadline)
 	}
-	next, err = dueDoneScript.Run(ctx, o.cfg.Redis, keys[:2], dargs...).Int64()
-	if err != nil {
-		return n, 0, fencedErr(err, "escalating deadlines of partition %d", l.p)
+	ekeys := []string{o.cfg.Keys.Escalations(), o.cfg.Keys.EscalationsSent()}
+	if n, err = escalateOnceScript.Run(ctx, o.cfg.Redis, ekeys, eargs...).Int64(); err != nil {
+		return nil, 0, fmt.Errorf("escalating deadlines of partition %d: %w", l.p, err)
 	}
-	return n, next, nil
+	return unacked, n, nil
 }
 
 // fencedErr is ErrLeaseLost for a fenced script's refusal, else err
