@@ -63,6 +63,18 @@ func BenchmarkPipelineWake(b *testing.B) {
 // added 1,000 to a Redis pipeline, faster than one owner moves them, so
 // the owner reads full batches back to back. ns/op is per event.
 func BenchmarkPipelineBusy(b *testing.B) {
+	benchmarkBusy(b, nil)
+}
+
+// BenchmarkPipelineBusyDeadlines is BenchmarkPipelineBusy with a deadline
+// on every event (an hour: none falls due during the run), which the
+// apply script also adds to the partition's deadlines set.
+func BenchmarkPipelineBusyDeadlines(b *testing.B) {
+	benchmarkBusy(b, []any{"deadline", "3600000"})
+}
+
+// benchmarkBusy runs BenchmarkPipelineBusy with extra fields in each entry.
+func benchmarkBusy(b *testing.B, extra []any) {
 	ctx := context.Background()
 	topic := "busy"
 	rdb, keys, live := pipelineOwner(b, topic)
@@ -79,7 +91,7 @@ func BenchmarkPipelineBusy(b *testing.B) {
 	for i := 0; i < b.N; i += 1000 {
 		pipe := rdb.Pipeline()
 		for range min(1000, b.N-i) {
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", `{"n":1}`}})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: append([]any{"topic", topic, "data", `{"n":1}`}, extra...)})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)
