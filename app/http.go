@@ -161,6 +161,7 @@ func (h *httpAPI) unread(w http.ResponseWriter, r *http.Request) {
 
 type historyEvent struct {
 	ID   string          `json:"id"`
+	Seq  uint64          `json:"seq"`
 	Data json.RawMessage `json:"data"`
 }
 
@@ -186,7 +187,7 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	res, err := h.hist.Resume(r.Context(), topic, since, q.Get("epoch"), limit)
+	res, err := h.hist.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, limit)
 	if errors.Is(err, streams.ErrBadID) {
 		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
 		return
@@ -197,7 +198,7 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	}
 	events := make([]historyEvent, len(res.Events))
 	for i, e := range res.Events {
-		events[i] = historyEvent{ID: e.ID, Data: streams.AppendData(nil, []byte(e.Data))}
+		events[i] = historyEvent{ID: e.ID, Seq: e.Seq, Data: streams.AppendData(nil, []byte(e.Data))}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"topic": topic, "epoch": res.Epoch, "recovered": res.Recovered, "events": events, "more": res.More,

@@ -190,12 +190,16 @@ func TestMisroutedEntriesAreForwarded(t *testing.T) {
 		b.xaddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i))
 	}
 	for i, ev := range c.Events(3, wait) {
-		if string(ev.Data) != strconv.Itoa(i) {
-			t.Fatalf("event %d data = %s, want %d (in order)", i, ev.Data, i)
+		if string(ev.Data) != strconv.Itoa(i) || ev.Seq != uint64(i+1) {
+			t.Fatalf("event %d = data %s seq %d, want data %d seq %d (in order)", i, ev.Data, ev.Seq, i, i+1)
 		}
 	}
-	if got := len(b.historyIDs(t, "lost")); got != 3 {
-		t.Fatalf("history holds %d events, want 3", got)
+	b.xadd(t, "lost", "3") // then one added to the right partition: the sequence goes on
+	if ev := c.Events(1, wait)[0]; ev.Seq != 4 {
+		t.Fatalf("event after the forwarded ones has seq %d, want 4", ev.Seq)
+	}
+	if got := b.historySeqs(t, "lost"); fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Fatalf("history seqs = %v, want [1 2 3 4]", got)
 	}
 }
 
@@ -260,6 +264,10 @@ func TestBadClientMessages(t *testing.T) {
 		{"topic too long", `{"type":"subscribe","topic":"` + strings.Repeat("t", 257) + `"}`, "bad_topic"},
 		{"bad since", `{"type":"subscribe","topic":"a","since":"yesterday"}`, "bad_since"},
 		{"since of the wrong type", `{"type":"subscribe","topic":"a","since":5}`, "bad_request"},
+		{"negative seq", `{"type":"subscribe","topic":"a","since":"1-1","seq":-1}`, "bad_seq"},
+		{"fractional seq", `{"type":"subscribe","topic":"a","since":"1-1","seq":4.5}`, "bad_seq"},
+		{"seq of the wrong type", `{"type":"subscribe","topic":"a","since":"1-1","seq":{"n":1}}`, "bad_seq"},
+		{"seq too large", `{"type":"subscribe","topic":"a","since":"1-1","seq":18446744073709551616}`, "bad_seq"},
 		{"subscribed twice", `{"type":"subscribe","topic":"dup"}`, "already_subscribed"},
 		{"unsubscribe unknown", `{"type":"unsubscribe","topic":"nope"}`, "not_subscribed"},
 	}

@@ -20,7 +20,8 @@ import (
 
 // tailCursor is what tail remembers of a topic to resume it.
 type tailCursor struct {
-	since *string
+	since *string // the last event printed, or the head given at subscribe
+	seq   uint64  // its seq
 	epoch string
 }
 
@@ -104,7 +105,11 @@ func (t *tailer) session(ctx context.Context) error {
 	defer stop()
 	for _, topic := range t.topics {
 		c := t.cursors[topic]
-		msg, _ := json.Marshal(map[string]any{"type": "subscribe", "topic": topic, "since": c.since, "epoch": c.epoch})
+		m := map[string]any{"type": "subscribe", "topic": topic, "since": c.since, "epoch": c.epoch}
+		if c.since != nil {
+			m["seq"] = c.seq
+		}
+		msg, _ := json.Marshal(m)
 		if err := wsutil.WriteClientText(conn, msg); err != nil {
 			return err
 		}
@@ -133,7 +138,7 @@ func (t *tailer) handle(data []byte) error {
 	case "event":
 		if c := t.cursors[m.Topic]; c != nil {
 			id := m.ID
-			c.since = &id
+			c.since, c.seq = &id, m.Seq
 		}
 		fmt.Fprintf(t.out, "%s %s %s\n", m.Topic, m.ID, m.Data)
 		if t.left > 0 {
@@ -144,8 +149,18 @@ func (t *tailer) handle(data []byte) error {
 	case "subscribed":
 		if c := t.cursors[m.Topic]; c != nil {
 			c.epoch = m.Epoch
+			if c.since == nil {
+				// The head is the cursor until the first event: a drop
+				// before it resumes from there and misses nothing.
+				head := m.Head
+				c.since, c.seq = &head, m.Seq
+			}
 		}
-		fmt.Fprintf(t.log, "# subscribed %s recovered=%v epoch=%s\n", m.Topic, m.Recovered, m.Epoch)
+		fmt.Fprintf(t.log, "# subscribed %s recovered=%v epoch=%s head=%s seq=%d", m.Topic, m.Recovered, m.Epoch, m.Head, m.Seq)
+		if m.Missed != nil {
+			fmt.Fprintf(t.log, " missed=%d", *m.Missed)
+		}
+		fmt.Fprintln(t.log)
 	case "error":
 		fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
 	}

@@ -25,6 +25,8 @@ import (
 // readKey identifies reads that can be shared.
 type readKey struct {
 	topic, since, epoch string
+	seq                 uint64 // the seq of since, when hasSeq
+	hasSeq              bool
 	head                bool // Head (no cursor) rather than Resume
 }
 

@@ -225,6 +225,9 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	}
 	m := clientMessage{Type: "subscribe", Topic: topic}
 	m.Epoch, _ = queryValue(r.URI, "epoch")
+	if seq, ok := queryValue(r.URI, "seq"); ok {
+		m.Seq = []byte(seq) // checked as a message's seq is
+	}
 	if since, ok := queryValue(r.URI, "since"); ok {
 		m.Since = &since
 	}

@@ -452,7 +452,7 @@ func eventFrame(topic string, e streams.Event) []byte {
 	bp := scratch.Get().(*[]byte)
 	buf := append((*bp)[:0], e.Data...)
 	n := len(buf)
-	buf = streams.AppendEvent(buf, topic, e.ID, buf[:n])
+	buf = streams.AppendEvent(buf, topic, e.ID, e.Seq, buf[:n])
 	frame := ws.TextFrame(buf[n:])
 	*bp = buf
 	scratch.Put(bp)

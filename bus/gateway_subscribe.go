@@ -22,6 +22,10 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 			return
 		}
 	}
+	if _, _, err := parseSeq(m.Seq); err != nil {
+		g.sendError(c, codeBadSeq, m.Topic, "seq must be the non-negative integer seq of the event since names")
+		return
+	}
 	if !cl.allows(m.Topic) {
 		g.sendError(c, codeForbidden, m.Topic, "token does not allow this topic")
 		return
@@ -78,6 +82,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since
+		key.seq, key.hasSeq, _ = parseSeq(m.Seq) // checked by subscribe
 		g.stats.resumes.Add(1)
 	}
 	h := g.reads.do(key, "", func([]string) history { return g.readHistory(key) })
@@ -117,20 +122,26 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 // of the topic, or the first page after the cursor, encoded.
 func (g *Gateway) readHistory(key readKey) history {
 	if key.head {
-		epoch, head, err := g.hist.Head(g.ctx, key.topic)
-		return history{err: err, last: head, recovered: true,
-			subscribed: ws.TextFrame(AppendSubscribed(nil, key.topic, true, epoch))}
+		head, err := g.hist.Head(g.ctx, key.topic)
+		return history{err: err, last: head.ID, recovered: true,
+			subscribed: ws.TextFrame(AppendSubscribed(nil, Subscribed{
+				Topic: key.topic, Recovered: true, Epoch: head.Epoch, Head: head.ID, HeadSeq: head.Seq,
+			}))}
 	}
-	r, err := g.hist.Resume(g.ctx, key.topic, key.since, key.epoch, g.cfg.HistoryPage)
+	cursor := streams.Cursor{Since: key.since, Seq: key.seq, HasSeq: key.hasSeq, Epoch: key.epoch}
+	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.cfg.HistoryPage)
 	if err != nil {
 		return history{err: err}
 	}
 	h := history{
-		subscribed: ws.TextFrame(AppendSubscribed(nil, key.topic, r.Recovered, r.Epoch)),
-		recovered:  r.Recovered,
-		more:       r.More,
-		frames:     make([][]byte, len(r.Events)),
-		ids:        make([]streams.ID, len(r.Events)),
+		subscribed: ws.TextFrame(AppendSubscribed(nil, Subscribed{
+			Topic: key.topic, Recovered: r.Recovered, Epoch: r.Epoch, Head: r.Head, HeadSeq: r.HeadSeq,
+			Missed: r.Missed, MissedKnown: r.MissedKnown && !r.Recovered, // missed goes with recovered:false
+		})),
+		recovered: r.Recovered,
+		more:      r.More,
+		frames:    make([][]byte, len(r.Events)),
+		ids:       make([]streams.ID, len(r.Events)),
 	}
 	if r.Recovered {
 		h.last, _ = streams.ParseID(key.since)

@@ -241,7 +241,8 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
 	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), after, msgs[len(msgs)-1].ID, o.cfg.Node}
 	var dead, forwarded uint64
-	// The batch's events are encoded back to back in the lease's scratch
+	// The tails of the batch's events (the script puts each one's ID and
+	// seq in front) are encoded back to back in the lease's scratch
 	// buffer (each entry's data copied in first, to be read as bytes), and
 	// sliced into args once the buffer has stopped growing.
 	buf := l.scratch[:0]
@@ -265,7 +266,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 			d := len(buf)
 			buf = append(buf, e.Data...)
 			from := len(buf)
-			buf = streams.AppendEvent(buf, e.Topic, e.ID, buf[d:from])
+			buf = streams.AppendEventTail(buf, e.Topic, buf[d:from])
 			keys = append(keys, o.cfg.Keys.Topic(l.p, e.Topic), o.cfg.Keys.Live(l.p, e.Topic))
 			args = append(args, "h", m.ID, e.Data, nil)
 			spans = append(spans, span{len(args) - 1, from, len(buf)})

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -92,6 +93,50 @@ func benchmarkBusy(b *testing.B, extra []any) {
 		pipe := rdb.Pipeline()
 		for range min(1000, b.N-i) {
 			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: append([]any{"topic", topic, "data", `{"n":1}`}, extra...)})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
+
+// BenchmarkPipelineBusyTopics is BenchmarkPipelineBusy with events spread
+// round-robin over 100 topics, as per-user notifications are: each batch
+// touches each topic's history (and its seq) once per event or so, the
+// costliest shape for the owner's per-topic work. ns/op is per event.
+func BenchmarkPipelineBusyTopics(b *testing.B) {
+	ctx := context.Background()
+	rdb, keys := testBus(b, 1)
+	o := testOwner(b, rdb, keys, 1, "n", 0)
+	rctx, stop := context.WithCancel(ctx)
+	b.Cleanup(stop)
+	go func() { _ = o.Run(rctx) }()
+	topics := make([]string, 100)
+	channels := make([]string, len(topics))
+	for i := range topics {
+		topics[i] = "user:" + strconv.Itoa(i)
+		channels[i] = keys.Live(0, topics[i])
+	}
+	sub := rdb.SSubscribe(ctx, channels...)
+	b.Cleanup(func() { _ = sub.Close() })
+	for range channels {
+		if _, err := sub.Receive(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	live := sub.Channel(redis.WithChannelSize(1 << 16))
+	b.ResetTimer()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		received(b, live, b.N)
+	}()
+	for i := 0; i < b.N; i += 1000 {
+		pipe := rdb.Pipeline()
+		for j := range min(1000, b.N-i) {
+			topic := topics[(i+j)%len(topics)]
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", `{"n":1}`}})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)

@@ -11,12 +11,38 @@ import (
 
 // clientMessage is a message from a client; unknown fields are ignored.
 type clientMessage struct {
-	Type  string  `json:"type"`
-	Topic string  `json:"topic"`
-	Since *string `json:"since"` // nil: only new events
-	Epoch string  `json:"epoch"`
-	Token string  `json:"token"` // refresh
-	ID    string  `json:"id"`    // ack
+	Type  string          `json:"type"`
+	Topic string          `json:"topic"`
+	Since *string         `json:"since"` // nil: only new events
+	Seq   json.RawMessage `json:"seq"`   // the seq of since; checked by parseSeq
+	Epoch string          `json:"epoch"`
+	Token string          `json:"token"` // refresh
+	ID    string          `json:"id"`    // ack
+}
+
+// errBadSeq is returned by parseSeq for a seq that is not a non-negative
+// integer.
+var errBadSeq = errors.New("bus: seq must be a non-negative integer")
+
+// parseSeq reads a client's seq: a JSON number without sign, fraction or
+// exponent (or a string of digits, as a query parameter gives it). ok is
+// false when it is absent or null.
+func parseSeq(raw []byte) (seq uint64, ok bool, err error) {
+	s := string(raw)
+	if s == "" || s == "null" {
+		return 0, false, nil
+	}
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return 0, false, errBadSeq
+	}
+	seq, err = strconv.ParseUint(s, 10, 64)
+	if err != nil || s[0] == '+' {
+		return 0, false, errBadSeq
+	}
+	return seq, true, nil
 }
 
 // ServerMessage is any message a gateway sends, as a Go client decodes it
@@ -27,9 +53,12 @@ type ServerMessage struct {
 	Type      string          `json:"type"`
 	Topic     string          `json:"topic"`
 	ID        string          `json:"id"`
+	Seq       uint64          `json:"seq"` // event: its seq; subscribed: the head's
 	Data      json.RawMessage `json:"data"`
 	Recovered bool            `json:"recovered"`
 	Epoch     string          `json:"epoch"`
+	Head      string          `json:"head"`   // subscribed: the newest event ID, "0" when none
+	Missed    *uint64         `json:"missed"` // subscribed: events trimmed after the cursor, when known
 	Code      string          `json:"code"`
 	Message   string          `json:"message"`
 	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
@@ -43,6 +72,7 @@ const (
 	codeUnknownType       = "unknown_type"
 	codeBadTopic          = "bad_topic"
 	codeBadSince          = "bad_since"
+	codeBadSeq            = "bad_seq"
 	codeAlreadySubscribed = "already_subscribed"
 	codeNotSubscribed     = "not_subscribed"
 	codeTooMany           = "too_many_subscriptions"
@@ -67,17 +97,48 @@ func decodeClientMessage(b []byte) (clientMessage, error) {
 	return m, nil
 }
 
+// Subscribed is the answer to a subscription, as AppendSubscribed encodes
+// it.
+type Subscribed struct {
+	Topic     string
+	Recovered bool
+	Epoch     string
+	// Head is the topic's newest event ID when the subscription took
+	// effect (zero when none) and HeadSeq its seq: the subscriber's cursor
+	// before its first event.
+	Head    streams.ID
+	HeadSeq uint64
+	// Missed is sent when MissedKnown (see streams.Resume).
+	Missed      uint64
+	MissedKnown bool
+}
+
 // AppendSubscribed appends the "subscribed" answer to a subscription:
-// {"type":"subscribed","topic":…,"recovered":…,"epoch":…}.
-func AppendSubscribed(dst []byte, topic string, recovered bool, epoch string) []byte {
+// {"type":"subscribed","topic":…,"recovered":…,"epoch":…,"head":…,"seq":…}
+// and "missed" when it is known.
+func AppendSubscribed(dst []byte, s Subscribed) []byte {
 	dst = append(dst, `{"type":"subscribed","topic":`...)
-	dst = streams.AppendJSONString(dst, topic)
-	if recovered {
+	dst = streams.AppendJSONString(dst, s.Topic)
+	if s.Recovered {
 		dst = append(dst, `,"recovered":true,"epoch":`...)
 	} else {
 		dst = append(dst, `,"recovered":false,"epoch":`...)
 	}
-	dst = streams.AppendJSONString(dst, epoch)
+	dst = streams.AppendJSONString(dst, s.Epoch)
+	dst = append(dst, `,"head":"`...)
+	if s.Head.IsZero() {
+		dst = append(dst, '0')
+	} else {
+		dst = strconv.AppendUint(dst, s.Head.Ms, 10)
+		dst = append(dst, '-')
+		dst = strconv.AppendUint(dst, s.Head.Seq, 10)
+	}
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, s.HeadSeq, 10)
+	if s.MissedKnown {
+		dst = append(dst, `,"missed":`...)
+		dst = strconv.AppendUint(dst, s.Missed, 10)
+	}
 	return append(dst, '}')
 }
 

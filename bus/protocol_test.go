@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,28 @@ func TestDecodeClientMessage(t *testing.T) {
 
 func strp(s string) *string { return &s }
 
+func u64p(n uint64) *uint64 { return &n }
+
+func TestParseSeq(t *testing.T) {
+	for _, tc := range []struct {
+		raw     string
+		seq     uint64
+		ok, bad bool
+	}{
+		{raw: ""}, {raw: "null"},
+		{raw: "0", ok: true}, {raw: "41", seq: 41, ok: true}, {raw: `"41"`, seq: 41, ok: true},
+		{raw: "18446744073709551615", seq: 1<<64 - 1, ok: true},
+		{raw: "-1", bad: true}, {raw: "1.5", bad: true}, {raw: "1e3", bad: true}, {raw: "+1", bad: true},
+		{raw: "01", bad: true}, {raw: `""`, bad: true}, {raw: "18446744073709551616", bad: true},
+		{raw: "{}", bad: true}, {raw: "true", bad: true}, {raw: `"x"`, bad: true},
+	} {
+		seq, ok, err := parseSeq([]byte(tc.raw))
+		if seq != tc.seq || ok != tc.ok || (err != nil) != tc.bad {
+			t.Errorf("parseSeq(%s) = %d, %v, %v; want %d, %v, bad %v", tc.raw, seq, ok, err, tc.seq, tc.ok, tc.bad)
+		}
+	}
+}
+
 // TestServerMessagesDecode: what the gateway writes is JSON that a client
 // decoding into ServerMessage reads back field for field.
 func TestServerMessagesDecode(t *testing.T) {
@@ -52,13 +75,17 @@ func TestServerMessagesDecode(t *testing.T) {
 		b    []byte
 		want ServerMessage
 	}{
-		{AppendSubscribed(nil, `we"ird`, true, "e1"), ServerMessage{Type: "subscribed", Topic: `we"ird`, Recovered: true, Epoch: "e1"}},
-		{AppendSubscribed(nil, "t", false, ""), ServerMessage{Type: "subscribed", Topic: "t"}},
+		{AppendSubscribed(nil, Subscribed{Topic: `we"ird`, Recovered: true, Epoch: "e1", Head: streams.ID{Ms: 17, Seq: 2}, HeadSeq: 42}),
+			ServerMessage{Type: "subscribed", Topic: `we"ird`, Recovered: true, Epoch: "e1", Head: "17-2", Seq: 42}},
+		{AppendSubscribed(nil, Subscribed{Topic: "t"}), ServerMessage{Type: "subscribed", Topic: "t", Head: "0"}},
+		{AppendSubscribed(nil, Subscribed{Topic: "t", Head: streams.ID{Ms: 9}, HeadSeq: 1300, MissedKnown: true, Missed: 250}),
+			ServerMessage{Type: "subscribed", Topic: "t", Head: "9-0", Seq: 1300, Missed: u64p(250)}},
+		{AppendSubscribed(nil, Subscribed{Topic: "t", MissedKnown: true}), ServerMessage{Type: "subscribed", Topic: "t", Head: "0", Missed: u64p(0)}},
 		{appendUnsubscribed(nil, "t\\"), ServerMessage{Type: "unsubscribed", Topic: "t\\"}},
 		{appendError(nil, codeBadTopic, "", "bad \"topic\"\n"), ServerMessage{Type: "error", Code: codeBadTopic, Message: "bad \"topic\"\n"}},
 		{appendError(nil, codeBadTopic, "t", "m"), ServerMessage{Type: "error", Code: codeBadTopic, Topic: "t", Message: "m"}},
 		{appendRefreshed(nil, time.Unix(1764150000, 0)), ServerMessage{Type: "refreshed", Expires: 1764150000}},
-		{streams.AppendEvent(nil, "t", "1-2", []byte(`{"a":1}`)), ServerMessage{Type: "event", Topic: "t", ID: "1-2", Data: json.RawMessage(`{"a":1}`)}},
+		{streams.AppendEvent(nil, "t", "1-2", 7, []byte(`{"a":1}`)), ServerMessage{Type: "event", Topic: "t", ID: "1-2", Seq: 7, Data: json.RawMessage(`{"a":1}`)}},
 		{pongMessage, ServerMessage{Type: "pong"}},
 	} {
 		var got ServerMessage
@@ -78,6 +105,10 @@ func FuzzDecodeClientMessage(f *testing.F) {
 	for _, s := range []string{
 		`{"type":"subscribe","topic":"user:42","since":"1718000000000-0","epoch":"k3v9"}`,
 		`{"type":"unsubscribe","topic":"a"}`, `{"type":"ping"}`, `{}`, `null`, `"x"`, `{"type":"subscribe","since":5}`,
+		`{"type":"subscribe","topic":"user:42","since":"1718000000000-0","seq":41,"epoch":"k3v9"}`,
+		`{"type":"subscribe","topic":"t","since":"0","seq":-1}`, `{"type":"subscribe","topic":"t","seq":1.5}`,
+		`{"type":"subscribe","topic":"t","seq":"12"}`, `{"type":"subscribe","topic":"t","seq":1e3}`,
+		`{"type":"subscribe","topic":"t","seq":18446744073709551616}`, `{"type":"subscribe","topic":"t","seq":{}}`,
 		`{"type":"ack","topic":"user:42","id":"1718000000000-1"}`, `{"type":"ack","topic":"a","id":"0"}`,
 		`{"type":"ack","topic":"a","id":null}`, `{"type":"ack","id":["1-1"]}`, `{"type":"ack","topic":"a","id":"1-1","id":"2-2"}`,
 		`{"type":"subscribe","topic":"user:42","since":"acked"}`,
@@ -89,7 +120,10 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		if err == nil && m.Type == "" {
 			t.Fatalf("accepted %q without a type", b)
 		}
-		if err == nil && m.Type == "ack" {
+		if err != nil {
+			return
+		}
+		if m.Type == "ack" {
 			// What the gateway checks before queueing an ack must not
 			// panic, and an ID it accepts prints back as a Redis ID.
 			if id, err := streams.ParseID(m.ID); err == nil {
@@ -99,13 +133,21 @@ func FuzzDecodeClientMessage(f *testing.F) {
 			}
 			_ = streams.ValidateTopic(m.Topic)
 		}
+		// A seq is accepted only as a JSON integer that round-trips.
+		seq, ok, err := parseSeq(m.Seq)
+		if err == nil && ok {
+			var n json.Number
+			if json.Unmarshal(m.Seq, &n) == nil && n.String() != strconv.FormatUint(seq, 10) {
+				t.Fatalf("seq %s accepted as %d", m.Seq, seq)
+			}
+		}
 	})
 }
 
 func TestEventFrame(t *testing.T) {
 	for _, data := range []string{`{"a":1}`, "plain", "", strings.Repeat("x", 5000)} {
-		f := eventFrame("t", streams.Event{ID: "1-2", Data: data})
-		want := streams.AppendEvent(nil, "t", "1-2", []byte(data))
+		f := eventFrame("t", streams.Event{ID: "1-2", Seq: 9, Data: data})
+		want := streams.AppendEvent(nil, "t", "1-2", 9, []byte(data))
 		if got := f[len(f)-len(want):]; string(got) != string(want) {
 			t.Fatalf("frame payload %q, want %q", got, want)
 		}

@@ -32,6 +32,33 @@ local function delivered(key, group)
 end
 `
 
+// luaSeq defines topseq(key): the seq of a history stream's newest entry,
+// or, when it has none (an empty or missing stream, or an entry written
+// before wsbus numbered events), the count of entries ever added.
+const luaSeq = `
+local function topseq(key)
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if top then
+    local f = top[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'seq' then
+        return tonumber(f[i + 1])
+      end
+    end
+  end
+  if redis.call('EXISTS', key) == 0 then
+    return 0
+  end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then
+      return info[i + 1]
+    end
+  end
+  return 0
+end
+`
+
 // acquireScript takes the lease of a partition when it is free (or already
 // ours) and returns its fencing token, or nil. A new owner's token is one
 // more than any before it.
@@ -140,6 +167,14 @@ return {0, epoch}`)
 // so a replay adds nothing twice), then published; refused entries go to
 // the dead-letter stream.
 //
+// Each history entry gets the next seq of its topic, one more than its
+// stream's newest entry (the count of entries ever added when that has
+// none), stored with it and put in the published event, which the script
+// builds around it: '{"type":"event","id":"<id>","seq":<seq>' and the tail
+// from streams.AppendEventTail. A stream created here starts at seq 1, and
+// its max-deleted-entry-id is set to that first entry's ID: the mark of
+// where this life of the sequence began (see streams.History).
+//
 // A batch of new entries, read with a plain XREAD after an ID, moves the
 // consumer group past it here, in the same step as it is applied (so it is
 // never pending): the group must have delivered up to that ID and no
@@ -159,10 +194,10 @@ return {0, epoch}`)
 // KEYS: owner, ingress, dead, then a topic stream and live channel per
 // history op. ARGV: lease value, group, max history length, history ttl ms,
 // op count, the ID the batch was read after ("" for pending entries), the
-// batch's last ID, consumer, then per op: "h" id data event | "d" id
+// batch's last ID, consumer, then per op: "h" id data event-tail | "d" id
 // reason topic data | "a" id.
 // Returns the number of entries added to history.
-var applyScript = redis.NewScript(luaStreams + `
+var applyScript = redis.NewScript(luaStreams + luaSeq + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
@@ -187,14 +222,20 @@ if after ~= '' then
   end
 end
 local k, a, added = 4, 9, 0
-local acks = {}
+local acks, seqs = {}, {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' then
-    local ok = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[3], id, 'data', ARGV[a + 2])
+    local key = KEYS[k]
+    local seq = string.format('%d', (seqs[key] or topseq(key)) + 1)
+    local ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[3], id, 'data', ARGV[a + 2], 'seq', seq)
     if type(ok) == 'string' then
-      redis.call('PEXPIRE', KEYS[k], ARGV[4])
-      redis.call('SPUBLISH', KEYS[k + 1], ARGV[a + 3])
+      seqs[key] = tonumber(seq)
+      if seq == '1' then
+        redis.call('XSETID', key, id, 'MAXDELETEDID', id)
+      end
+      redis.call('PEXPIRE', key, ARGV[4])
+      redis.call('SPUBLISH', KEYS[k + 1], '{"type":"event","id":"' .. id .. '","seq":' .. seq .. ARGV[a + 3])
       added = added + 1
     end
     k, a = k + 2, a + 4

@@ -3,6 +3,7 @@ package streams
 import (
 	"bytes"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -13,13 +14,25 @@ const eventHead = `{"type":"event","id":"`
 
 // AppendEvent appends the client message of one event to dst:
 //
-//	{"type":"event","id":"<id>","topic":"<topic>","data":<data>}
+//	{"type":"event","id":"<id>","seq":<seq>,"topic":"<topic>","data":<data>}
 //
 // data is embedded as it is when it is valid JSON, otherwise as a string.
-func AppendEvent(dst []byte, topic, id string, data []byte) []byte {
+func AppendEvent(dst []byte, topic, id string, seq uint64, data []byte) []byte {
 	dst = append(dst, eventHead...)
 	dst = append(dst, id...)
-	dst = append(dst, `","topic":`...)
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return AppendEventTail(dst, topic, data)
+}
+
+// AppendEventTail appends what follows the seq in AppendEvent's message:
+//
+//	,"topic":"<topic>","data":<data>}
+//
+// The owner's apply script, which gives each event its seq, builds the
+// message from this tail (see bus/scripts.go: applyScript).
+func AppendEventTail(dst []byte, topic string, data []byte) []byte {
+	dst = append(dst, `,"topic":`...)
 	dst = AppendJSONString(dst, topic)
 	dst = append(dst, `,"data":`...)
 	dst = AppendData(dst, data)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -12,16 +13,41 @@ import (
 // Event is one retained event of a topic.
 type Event struct {
 	ID   string
+	Seq  uint64 // its place in the topic's sequence: 1, 2, 3, ...; 0 for events written before wsbus numbered them
 	Data string
+}
+
+// Cursor is where a subscriber resumes: the last event it processed.
+type Cursor struct {
+	// Since is that event's ID; "0" (or the zero ID) for everything
+	// retained.
+	Since string
+	// Seq is that event's seq, when HasSeq: with it a resume that finds
+	// events trimmed can tell exactly how many (Resume.Missed).
+	Seq    uint64
+	HasSeq bool
+	// Epoch is the partition epoch the subscriber was given; "" when none.
+	Epoch string
 }
 
 // Resume is the answer to a client that subscribes with a cursor.
 type Resume struct {
 	// Epoch is the partition's current epoch, for the client to send back.
 	Epoch string
+	// Head is the topic's newest event ID (zero when it has none) and
+	// HeadSeq its seq.
+	Head    ID
+	HeadSeq uint64
 	// Recovered is true only when nothing after the cursor was trimmed and
 	// the cursor belongs to this epoch and stream.
 	Recovered bool
+	// Missed, when MissedKnown, is exactly how many events after the
+	// cursor were trimmed away: known only when some may have been (the
+	// first retained event follows the cursor), the cursor came with its
+	// seq, and it belongs to this epoch and this life of the topic's
+	// sequence. Recovered is then Missed == 0.
+	Missed      uint64
+	MissedKnown bool
 	// Events is the first page of events after the cursor (or of everything
 	// retained when the cursor cannot be trusted).
 	Events []Event
@@ -30,6 +56,15 @@ type Resume struct {
 }
 
 // History reads topic history streams.
+//
+// A history stream starts its sequence at 1 whenever it is created anew
+// (the first event of a topic, or the first after its idle history
+// expired). The owner then marks where the sequence began by setting the
+// stream's max-deleted-entry-id to that first entry's ID (see
+// bus/scripts.go: applyScript). Trimming never moves that mark, and XDEL
+// moves it forward, so a cursor below it is from an earlier life of the
+// topic (or from before an entry deleted by hand): nothing can be proved
+// about what it missed.
 type History struct {
 	rdb  redis.Cmdable
 	keys Keys
@@ -41,11 +76,10 @@ func NewHistory(rdb redis.Cmdable, keys Keys, n int) *History {
 	return &History{rdb: rdb, keys: keys, n: n}
 }
 
-// Resume answers a subscription to topic that resumes after since, with the
-// epoch the client was given (empty when it has none). since is "0" for
-// everything retained. It reads up to page events.
-func (h *History) Resume(ctx context.Context, topic, since, epoch string, page int) (Resume, error) {
-	after, err := ParseID(since)
+// Resume answers a subscription to topic that resumes from cursor c. It
+// reads up to page events.
+func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int) (Resume, error) {
+	after, err := ParseID(c.Since)
 	if err != nil {
 		return Resume{}, err
 	}
@@ -61,19 +95,29 @@ func (h *History) Resume(ctx context.Context, topic, since, epoch string, page i
 	if r.Epoch, err = epochCmd.Result(); err != nil && !errors.Is(err, redis.Nil) {
 		return Resume{}, fmt.Errorf("reading epoch of %s: %w", topic, err)
 	}
+	sameEpoch := c.Epoch == "" || c.Epoch == r.Epoch
 	info, err := infoCmd.Result()
 	if isNoSuchKey(err) {
 		// Nothing retained. Only a cursor of "0" can be sure it missed nothing.
-		r.Recovered = after.IsZero() && (epoch == "" || epoch == r.Epoch)
+		r.Recovered = after.IsZero() && sameEpoch
 		return r, nil
 	}
 	if err != nil {
 		return Resume{}, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
-	last := MustParseID(info.LastGeneratedID)
-	maxDeleted := MustParseID(info.MaxDeletedEntryID)
-	trusted := (epoch == "" || epoch == r.Epoch) && !last.Less(after)
-	r.Recovered = trusted && !after.Less(maxDeleted) && nothingTrimmedAfter(info, after, last)
+	r.Head = MustParseID(info.LastGeneratedID)
+	r.HeadSeq = headSeq(info)
+	// A zero cursor asks for everything retained: it belongs to every life
+	// of the sequence.
+	thisLife := after.IsZero() || !after.Less(MustParseID(info.MaxDeletedEntryID))
+	trusted := sameEpoch && !r.Head.Less(after)
+	r.Recovered = trusted && thisLife && nothingTrimmedAfter(info, after, r.Head)
+	if !r.Recovered && trusted && thisLife && c.HasSeq {
+		r.Missed, r.MissedKnown = missed(info, after, c.Seq, r.HeadSeq)
+		// A cursor right before the first retained event lost nothing,
+		// which only its seq can show (IDs have gaps).
+		r.Recovered = r.MissedKnown && r.Missed == 0
+	}
 	msgs, err := rangeCmd.Result()
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.
@@ -85,6 +129,46 @@ func (h *History) Resume(ctx context.Context, topic, since, epoch string, page i
 	r.Events = toEvents(msgs)
 	r.More = len(msgs) == page
 	return r, nil
+}
+
+// missed counts the events after a cursor of this life of the sequence
+// (at ID after, with seq) that are gone: all that followed it (head - seq)
+// but those still retained. Every retained entry follows a cursor older
+// than the first of them; a cursor at or past the first has lost nothing
+// to trimming, and is not asked. It is false when the numbers do not add
+// up (a seq that is not the cursor's).
+func missed(info *redis.XInfoStream, after ID, seq, head uint64) (uint64, bool) {
+	if info.Length > 0 && !after.Less(MustParseID(info.FirstEntry.ID)) {
+		return 0, false // only an XDEL by hand removes entries after it; thisLife excluded that
+	}
+	followed := head - seq
+	if seq > head || uint64(info.Length) > followed {
+		return 0, false
+	}
+	return followed - uint64(info.Length), true
+}
+
+// headSeq returns the seq of a history stream's newest event: the seq
+// field of its last entry, or, when that is gone (a stream emptied by
+// hand) or has none (written before wsbus numbered events), the count of
+// entries ever added, which the sequence equals (it starts at 1 with the
+// stream and grows by one per entry).
+func headSeq(info *redis.XInfoStream) uint64 {
+	if info.LastEntry.ID == info.LastGeneratedID {
+		if seq, ok := entrySeq(info.LastEntry.Values); ok {
+			return seq
+		}
+	}
+	return uint64(max(info.EntriesAdded, 0))
+}
+
+func entrySeq(values map[string]any) (uint64, bool) {
+	s, ok := values["seq"].(string)
+	if !ok {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return seq, err == nil
 }
 
 // Range reads up to count events of topic after the ID after.
@@ -116,7 +200,8 @@ func toEvents(msgs []redis.XMessage) []Event {
 	events := make([]Event, len(msgs))
 	for i, m := range msgs {
 		data, _ := m.Values["data"].(string)
-		events[i] = Event{ID: m.ID, Data: data}
+		seq, _ := entrySeq(m.Values)
+		events[i] = Event{ID: m.ID, Seq: seq, Data: data}
 	}
 	return events
 }
@@ -125,10 +210,16 @@ func isNoSuchKey(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such key")
 }
 
-// Head returns the epoch of topic's partition and the last ID its history
-// stream ever had (zero when it has none): the cursor of a subscription
-// that wants only new events.
-func (h *History) Head(ctx context.Context, topic string) (string, ID, error) {
+// Head is a topic's newest event when a subscription takes effect: the
+// cursor of a subscription that wants only new events.
+type Head struct {
+	Epoch string // the partition's epoch
+	ID    ID     // the newest event ID the history stream ever had; zero when none
+	Seq   uint64 // its seq; 0 when none
+}
+
+// Head returns the head of topic.
+func (h *History) Head(ctx context.Context, topic string) (Head, error) {
 	p := Partition(topic, h.n)
 	pipe := h.rdb.Pipeline()
 	epochCmd := pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
@@ -136,14 +227,14 @@ func (h *History) Head(ctx context.Context, topic string) (string, ID, error) {
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	epoch, err := epochCmd.Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return "", ID{}, fmt.Errorf("reading epoch of %s: %w", topic, err)
+		return Head{}, fmt.Errorf("reading epoch of %s: %w", topic, err)
 	}
 	info, err := infoCmd.Result()
 	if isNoSuchKey(err) {
-		return epoch, ID{}, nil
+		return Head{Epoch: epoch}, nil
 	}
 	if err != nil {
-		return "", ID{}, fmt.Errorf("reading history of %s: %w", topic, err)
+		return Head{}, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
-	return epoch, MustParseID(info.LastGeneratedID), nil
+	return Head{Epoch: epoch, ID: MustParseID(info.LastGeneratedID), Seq: headSeq(info)}, nil
 }

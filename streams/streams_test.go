@@ -202,15 +202,16 @@ func TestAppendEvent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := AppendEvent(nil, tt.topic, "5-1", []byte(tt.data))
+			out := AppendEvent(nil, tt.topic, "5-1", 77, []byte(tt.data))
 			var m struct {
 				Type, ID, Topic string
+				Seq             uint64
 				Data            json.RawMessage
 			}
 			if err := json.Unmarshal(out, &m); err != nil {
 				t.Fatalf("%s is not JSON: %v", out, err)
 			}
-			if m.Type != "event" || m.ID != "5-1" || m.Topic != tt.topic || string(m.Data) != tt.wantData {
+			if m.Type != "event" || m.ID != "5-1" || m.Seq != 77 || m.Topic != tt.topic || string(m.Data) != tt.wantData {
 				t.Fatalf("event = %s, want data %s", out, tt.wantData)
 			}
 			if id, ok := EventID(string(out)); !ok || id != "5-1" {
@@ -274,7 +275,7 @@ func FuzzAppendEvent(f *testing.F) {
 	f.Add(`a"\b`, `{"x":1}`)
 	f.Add("t", "\x00\xff\u2028")
 	f.Fuzz(func(t *testing.T, topic, data string) {
-		out := AppendEvent(nil, topic, "1-2", []byte(data))
+		out := AppendEvent(nil, topic, "1-2", 3, []byte(data))
 		if !json.Valid(out) {
 			t.Fatalf("not valid JSON: %q", out)
 		}

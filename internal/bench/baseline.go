@@ -195,7 +195,7 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, topic, false, ""))
+	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, bus.Subscribed{Topic: topic}))
 	if _, err := conn.Write(hello); err != nil {
 		return
 	}
@@ -264,7 +264,7 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 	}
 	var res streams.Resume
 	if since != "+" {
-		if res, err = s.history.Resume(r.Context(), topic, since, q.Get("epoch"), 1000); err != nil {
+		if res, err = s.history.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, 1000); err != nil {
 			return
 		}
 	} else if res.Epoch, err = s.cfg.Redis.HGet(r.Context(), s.cfg.Keys.PartitionMeta(streams.Partition(topic, s.n)), "epoch").Result(); err != nil && !errors.Is(err, redis.Nil) {
@@ -283,10 +283,10 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 func (c *naiveConn) resume(topic string, res streams.Resume) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msg := bus.AppendSubscribed(nil, topic, res.Recovered, res.Epoch)
+	msg := bus.AppendSubscribed(nil, bus.Subscribed{Topic: topic, Recovered: res.Recovered, Epoch: res.Epoch, Head: res.Head, HeadSeq: res.HeadSeq})
 	c.send <- msg
 	for _, e := range res.Events {
-		c.send <- streams.AppendEvent(nil, topic, e.ID, []byte(e.Data))
+		c.send <- streams.AppendEvent(nil, topic, e.ID, e.Seq, []byte(e.Data))
 		c.last = streams.MustParseID(e.ID)
 	}
 	for _, b := range c.held {

@@ -16,7 +16,7 @@ import (
 // way the gateway encodes it.
 func TestParseEvent(t *testing.T) {
 	data, _ := json.Marshal(eventData{T: 1764150000123456789, K: kindUnicast})
-	msg := streams.AppendEvent(nil, "bench:7", "1764150000123-4", data)
+	msg := streams.AppendEvent(nil, "bench:7", "1764150000123-4", 4, data)
 	id, ts, k, ok := parseEvent(msg)
 	if !ok || id != "1764150000123-4" || ts != 1764150000123456789 || k != kindUnicast {
 		t.Fatalf("parseEvent(%s) = %q %d %d %v", msg, id, ts, k, ok)
@@ -42,7 +42,7 @@ func TestConsumeSplitFrames(t *testing.T) {
 		data, _ := json.Marshal(eventData{T: now - int64(time.Millisecond), K: e.k})
 		// A long topic makes a payload over 125 bytes: the header's
 		// 2-byte extended length is cut too.
-		_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "bench:"+strings.Repeat("x", 200), e.id, data)))
+		_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "bench:"+strings.Repeat("x", 200), e.id, 1, data)))
 	}
 	in := &inbox{}
 	for cut := 0; cut <= wire.Len(); cut++ {
@@ -73,7 +73,7 @@ func TestConsumeSplitFrames(t *testing.T) {
 func FuzzConsume(f *testing.F) {
 	data, _ := json.Marshal(eventData{T: 1, K: 0})
 	var wire bytes.Buffer
-	_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "t", "1-1", data)))
+	_ = ws.WriteFrame(&wire, ws.NewTextFrame(streams.AppendEvent(nil, "t", "1-1", 1, data)))
 	_ = ws.WriteFrame(&wire, ws.NewPingFrame(nil))
 	f.Add(wire.Bytes(), 3)
 	f.Add([]byte{0x81, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 1)

@@ -202,6 +202,7 @@ type resumer struct {
 
 	mu           sync.Mutex
 	got          map[string][]string
+	seq          map[string]uint64 // seq of the last event got
 	epoch        map[string]string
 	problems     []string
 	reconnects   int
@@ -209,7 +210,7 @@ type resumer struct {
 }
 
 func newResumer(urls func() []string, first int, topics []string) *resumer {
-	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, epoch: map[string]string{}}
+	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, seq: map[string]uint64{}, epoch: map[string]string{}}
 }
 
 func (r *resumer) run(ctx context.Context) {
@@ -239,7 +240,7 @@ func (r *resumer) session(c *wstest.Client) {
 		if ids := r.got[t]; len(ids) > 0 {
 			since = ids[len(ids)-1]
 		}
-		b, _ := json.Marshal(map[string]string{"type": "subscribe", "topic": t, "since": since, "epoch": r.epoch[t]})
+		b, _ := json.Marshal(map[string]any{"type": "subscribe", "topic": t, "since": since, "seq": r.seq[t], "epoch": r.epoch[t]})
 		if err := wsutil.WriteClientText(c.Conn, b); err != nil {
 			r.mu.Unlock()
 			return
@@ -263,7 +264,10 @@ func (r *resumer) session(c *wstest.Client) {
 			if n := len(ids); n > 0 && !streams.MustParseID(ids[n-1]).Less(streams.MustParseID(m.ID)) {
 				r.problems = append(r.problems, fmt.Sprintf("%s: %s after %s", m.Topic, m.ID, ids[n-1]))
 			}
-			r.got[m.Topic] = append(ids, m.ID)
+			if m.Seq != r.seq[m.Topic]+1 {
+				r.problems = append(r.problems, fmt.Sprintf("%s: %s has seq %d after seq %d", m.Topic, m.ID, m.Seq, r.seq[m.Topic]))
+			}
+			r.got[m.Topic], r.seq[m.Topic] = append(ids, m.ID), m.Seq
 		case "error":
 			r.problems = append(r.problems, "error "+m.Code+": "+m.Message)
 		}
@@ -307,6 +311,9 @@ func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 		ids := make([]string, len(msgs))
 		for i, m := range msgs {
 			ids[i] = m.ID
+			if seq := m.Values["seq"]; seq != strconv.Itoa(i+1) {
+				f.tb.Errorf("history entry %d of %s (%s) has seq %v, want %d: not contiguous", i, t, m.ID, seq, i+1)
+			}
 		}
 		if !slices.Equal(ids, published[t]) {
 			f.tb.Errorf("history of %s holds %d entries, want the %d published, each once", t, len(ids), len(published[t]))

@@ -1,0 +1,242 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+// resume sends a subscribe with a full cursor: since, its seq and epoch.
+func resume(c *wstest.Client, topic, since string, seq uint64, epoch string) {
+	c.Send(map[string]any{"type": "subscribe", "topic": topic, "since": since, "seq": seq, "epoch": epoch})
+}
+
+// historySeqs returns the seq field of every entry of topic's history.
+func (b *testBus) historySeqs(tb testing.TB, topic string) []uint64 {
+	tb.Helper()
+	msgs, err := b.rdb.XRange(context.Background(), b.keys.Topic(streams.Partition(topic, b.n), topic), "-", "+").Result()
+	if err != nil {
+		tb.Fatalf("XRANGE: %v", err)
+	}
+	seqs := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		s, _ := m.Values["seq"].(string)
+		seqs[i], err = strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			tb.Fatalf("history entry %s has seq %q", m.ID, s)
+		}
+	}
+	return seqs
+}
+
+// publishSeen publishes n events to topic and waits until the owner has
+// written the last one to history; it returns their IDs.
+func (b *testBus) publishSeen(tb testing.TB, topic string, n int) []string {
+	tb.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = b.xadd(tb, topic, strconv.Itoa(i))
+	}
+	redistest.Eventually(tb, wait, func() error {
+		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
+			return fmt.Errorf("history of %s does not end at %s yet", topic, ids[n-1])
+		}
+		return nil
+	})
+	return ids
+}
+
+// TestFreshSubscriberHasACursor: a subscriber that drops before its first
+// event reconnects with the head it was given and misses nothing.
+func TestFreshSubscriberHasACursor(t *testing.T) {
+	b := newTestBus(t)
+	tests := []struct {
+		name   string
+		before int // events published before the first subscribe
+	}{
+		{"topic with history", 3},
+		{"topic never published to", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			topic := "fresh:" + strconv.Itoa(tt.before)
+			var old []string
+			if tt.before > 0 {
+				old = b.publishSeen(t, topic, tt.before)
+			}
+			c := wstest.Dial(t, b.node.url)
+			c.Subscribe(topic, "", "")
+			sub := c.Expect("subscribed", wait)
+			wantHead := "0"
+			if tt.before > 0 {
+				wantHead = old[len(old)-1]
+			}
+			if !sub.Recovered || sub.Head != wantHead || sub.Seq != uint64(tt.before) {
+				t.Fatalf("subscribed = %+v, want head %s seq %d", sub, wantHead, tt.before)
+			}
+			_ = c.Conn.Close() // dropped before any event
+
+			missed := b.publishSeen(t, topic, 4)
+			c = wstest.Dial(t, b.node.url)
+			resume(c, topic, sub.Head, sub.Seq, sub.Epoch)
+			if again := c.Expect("subscribed", wait); !again.Recovered || again.Head != missed[3] || again.Seq != uint64(tt.before+4) {
+				t.Fatalf("resumed = %+v, want recovered, head %s seq %d", again, missed[3], tt.before+4)
+			}
+			for i, ev := range c.Events(4, wait) {
+				if ev.ID != missed[i] || ev.Seq != uint64(tt.before+i+1) {
+					t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, missed[i], tt.before+i+1)
+				}
+			}
+			c.ExpectQuiet(100 * time.Millisecond)
+		})
+	}
+}
+
+// TestSeqIsContiguous: events carry seq 1, 2, 3, ... per topic, live and
+// from history alike, and history stores the same numbers.
+func TestSeqIsContiguous(t *testing.T) {
+	b := newTestBus(t)
+	topics := []string{"seq:a", "seq:b", "seq:c"}
+	live := wstest.Dial(t, b.node.url)
+	for _, topic := range topics {
+		live.Subscribe(topic, "", "")
+		live.Expect("subscribed", wait)
+	}
+	const per = 60
+	for i := range per {
+		for _, topic := range topics {
+			b.xadd(t, topic, strconv.Itoa(i))
+		}
+	}
+	next := map[string]uint64{}
+	for _, ev := range live.Events(per*len(topics), wait) {
+		if next[ev.Topic]++; ev.Seq != next[ev.Topic] {
+			t.Fatalf("live event %s of %s has seq %d, want %d", ev.ID, ev.Topic, ev.Seq, next[ev.Topic])
+		}
+	}
+	for _, topic := range topics {
+		for i, seq := range b.historySeqs(t, topic) {
+			if seq != uint64(i+1) {
+				t.Fatalf("history entry %d of %s has seq %d, want %d", i, topic, seq, i+1)
+			}
+		}
+		c := wstest.Dial(t, b.node.url)
+		c.Subscribe(topic, "0", "")
+		c.Expect("subscribed", wait)
+		for i, ev := range c.Events(per, wait) {
+			if ev.Seq != uint64(i+1) {
+				t.Fatalf("history event %d of %s has seq %d, want %d", i, topic, ev.Seq, i+1)
+			}
+		}
+	}
+}
+
+// TestMissedIsExact: a resume that finds events trimmed after its cursor
+// is told exactly how many it will never see, when it can be known.
+func TestMissedIsExact(t *testing.T) {
+	b := newTestBus(t)
+	ctx := context.Background()
+	ids := b.publishSeen(t, "trimmed", 30)
+	key := b.keys.Topic(streams.Partition("trimmed", b.n), "trimmed")
+	if err := b.rdb.XTrimMaxLen(ctx, key, 10).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctl := wstest.Dial(t, b.node.url)
+	ctl.Subscribe("trimmed", "", "")
+	epoch := ctl.Expect("subscribed", wait).Epoch
+	retained := ids[20:] // seq 21..30
+
+	tests := []struct {
+		name      string
+		since     string
+		seq       *uint64
+		epoch     string
+		recovered bool
+		missed    *uint64
+		want      []string
+	}{
+		{"cursor at seq 5", ids[4], u64(5), epoch, false, u64(15), retained},
+		{"cursor just before the first retained", ids[19], u64(20), epoch, true, nil, retained},
+		{"cursor just before the first retained without its seq", ids[19], nil, epoch, false, nil, retained},
+		{"cursor at seq 5 without its seq", ids[4], nil, epoch, false, nil, retained},
+		{"everything, from seq 0", "0", u64(0), epoch, false, u64(20), retained},
+		{"changed epoch", ids[4], u64(5), "another", false, nil, retained},
+		{"a seq that cannot be the cursor's", ids[4], u64(29), epoch, false, nil, retained},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := wstest.Dial(t, b.node.url)
+			m := map[string]any{"type": "subscribe", "topic": "trimmed", "since": tt.since, "epoch": tt.epoch}
+			if tt.seq != nil {
+				m["seq"] = *tt.seq
+			}
+			c.Send(m)
+			sub := c.Expect("subscribed", wait)
+			if sub.Recovered != tt.recovered || !sameMissed(sub.Missed, tt.missed) || sub.Head != ids[29] || sub.Seq != 30 {
+				t.Fatalf("subscribed = %+v (missed %v), want recovered %v, missed %v, head %s seq 30",
+					sub, fmtMissed(sub.Missed), tt.recovered, fmtMissed(tt.missed), ids[29])
+			}
+			for i, ev := range c.Events(len(tt.want), wait) {
+				if ev.ID != tt.want[i] || ev.Seq != uint64(21+i) {
+					t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, tt.want[i], 21+i)
+				}
+			}
+			c.ExpectQuiet(100 * time.Millisecond)
+		})
+	}
+}
+
+// TestSequenceRestartsAfterExpiry: when a topic's idle history expires its
+// sequence starts again at 1, and a cursor from before is not recovered,
+// with no missed count (it cannot be known).
+func TestSequenceRestartsAfterExpiry(t *testing.T) {
+	b := newTestBus(t)
+	old := b.publishSeen(t, "idle", 5)
+	key := b.keys.Topic(streams.Partition("idle", b.n), "idle")
+	if err := b.rdb.Del(context.Background(), key).Err(); err != nil { // as the key's TTL would
+		t.Fatal(err)
+	}
+	ctl := wstest.Dial(t, b.node.url)
+	ctl.Subscribe("idle", "", "")
+	epoch := ctl.Expect("subscribed", wait).Epoch
+	now := b.publishSeen(t, "idle", 3)
+	if seqs := b.historySeqs(t, "idle"); fmt.Sprint(seqs) != "[1 2 3]" {
+		t.Fatalf("history seqs after expiry = %v, want [1 2 3]", seqs)
+	}
+	c := wstest.Dial(t, b.node.url)
+	resume(c, "idle", old[1], 2, epoch)
+	if sub := c.Expect("subscribed", wait); sub.Recovered || sub.Missed != nil || sub.Head != now[2] || sub.Seq != 3 {
+		t.Fatalf("subscribed = %+v (missed %v), want not recovered, no missed, head %s seq 3", sub, fmtMissed(sub.Missed), now[2])
+	}
+	for i, ev := range c.Events(3, wait) {
+		if ev.ID != now[i] || ev.Seq != uint64(i+1) {
+			t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, now[i], i+1)
+		}
+	}
+	// A cursor of the new sequence resumes as usual.
+	c = wstest.Dial(t, b.node.url)
+	resume(c, "idle", now[0], 1, epoch)
+	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+		t.Fatalf("subscribed = %+v, want recovered", sub)
+	}
+	if evs := c.Events(2, wait); evs[0].ID != now[1] || evs[1].ID != now[2] {
+		t.Fatalf("events = %+v, want %v", evs, now[1:])
+	}
+}
+
+func u64(n uint64) *uint64 { return &n }
+
+func sameMissed(a, b *uint64) bool { return a == nil && b == nil || a != nil && b != nil && *a == *b }
+
+func fmtMissed(m *uint64) string {
+	if m == nil {
+		return "absent"
+	}
+	return strconv.FormatUint(*m, 10)
+}
