@@ -147,7 +147,7 @@ func (h *httpAPI) unread(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "sub must be a subject of 1-"+strconv.Itoa(maxSubject)+" bytes")
 		return
 	}
-	c, err := h.hist.ReadCursor(r.Context(), topic, sub)
+	c, err := h.hist.Acked(r.Context(), topic, sub)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return

@@ -33,10 +33,12 @@ type readKey struct {
 // history is one read's answer, ready to send.
 type history struct {
 	err        error
-	subscribed []byte       // the "subscribed" frame
-	frames     [][]byte     // event frames, oldest first
-	ids        []streams.ID // their IDs
-	last       streams.ID   // the cursor the events follow: the head, the client's, or zero if untrusted
+	subscribed []byte                   // the "subscribed" frame, without acked and unread
+	info       Subscribed               // what it says, for a subscriber's own frame with them
+	acked      map[string]streams.Acked // cursors of the subjects the read was asked for
+	frames     [][]byte                 // event frames, oldest first
+	ids        []streams.ID             // their IDs
+	last       streams.ID               // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool
 	more       bool // a full page: read on with Range from last
 }

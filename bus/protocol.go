@@ -63,8 +63,12 @@ type ServerMessage struct {
 	Message   string          `json:"message"`
 	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
 	Acked     string          `json:"acked"`   // subscribed, on a connection with a subject
-	Unread    int64           `json:"unread"`  // subscribed, on a connection with a subject
+	Unread    *uint64         `json:"unread"`  // subscribed, on a connection with a subject
 }
+
+// sinceAcked is the since of a subscription that resumes from its
+// subject's acknowledged cursor.
+const sinceAcked = "acked"
 
 // Error codes of {"type":"error"} replies.
 const (
@@ -111,11 +115,17 @@ type Subscribed struct {
 	// Missed is sent when MissedKnown (see streams.Resume).
 	Missed      uint64
 	MissedKnown bool
+	// Acked and Unread, sent when HasAcked (a connection with a subject),
+	// are the subject's acknowledged cursor and how many events follow it.
+	Acked    streams.ID
+	Unread   uint64
+	HasAcked bool
 }
 
 // AppendSubscribed appends the "subscribed" answer to a subscription:
 // {"type":"subscribed","topic":…,"recovered":…,"epoch":…,"head":…,"seq":…}
-// and "missed" when it is known.
+// and "missed" when it is known, "acked" and "unread" on a connection with
+// a subject.
 func AppendSubscribed(dst []byte, s Subscribed) []byte {
 	dst = append(dst, `{"type":"subscribed","topic":`...)
 	dst = streams.AppendJSONString(dst, s.Topic)
@@ -126,20 +136,30 @@ func AppendSubscribed(dst []byte, s Subscribed) []byte {
 	}
 	dst = streams.AppendJSONString(dst, s.Epoch)
 	dst = append(dst, `,"head":"`...)
-	if s.Head.IsZero() {
-		dst = append(dst, '0')
-	} else {
-		dst = strconv.AppendUint(dst, s.Head.Ms, 10)
-		dst = append(dst, '-')
-		dst = strconv.AppendUint(dst, s.Head.Seq, 10)
-	}
+	dst = appendID(dst, s.Head)
 	dst = append(dst, `","seq":`...)
 	dst = strconv.AppendUint(dst, s.HeadSeq, 10)
 	if s.MissedKnown {
 		dst = append(dst, `,"missed":`...)
 		dst = strconv.AppendUint(dst, s.Missed, 10)
 	}
+	if s.HasAcked {
+		dst = append(dst, `,"acked":"`...)
+		dst = appendID(dst, s.Acked)
+		dst = append(dst, `","unread":`...)
+		dst = strconv.AppendUint(dst, s.Unread, 10)
+	}
 	return append(dst, '}')
+}
+
+// appendID appends id as Redis writes it, "0" for the zero ID.
+func appendID(dst []byte, id streams.ID) []byte {
+	if id.IsZero() {
+		return append(dst, '0')
+	}
+	dst = strconv.AppendUint(dst, id.Ms, 10)
+	dst = append(dst, '-')
+	return strconv.AppendUint(dst, id.Seq, 10)
 }
 
 func appendUnsubscribed(dst []byte, topic string) []byte {
