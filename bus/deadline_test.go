@@ -24,7 +24,7 @@ func deadlinePartition(tb testing.TB) (rdb *redis.Client, keys streams.Keys, o *
 	acked = add("topic", "t", "data", "seen", "deadline", "1")
 	unacked = add("topic", "t", "data", `{"must":"see"}`, "deadline", "1")
 	add("topic", "t", "data", "no deadline")
-	msgs, err := o.readNew(ctx, 0, "0")
+	msgs, err := o.readNew(ctx, 0, "0", o.cfg.Block)
 	if err != nil || len(msgs) != 3 {
 		tb.Fatalf("readNew = %v, %v", msgs, err)
 	}
@@ -148,7 +148,7 @@ func TestDeadlinesWaitUntilDue(t *testing.T) {
 	ctx := context.Background()
 	rdb, keys, o, l, _ := heldPartition(t, 0)
 	id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", "t", "data", "x", "deadline", "60000"}}).Val()
-	msgs, _ := o.readNew(ctx, 0, "0")
+	msgs, _ := o.readNew(ctx, 0, "0", o.cfg.Block)
 	if err := o.apply(ctx, l, msgs, "0-0"); err != nil {
 		t.Fatal(err)
 	}
