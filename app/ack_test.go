@@ -157,3 +157,115 @@ func TestUnreadOverHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestSinceAckedResumesFromTheCursor: a second device of the subject
+// resumes from the cursor the first one moved, by message or query, and
+// is told the cursor and the unread count.
+func TestSinceAckedResumesFromTheCursor(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "inbox", 5)
+	phone := wstest.Dial(t, b.node.url+"?user=ann")
+	ack(phone, "inbox", ids[2])
+	b.waitCursor(t, "inbox", "ann", ids[2])
+
+	check := func(c *wstest.Client) {
+		t.Helper()
+		sub := c.Expect("subscribed", wait)
+		if !sub.Recovered || sub.Acked != ids[2] || sub.Unread == nil || *sub.Unread != 2 || sub.Head != ids[4] || sub.Seq != 5 {
+			t.Fatalf("subscribed = %+v, want recovered, acked %s, unread 2, head %s seq 5", sub, ids[2], ids[4])
+		}
+		for i, ev := range c.Events(2, wait) {
+			if ev.ID != ids[3+i] || ev.Seq != uint64(4+i) {
+				t.Fatalf("event %d = %+v, want %s seq %d", i, ev, ids[3+i], 4+i)
+			}
+		}
+		c.ExpectQuiet(50 * time.Millisecond)
+	}
+	laptop := wstest.Dial(t, b.node.url+"?user=ann")
+	laptop.Send(map[string]string{"type": "subscribe", "topic": "inbox", "since": "acked"})
+	check(laptop)
+	check(wstest.Dial(t, b.node.url+"?user=ann&topic=inbox&since=acked"))
+
+	// A subject that never acknowledged resumes from the start.
+	bob := wstest.Dial(t, b.node.url+"?user=bob&topic=inbox&since=acked")
+	if sub := bob.Expect("subscribed", wait); sub.Acked != "0" || sub.Unread == nil || *sub.Unread != 5 {
+		t.Fatalf("subscribed = %+v, want acked 0, unread 5", sub)
+	}
+	if evs := bob.Events(5, wait); evs[0].ID != ids[0] {
+		t.Fatalf("first event %s, want %s", evs[0].ID, ids[0])
+	}
+
+	anon := wstest.Dial(t, b.node.url)
+	anon.Send(map[string]string{"type": "subscribe", "topic": "inbox", "since": "acked"})
+	if e := anon.Expect("error", wait); e.Code != "no_subject" {
+		t.Fatalf("since acked without a subject = %+v, want no_subject", e)
+	}
+	ping(anon)
+	anon.Expect("pong", wait)
+}
+
+// TestSubscribedCarriesAckedAndUnread: every subscribe of a connection
+// with a subject is told its cursor; one without a subject is not. Both
+// devices see the cursor move.
+func TestSubscribedCarriesAckedAndUnread(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "feed", 3)
+	for _, tt := range []struct {
+		name, query, since string
+		acked              string
+		unread             uint64
+	}{
+		{"no since", "?user=ann", "", "0", 3},
+		{"since an ID", "?user=ann", ids[0], "0", 3},
+		{"since 0", "?user=ann", "0", "0", 3},
+		{"no subject", "", "", "", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := wstest.Dial(t, b.node.url+tt.query)
+			c.Subscribe("feed", tt.since, "")
+			sub := c.Expect("subscribed", wait)
+			if sub.Acked != tt.acked || (sub.Unread == nil) != (tt.acked == "") || sub.Unread != nil && *sub.Unread != tt.unread {
+				t.Fatalf("subscribed = %+v, want acked %q unread %d", sub, tt.acked, tt.unread)
+			}
+		})
+	}
+	ack(wstest.Dial(t, b.node.url+"?user=ann"), "feed", ids[1])
+	b.waitCursor(t, "feed", "ann", ids[1])
+	c := wstest.Dial(t, b.node.url+"?user=ann&topic=feed")
+	if sub := c.Expect("subscribed", wait); sub.Acked != ids[1] || *sub.Unread != 1 {
+		t.Fatalf("subscribed = %+v, want acked %s unread 1", sub, ids[1])
+	}
+}
+
+// TestUnreadCountsTrimmedEvents: unread is exact when the history has
+// been trimmed past the cursor, and an ack of a trimmed event moves
+// nothing back.
+func TestUnreadCountsTrimmedEvents(t *testing.T) {
+	b := newTestBus(t, "--history-len", "10")
+	ids := b.published(t, "long", 300)
+	c := wstest.Dial(t, b.node.url+"?user=ann")
+	if n := len(b.historyIDs(t, "long")); n >= 300 {
+		t.Fatalf("history holds %d events, want it trimmed", n)
+	}
+	ack(c, "long", ids[297])
+	b.waitCursor(t, "long", "ann", ids[297])
+	ack(c, "long", ids[3]) // trimmed, and behind the cursor: a late ack
+	ping(c)
+	c.Expect("pong", wait)
+	c.ExpectQuiet(50 * time.Millisecond)
+	for _, tt := range []struct {
+		sub, acked string
+		unread     float64
+	}{{"ann", ids[297], 2}, {"bob", "0", 300}} {
+		status, res := httpJSON(t, "GET", "http://"+b.node.addr+"/v1/unread?topic=long&sub="+tt.sub, "")
+		if status != 200 || res["acked"] != tt.acked || res["unread"] != tt.unread {
+			t.Fatalf("unread of %s = %d %v, want acked %s unread %v", tt.sub, status, res, tt.acked, tt.unread)
+		}
+	}
+	// bob's cursor is behind the trimmed event: it cannot be checked.
+	bob := wstest.Dial(t, b.node.url+"?user=bob")
+	ack(bob, "long", ids[3])
+	if e := bob.Expect("error", wait); e.Code != "bad_id" {
+		t.Fatalf("ack of a trimmed event with no cursor = %+v, want bad_id", e)
+	}
+}
