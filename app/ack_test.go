@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -268,4 +269,111 @@ func TestUnreadCountsTrimmedEvents(t *testing.T) {
 	if e := bob.Expect("error", wait); e.Code != "bad_id" {
 		t.Fatalf("ack of a trimmed event with no cursor = %+v, want bad_id", e)
 	}
+}
+
+// escalations returns the entries of the bus's escalations stream.
+func (b *testBus) escalations(tb testing.TB) []map[string]any {
+	tb.Helper()
+	msgs, err := b.rdb.XRange(context.Background(), b.keys.Escalations(), "-", "+").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := make([]map[string]any, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Values
+	}
+	return out
+}
+
+// TestDeadlineEscalatesOnceAcrossOwnerChange: an event nobody acknowledges
+// in time is escalated once, whether it falls due before or after its
+// partition changes owner; an acknowledged one never is.
+func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	b := &testBus{srv: srv, rdb: srv.Client(t), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
+	first := startNode(t, testConfig(t, srv, prefix, "--node-id", "first", "--lease-ttl", "1s"))
+	b.n, _ = streams.Partitions(context.Background(), b.rdb, b.keys)
+	p := streams.Partition("alarm", b.n)
+
+	early := b.xaddTo(t, p, "topic", "alarm", "data", `"early"`, "deadline", "50")
+	seen := b.xaddTo(t, p, "topic", "alarm", "data", `"seen"`, "deadline", "1500")
+	late := b.xaddTo(t, p, "topic", "alarm", "data", `"late"`, "deadline", "1500")
+	c := wstest.Dial(t, first.url+"?user=ann")
+	redistest.Eventually(t, wait, func() error {
+		if h := b.historyIDs(t, "alarm"); len(h) != 3 {
+			return fmt.Errorf("history holds %d events", len(h))
+		}
+		return nil
+	})
+	ack(c, "alarm", seen)
+	b.waitCursor(t, "alarm", "ann", seen) // late is after seen: still unacknowledged
+	redistest.Eventually(t, wait, func() error {
+		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != early {
+			return fmt.Errorf("escalations %v, want the early event", e)
+		}
+		return nil
+	})
+	first.stop() // hands its partitions over before the others fall due
+	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
+	redistest.Eventually(t, 10*time.Second, func() error {
+		if e := b.escalations(t); len(e) != 2 {
+			return fmt.Errorf("escalations %v, want early and late", e)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond) // nothing more comes
+	e := b.escalations(t)
+	want := []map[string]any{
+		{"topic": "alarm", "id": early, "seq": "1", "data": `"early"`, "deadline": "50"},
+		{"topic": "alarm", "id": late, "seq": "3", "data": `"late"`, "deadline": "1500"},
+	}
+	if len(e) != 2 || fmt.Sprint(e[0]) != fmt.Sprint(want[0]) || fmt.Sprint(e[1]) != fmt.Sprint(want[1]) {
+		t.Fatalf("escalations = %v, want %v", e, want)
+	}
+	resp, err := httpClient.Get("http://" + second.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(text), "\nwsbus_bus_escalations_total 1\n") {
+		t.Fatalf("the second owner's metrics do not count its one escalation:\n%s", text)
+	}
+}
+
+func TestPublishWithDeadline(t *testing.T) {
+	b := newTestBus(t)
+	post := func(body string) (int, map[string]any) {
+		return httpJSON(t, "POST", "http://"+b.node.addr+"/v1/publish", body)
+	}
+	status, res := post(`{"topic":"call","data":{"x":1},"deadline":1}`)
+	if status != 200 {
+		t.Fatalf("publish = %d %v", status, res)
+	}
+	redistest.Eventually(t, wait, func() error {
+		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != res["id"] || e[0]["data"] != `{"x":1}` || e[0]["deadline"] != "1" {
+			return fmt.Errorf("escalations %v, want the published event", e)
+		}
+		return nil
+	})
+	for _, body := range []string{
+		`{"topic":"call","data":1,"deadline":0}`, `{"topic":"call","data":1,"deadline":-5}`,
+		`{"topic":"call","data":1,"deadline":1.5}`, `{"topic":"call","data":1,"deadline":"30"}`,
+		`{"topic":"call","data":1,"deadline":2592000001}`,
+	} {
+		if status, res := post(body); status != 400 || res["error"] == "" {
+			t.Fatalf("publish %s = %d %v, want 400", body, status, res)
+		}
+	}
+	// An invalid deadline in a plain XADD is dead-lettered with a reason.
+	p := streams.Partition("call", b.n)
+	id := b.xaddTo(t, p, "topic", "call", "data", "1", "deadline", "soon")
+	redistest.Eventually(t, wait, func() error {
+		dead := b.rdb.XRange(context.Background(), b.keys.Dead(p), "-", "+").Val()
+		if len(dead) != 1 || dead[0].Values["id"] != id || dead[0].Values["reason"] != "invalid deadline" {
+			return fmt.Errorf("dead letters %v, want %s with reason invalid deadline", dead, id)
+		}
+		return nil
+	})
 }
