@@ -366,6 +366,21 @@ func TestPublishWithDeadline(t *testing.T) {
 			t.Fatalf("publish %s = %d %v, want 400", body, status, res)
 		}
 	}
+	// The command line takes one too.
+	var out, errs strings.Builder
+	if code := Main([]string{"publish", "--redis", b.srv.URL(), "--prefix", b.prefix, "--deadline", "1ms", "call", "2"}, &out, &errs); code != 0 {
+		t.Fatalf("wsbus publish --deadline exited %d: %s", code, errs.String())
+	}
+	cli := strings.TrimSpace(out.String())
+	redistest.Eventually(t, wait, func() error {
+		if e := b.escalations(t); len(e) != 2 || e[1]["id"] != cli {
+			return fmt.Errorf("escalations %v, want the one published by wsbus publish, %s", e, cli)
+		}
+		return nil
+	})
+	if code := Main([]string{"publish", "--redis", b.srv.URL(), "--prefix", b.prefix, "--deadline", "1500us", "call", "2"}, &out, &errs); code == 0 {
+		t.Fatal("wsbus publish took a deadline of 1500us, which is not whole milliseconds")
+	}
 	// An invalid deadline in a plain XADD is dead-lettered with a reason.
 	p := streams.Partition("call", b.n)
 	id := b.xaddTo(t, p, "topic", "call", "data", "1", "deadline", "soon")
