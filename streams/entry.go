@@ -44,7 +44,7 @@ type Entry struct {
 // DecodeEntry checks the fields of an ingress entry as go-redis returns them.
 // maxData is the payload limit in bytes (DefaultMaxData when zero). An
 // optional deadline must be a decimal count of milliseconds, 1 to
-// MaxDeadline. Other fields are ignored.
+// MaxDeadline, without sign or leading zero. Other fields are ignored.
 func DecodeEntry(id string, values map[string]any, maxData int) (Entry, error) {
 	if maxData <= 0 {
 		maxData = DefaultMaxData
@@ -67,7 +67,7 @@ func DecodeEntry(id string, values map[string]any, maxData int) (Entry, error) {
 	if v, ok := values["deadline"]; ok {
 		s, _ := v.(string)
 		d, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || d < 1 || d > MaxDeadline || s[0] == '+' {
+		if err != nil || d < 1 || d > MaxDeadline || s[0] == '+' || s[0] == '0' {
 			return Entry{}, ErrBadDeadline
 		}
 		e.Deadline = d
