@@ -306,14 +306,15 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 		}
 		return nil
 	})
-	ack(c, "alarm", seen)
-	b.waitCursor(t, "alarm", "ann", seen) // late is after seen: still unacknowledged
 	redistest.Eventually(t, wait, func() error {
 		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != early {
 			return fmt.Errorf("escalations %v, want the early event", e)
 		}
 		return nil
 	})
+	// A cursor at seen covers early too: only now that early is escalated.
+	ack(c, "alarm", seen)
+	b.waitCursor(t, "alarm", "ann", seen) // late is after seen: still unacknowledged
 	first.stop() // hands its partitions over before the others fall due
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
 	redistest.Eventually(t, 10*time.Second, func() error {
