@@ -18,7 +18,22 @@ import (
 // and the one due after by the node that takes the partition over, and
 // the one a subject acknowledged never.
 func TestDeadlineEscalatesOnceWhenTheOwnerIsKilled(t *testing.T) {
-	f := newFleet(t, "a", "b")
+	deadlineOwnerKilled(t, newFleet(t, "a", "b"))
+}
+
+// TestClusterDeadlinesAndAcks is TestDeadlineEscalatesOnceWhenTheOwnerIsKilled
+// on a three-node Redis Cluster, where the escalations stream lives in
+// another slot than the partition (three steps, deduplicated), and the
+// cursor is read in a transaction of the topic's slot.
+func TestClusterDeadlinesAndAcks(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	deadlineOwnerKilled(t, newFleetOn(t, cl.URL(), cl.Client(t), "a", "b"))
+}
+
+// deadlineOwnerKilled publishes three events with deadlines to a topic of
+// node a; the first falls due and is escalated, a subject on node b
+// acknowledges the second, a is killed, and b escalates the third.
+func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	owners := f.waitBalanced(10*time.Second, "a", "b")
 	topic := ""
 	for _, tp := range f.topics {
@@ -70,6 +85,14 @@ func TestDeadlineEscalatesOnceWhenTheOwnerIsKilled(t *testing.T) {
 		}
 		return nil
 	})
+	// Another device of ann resumes from the cursor.
+	d := wstest.Dial(t, f.nodes["b"].url+"?user=ann&topic="+topic+"&since=acked")
+	if sub := d.Expect("subscribed", wait); sub.Acked != seen || sub.Unread == nil || *sub.Unread != 1 {
+		t.Fatalf("subscribed = %+v, want acked %s, unread 1", sub, seen)
+	}
+	if ev := d.Events(1, wait)[0]; ev.ID != late {
+		t.Fatalf("resumed from the cursor with %s, want %s", ev.ID, late)
+	}
 	f.nodes["a"].kill(t)
 	f.waitTakenOver(owners, "a")
 	redistest.Eventually(t, 10*time.Second, func() error {
