@@ -1,7 +1,9 @@
 package bus
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/wsbus/wsbus/streams"
 )
@@ -71,5 +73,37 @@ func BenchmarkAckerAdd(b *testing.B) {
 	for b.Loop() {
 		n++
 		a.add(cl, "user:42", streams.ID{Ms: n})
+	}
+}
+
+// TestCursorsExpireWithHistory: an ack gives the topic's cursors the
+// history's expiry, and each batch the owner applies to the topic extends
+// both alike, so a cursor never outlives the sequence it points into.
+func TestCursorsExpireWithHistory(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 2)
+	msgs, _ := o.readNew(ctx, 0, "0", o.cfg.Block)
+	if err := o.apply(ctx, l, msgs[:1], "0-0"); err != nil {
+		t.Fatal(err)
+	}
+	hist, acked := keys.Topic(0, "t"), keys.Acked(0, "t")
+	if _, err := ackScript.Run(ctx, rdb, []string{hist, acked}, "ann", 1, ids[0]).Result(); err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string) {
+		t.Helper()
+		h, a := rdb.PExpireTime(ctx, hist).Val(), rdb.PExpireTime(ctx, acked).Val()
+		if h <= 0 || h != a {
+			t.Fatalf("%s: history expires at %v, cursors at %v; want the same time", when, h, a)
+		}
+	}
+	same("after the ack")
+	time.Sleep(5 * time.Millisecond)
+	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	same("after the next batch")
+	if v := rdb.HGet(ctx, acked, "s:ann").Val(); v != ids[0]+" 1" {
+		t.Fatalf("ann's cursor is stored as %q, want %q", v, ids[0]+" 1")
 	}
 }

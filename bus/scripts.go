@@ -241,9 +241,9 @@ for i = 1, n do
         redis.call('XSETID', key, id, 'MAXDELETEDID', id)
       end
       redis.call('PEXPIRE', key, ARGV[4])
-      if not touched[k] then
+      if not touched[KEYS[k + 2]] then
         redis.call('PEXPIRE', KEYS[k + 2], ARGV[4])
-        touched[k] = true
+        touched[KEYS[k + 2]] = true
       end
       if kind == 'H' then
         redis.call('ZADD', KEYS[4], ARGV[a + 4], id .. ' ' .. seq .. ARGV[a + 5])
