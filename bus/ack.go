@@ -114,6 +114,9 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 // until the Gateway closes; then it flushes what is left. An idle gateway
 // does not wake.
 func (a *acker) run(ctx context.Context) {
+	// Batches run the script in pipelines, where EVALSHA cannot fall back
+	// to EVAL: load it now (flush loads it again if Redis lost it).
+	_ = ackScript.Load(ctx, a.g.cfg.Redis).Err()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
