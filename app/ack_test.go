@@ -315,7 +315,8 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 	// A cursor at seen covers early too: only now that early is escalated.
 	ack(c, "alarm", seen)
 	b.waitCursor(t, "alarm", "ann", seen) // late is after seen: still unacknowledged
-	first.stop()                          // hands its partitions over before the others fall due
+	// The first node hands its partitions over before late falls due.
+	first.stop()
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
 	redistest.Eventually(t, 10*time.Second, func() error {
 		if e := b.escalations(t); len(e) != 2 {
