@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -45,26 +46,9 @@ func parseSeq(raw []byte) (seq uint64, ok bool, err error) {
 	return seq, true, nil
 }
 
-// ServerMessage is any message a gateway sends, as a Go client decodes it
-// (wsbus tail, the tests); the fields a type does not carry stay zero.
-// Data is the event's payload as published: JSON when the publisher sent
-// JSON, else a JSON string.
-type ServerMessage struct {
-	Type      string          `json:"type"`
-	Topic     string          `json:"topic"`
-	ID        string          `json:"id"`
-	Seq       uint64          `json:"seq"` // event: its seq; subscribed: the head's
-	Data      json.RawMessage `json:"data"`
-	Recovered bool            `json:"recovered"`
-	Epoch     string          `json:"epoch"`
-	Head      string          `json:"head"`   // subscribed: the newest event ID, "0" when none
-	Missed    *uint64         `json:"missed"` // subscribed: events trimmed after the cursor, when known
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
-	Acked     string          `json:"acked"`   // subscribed, on a connection with a subject
-	Unread    *uint64         `json:"unread"`  // subscribed, on a connection with a subject
-}
+// ServerMessage is any message a gateway sends, as the Go client decodes
+// it: the client package's Message, so that the two cannot drift apart.
+type ServerMessage = wsbus.Message
 
 // sinceAcked is the since of a subscription that resumes from its
 // subject's acknowledged cursor.
