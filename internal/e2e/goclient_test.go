@@ -329,3 +329,48 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	second.mu.Unlock()
 	second.waitEvents(t, ids[21:], 22)
 }
+
+// TestGoClientAcksAcrossDevices: one subject's two devices: what the first
+// acknowledges, the second resumes after with since "acked", told the
+// cursor and the unread count.
+func TestGoClientAcksAcrossDevices(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix)
+	pub := newPublisher(t, srv, prefix)
+	var phone handler
+	c := wsbus.New(g.url, wsbus.Options{User: "ann"})
+	c.Subscribe("inbox:ann", phone.options(""))
+	runClient(t, c)
+	phone.waitSubscribed(t, 1)
+	var ids []string
+	for i := range 5 {
+		ids = append(ids, pub.xadd(t, "inbox:ann", strconv.Itoa(i)))
+	}
+	phone.waitEvents(t, ids, 1)
+	if err := c.Ack("inbox:ann", ids[2]); err != nil {
+		t.Fatal(err)
+	}
+	var laptop handler
+	var s wsbus.Subscribed
+	redistest.Eventually(t, wait, func() error {
+		// Acks reach Redis in batches: a laptop that opens too early sees
+		// the cursor before it.
+		laptop = handler{}
+		l := wsbus.New(g.url, wsbus.Options{User: "ann"})
+		l.Subscribe("inbox:ann", laptop.options("acked"))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		s = laptop.waitSubscribed(t, 1)
+		if s.Acked != ids[2] {
+			return fmt.Errorf("laptop subscribed with acked %q, want %s", s.Acked, ids[2])
+		}
+		laptop.waitEvents(t, ids[3:], 4)
+		return nil
+	})
+	if !s.Recovered || s.Unread == nil || *s.Unread != 2 {
+		t.Fatalf("laptop subscribed = %+v, want recovered with unread 2", s)
+	}
+}
