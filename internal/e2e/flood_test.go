@@ -171,13 +171,13 @@ func TestUpgradeBurstIsPaced(t *testing.T) {
 	expectBaseline(t, g, base)
 }
 
-// TestSlowReaderIsCut subscribes a client that stops reading while events
+// TestSlowReaderIsCut (--slow-consumer close) subscribes a client that stops reading while events
 // pour in: it is closed with 4001 once its queue passes --max-queue, the
 // gateway's memory stays flat, and the client then resumes losing nothing.
 func TestSlowReaderIsCut(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	g := startGateway(t, srv.URL(), prefix, "--max-queue", "262144", "--history-len", "7000")
+	g := startGateway(t, srv.URL(), prefix, "--slow-consumer", "close", "--max-queue", "262144", "--history-len", "7000")
 	pub := newPublisher(t, srv, prefix)
 	rssBefore := rss(t, g.pid())
 
