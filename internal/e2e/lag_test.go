@@ -33,6 +33,9 @@ func TestSlowReaderLags(t *testing.T) {
 	pub := newPublisher(t, srv, prefix)
 
 	c := wstest.Dial(t, g.url+"?topic=flood")
+	if err := c.SetReadBuffer(256 << 10); err != nil {
+		t.Fatal(err)
+	}
 	c.Expect("subscribed", wait)
 	peak := watchRSS(t, g.pid())
 
@@ -94,6 +97,9 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	pub := newPublisher(t, srv, prefix)
 
 	c := wstest.Dial(t, g.url+"?topic=short")
+	if err := c.SetReadBuffer(256 << 10); err != nil {
+		t.Fatal(err)
+	}
 	epoch := c.Expect("subscribed", wait).Epoch
 	payload := strings.Repeat("y", 4<<10)
 	var ids []string
