@@ -217,4 +217,3 @@ func metric(tb testing.TB, g *gateway, name string) int {
 	}
 	return int(v)
 }
-
