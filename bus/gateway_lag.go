@@ -52,10 +52,14 @@ func (g *Gateway) Overflow(c *ws.Conn) {
 	if !ok {
 		return
 	}
-	g.stats.lagCatchUps.Add(1)
 	cl.mu.Lock()
-	if cl.closed || cl.lagRun {
-		cl.lagAgain = !cl.closed
+	if cl.closed {
+		cl.mu.Unlock()
+		return
+	}
+	g.stats.lagCatchUps.Add(1)
+	if cl.lagRun {
+		cl.lagAgain = true
 		cl.mu.Unlock()
 		return
 	}
@@ -144,7 +148,7 @@ func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
 	}
 	for _, f := range dropped {
 		payload := ws.FramePayload(f)
-		idText, ok := streams.EventID(string(payload))
+		idText, ok := streams.EventID(string(payload[:min(len(payload), eventIDPrefix)]))
 		if !ok {
 			continue
 		}
@@ -161,6 +165,9 @@ func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
 	}
 	return next
 }
+
+// eventIDPrefix is enough of an event's JSON to hold its ID.
+const eventIDPrefix = 96
 
 // eventOfTopic reports whether an event encoded by streams.AppendEvent is
 // of the topic whose JSON string is quoted. The "topic" member comes
@@ -182,14 +189,17 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 		return nil
 	}
 	p := pager{g: g, topic: t.name, from: from, next: next, size: g.cfg.MaxData}
+	behind := 0 // pages in a row that ended before the topic's newest event
 	for {
 		events, err := p.read()
-		if errors.Is(err, errTrimmed) {
+		if errors.Is(err, errTrimmed) || behind > maxBehind {
 			c.Close(ws.CloseSlowConsumer, "slow consumer: history no longer holds what it missed; reconnect and resume")
-			return err
+			return errTrimmed
 		}
 		if err != nil {
-			g.cfg.Logger.Warn("catching up a lagging client from history", "topic", t.name, "err", err)
+			if g.ctx.Err() == nil {
+				g.cfg.Logger.Warn("catching up a lagging client from history", "topic", t.name, "err", err)
+			}
 			if !g.sleep(100 * time.Millisecond) {
 				return err
 			}
@@ -204,8 +214,28 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 		if g.handOver(s, p.from, p.end) {
 			return nil
 		}
+		if !p.end || len(events) > 0 {
+			behind = 0
+			continue
+		}
+		// The newest event was delivered live but history ended before
+		// it: a read that raced its write, or Redis lost it.
+		behind++
+		if !g.sleep(behindWait) {
+			return g.ctx.Err()
+		}
 	}
 }
+
+// A catch-up whose history ends before the newest event delivered to its
+// topic reads again after behindWait, up to maxBehind times in a row: a
+// live event is written to history before it is published, so past that
+// Redis lost it (a failover, a restart from an old snapshot) and the
+// client is closed with 4001 to resume against the new epoch.
+const (
+	behindWait = 20 * time.Millisecond
+	maxBehind  = 50
+)
 
 // handOver makes s live again once from, the last event sent to it, has
 // reached the newest event its topic delivered; end says history had
