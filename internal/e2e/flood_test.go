@@ -171,9 +171,11 @@ func TestUpgradeBurstIsPaced(t *testing.T) {
 	expectBaseline(t, g, base)
 }
 
-// TestSlowReaderIsCut (--slow-consumer close) subscribes a client that stops reading while events
-// pour in: it is closed with 4001 once its queue passes --max-queue, the
-// gateway's memory stays flat, and the client then resumes losing nothing.
+// TestSlowReaderIsCut subscribes a client that stops reading while events
+// pour in to a gateway with --slow-consumer close: it is closed with 4001
+// once its queue passes --max-queue, the gateway's memory stays flat, and
+// the client then resumes losing nothing. (The default, lag, is
+// TestSlowReaderLags.)
 func TestSlowReaderIsCut(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
