@@ -18,15 +18,16 @@ import (
 // and SendWait, are never dropped. One goroutine per lagging client then
 // runs rounds until nothing lags:
 //
-//  1. Every live subscription of the client is marked lagging, under its
-//     topic's lock: fan-out skips it from then on (it holds nothing for
-//     it, so the gateway's memory for the client stays within the queue
-//     bound). Offers were refused since the overflow, so no live frame of
-//     any topic got past the dropped ones.
-//  2. Conn.Dropped hands the dropped frames back and lets Offer queue
-//     again. A subscription's cursor (subscription.last) is the last event
-//     it queued; the first dropped event of its topic, when there is one,
-//     is the first not written, so the catch-up starts there.
+//  1. Conn.Recover hands the dropped frames back while offers are still
+//     refused, so no live frame of any topic has got past them. Every
+//     live subscription of the client (all that could have had a frame
+//     dropped have joined it by then) is marked lagging, under its
+//     topic's lock: fan-out skips it from then on, holding nothing for it,
+//     so the gateway's memory for the client stays within the queue bound.
+//     Then Offer may queue again.
+//  2. A subscription's cursor (subscription.last) is the last event it
+//     queued; the first dropped event of its topic, when there is one, is
+//     the first not written, so the catch-up starts there.
 //  3. Each lagging subscription reads its topic's history from its cursor
 //     in pages bounded by bytes and sends it with SendWait, at the pace
 //     the socket drains. A page that does not begin right after the
@@ -40,7 +41,8 @@ import (
 //
 // An offer refused by an overflow marks its subscription lagging too; the
 // overflow's Overflow call is still to come, or its round has not yet
-// taken the dropped frames, so a round always follows and finds it.
+// taken the dropped frames, so a round always follows and finds it (a
+// round ends by looking for lagging subscriptions again).
 
 // errTrimmed ends the catch-up of a client that history cannot serve.
 var errTrimmed = errors.New("bus: history trimmed past a lagging client's cursor")
@@ -90,15 +92,21 @@ func (g *Gateway) catchUpClient(cl *client) {
 
 // catchUpRound is one round: steps 1 to 4 above.
 func (g *Gateway) catchUpRound(cl *client) error {
-	subs := cl.snapshot()
-	for _, s := range subs {
-		s.topic.mu.Lock()
-		if s.live && s.idx >= 0 {
-			s.lagging = true
+	var subs []*subscription
+	var next []streams.ID
+	cl.conn.Recover(func(dropped [][]byte) {
+		// Taken after the drop: every subscription that had a frame
+		// dropped is here.
+		subs = cl.snapshot()
+		for _, s := range subs {
+			s.topic.mu.Lock()
+			if s.live && s.idx >= 0 {
+				s.lagging = true
+			}
+			s.topic.mu.Unlock()
 		}
-		s.topic.mu.Unlock()
-	}
-	next := firstDropped(cl.conn.Dropped(), subs)
+		next = firstDropped(dropped, subs)
+	})
 	for i, s := range subs {
 		if err := g.catchUpSub(cl.conn, s, next[i]); err != nil {
 			return err
@@ -206,6 +214,9 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 			continue
 		}
 		for _, e := range events {
+			if !s.subscribed() {
+				return nil // unsubscribed: send it nothing more
+			}
 			if err := c.SendWait(eventFrame(t.name, e)); err != nil {
 				return err // closed: Closed cleans up
 			}
@@ -236,6 +247,13 @@ const (
 	behindWait = 20 * time.Millisecond
 	maxBehind  = 50
 )
+
+// subscribed reports whether s is still in its topic.
+func (s *subscription) subscribed() bool {
+	s.topic.mu.Lock()
+	defer s.topic.mu.Unlock()
+	return s.idx >= 0
+}
 
 // handOver makes s live again once from, the last event sent to it, has
 // reached the newest event its topic delivered; end says history had

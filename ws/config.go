@@ -172,7 +172,7 @@ type OverflowHandler interface {
 	Handler
 	// Overflow is called on a worker once per overflow of c's queue, after
 	// the frames queued by Offer were dropped unwritten. Offer refuses
-	// frames until the Handler takes the dropped ones with c.Dropped. It
+	// frames until the Handler takes the dropped ones with c.Recover. It
 	// should return soon: it runs on a worker the connections share.
 	Overflow(c *Conn)
 }

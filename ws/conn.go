@@ -61,7 +61,7 @@ type backlog struct {
 	room    chan struct{} // closed when the backlog shrinks; made only while SendWait waits
 
 	// Under OverflowDrop: an overflow dropped the offered frames, which
-	// wait in dropped until the Handler takes them (Conn.Dropped); Offer
+	// wait in dropped until the Handler takes them (Conn.Recover); Offer
 	// refuses frames meanwhile.
 	overflowed bool
 	dropped    [][]byte
@@ -204,7 +204,7 @@ func (c *Conn) Send(frame []byte) error {
 // frames Offer queued that have not begun on the wire are dropped, and
 // the Handler's Overflow is called on a worker; Offer then refuses every
 // frame with ErrOverflow until the Handler takes the dropped ones with
-// Dropped. What Send and SendWait queued is never dropped.
+// Recover. What Send and SendWait queued is never dropped.
 func (c *Conn) Offer(frame []byte) error {
 	if c.srv.cfg.Overflow != OverflowDrop {
 		return c.Send(frame)
@@ -227,23 +227,27 @@ func (c *Conn) Offer(frame []byte) error {
 	return nil
 }
 
-// Dropped returns the frames that overflows dropped unwritten since the
-// last call, oldest first, and lets Offer queue frames again. A Handler
-// calls it from Overflow, or later, once it has stopped offering the
-// frames that must follow the dropped ones.
-func (c *Conn) Dropped() [][]byte {
+// Recover hands the frames that overflows dropped unwritten since the
+// last call to fn, oldest first (nil when there are none), and then lets
+// Offer queue frames again. Offer refuses frames until fn has returned,
+// so fn can stop offering whatever must follow the dropped frames before
+// any new frame gets past them. fn runs without the connection's lock.
+func (c *Conn) Recover(fn func(dropped [][]byte)) {
+	c.mu.Lock()
+	var dropped [][]byte
+	if b := c.out; b != nil && b.overflowed {
+		dropped, b.dropped = b.dropped, nil
+	}
+	c.mu.Unlock()
+	fn(dropped)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.out
-	if b == nil || !b.overflowed {
-		return nil
+	if b := c.out; b != nil && b.overflowed {
+		b.overflowed = false
+		if c.idleLocked() {
+			c.dropBacklogLocked() // kept only for the overflow
+		}
 	}
-	dropped := b.dropped
-	b.dropped, b.overflowed = nil, false
-	if c.idleLocked() {
-		c.dropBacklogLocked() // kept only for the overflow
-	}
-	return dropped
 }
 
 // overflowLocked drops the frames Offer queued and, unless an overflow

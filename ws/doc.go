@@ -20,7 +20,7 @@
 // queue would pass Config.MaxQueue with 4001. Frames the Handler can
 // produce again (live events it can read back from a log) go through
 // Offer: with Config.Overflow OverflowDrop an overflow drops them instead
-// and hands them back (OverflowHandler, Conn.Dropped), so a slow client
+// and hands them back (OverflowHandler, Conn.Recover), so a slow client
 // is caught up at its own pace rather than disconnected.
 //
 // This package knows nothing of topics or Redis; the Handler does.

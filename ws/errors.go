@@ -10,7 +10,7 @@ var (
 	ErrSlowConsumer = errors.New("ws: slow consumer")
 	// ErrOverflow is returned by Offer under OverflowDrop when the frame
 	// was refused: the queue overflowed and the Handler has not yet taken
-	// the dropped frames (Conn.Dropped).
+	// the dropped frames (Conn.Recover).
 	ErrOverflow = errors.New("ws: queue overflowed")
 	// ErrServerClosed is returned by Serve after Shutdown.
 	ErrServerClosed = errors.New("ws: server closed")

@@ -69,7 +69,7 @@ func closeFrame(code uint16, reason string) []byte {
 var pingFrame = AppendFrame(nil, opPing, nil)
 
 // FramePayload returns the payload of a complete unmasked frame built by
-// TextFrame or AppendFrame, such as one Conn.Dropped hands back.
+// TextFrame or AppendFrame, such as one Conn.Recover hands back.
 func FramePayload(frame []byte) []byte {
 	if len(frame) < 2 {
 		return nil

@@ -111,16 +111,16 @@ func readNumbers(t *testing.T, conn net.Conn, br *bufio.Reader, want int) []uint
 
 // TestOverflowDropsOfferedFrames: under OverflowDrop a stalled client's
 // queue overflows without a close; what it reads afterwards is a prefix
-// of the offered frames, the rest is handed back by Dropped in order, and
+// of the offered frames, the rest is handed back by Recover in order, and
 // the two together are every accepted frame once.
 func TestOverflowDropsOfferedFrames(t *testing.T) {
 	h := newOverflowHandler()
 	s, c, conn, br := stalledConn(t, h, Config{MaxQueue: 256 << 10})
 	accepted := offerUntilOverflow(t, c, 0, 16<<10)
 	expectOverflow(t, h, c)
-	dropped := c.Dropped()
+	dropped := recovered(c)
 	if len(dropped) == 0 {
-		t.Fatal("Dropped returned nothing after an overflow")
+		t.Fatal("Recover handed nothing back after an overflow")
 	}
 	written := len(accepted) - len(dropped)
 	got := readNumbers(t, conn, br, written)
@@ -133,27 +133,41 @@ func TestOverflowDropsOfferedFrames(t *testing.T) {
 	if st := s.Stats(); st.SlowConsumers != 0 || st.Overflows != 1 {
 		t.Fatalf("slow consumers %d, overflows %d; want 0 and 1", st.SlowConsumers, st.Overflows)
 	}
-	if c.Dropped() != nil {
-		t.Fatal("Dropped handed the same frames back twice")
+	if recovered(c) != nil {
+		t.Fatal("Recover handed the same frames back twice")
 	}
 }
 
-// TestOfferRefusesUntilDropped: after an overflow every Offer is refused,
-// and none is dropped again, until the Handler takes the dropped frames.
-func TestOfferRefusesUntilDropped(t *testing.T) {
+// recovered returns what Recover hands back.
+func recovered(c *Conn) [][]byte {
+	var dropped [][]byte
+	c.Recover(func(d [][]byte) { dropped = d })
+	return dropped
+}
+
+// TestOfferRefusesUntilRecovered: after an overflow every Offer is
+// refused, and none is dropped again, until the Handler's Recover function
+// has returned; then offers are queued again.
+func TestOfferRefusesUntilRecovered(t *testing.T) {
 	h := newOverflowHandler()
 	_, c, conn, br := stalledConn(t, h, Config{MaxQueue: 256 << 10})
 	accepted := offerUntilOverflow(t, c, 0, 16<<10)
 	expectOverflow(t, h, c)
-	for range 3 {
+	refused := func(when string) {
+		t.Helper()
 		if err := c.Offer(numbered(1<<40, 16)); !errors.Is(err, ErrOverflow) {
-			t.Fatalf("Offer before Dropped: %v, want ErrOverflow", err)
+			t.Fatalf("Offer %s: %v, want ErrOverflow", when, err)
 		}
 	}
-	dropped := c.Dropped()
+	refused("before Recover")
+	var dropped [][]byte
+	c.Recover(func(d [][]byte) {
+		dropped = d
+		refused("while Recover's function runs")
+	})
 	_ = readNumbers(t, conn, br, len(accepted)-len(dropped))
 	if err := c.Offer(numbered(7, 16)); err != nil {
-		t.Fatalf("Offer after Dropped: %v", err)
+		t.Fatalf("Offer after Recover: %v", err)
 	}
 	if got := readNumbers(t, conn, br, 1); got[0] != 7 {
 		t.Fatalf("read frame %d, want 7", got[0])
@@ -192,7 +206,7 @@ func TestSendKeepsItsFrames(t *testing.T) {
 	}
 	expectOverflow(t, h, c)
 	dropped := make(map[uint64]bool)
-	for _, f := range c.Dropped() {
+	for _, f := range recovered(c) {
 		n := frameNumber(FramePayload(f))
 		if n%4 == 0 {
 			t.Fatalf("frame %d, queued with Send, was dropped", n)
