@@ -193,7 +193,9 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 	t.mu.Lock()
 	from, lagging := s.last, s.lagging && s.idx >= 0
 	t.mu.Unlock()
-	if !lagging {
+	if !lagging || next.IsZero() && g.handOver(s, from, true) {
+		// Nothing of its topic was dropped or refused since its last
+		// event: it reads no history (most topics of a lagging client).
 		return nil
 	}
 	p := pager{g: g, topic: t.name, from: from, next: next, size: g.cfg.MaxData}
