@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +16,11 @@ import (
 	"time"
 
 	"github.com/gobwas/ws/wsutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
 )
 
 // TestSlowReaderLags (--slow-consumer lag, the default) subscribes a
@@ -41,11 +44,7 @@ func TestSlowReaderLags(t *testing.T) {
 
 	// Stop reading; publish more than the kernel's socket buffers on both
 	// sides and the 1 MiB queue hold.
-	payload := strings.Repeat("x", size)
-	var ids []string
-	for range events {
-		ids = append(ids, pub.xadd(t, "flood", payload))
-	}
+	ids := pub.xaddMany(t, "flood", strings.Repeat("x", size), events)
 	redistest.Eventually(t, wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
@@ -101,11 +100,7 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	epoch := c.Expect("subscribed", wait).Epoch
-	payload := strings.Repeat("y", 4<<10)
-	var ids []string
-	for range 3000 { // 12 MiB
-		ids = append(ids, pub.xadd(t, "short", payload))
-	}
+	ids := pub.xaddMany(t, "short", strings.Repeat("y", 4<<10), 3000) // 12 MiB
 	redistest.Eventually(t, wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
@@ -144,6 +139,30 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 		t.Fatalf("resume from %s after history was trimmed past it: recovered:true", last)
 	}
 	t.Logf("closed with 4001 after %d of %d events; resume from %s answered recovered:false", len(got), len(ids), last)
+}
+
+// xaddMany publishes n events of topic with data, pipelined (the client
+// under test must not stall for long: a socket that takes nothing for the
+// write timeout, 10 s, is cut), and returns their IDs in order.
+func (p *publisher) xaddMany(tb testing.TB, topic, data string, n int) []string {
+	tb.Helper()
+	ctx := context.Background()
+	stream := p.keys.Ingress(streams.Partition(topic, p.n))
+	ids := make([]string, 0, n)
+	for len(ids) < n {
+		pipe := p.rdb.Pipeline()
+		var cmds []*redis.StringCmd
+		for range min(256, n-len(ids)) {
+			cmds = append(cmds, pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", topic, "data", data}}))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			tb.Fatalf("XADD: %v", err)
+		}
+		for _, cmd := range cmds {
+			ids = append(ids, cmd.Val())
+		}
+	}
+	return ids
 }
 
 // watchRSS samples a process's resident set size until the test ends or
