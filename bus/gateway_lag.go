@@ -94,7 +94,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 func (g *Gateway) catchUpRound(cl *client) error {
 	var subs []*subscription
 	var next []streams.ID
-	cl.conn.Recover(func(dropped [][]byte) {
+	overflowed := cl.conn.Recover(func(dropped [][]byte) {
 		// Taken after the drop: every subscription that had a frame
 		// dropped is here.
 		subs = cl.snapshot()
@@ -107,6 +107,13 @@ func (g *Gateway) catchUpRound(cl *client) error {
 		}
 		next = firstDropped(dropped, subs)
 	})
+	if !overflowed {
+		// Its overflow was taken by an earlier round: only subscriptions
+		// refused since lag. Marking others here, while offers pass,
+		// could race an overflow whose drops this round would not see.
+		subs = cl.snapshot()
+		next = make([]streams.ID, len(subs))
+	}
 	for i, s := range subs {
 		if err := g.catchUpSub(cl.conn, s, next[i]); err != nil {
 			return err

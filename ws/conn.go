@@ -227,27 +227,30 @@ func (c *Conn) Offer(frame []byte) error {
 	return nil
 }
 
-// Recover hands the frames that overflows dropped unwritten since the
-// last call to fn, oldest first (nil when there are none), and then lets
-// Offer queue frames again. Offer refuses frames until fn has returned,
-// so fn can stop offering whatever must follow the dropped frames before
-// any new frame gets past them. fn runs without the connection's lock.
-func (c *Conn) Recover(fn func(dropped [][]byte)) {
+// Recover hands the frames the pending overflow dropped to fn, oldest
+// first, then lets Offer queue frames again, and reports whether an
+// overflow was pending (fn is only called when one was). Offer refuses
+// frames until fn has returned, so fn can stop offering whatever must
+// follow the dropped frames before any new frame gets past them; no other
+// overflow can happen meanwhile. fn runs without the connection's lock.
+func (c *Conn) Recover(fn func(dropped [][]byte)) bool {
 	c.mu.Lock()
-	var dropped [][]byte
-	if b := c.out; b != nil && b.overflowed {
-		dropped, b.dropped = b.dropped, nil
+	b := c.out
+	if b == nil || !b.overflowed {
+		c.mu.Unlock()
+		return false
 	}
+	dropped := b.dropped
+	b.dropped = nil
 	c.mu.Unlock()
 	fn(dropped)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if b := c.out; b != nil && b.overflowed {
-		b.overflowed = false
-		if c.idleLocked() {
-			c.dropBacklogLocked() // kept only for the overflow
-		}
+	b.overflowed = false
+	if c.out == b && c.idleLocked() {
+		c.dropBacklogLocked() // kept only for the overflow
 	}
+	return true
 }
 
 // overflowLocked drops the frames Offer queued and, unless an overflow

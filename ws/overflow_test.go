@@ -118,7 +118,7 @@ func TestOverflowDropsOfferedFrames(t *testing.T) {
 	s, c, conn, br := stalledConn(t, h, Config{MaxQueue: 256 << 10})
 	accepted := offerUntilOverflow(t, c, 0, 16<<10)
 	expectOverflow(t, h, c)
-	dropped := recovered(c)
+	dropped := recovered(t, c)
 	if len(dropped) == 0 {
 		t.Fatal("Recover handed nothing back after an overflow")
 	}
@@ -133,15 +133,18 @@ func TestOverflowDropsOfferedFrames(t *testing.T) {
 	if st := s.Stats(); st.SlowConsumers != 0 || st.Overflows != 1 {
 		t.Fatalf("slow consumers %d, overflows %d; want 0 and 1", st.SlowConsumers, st.Overflows)
 	}
-	if recovered(c) != nil {
-		t.Fatal("Recover handed the same frames back twice")
+	if c.Recover(func([][]byte) { t.Fatal("Recover called its function without an overflow") }) {
+		t.Fatal("Recover reported a second overflow")
 	}
 }
 
 // recovered returns what Recover hands back.
-func recovered(c *Conn) [][]byte {
+func recovered(t *testing.T, c *Conn) [][]byte {
+	t.Helper()
 	var dropped [][]byte
-	c.Recover(func(d [][]byte) { dropped = d })
+	if !c.Recover(func(d [][]byte) { dropped = d }) {
+		t.Fatal("Recover found no overflow")
+	}
 	return dropped
 }
 
@@ -206,7 +209,7 @@ func TestSendKeepsItsFrames(t *testing.T) {
 	}
 	expectOverflow(t, h, c)
 	dropped := make(map[uint64]bool)
-	for _, f := range recovered(c) {
+	for _, f := range recovered(t, c) {
 		n := frameNumber(FramePayload(f))
 		if n%4 == 0 {
 			t.Fatalf("frame %d, queued with Send, was dropped", n)
