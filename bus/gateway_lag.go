@@ -15,8 +15,8 @@ import (
 // Live events are queued with ws.Conn.Offer. When a client's queue
 // overflows, ws drops the live frames not yet begun on the wire, refuses
 // further offers and calls Overflow; replies and history, queued with Send
-// and SendWait, are never dropped. One goroutine per lagging client then
-// runs rounds until nothing lags:
+// and SendWait, are never dropped. One goroutine per lagging client
+// (catchUpClient) then works until nothing lags:
 //
 //  1. Conn.Recover hands the dropped frames back while offers are still
 //     refused, so no live frame of any topic has got past them. Every
@@ -39,10 +39,10 @@ import (
 //     greater ID, and the cursor drops those history already sent, as
 //     goLive does after a resume.
 //
-// An offer refused by an overflow marks its subscription lagging too; the
-// overflow's Overflow call is still to come, or its round has not yet
-// taken the dropped frames, so a round always follows and finds it (a
-// round ends by looking for lagging subscriptions again).
+// An offer refused by an overflow marks its subscription lagging too. Its
+// frames dropped by that overflow are only known once the overflow is
+// recovered, so no catch-up starts while an overflow is pending (see
+// recoverDropped).
 
 // errTrimmed ends the catch-up of a client that history cannot serve.
 var errTrimmed = errors.New("bus: history trimmed past a lagging client's cursor")
@@ -76,28 +76,44 @@ func (g *Gateway) Overflow(c *ws.Conn) {
 	go g.catchUpClient(cl)
 }
 
-// catchUpClient runs rounds of catch-up until none is needed, the client
-// is gone, or the Gateway closes.
+// catchUpClient catches the client's lagging subscriptions up, one at a
+// time, until none lags, the client is gone, or the Gateway closes. It is
+// the only caller of the client's Conn.Recover.
 func (g *Gateway) catchUpClient(cl *client) {
 	defer g.lagging.Done()
+	next := make(map[*subscription]streams.ID) // first dropped event, until caught up
 	for {
-		if err := g.catchUpRound(cl); err != nil {
-			return
+		s := cl.firstLagging()
+		if g.recoverDropped(cl, next) {
+			continue // an overflow was pending: look again
 		}
-		if cl.lagDone() {
+		if s == nil {
+			if cl.lagDone() {
+				return
+			}
+			continue
+		}
+		err := g.catchUpSub(cl.conn, s, next[s])
+		delete(next, s)
+		if err != nil {
 			return
 		}
 	}
 }
 
-// catchUpRound is one round: steps 1 to 4 above.
-func (g *Gateway) catchUpRound(cl *client) error {
-	var subs []*subscription
-	var next []streams.ID
-	overflowed := cl.conn.Recover(func(dropped [][]byte) {
-		// Taken after the drop: every subscription that had a frame
-		// dropped is here.
-		subs = cl.snapshot()
+// recoverDropped takes the pending overflow of the client's connection,
+// if there is one, while offers are refused: it marks every live
+// subscription lagging (all that could have had a frame dropped have
+// joined the client by then) and records the first dropped event of each
+// topic in next. It reports whether there was an overflow.
+//
+// A subscription found lagging before a recoverDropped that finds none
+// is safe to catch up: the overflow that refused it, or the one it was
+// marked for, has been taken and its drops recorded, and it has offered
+// nothing since, so no later overflow holds frames of it.
+func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) bool {
+	return cl.conn.Recover(func(dropped [][]byte) {
+		subs := cl.snapshot()
 		for _, s := range subs {
 			s.topic.mu.Lock()
 			if s.live && s.idx >= 0 {
@@ -105,38 +121,36 @@ func (g *Gateway) catchUpRound(cl *client) error {
 			}
 			s.topic.mu.Unlock()
 		}
-		next = firstDropped(dropped, subs)
+		for i, id := range firstDropped(dropped, subs) {
+			if _, ok := next[subs[i]]; !ok && !id.IsZero() {
+				next[subs[i]] = id
+			}
+		}
 	})
-	if !overflowed {
-		// Its overflow was taken by an earlier round: only subscriptions
-		// refused since lag. Marking others here, while offers pass,
-		// could race an overflow whose drops this round would not see.
-		subs = cl.snapshot()
-		next = make([]streams.ID, len(subs))
-	}
-	for i, s := range subs {
-		if err := g.catchUpSub(cl.conn, s, next[i]); err != nil {
-			return err
+}
+
+// firstLagging returns a lagging subscription of the client, or nil.
+func (cl *client) firstLagging() *subscription {
+	for _, s := range cl.snapshot() {
+		s.topic.mu.Lock()
+		lagging := s.lagging && s.idx >= 0
+		s.topic.mu.Unlock()
+		if lagging {
+			return s
 		}
 	}
 	return nil
 }
 
-// lagDone reports whether the client's catch-up may end: no subscription
-// lags and no overflow came meanwhile. Otherwise another round runs.
+// lagDone reports whether the client's catch-up may end, when nothing
+// lags: no overflow came meanwhile (Overflow sets lagAgain while it runs).
 func (cl *client) lagDone() bool {
-	lagging := false
-	for _, s := range cl.snapshot() {
-		s.topic.mu.Lock()
-		lagging = lagging || s.lagging && s.idx >= 0
-		s.topic.mu.Unlock()
-	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.closed {
 		return true
 	}
-	if lagging || cl.lagAgain {
+	if cl.lagAgain {
 		cl.lagAgain = false
 		return false
 	}
