@@ -96,6 +96,75 @@ func TestLaggingClientKeepsEveryTopic(t *testing.T) {
 	}
 }
 
+// TestLaggingClientInBursts: a client of three topics reads in bursts
+// with pauses while all three are published to at full speed, so its
+// small queue overflows again and again, sometimes while it is being
+// caught up. Each topic still arrives whole: every event once, in order.
+func TestLaggingClientInBursts(t *testing.T) {
+	b := newTestBus(t, "--max-queue", "32768", "--history-len", "20000")
+	c := wstest.Dial(t, b.node.url)
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	topics := []string{"burst:a", "burst:b", "burst:c"}
+	for _, topic := range topics {
+		c.Subscribe(topic, "", "")
+		c.Expect("subscribed", wait)
+	}
+	const perTopic = 1000
+	published := make(chan map[string][]string, 1)
+	go func() {
+		ids := map[string][]string{}
+		payload := strings.Repeat("w", 4<<10) // 12 MiB in all
+		ctx := context.Background()
+		for i := 0; i < perTopic*len(topics); i += 30 {
+			pipe := b.rdb.Pipeline()
+			cmds := map[string][]*redis.StringCmd{}
+			for j := i; j < i+30; j++ {
+				topic := topics[j%len(topics)]
+				cmds[topic] = append(cmds[topic], pipe.XAdd(ctx, &redis.XAddArgs{
+					Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+					Values: []any{"topic", topic, "data", payload},
+				}))
+			}
+			_, _ = pipe.Exec(ctx)
+			time.Sleep(20 * time.Millisecond) // about 6 MiB/s, for 2 s
+			for topic, cs := range cmds {
+				for _, cmd := range cs {
+					ids[topic] = append(ids[topic], cmd.Val())
+				}
+			}
+		}
+		published <- ids
+	}()
+	got := map[string][]string{}
+	for n := 0; n < perTopic*len(topics); n++ {
+		if n%300 == 0 {
+			time.Sleep(250 * time.Millisecond) // the slow reader under test
+		}
+		m := c.Next(wait)
+		if m.Type != "event" {
+			t.Fatalf("got %+v, want events", m)
+		}
+		got[m.Topic] = append(got[m.Topic], m.ID)
+	}
+	want := <-published
+	for _, topic := range topics {
+		if !slices.Equal(got[topic], want[topic]) {
+			t.Fatalf("%s: got %d events, want the %d published, once each in order", topic, len(got[topic]), len(want[topic]))
+		}
+	}
+	c.ExpectQuiet(200 * time.Millisecond)
+	lags := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total")
+	t.Logf("the client fell behind %d times", lags)
+	if lags < 2 {
+		t.Fatalf("the client fell behind %d times, want several", lags)
+	}
+	if n := gatewayMetric(t, b, "wsbus_ws_slow_consumers_total"); n != 0 {
+		t.Fatalf("%d clients closed with 4001, want none", n)
+	}
+}
+
 // gatewayMetric reads one unlabelled metric of the test bus's node.
 func gatewayMetric(tb testing.TB, b *testBus, name string) int {
 	tb.Helper()
