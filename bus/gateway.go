@@ -129,7 +129,7 @@ type client struct {
 	closed    bool // guarded by mu
 	firstUsed bool // first has been handed out; guarded by mu
 	lagRun    bool // a catchUpClient runs; guarded by mu
-	lagAgain  bool // an overflow came while it ran: another round; guarded by mu
+	lagAgain  bool // an overflow came while it ran: it looks again before ending; guarded by mu
 
 	// Most connections hold one topic: its subscription and the array of
 	// subs live in the client's own memory, one heap object for the three.
