@@ -36,6 +36,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_gateway_live_events_total", "Events received from pub/sub.", func() float64 { return float64(h.gw.Stats().LiveEvents) })
 	counter("wsbus_gateway_resumes_total", "Subscriptions that sent a cursor.", func() float64 { return float64(h.gw.Stats().Resumes) })
 	counter("wsbus_gateway_not_recovered_total", "Resumes answered recovered:false.", func() float64 { return float64(h.gw.Stats().NotRecovered) })
+	counter("wsbus_gateway_lag_catchups_total", "Times a client fell more than --max-queue behind and was caught up from history (--slow-consumer lag).", func() float64 { return float64(h.gw.Stats().LagCatchUps) })
 	counter("wsbus_gateway_catchups_total", "Topics caught up from history after a pub/sub loss.", func() float64 { return float64(h.gw.Stats().CatchUps) })
 	gauge("wsbus_bus_partitions_owned", "Partitions this node holds.", func() float64 { return float64(h.owner.Stats().Owned) })
 	counter("wsbus_bus_deliveries_total", "Events added to history and published.", func() float64 { return float64(h.owner.Stats().Delivered) })

@@ -46,6 +46,7 @@ type ServeConfig struct {
 	auth             *auth.Verifier // built by check from the JWT flags; nil without a key
 	MaxMessage       int
 	MaxQueue         int
+	SlowConsumer     slowConsumer
 	MaxData          int
 	MaxSubscriptions int
 	HistoryLen       int
@@ -77,7 +78,9 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection that has not finished its handshake by then is cut")
 	fs.IntVar(&c.MaxHandshake, "max-handshake-bytes", 8<<10, "largest handshake request line and headers (bigger: 431)")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client message in bytes (bigger: close 1009)")
-	fs.IntVar(&c.MaxQueue, "max-queue", 1<<20, "bytes queued to one client before it is closed with 4001")
+	fs.IntVar(&c.MaxQueue, "max-queue", 1<<20, "bytes queued to one client before it counts as slow (see --slow-consumer)")
+	c.SlowConsumer = slowConsumer(ws.OverflowDrop)
+	fs.Var(&c.SlowConsumer, "slow-consumer", "what to do with a client that has more than --max-queue bytes waiting, `mode` lag or close: lag (its queued events are dropped and it is caught up from history at the pace it reads, on the same connection; closed with 4001 only when history no longer holds what it missed) or close (closed with 4001 at once; it reconnects and resumes)")
 	fs.IntVar(&c.MaxData, "max-data", streams.DefaultMaxData, "largest event payload in bytes (bigger: dead-lettered)")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 128, "topics per connection")
 	fs.IntVar(&c.HistoryLen, "history-len", 1000, "about how many events each topic's history keeps")
@@ -104,6 +107,30 @@ func (c *ServeConfig) check() error {
 	}
 	if strings.ContainsAny(c.NodeID, " \t\r\n") {
 		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
+	}
+	return nil
+}
+
+// slowConsumer is the --slow-consumer flag, lag or close: the WebSocket
+// edge's overflow policy (lag is ws.OverflowDrop with the Gateway catching
+// the client up from history).
+type slowConsumer ws.Overflow
+
+func (s *slowConsumer) String() string {
+	if ws.Overflow(*s) == ws.OverflowDrop {
+		return "lag"
+	}
+	return "close"
+}
+
+func (s *slowConsumer) Set(v string) error {
+	switch v {
+	case "lag":
+		*s = slowConsumer(ws.OverflowDrop)
+	case "close":
+		*s = slowConsumer(ws.OverflowClose)
+	default:
+		return fmt.Errorf("%q is neither lag nor close", v)
 	}
 	return nil
 }
@@ -199,6 +226,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	gw, err := bus.NewGateway(bus.GatewayConfig{
 		Redis: rdb, Keys: keys, Partitions: n, Auth: verifier, AllowedOrigins: origins,
 		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
+		// A lagging client's history page and its queue together stay
+		// near --max-queue.
+		HistoryBytes: c.MaxQueue / 4, MaxData: c.MaxData,
 	})
 	if err != nil {
 		return err
@@ -207,7 +237,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
-		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue,
+		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
 		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
 		UpgradeRate: c.UpgradeRate, UpgradeBurst: c.UpgradeBurst,
 		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,

@@ -17,7 +17,7 @@ import (
 	"github.com/wsbus/wsbus/ws"
 )
 
-var _ ws.Handler = (*Gateway)(nil)
+var _ ws.OverflowHandler = (*Gateway)(nil)
 
 // GatewayConfig configures a Gateway. Zero values mean the documented
 // defaults.
@@ -38,6 +38,15 @@ type GatewayConfig struct {
 	// history is sent; past it the client is closed with 4001 and resumes.
 	// Zero value means 10000.
 	MaxPending int
+	// HistoryBytes bounds the event data of one history page read to catch
+	// up a lagging client (see gateway_lag.go): HistoryPage events of
+	// 64 KiB would be 32 MiB. Zero value means 256 KiB, a quarter of the
+	// default --max-queue, so page and queue together stay near it.
+	HistoryBytes int
+	// MaxData is the largest event payload: a lagging client's first
+	// history page is sized for events this big. Zero value means
+	// streams.DefaultMaxData.
+	MaxData int
 	// ReadyTimeout bounds the wait for Redis to confirm a live channel
 	// subscription. Zero value means 5 s.
 	ReadyTimeout time.Duration
@@ -71,6 +80,12 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 	if c.HistoryPage <= 0 {
 		c.HistoryPage = 500
 	}
+	if c.HistoryBytes <= 0 {
+		c.HistoryBytes = 256 << 10
+	}
+	if c.MaxData <= 0 {
+		c.MaxData = streams.DefaultMaxData
+	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 10000
 	}
@@ -90,7 +105,10 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 }
 
 // Gateway serves WebSocket clients: subscriptions, resume from history and
-// live fan-out from sharded pub/sub. It implements ws.Handler.
+// live fan-out from sharded pub/sub. It implements ws.OverflowHandler:
+// served with ws.OverflowDrop, it catches clients that fall behind up
+// from history (see gateway_lag.go); with ws.OverflowClose they are
+// closed with 4001.
 //
 // Locks: client.mu, Gateway.mu and topic.mu are never held together. Under
 // topic.mu the gateway queues frames (ws.Conn's lock); under Gateway.mu it
@@ -106,6 +124,7 @@ type Gateway struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stats    gatewayCounters
+	lagging  sync.WaitGroup // catchUpClient goroutines; Add under mu.RLock while ctx is live
 
 	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
@@ -132,6 +151,8 @@ type client struct {
 
 	closed    bool // guarded by mu
 	firstUsed bool // first has been handed out; guarded by mu
+	lagRun    bool // a catchUpClient runs; guarded by mu
+	lagAgain  bool // an overflow came while it ran: it looks again before ending; guarded by mu
 
 	// Most connections hold one topic: its subscription and the array of
 	// subs live in the client's own memory, one heap object for the three.
@@ -188,22 +209,26 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	return g, nil
 }
 
-// Close writes the acks still gathered and stops the Gateway's pub/sub
-// connections.
+// Close writes the acks still gathered, stops the Gateway's pub/sub
+// connections and waits for the catch-ups of lagging clients, which end
+// once their history reads fail or their connections close.
 func (g *Gateway) Close() error {
-	g.cancel()
+	g.mu.Lock()
+	g.cancel() // under mu: a lagging client's catch-up starts before it, or not at all
+	g.mu.Unlock()
 	g.wg.Wait()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.shared != nil { // in every slot of parts
 		_ = g.shared.ps.Close()
-		return nil
-	}
-	for _, lc := range g.parts {
-		if lc != nil {
-			_ = lc.ps.Close()
+	} else {
+		for _, lc := range g.parts {
+			if lc != nil {
+				_ = lc.ps.Close()
+			}
 		}
 	}
+	g.mu.Unlock()
+	g.lagging.Wait()
 	return nil
 }
 
@@ -338,12 +363,13 @@ type GatewayStats struct {
 	NotRecovered  uint64 // of them, answered recovered:false
 	CatchUps      uint64 // topics caught up from history after a pub/sub loss
 	Acks          uint64 // cursor moves written, after coalescing
+	LagCatchUps   uint64 // overflows of lagging clients caught up from history
 }
 
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
-	catchUps, acks                    atomic.Uint64
+	catchUps, acks, lagCatchUps       atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -360,5 +386,6 @@ func (g *Gateway) Stats() GatewayStats {
 		NotRecovered:  g.stats.notRecovered.Load(),
 		CatchUps:      g.stats.catchUps.Load(),
 		Acks:          g.stats.acks.Load(),
+		LagCatchUps:   g.stats.lagCatchUps.Load(),
 	}
 }

@@ -49,6 +49,7 @@ type subscription struct {
 	pending []liveEvent // live events held until live; guarded by topic.mu
 	idx     int32       // position in topic.subs, -1 when not in it; guarded by topic.mu
 	live    bool        // history sent; guarded by topic.mu
+	lagging bool        // live, but caught up from history: fan-out skips it; guarded by topic.mu
 }
 
 // markReady records that the live channel is subscribed and wakes the
@@ -110,19 +111,34 @@ const parallelFanOut = 1024
 
 func deliverTo(g *Gateway, subs []*subscription, ev liveEvent) {
 	for _, s := range subs {
-		if !s.live {
+		switch {
+		case s.lagging:
+			// Caught up from history (gateway_lag.go).
+		case !s.live:
 			if len(s.pending) >= g.cfg.MaxPending {
 				s.conn.Close(ws.CloseSlowConsumer, "slow consumer: reconnect and resume")
 				continue
 			}
 			s.pending = append(s.pending, ev)
-			continue
-		}
-		if s.last.Less(ev.id) {
-			s.last = ev.id
-			_ = s.conn.Send(ev.frame)
+		case s.last.Less(ev.id):
+			s.offer(ev)
 		}
 	}
+}
+
+// offer queues ev to s, which is live and has not had it. An overflow
+// leaves s.last at the last event queued and makes s lag.
+func (s *subscription) offer(ev liveEvent) bool {
+	err := s.conn.Offer(ev.frame)
+	switch {
+	case err == nil:
+		s.last = ev.id
+	case errors.Is(err, ws.ErrOverflow):
+		s.lagging = true
+	default:
+		s.last = ev.id // closed: nothing more matters
+	}
+	return err == nil
 }
 
 // addLocked and removeLocked keep t.subs a dense slice.

@@ -187,9 +187,8 @@ func (g *Gateway) goLive(s *subscription) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, ev := range s.pending {
-		if s.last.Less(ev.id) {
-			s.last = ev.id
-			_ = s.conn.Send(ev.frame)
+		if s.last.Less(ev.id) && !s.offer(ev) {
+			break // lagging: the rest comes from history (gateway_lag.go)
 		}
 	}
 	s.pending, s.live = nil, true

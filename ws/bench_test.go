@@ -59,38 +59,64 @@ func BenchmarkUpgrade(b *testing.B) {
 	}
 }
 
+// nopOverflowHandler is a nopHandler for OverflowDrop.
+type nopOverflowHandler struct{ nopHandler }
+
+func (nopOverflowHandler) Overflow(*Conn) {}
+
 // BenchmarkFanOut sends one encoded event to n connections, as the
 // gateway does for a topic's local subscribers: each Send is a write(2)
-// to the connection's socket, here /dev/null shared by all of them.
+// to the connection's socket, here /dev/null shared by all of them. The
+// offer variants queue it as the gateway does under each --slow-consumer.
 func BenchmarkFanOut(b *testing.B) {
 	null, err := syscall.Open(os.DevNull, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer syscall.Close(null)
-	for _, n := range []int{1, 100, 10000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			s, err := New(Config{Handler: nopHandler{}, MaxQueue: 1 << 30})
-			if err != nil {
+	variants := []struct {
+		name  string
+		cfg   Config
+		offer bool
+	}{
+		{"send", Config{Handler: nopHandler{}}, false},
+		{"offer-close", Config{Handler: nopHandler{}}, true},
+		{"offer-drop", Config{Handler: nopOverflowHandler{}, Overflow: OverflowDrop}, true},
+	}
+	for _, v := range variants {
+		for _, n := range []int{1, 100, 10000} {
+			b.Run(fmt.Sprintf("%s/%d", v.name, n), func(b *testing.B) {
+				benchFanOut(b, v.cfg, v.offer, null, n)
+			})
+		}
+	}
+}
+
+func benchFanOut(b *testing.B, cfg Config, offer bool, fd, n int) {
+	cfg.MaxQueue = 1 << 30
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conns := make([]*Conn, n)
+	for i := range conns {
+		conns[i] = newConn(s, fd)
+	}
+	send := (*Conn).Send
+	if offer {
+		send = (*Conn).Offer
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		frame := TextFrame(event)
+		for _, c := range conns {
+			if err := send(c, frame); err != nil {
 				b.Fatal(err)
 			}
-			conns := make([]*Conn, n)
-			for i := range conns {
-				conns[i] = newConn(s, null)
-			}
-			b.ReportAllocs()
-			for b.Loop() {
-				frame := TextFrame(event)
-				for _, c := range conns {
-					if err := c.Send(frame); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-			if out := s.Stats().FramesOut; out < uint64(b.N*n) {
-				b.Fatalf("%d frames written, want %d", out, b.N*n)
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/conn")
-		})
+		}
 	}
+	if out := s.Stats().FramesOut; out < uint64(b.N*n) {
+		b.Fatalf("%d frames written, want %d", out, b.N*n)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/conn")
 }

@@ -20,6 +20,22 @@ const (
 	CloseTokenExpired   = 4003
 )
 
+// Overflow is what a Server does when a connection's queue would pass
+// Config.MaxQueue.
+type Overflow uint8
+
+const (
+	// OverflowClose closes the connection with CloseSlowConsumer: the
+	// client reconnects and resumes.
+	OverflowClose Overflow = iota
+	// OverflowDrop drops the frames queued by Conn.Offer and not yet
+	// begun on the wire, keeps the connection open and tells the Handler,
+	// which must be an OverflowHandler, so that it can send them again at
+	// the pace the client reads (from a log, say). Frames queued by Send
+	// and SendWait are kept; only those can still make it close.
+	OverflowDrop
+)
+
 // Config configures a Server. Zero values mean the documented defaults.
 type Config struct {
 	// Handler receives connections and their messages. Required.
@@ -34,9 +50,13 @@ type Config struct {
 	// Zero value means 64 KiB: client messages are small JSON commands.
 	MaxMessage int
 	// MaxQueue is how many bytes may wait to be written to one connection
-	// before it is closed with 4001. Zero value means 1 MiB: about a
+	// before it is closed with 4001, or, under OverflowDrop, before the
+	// frames queued by Offer are dropped. Zero value means 1 MiB: about a
 	// thousand typical events, enough to ride out a short stall.
 	MaxQueue int
+	// Overflow is what happens when a connection's queue would pass
+	// MaxQueue. Zero value means OverflowClose.
+	Overflow Overflow
 	// HandshakeTimeout bounds the time from accept to a finished upgrade.
 	// Zero value means 5 s.
 	HandshakeTimeout time.Duration
@@ -144,6 +164,17 @@ type Request struct {
 	// State is set by Handler.Accept and handed to Handler.Open (the
 	// verified identity of the client, say).
 	State any
+}
+
+// OverflowHandler is a Handler that takes dropped frames back: a Server
+// with Config.Overflow OverflowDrop needs one.
+type OverflowHandler interface {
+	Handler
+	// Overflow is called on a worker once per overflow of c's queue, after
+	// the frames queued by Offer were dropped unwritten. Offer refuses
+	// frames until the Handler takes the dropped ones with c.Recover. It
+	// should return soon: it runs on a worker the connections share.
+	Overflow(c *Conn)
 }
 
 // Handler is the application behind the WebSocket edge. Its methods run on

@@ -51,12 +51,76 @@ type Conn struct {
 
 // backlog is what waits to be written to a connection that did not keep
 // up. It is made when a write first finds the socket full and dropped when
-// it drains: a connection that keeps up never has one.
+// it drains and no overflow waits for the Handler: a connection that keeps
+// up never has one.
 type backlog struct {
 	frames  [][]byte      // shared with other connections
+	offered []bool        // by frame: queued by Offer, may be dropped; nil while none was
 	queued  int           // bytes in frames
 	partial bool          // frames[0] is the unsent rest of a frame already begun on the wire
 	room    chan struct{} // closed when the backlog shrinks; made only while SendWait waits
+
+	// Under OverflowDrop: an overflow dropped the offered frames, which
+	// wait in dropped until the Handler takes them (Conn.Recover); Offer
+	// refuses frames meanwhile.
+	overflowed bool
+	dropped    [][]byte
+}
+
+// push queues frame; offered marks a frame Offer may drop.
+func (b *backlog) push(frame []byte, offered bool) {
+	if offered && b.offered == nil {
+		b.offered = make([]bool, len(b.frames), cap(b.frames)+1)
+	}
+	b.frames = append(b.frames, frame)
+	if b.offered != nil {
+		b.offered = append(b.offered, offered)
+	}
+	b.queued += len(frame)
+}
+
+// truncate keeps the first n frames.
+func (b *backlog) truncate(n int) {
+	clear(b.frames[n:])
+	b.frames = b.frames[:n]
+	if b.offered != nil {
+		b.offered = b.offered[:n]
+	}
+	b.queued = 0
+	for _, f := range b.frames {
+		b.queued += len(f)
+	}
+}
+
+// dropOffered moves the frames queued by Offer and not yet begun on the
+// wire to dropped, keeping the others in order, and marks the overflow.
+func (b *backlog) dropOffered() {
+	b.overflowed = true
+	if b.offered == nil {
+		return
+	}
+	n := 0
+	if b.partial {
+		n = 1 // the rest of a frame begun on the wire goes out whole
+	}
+	for i := n; i < len(b.frames); i++ {
+		if b.offered[i] {
+			b.dropped = append(b.dropped, b.frames[i])
+			continue
+		}
+		b.frames[n], b.offered[n] = b.frames[i], false
+		n++
+	}
+	b.truncate(n)
+	b.wake()
+}
+
+// wake tells a waiting SendWait that the backlog shrank.
+func (b *backlog) wake() {
+	if b.room != nil {
+		close(b.room)
+		b.room = nil
+	}
 }
 
 func (c *Conn) backlogLocked() *backlog {
@@ -109,29 +173,118 @@ func (c *Conn) RemoteAddr() net.Addr {
 	return peerAddr(c.fd)
 }
 
-// Send queues a complete frame (see TextFrame). frame is shared, not copied:
-// never modify it afterwards. When the queue would pass Config.MaxQueue the
-// connection is closed with 4001 and ErrSlowConsumer returned.
+// Send queues a complete frame (see TextFrame) that must not be lost, such
+// as a reply. frame is shared, not copied: never modify it afterwards.
+// When the queue would pass Config.MaxQueue the connection is closed with
+// 4001 and ErrSlowConsumer returned; under OverflowDrop the frames queued
+// by Offer are dropped first (an overflow, see Offer), and only what Send
+// and SendWait queued can make it close.
 func (c *Conn) Send(frame []byte) error {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
 		return ErrClosed
 	}
+	if c.queuedLocked()+len(frame) > c.srv.cfg.MaxQueue && c.out != nil && c.out.offered != nil {
+		c.overflowLocked() // only under OverflowDrop does Offer mark frames
+	}
 	if c.queuedLocked()+len(frame) > c.srv.cfg.MaxQueue {
 		c.mu.Unlock()
-		c.srv.stats.slowConsumers.Add(1)
 		c.closeWith(CloseSlowConsumer, "slow consumer: reconnect and resume", true)
 		return ErrSlowConsumer
 	}
-	if c.idleLocked() {
-		c.writeThroughLocked(frame)
-		return nil
+	c.queueLocked(frame, false)
+	return nil
+}
+
+// Offer queues a frame the Handler can send again later, such as a live
+// event it can read back from a log. Under OverflowClose it is Send.
+// Under OverflowDrop, a frame that would fill the queue past the room
+// Send keeps for replies (see bulkRoom) is an overflow: it is refused, the
+// frames Offer queued that have not begun on the wire are dropped, and
+// the Handler's Overflow is called on a worker; Offer then refuses every
+// frame with ErrOverflow until the Handler takes the dropped ones with
+// Recover. What Send and SendWait queued is never dropped.
+func (c *Conn) Offer(frame []byte) error {
+	if c.srv.cfg.Overflow != OverflowDrop {
+		return c.Send(frame)
 	}
-	start := c.pushLocked(frame)
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.out != nil && c.out.overflowed {
+		c.mu.Unlock()
+		return ErrOverflow
+	}
+	if queued := c.queuedLocked(); queued > 0 && queued+len(frame) > c.srv.bulkRoom {
+		c.overflowLocked()
+		c.mu.Unlock()
+		return ErrOverflow
+	}
+	c.queueLocked(frame, true)
+	return nil
+}
+
+// Recover hands the frames the pending overflow dropped to fn, oldest
+// first, then lets Offer queue frames again, and reports whether an
+// overflow was pending (fn is only called when one was). Offer refuses
+// frames until fn has returned, so fn can stop offering whatever must
+// follow the dropped frames before any new frame gets past them; no other
+// overflow can happen meanwhile. fn runs without the connection's lock.
+func (c *Conn) Recover(fn func(dropped [][]byte)) bool {
+	c.mu.Lock()
+	b := c.out
+	if b == nil || !b.overflowed {
+		c.mu.Unlock()
+		return false
+	}
+	dropped := b.dropped
+	b.dropped = nil
+	c.mu.Unlock()
+	fn(dropped)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b.overflowed = false
+	if c.out == b && c.idleLocked() {
+		c.dropBacklogLocked() // kept only for the overflow
+	}
+	return true
+}
+
+// overflowLocked drops the frames Offer queued and, unless an overflow
+// already waits for the Handler, schedules its Overflow.
+func (c *Conn) overflowLocked() {
+	b := c.backlogLocked()
+	if b.overflowed {
+		return
+	}
+	b.dropOffered()
+	c.srv.stats.overflows.Add(1)
+	c.srv.pool.schedule(task{c: c, op: taskOverflow})
+}
+
+// overflowed runs on a worker: it tells the Handler its frames were dropped.
+func (c *Conn) overflowed() {
+	c.mu.Lock()
+	open := c.state == stateOpen
+	c.mu.Unlock()
+	if open {
+		c.srv.overflow.Overflow(c)
+	}
+}
+
+// queueLocked writes frame through when nothing waits, else queues it for
+// the writer. It runs with c.mu held on an open connection and unlocks it.
+func (c *Conn) queueLocked(frame []byte, offered bool) {
+	if c.idleLocked() {
+		c.writeThroughLocked(frame, offered)
+		return
+	}
+	start := c.pushLocked(frame, offered)
 	c.mu.Unlock()
 	c.startWriter(start)
-	return nil
 }
 
 // writeThroughLocked writes frame straight to the socket without
@@ -139,7 +292,7 @@ func (c *Conn) Send(frame []byte) error {
 // worker. What the socket does not take is queued for a worker. It runs
 // with c.mu held, an open connection and nothing queued or being written,
 // and unlocks c.mu.
-func (c *Conn) writeThroughLocked(frame []byte) {
+func (c *Conn) writeThroughLocked(frame []byte, offered bool) {
 	n, err := writeNonblock(c.fd, frame)
 	if n > 0 {
 		c.srv.stats.bytesOut.Add(uint64(n))
@@ -161,8 +314,7 @@ func (c *Conn) writeThroughLocked(frame []byte) {
 	// The socket is full: the rest waits for room, and the epoll event
 	// that says so schedules the writer.
 	b := c.backlogLocked()
-	b.frames = append(b.frames, frame[n:])
-	b.queued += len(frame) - n
+	b.push(frame[n:], offered && n == 0) // a frame begun on the wire goes out whole
 	b.partial = n > 0
 	c.writing = true
 	c.waitOut = true
@@ -174,7 +326,8 @@ func (c *Conn) writeThroughLocked(frame []byte) {
 // SendWait is Send for a sender that can wait, such as a replay of
 // history: when the queue is too full for frame it waits, up to
 // Config.WriteTimeout, for the writer to drain it instead of closing the
-// connection at once.
+// connection at once. It fills the queue only up to the room Send keeps
+// for replies (see bulkRoom), and what it queues is never dropped.
 func (c *Conn) SendWait(frame []byte) error {
 	deadline := timeNow().Add(c.srv.cfg.WriteTimeout)
 	for {
@@ -183,14 +336,8 @@ func (c *Conn) SendWait(frame []byte) error {
 			c.mu.Unlock()
 			return ErrClosed
 		}
-		if c.idleLocked() {
-			c.writeThroughLocked(frame)
-			return nil
-		}
-		if queued := c.queuedLocked(); queued == 0 || queued+len(frame) <= c.srv.cfg.MaxQueue {
-			start := c.pushLocked(frame)
-			c.mu.Unlock()
-			c.startWriter(start)
+		if queued := c.queuedLocked(); queued == 0 || queued+len(frame) <= c.srv.bulkRoom {
+			c.queueLocked(frame, false)
 			return nil
 		}
 		b := c.backlogLocked()
@@ -214,10 +361,8 @@ func (c *Conn) SendWait(frame []byte) error {
 
 // pushLocked queues frame and reports whether the caller must start a
 // writer (none owns the queue yet).
-func (c *Conn) pushLocked(frame []byte) bool {
-	b := c.backlogLocked()
-	b.frames = append(b.frames, frame)
-	b.queued += len(frame)
+func (c *Conn) pushLocked(frame []byte, offered bool) bool {
+	c.backlogLocked().push(frame, offered)
 	start := !c.writing
 	c.writing = true
 	return start
@@ -244,11 +389,14 @@ func (c *Conn) closeWith(code uint16, reason string, drop bool) {
 		return
 	}
 	c.state = stateClosing
+	if code == CloseSlowConsumer {
+		c.srv.stats.slowConsumers.Add(1)
+	}
 	if drop {
 		c.dropQueueLocked()
 	}
 	c.afterFlush = flushHalfClose
-	start := c.pushLocked(closeFrame(code, reason))
+	start := c.pushLocked(closeFrame(code, reason), false)
 	c.mu.Unlock()
 	c.startWriter(start)
 }
@@ -269,7 +417,7 @@ func (c *Conn) replyClose(frame []byte) {
 	c.state = stateClosing
 	c.dropQueueLocked() // the peer is gone: only the answer matters
 	c.afterFlush = flushClose
-	start := c.pushLocked(frame)
+	start := c.pushLocked(frame, false)
 	c.mu.Unlock()
 	c.startWriter(start)
 }
@@ -285,11 +433,7 @@ func (c *Conn) dropQueueLocked() {
 	if b.partial {
 		keep = 1
 	}
-	b.frames = b.frames[:keep]
-	b.queued = 0
-	for _, f := range b.frames {
-		b.queued += len(f)
-	}
+	b.truncate(keep)
 }
 
 // sendControl queues a control frame regardless of the queue limit.
@@ -299,13 +443,7 @@ func (c *Conn) sendControl(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if c.idleLocked() {
-		c.writeThroughLocked(frame)
-		return
-	}
-	start := c.pushLocked(frame)
-	c.mu.Unlock()
-	c.startWriter(start)
+	c.queueLocked(frame, false)
 }
 
 // write drains the queue, a writev per batch, until it is empty or the
@@ -321,7 +459,9 @@ func (c *Conn) write() {
 		}
 		if c.out == nil || len(c.out.frames) == 0 {
 			c.writing = false
-			c.dropBacklogLocked() // a connection that keeps up has none
+			if c.out != nil && !c.out.overflowed {
+				c.dropBacklogLocked() // a connection that keeps up has none
+			}
 			after := c.afterFlush
 			c.mu.Unlock()
 			c.flushed(after)
@@ -332,10 +472,7 @@ func (c *Conn) write() {
 		if n > 0 {
 			c.srv.stats.bytesOut.Add(uint64(n))
 			c.srv.stats.framesOut.Add(uint64(b.advance(n)))
-			if b.room != nil {
-				close(b.room) // wake SendWait: the queue has room again
-				b.room = nil
-			}
+			b.wake() // the queue has room again
 		}
 		switch {
 		case errors.Is(err, errWouldBlock) || err == nil && len(b.frames) > 0 && n == 0:
@@ -369,6 +506,9 @@ func (b *backlog) advance(n int) int {
 		n -= len(f)
 		b.frames[0] = nil
 		b.frames = b.frames[1:]
+		if b.offered != nil {
+			b.offered = b.offered[1:]
+		}
 		b.partial = false
 		done++
 	}
@@ -377,8 +517,8 @@ func (b *backlog) advance(n int) int {
 
 // dropBacklogLocked forgets the backlog, waking a SendWait that waits on it.
 func (c *Conn) dropBacklogLocked() {
-	if c.out != nil && c.out.room != nil {
-		close(c.out.room)
+	if c.out != nil {
+		c.out.wake()
 	}
 	c.out = nil
 }

@@ -16,5 +16,12 @@
 //	...
 //	conn.Send(ws.TextFrame(payload)) // from the Handler
 //
+// Send queues frames that must not be lost and closes a connection whose
+// queue would pass Config.MaxQueue with 4001. Frames the Handler can
+// produce again (live events it can read back from a log) go through
+// Offer: with Config.Overflow OverflowDrop an overflow drops them instead
+// and hands them back (OverflowHandler, Conn.Recover), so a slow client
+// is caught up at its own pace rather than disconnected.
+//
 // This package knows nothing of topics or Redis; the Handler does.
 package ws

@@ -8,6 +8,10 @@ var (
 	// ErrSlowConsumer is returned by Send when the connection's queue is
 	// full; the connection is then closed with CloseSlowConsumer.
 	ErrSlowConsumer = errors.New("ws: slow consumer")
+	// ErrOverflow is returned by Offer under OverflowDrop when the frame
+	// was refused: the queue overflowed and the Handler has not yet taken
+	// the dropped frames (Conn.Recover).
+	ErrOverflow = errors.New("ws: queue overflowed")
 	// ErrServerClosed is returned by Serve after Shutdown.
 	ErrServerClosed = errors.New("ws: server closed")
 	// ErrUnsupported is returned by New where there is no epoll.

@@ -67,3 +67,18 @@ func closeFrame(code uint16, reason string) []byte {
 
 // pingFrame is shared by every keepalive ping.
 var pingFrame = AppendFrame(nil, opPing, nil)
+
+// FramePayload returns the payload of a complete unmasked frame built by
+// TextFrame or AppendFrame, such as one Conn.Recover hands back.
+func FramePayload(frame []byte) []byte {
+	if len(frame) < 2 {
+		return nil
+	}
+	switch frame[1] & 0x7F {
+	case 126:
+		return frame[min(4, len(frame)):]
+	case 127:
+		return frame[min(10, len(frame)):]
+	}
+	return frame[2:]
+}

@@ -26,7 +26,7 @@ func newPool(max int, idle time.Duration) *pool {
 	}
 }
 
-// task is a connection's read, write or close, or any function: a
+// task is a connection's read, write, close or overflow, or any function: a
 // connection's tasks are values, not closures bound to it, so an idle
 // connection holds none and scheduling one allocates nothing.
 type task struct {
@@ -41,6 +41,7 @@ const (
 	taskRead taskOp = iota
 	taskWrite
 	taskClose
+	taskOverflow
 )
 
 func (t task) run() {
@@ -55,6 +56,8 @@ func (t task) run() {
 		t.c.write()
 	case taskClose:
 		t.c.closeNow()
+	case taskOverflow:
+		t.c.overflowed()
 	}
 }
 

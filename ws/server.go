@@ -26,6 +26,8 @@ type Server struct {
 	states   []*upgradeState // idle, at most idleStates
 	pending  atomic.Int64    // accepted connections not yet upgraded or handed to HTTP
 	pool     *pool
+	overflow OverflowHandler // with OverflowDrop
+	bulkRoom int             // what SendWait and Offer may fill of MaxQueue
 	httpLn   *handoffListener
 	httpSrv  *http.Server
 	stats    counters
@@ -44,11 +46,20 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("ws: Config.Handler is required")
 	}
 	cfg = cfg.withDefaults()
+	oh, ok := cfg.Handler.(OverflowHandler)
+	if cfg.Overflow == OverflowDrop && !ok {
+		return nil, errors.New("ws: Config.Overflow OverflowDrop needs a Handler with an Overflow method")
+	}
 	s := &Server{
-		cfg:     cfg,
-		pool:    newPool(cfg.Workers, 10*time.Second),
-		limiter: rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
-		done:    make(chan struct{}),
+		cfg:      cfg,
+		overflow: oh,
+		// Replies (Send) keep the last sixteenth of the queue: a pong or an
+		// error for a client whose queue history fills (SendWait) neither
+		// closes it nor drops its events.
+		bulkRoom: cfg.MaxQueue - cfg.MaxQueue/16,
+		pool:     newPool(cfg.Workers, 10*time.Second),
+		limiter:  rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
+		done:     make(chan struct{}),
 	}
 	poll, err := newPoller(func(err error) { cfg.Logger.Error("epoll wait failed", "err", err) })
 	if err != nil {
@@ -301,6 +312,7 @@ type Stats struct {
 	FramesOut       uint64 // frames written
 	BytesOut        uint64 // bytes written
 	SlowConsumers   uint64 // connections closed with 4001
+	Overflows       uint64 // queues that overflowed under OverflowDrop: offered frames dropped
 	Refused         uint64 // upgrades refused for the connection or rate limit (503)
 	Cooldowns       uint64 // accept-loop pauses for too many pending handshakes
 	PoolOverflow    uint64 // tasks run past the worker bound: raise Config.Workers
@@ -309,7 +321,7 @@ type Stats struct {
 type counters struct {
 	connections                                     atomic.Int64
 	accepted, upgraded, handshakeErrors, messagesIn atomic.Uint64
-	framesOut, bytesOut, slowConsumers              atomic.Uint64
+	framesOut, bytesOut, slowConsumers, overflows   atomic.Uint64
 	refused, cooldowns                              atomic.Uint64
 }
 
@@ -324,6 +336,7 @@ func (s *Server) Stats() Stats {
 		FramesOut:       s.stats.framesOut.Load(),
 		BytesOut:        s.stats.bytesOut.Load(),
 		SlowConsumers:   s.stats.slowConsumers.Load(),
+		Overflows:       s.stats.overflows.Load(),
 		Refused:         s.stats.refused.Load(),
 		Cooldowns:       s.stats.cooldowns.Load(),
 		PoolOverflow:    s.pool.overflow.Load(),

@@ -172,12 +172,14 @@ func TestUpgradeBurstIsPaced(t *testing.T) {
 }
 
 // TestSlowReaderIsCut subscribes a client that stops reading while events
-// pour in: it is closed with 4001 once its queue passes --max-queue, the
-// gateway's memory stays flat, and the client then resumes losing nothing.
+// pour in to a gateway with --slow-consumer close: it is closed with 4001
+// once its queue passes --max-queue, the gateway's memory stays flat, and
+// the client then resumes losing nothing. (The default, lag, is
+// TestSlowReaderLags.)
 func TestSlowReaderIsCut(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	g := startGateway(t, srv.URL(), prefix, "--max-queue", "262144", "--history-len", "7000")
+	g := startGateway(t, srv.URL(), prefix, "--slow-consumer", "close", "--max-queue", "262144", "--history-len", "7000")
 	pub := newPublisher(t, srv, prefix)
 	rssBefore := rss(t, g.pid())
 

@@ -72,6 +72,21 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// SetReadBuffer sets the socket's receive buffer, which also stops the
+// kernel growing it: a test that stops reading then knows how much the
+// client side holds.
+func (c *Client) SetReadBuffer(bytes int) error {
+	conn := c.Conn
+	if bc, ok := conn.(*bufferedConn); ok {
+		conn = bc.Conn
+	}
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("wstest: %T is not a TCP connection", conn)
+	}
+	return tc.SetReadBuffer(bytes)
+}
+
 // Attach makes c fail tb on errors and closes it when tb ends.
 func (c *Client) Attach(tb testing.TB) *Client {
 	c.tb = tb

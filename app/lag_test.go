@@ -1,0 +1,183 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+// TestLaggingClientKeepsEveryTopic (--slow-consumer lag): a client of two
+// topics stops reading and sends a ping while events of both pour in past
+// its queue, then reads while more are published. It gets its pong, and
+// on each topic every event once and in order, with no reconnect.
+func TestLaggingClientKeepsEveryTopic(t *testing.T) {
+	b := newTestBus(t, "--max-queue", "65536", "--history-len", "20000")
+	c := wstest.Dial(t, b.node.url)
+	if err := c.SetReadBuffer(256 << 10); err != nil {
+		t.Fatal(err)
+	}
+	topics := []string{"lag:a", "lag:b"}
+	for _, topic := range topics {
+		c.Subscribe(topic, "", "")
+		c.Expect("subscribed", wait)
+	}
+	payload := strings.Repeat("z", 4<<10)
+	published := map[string][]string{}
+	for i := range 1500 { // 6 MiB, more than the socket buffers hold
+		topic := topics[i%2]
+		published[topic] = append(published[topic], b.xadd(t, topic, payload))
+		if i == 1000 {
+			c.Send(map[string]string{"type": "ping"})
+		}
+	}
+	redistest.Eventually(t, wait, func() error {
+		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n < 1 {
+			return fmt.Errorf("no lag catch-up yet")
+		}
+		return nil
+	})
+
+	// More events while the client catches up: the hand-over to live.
+	more := make(chan map[string][]string, 1)
+	go func() {
+		ids := map[string][]string{}
+		for i := range 400 {
+			topic := topics[i%2]
+			id, err := b.rdb.XAdd(context.Background(), &redis.XAddArgs{
+				Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
+			}).Result()
+			if err == nil {
+				ids[topic] = append(ids[topic], id)
+			}
+		}
+		more <- ids
+	}()
+	got := map[string][]string{}
+	pongs, total := 0, 0
+	for want := 1500 + 400; total < want || pongs == 0; {
+		m := c.Next(wait)
+		switch m.Type {
+		case "event":
+			got[m.Topic] = append(got[m.Topic], m.ID)
+			total++
+		case "pong":
+			pongs++
+		default:
+			t.Fatalf("got %+v while catching up", m)
+		}
+	}
+	for topic, ids := range <-more {
+		published[topic] = append(published[topic], ids...)
+	}
+	for _, topic := range topics {
+		if !slices.Equal(got[topic], published[topic]) {
+			t.Fatalf("%s: got %d events, want the %d published, once each in order", topic, len(got[topic]), len(published[topic]))
+		}
+	}
+	if pongs != 1 {
+		t.Fatalf("%d pongs, want 1", pongs)
+	}
+	c.ExpectQuiet(200 * time.Millisecond)
+	if n := gatewayMetric(t, b, "wsbus_ws_slow_consumers_total"); n != 0 {
+		t.Fatalf("%d clients closed with 4001, want none", n)
+	}
+}
+
+// TestLaggingClientInBursts: a client of three topics reads in bursts
+// with pauses while all three are published to at full speed, so its
+// small queue overflows again and again, sometimes while it is being
+// caught up. Each topic still arrives whole: every event once, in order.
+func TestLaggingClientInBursts(t *testing.T) {
+	b := newTestBus(t, "--max-queue", "32768", "--history-len", "20000")
+	c := wstest.Dial(t, b.node.url)
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	topics := []string{"burst:a", "burst:b", "burst:c"}
+	for _, topic := range topics {
+		c.Subscribe(topic, "", "")
+		c.Expect("subscribed", wait)
+	}
+	const perTopic = 1000
+	published := make(chan map[string][]string, 1)
+	go func() {
+		ids := map[string][]string{}
+		payload := strings.Repeat("w", 4<<10) // 12 MiB in all
+		ctx := context.Background()
+		for i := 0; i < perTopic*len(topics); i += 30 {
+			pipe := b.rdb.Pipeline()
+			cmds := map[string][]*redis.StringCmd{}
+			for j := i; j < i+30; j++ {
+				topic := topics[j%len(topics)]
+				cmds[topic] = append(cmds[topic], pipe.XAdd(ctx, &redis.XAddArgs{
+					Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+					Values: []any{"topic", topic, "data", payload},
+				}))
+			}
+			_, _ = pipe.Exec(ctx)
+			time.Sleep(20 * time.Millisecond) // about 6 MiB/s, for 2 s
+			for topic, cs := range cmds {
+				for _, cmd := range cs {
+					ids[topic] = append(ids[topic], cmd.Val())
+				}
+			}
+		}
+		published <- ids
+	}()
+	got := map[string][]string{}
+	for n := 0; n < perTopic*len(topics); n++ {
+		if n%300 == 0 {
+			time.Sleep(250 * time.Millisecond) // the slow reader under test
+		}
+		m := c.Next(wait)
+		if m.Type != "event" {
+			t.Fatalf("got %+v, want events", m)
+		}
+		got[m.Topic] = append(got[m.Topic], m.ID)
+	}
+	want := <-published
+	for _, topic := range topics {
+		if !slices.Equal(got[topic], want[topic]) {
+			t.Fatalf("%s: got %d events, want the %d published, once each in order", topic, len(got[topic]), len(want[topic]))
+		}
+	}
+	c.ExpectQuiet(200 * time.Millisecond)
+	lags := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total")
+	t.Logf("the client fell behind %d times", lags)
+	if lags < 2 {
+		t.Fatalf("the client fell behind %d times, want several", lags)
+	}
+	if n := gatewayMetric(t, b, "wsbus_ws_slow_consumers_total"); n != 0 {
+		t.Fatalf("%d clients closed with 4001, want none", n)
+	}
+}
+
+// gatewayMetric reads one unlabelled metric of the test bus's node.
+func gatewayMetric(tb testing.TB, b *testBus, name string) int {
+	tb.Helper()
+	resp, err := httpClient.Get("http://" + b.node.addr + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
+	if m == nil {
+		tb.Fatalf("no %s in /metrics", name)
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return int(v)
+}
