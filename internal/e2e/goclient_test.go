@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -373,4 +374,41 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	if !s.Recovered || s.Unread == nil || *s.Unread != 2 {
 		t.Fatalf("laptop subscribed = %+v, want recovered with unread 2", s)
 	}
+}
+
+// TestGoClientResumesA4001: a gateway in --slow-consumer close mode cuts
+// the client while its application is stuck on an event; the client
+// resumes at once and the application still gets every event once, in
+// order.
+func TestGoClientResumesA4001(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix, "--slow-consumer", "close", "--max-queue", "65536", "--history-len", "10000")
+	pub := newPublisher(t, srv, prefix)
+	var h handler
+	stuck := make(chan struct{})
+	opts := h.options("")
+	handle := opts.OnEvent
+	var once sync.Once
+	opts.OnEvent = func(e wsbus.Event) {
+		once.Do(func() { <-stuck }) // the application is busy with its first event
+		handle(e)
+	}
+	// A backoff far beyond the test: only the resume "at once" after a 4001 can pass.
+	c := wsbus.New(g.url, wsbus.Options{MinBackoff: time.Minute, MaxBackoff: time.Minute})
+	c.Subscribe("flood", opts)
+	runClient(t, c)
+	h.waitSubscribed(t, 1)
+	ids := pub.xaddMany(t, "flood", strings.Repeat("z", 4<<10), 3000) // 12 MiB: past the socket buffers and the queue
+	redistest.Eventually(t, 20*time.Second, func() error {
+		if n := metric(t, g, "wsbus_ws_slow_consumers_total"); n < 1 {
+			return fmt.Errorf("not cut yet (slow consumers %d)", n)
+		}
+		return nil
+	})
+	close(stuck)
+	if s := h.waitSubscribed(t, 2); !s.Recovered {
+		t.Fatalf("resumed = %+v, want recovered", s)
+	}
+	h.waitEvents(t, ids, 1)
 }

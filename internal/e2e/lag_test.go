@@ -133,12 +133,26 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	}
 
 	last := got[len(got)-1]
+	key := pub.keys.Topic(streams.Partition("short", pub.n), "short")
+	var first []redis.XMessage
+	redistest.Eventually(t, wait, func() error {
+		first = pub.rdb.XRangeN(context.Background(), key, "-", "+", 1).Val()
+		if info := pub.rdb.XInfoStream(context.Background(), key).Val(); info == nil || info.EntriesAdded != int64(len(ids)) {
+			return fmt.Errorf("history has not taken all %d events yet", len(ids))
+		}
+		return nil
+	})
+	firstSeq, _ := strconv.Atoi(first[0].Values["seq"].(string))
 	r := wstest.Dial(t, g.url)
-	r.Subscribe("short", last, epoch)
-	if sub := r.Expect("subscribed", wait); sub.Recovered {
-		t.Fatalf("resume from %s after history was trimmed past it: recovered:true", last)
+	r.Send(map[string]any{"type": "subscribe", "topic": "short", "since": last, "seq": len(got), "epoch": epoch})
+	sub := r.Expect("subscribed", wait)
+	if want := uint64(firstSeq - len(got) - 1); sub.Recovered || sub.Missed == nil || *sub.Missed != want {
+		t.Fatalf("resume from %s (seq %d) after history was trimmed past it: %+v, want recovered:false with missed %d", last, len(got), sub, want)
 	}
-	t.Logf("closed with 4001 after %d of %d events; resume from %s answered recovered:false", len(got), len(ids), last)
+	if ev := r.Next(wait); ev.Type != "event" || ev.ID != first[0].ID || ev.Seq != uint64(firstSeq) {
+		t.Fatalf("first event after the resume = %+v, want %s seq %d", ev, first[0].ID, firstSeq)
+	}
+	t.Logf("closed with 4001 after %d of %d events; resume from %s answered recovered:false, missed %d", len(got), len(ids), last, *sub.Missed)
 }
 
 // xaddMany publishes n events of topic with data, pipelined (the client
