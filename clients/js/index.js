@@ -375,6 +375,24 @@ export class Client extends Emitter {
     this._open();
   }
 
+  /**
+   * reconnect drops the current connection and opens a new one at once,
+   * resuming every topic: what a network failure does, without the wait
+   * (call it on the browser's "online" event).
+   */
+  reconnect() {
+    if (!this._running) {
+      this.connect();
+      return;
+    }
+    this._gen++;
+    clearTimeout(this._timers.reconnect);
+    this._detach(1000, "reconnect");
+    for (const sub of this._subs.values()) sub._state = "pending";
+    this._setState("closed", { code: 1000, reason: "reconnect", delay: 0 });
+    this._open();
+  }
+
   /** close closes the connection and stops reconnecting; subscriptions and their cursors are kept for connect(). */
   close() {
     if (!this._running) return;

@@ -319,9 +319,12 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	})
 }
 
-// TestDemoPageInChromium loads the demo page in headless Chromium: a plain
+// TestDemoPageInChromium loads the demo page, built on wsbus-client
+// (clients/js, served at /wsbus-client.js), in headless Chromium: a plain
 // XADD shows up, events published while the page was disconnected are
-// recovered on reconnect, and its publish form works.
+// recovered on reconnect and counted by the library, a dropped connection
+// comes back by itself, a reload resumes from localStorage, and its publish
+// form works.
 func TestDemoPageInChromium(t *testing.T) {
 	if _, err := exec.LookPath("chromium"); err != nil {
 		t.Fatalf("chromium not found: install it with `go tool task chromium` (apt-get install chromium): %v", err)
@@ -339,7 +342,7 @@ func TestDemoPageInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo page in Chromium: %v\n%s", err, out)
 	}
-	for _, want := range []string{"LIVE ", "RESUMED ", "PUBLISHED"} {
+	for _, want := range []string{"LIVE ", "RESUMED ", "DROPPED", "RELOADED ", "PUBLISHED"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
