@@ -332,7 +332,13 @@ export class Client extends Emitter {
     this._timers = { reconnect: 0, connect: 0, ping: 0, refresh: 0 };
     this._token = undefined;
     this._tokenStale = true;
-    this.connect();
+    // Connect in a microtask, so that listeners added right after the
+    // constructor hear "connecting"; subscribe() before then is sent on open.
+    this._running = true;
+    this._state = "connecting";
+    queueMicrotask(() => {
+      if (this._running && this._gen === 0) this._open();
+    });
   }
 
   /** state is "connecting", "open" or "closed". */

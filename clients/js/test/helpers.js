@@ -5,7 +5,7 @@
 // test that runs this suite (internal/e2e, TestJSClient) sets both. Without
 // them, `npm test` builds the binary with `go build` and starts its own
 // redis-server on a free port, so the suite also runs on its own.
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
@@ -188,13 +188,10 @@ export function gatewayBin() {
   return bin;
 }
 
-/** serveHelp is `wsbus serve --help`, to see which flags this gateway has. */
+/** serveHelp is `wsbus serve --help` (stdout and stderr), to see which flags this gateway has. */
 export function serveHelp() {
-  try {
-    return execFileSync(gatewayBin(), ["serve", "--help"], { stdio: ["ignore", "pipe", "pipe"] }).toString();
-  } catch (err) {
-    return String(err.stdout ?? "") + String(err.stderr ?? "");
-  }
+  const r = spawnSync(gatewayBin(), ["serve", "--help"], { encoding: "utf8" });
+  return r.stdout + r.stderr;
 }
 
 /**
@@ -245,7 +242,7 @@ export function newClient(t, url, options = {}) {
   const c = new Client(url, { WebSocket, reconnectDelay: 50, maxReconnectDelay: 400, drainDelay: 100, ...options });
   c.states = [];
   c.errors = [];
-  c.on("state", (s, info) => c.states.push({ s, ...info }));
+  c.on("state", (s, info) => c.states.push({ s, at: Date.now(), ...info }));
   c.on("error", (err) => c.errors.push(err));
   t.after(() => c.close());
   return c;
