@@ -1,10 +1,11 @@
 // Helpers for the end-to-end tests of wsbus-client: a real redis-server, the
 // real gateway binary, a small RESP client to publish and trim, HS256 tokens.
 //
-// WSBUS_BIN names the gateway binary and WSBUS_REDIS a Redis URL; the Go
-// test that runs this suite (internal/e2e, TestJSClient) sets both. Without
-// them, `npm test` builds the binary with `go build` and starts its own
-// redis-server on a free port, so the suite also runs on its own.
+// JSCLIENT_GATEWAY names the gateway binary and JSCLIENT_REDIS a Redis URL
+// (not WSBUS_*: the gateway reads those as its flags); the Go test that runs
+// this suite (internal/e2e, TestJSClient) sets both. Without them, `npm
+// test` builds the binary with `go build` and starts its own redis-server on
+// a free port, so the suite also runs on its own.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -156,7 +157,7 @@ export function redis() {
 }
 
 async function startRedis() {
-  let url = process.env.WSBUS_REDIS;
+  let url = process.env.JSCLIENT_REDIS;
   if (!url) {
     const port = await freePort();
     const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmpDir()], { stdio: "ignore" });
@@ -177,10 +178,10 @@ async function startRedis() {
 }
 
 let bin;
-/** gatewayBin is the wsbus binary: WSBUS_BIN, or one built now. */
+/** gatewayBin is the wsbus binary: JSCLIENT_GATEWAY, or one built now. */
 export function gatewayBin() {
   if (bin) return bin;
-  bin = process.env.WSBUS_BIN;
+  bin = process.env.JSCLIENT_GATEWAY;
   if (!bin) {
     bin = path.join(tmpDir(), "wsbus");
     execFileSync("go", ["build", "-o", bin, "./app/wsbus"], { cwd: repoDir, stdio: "inherit" });
@@ -201,7 +202,9 @@ export function serveHelp() {
 export async function startGateway(t, pfx, { listen = "127.0.0.1:0", args = [] } = {}) {
   const r = await redis();
   const argv = ["serve", "--insecure", "--redis", r.url, "--prefix", pfx, "--listen", listen, ...args];
-  const child = track(spawn(gatewayBin(), argv, { stdio: ["ignore", "ignore", "pipe"] }));
+  // WSBUS_* in the environment would add to the flags (several --redis make a cluster).
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("WSBUS_")));
+  const child = track(spawn(gatewayBin(), argv, { stdio: ["ignore", "ignore", "pipe"], env }));
   const g = { child, log: "", exited: new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal }))) };
   t.after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
