@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	wsbusclient "github.com/wsbus/wsbus/clients/js"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
@@ -176,6 +178,15 @@ func TestRedisCLIQuickStart(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(page), "/v1/ws") {
 		t.Fatalf("demo page = %d, %d bytes: want the page that connects to /v1/ws", resp.StatusCode, len(page))
+	}
+	resp, err = http.Get("http://" + g.addr + "/wsbus-client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") || !bytes.Equal(script, wsbusclient.Source) {
+		t.Fatalf("/wsbus-client.js = %d %q, %d bytes: want clients/js/index.js as JavaScript", resp.StatusCode, resp.Header.Get("Content-Type"), len(script))
 	}
 }
 
