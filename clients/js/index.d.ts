@@ -83,14 +83,14 @@ export interface SubscribedInfo {
 
 export interface GapInfo {
   topic: string;
-  /** not_recovered: the server said recovered:false; seq: an event's seq skipped some; restart: the sequence started again. */
-  reason: "not_recovered" | "seq" | "restart";
+  /** not_recovered: the server said recovered:false; seq: an event's seq is not the previous one's plus one (a new sequence, seq 1, is no gap). */
+  reason: "not_recovered" | "seq";
   recovered?: false;
   /** How many events are lost, when known. */
   missed?: number;
   /** The cursor before the gap. */
   after?: string;
-  /** The event after the gap (seq and restart). */
+  /** The event after the gap (reason seq). */
   id?: string;
   seq?: number;
   epoch?: string;

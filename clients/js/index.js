@@ -259,8 +259,10 @@ export class Subscription extends Emitter {
     }
     const report = this._client._reporter;
     const seq = typeof m.seq === "number" ? m.seq : undefined;
-    if (seq !== undefined && this._lastSeq !== undefined && seq !== this._lastSeq + 1) {
-      const gap = { topic: this.topic, reason: seq > this._lastSeq ? "seq" : "restart", after: this._since, id: m.id, seq };
+    // seq 1 after others is a new sequence (the idle topic's history
+    // expired): nothing was lost, the server still sent every newer ID.
+    if (seq !== undefined && this._lastSeq !== undefined && seq !== this._lastSeq + 1 && seq !== 1) {
+      const gap = { topic: this.topic, reason: "seq", after: this._since, id: m.id, seq };
       if (seq > this._lastSeq) gap.missed = seq - this._lastSeq - 1;
       this._emit("gap", report, gap);
     }

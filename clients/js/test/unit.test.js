@@ -137,7 +137,7 @@ test("a first subscribe takes the head as its cursor; duplicates and events out 
   assert.deepEqual(r.resumed, [], "nothing to resume on a first subscribe");
 });
 
-test("a hole in seq is reported as a gap, and the event still delivered", async (t) => {
+test("a hole in seq is reported as a gap, and the event still delivered; seq 1 begins a new sequence", async (t) => {
   const c = fake(t);
   const got = [];
   const r = collect(c.subscribe("t", (e) => got.push(e.seq)));
@@ -145,11 +145,13 @@ test("a hole in seq is reported as a gap, and the event still delivered", async 
   ws.recv(subscribed("t", { head: "5-0", seq: 5 }));
   ws.recv(event("t", "6-0", 6));
   ws.recv(event("t", "9-0", 9));
-  ws.recv(event("t", "10-0", 1)); // the sequence started again
-  assert.deepEqual(got, [6, 9, 1]);
+  ws.recv(event("t", "10-0", 1)); // the sequence started again: no hole
+  ws.recv(event("t", "11-0", 2));
+  ws.recv(event("t", "12-0", 2)); // seq repeated under a newer ID
+  assert.deepEqual(got, [6, 9, 1, 2, 2]);
   assert.deepEqual(r.gaps, [
     { topic: "t", reason: "seq", after: "6-0", id: "9-0", seq: 9, missed: 2 },
-    { topic: "t", reason: "restart", after: "9-0", id: "10-0", seq: 1 },
+    { topic: "t", reason: "seq", after: "11-0", id: "12-0", seq: 2 },
   ]);
 });
 
