@@ -13,7 +13,8 @@ test("an expired token (4003) is replaced by the token function and the topic re
   const g = await startGateway(t, pfx, { args: ["--jwt-secret", secret] });
   const pub = await publisher(pfx);
   let calls = 0;
-  const client = newClient(t, g.url, { token: async () => (++calls, token(2)), refreshBefore: 0 });
+  // The first token lives 1-2 s; the one after the 4003 long enough for the rest.
+  const client = newClient(t, g.url, { token: async () => (++calls === 1 ? token(2) : token(60)), refreshBefore: 0 });
   const r = record(client, "tok:a");
   await r.waitSubscribed();
   const want = [await pub.xadd("tok:a", 1)];
