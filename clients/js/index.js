@@ -375,7 +375,7 @@ export class Client extends Emitter {
     if (prev === undefined || compareIds(id, prev) > 0) this._acks.set(topic, id);
   }
 
-  /** connect opens the connection again after close(); the constructor calls it. */
+  /** connect opens the connection again after close() (a new Client connects by itself). */
   connect() {
     if (this._running) return;
     this._running = true;
