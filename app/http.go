@@ -43,6 +43,7 @@ func (h *httpAPI) mux() *http.ServeMux {
 	m.HandleFunc("GET /readyz", h.readyz)
 	m.HandleFunc("POST /v1/publish", h.publish)
 	m.HandleFunc("GET /v1/history", h.history)
+	m.HandleFunc("GET /v1/unread", h.unread)
 	m.Handle("GET /metrics", h.metrics())
 	m.HandleFunc("GET /{$}", h.demo)
 	m.HandleFunc("GET /wsbus-client.js", h.demoClient)
@@ -82,20 +83,16 @@ func (h *httpAPI) demoClient(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(wsbusclient.Source)
 }
 
-// publish is POST /v1/publish {"topic":..,"data":..} -> {"id":..}.
+// publish is POST /v1/publish {"topic":..,"data":..,"deadline":ms?} ->
+// {"id":..}.
 func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
-	switch key := h.cfg.PublishKey; {
-	case key == "" && !h.cfg.Insecure:
-		writeError(w, http.StatusForbidden, "publishing over HTTP is off: start the gateway with --publish-key")
-		return
-	case key != "" && subtle.ConstantTimeCompare([]byte(bus.BearerToken(r.Header.Get("Authorization"))), []byte(key)) != 1:
-		w.Header().Set("WWW-Authenticate", "Bearer")
-		writeError(w, http.StatusUnauthorized, "a valid publish key is required (Authorization: Bearer KEY)")
+	if !h.publishKeyOK(w, r) {
 		return
 	}
 	var body struct {
-		Topic string          `json:"topic"`
-		Data  json.RawMessage `json:"data"`
+		Topic    string          `json:"topic"`
+		Data     json.RawMessage `json:"data"`
+		Deadline *int64          `json:"deadline"` // ms; nil for none
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+4096))
 	if err := dec.Decode(&body); err != nil {
@@ -106,7 +103,15 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "data is missing")
 		return
 	}
-	id, err := h.pub.Publish(r.Context(), body.Topic, body.Data)
+	var deadline time.Duration
+	if body.Deadline != nil {
+		if *body.Deadline < 1 || *body.Deadline > streams.MaxDeadline {
+			writeError(w, http.StatusBadRequest, "deadline must be a whole number of milliseconds from 1 to "+strconv.Itoa(streams.MaxDeadline))
+			return
+		}
+		deadline = time.Duration(*body.Deadline) * time.Millisecond
+	}
+	id, err := h.pub.PublishDeadline(r.Context(), body.Topic, body.Data, deadline)
 	switch {
 	case errors.Is(err, streams.ErrBadTopic):
 		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
@@ -117,6 +122,54 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"id": id})
 	}
+}
+
+// publishKeyOK checks the publish API key, which POST /v1/publish and GET
+// /v1/unread need, answering 403 or 401 when it fails.
+func (h *httpAPI) publishKeyOK(w http.ResponseWriter, r *http.Request) bool {
+	switch key := h.cfg.PublishKey; {
+	case key == "" && !h.cfg.Insecure:
+		writeError(w, http.StatusForbidden, "the publish API is off: start the gateway with --publish-key")
+		return false
+	case key != "" && subtle.ConstantTimeCompare([]byte(bus.BearerToken(r.Header.Get("Authorization"))), []byte(key)) != 1:
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		writeError(w, http.StatusUnauthorized, "a valid publish key is required (Authorization: Bearer KEY)")
+		return false
+	}
+	return true
+}
+
+// maxSubject bounds the sub of GET /v1/unread: longer ones cannot be a
+// token's subject worth a Redis read.
+const maxSubject = 1024
+
+// unread is GET /v1/unread?topic=&sub= -> {"topic","sub","acked","unread"}:
+// a subject's acknowledged cursor ("0" when it never acknowledged one) and
+// how many events follow it.
+func (h *httpAPI) unread(w http.ResponseWriter, r *http.Request) {
+	if !h.publishKeyOK(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	topic, sub := q.Get("topic"), q.Get("sub")
+	switch {
+	case streams.ValidateTopic(topic) != nil:
+		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
+		return
+	case sub == "" || len(sub) > maxSubject:
+		writeError(w, http.StatusBadRequest, "sub must be a subject of 1-"+strconv.Itoa(maxSubject)+" bytes")
+		return
+	}
+	c, err := h.hist.Acked(r.Context(), topic, sub)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	acked := "0"
+	if !c.ID.IsZero() {
+		acked = c.ID.String()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"topic": topic, "sub": sub, "acked": acked, "unread": c.Unread})
 }
 
 type historyEvent struct {

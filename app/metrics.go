@@ -41,6 +41,8 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_bus_deliveries_total", "Events added to history and published.", func() float64 { return float64(h.owner.Stats().Delivered) })
 	counter("wsbus_bus_dead_letters_total", "Entries moved to a dead-letter stream.", func() float64 { return float64(h.owner.Stats().DeadLettered) })
 	counter("wsbus_bus_forwarded_total", "Misrouted entries forwarded to their partition.", func() float64 { return float64(h.owner.Stats().Forwarded) })
+	counter("wsbus_bus_escalations_total", "Events with a deadline that no subject acknowledged in time, appended to <prefix>:escalations.", func() float64 { return float64(h.owner.Stats().Escalations) })
+	counter("wsbus_gateway_acks_total", "Acks written to Redis, after coalescing per subject and topic.", func() float64 { return float64(h.gw.Stats().Acks) })
 	counter("wsbus_bus_leases_lost_total", "Partition leases found lost.", func() float64 { return float64(h.owner.Stats().Lost) })
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

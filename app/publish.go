@@ -16,6 +16,7 @@ func runPublish(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("publish", "publish [flags] TOPIC DATA   (DATA \"-\" reads standard input)", stderr)
 	var c common
 	c.register(fs)
+	deadline := fs.Duration("deadline", 0, "a subject must acknowledge the event within this long (e.g. 30s, whole milliseconds), or it is escalated to <prefix>:escalations (0: no deadline)")
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
@@ -33,7 +34,7 @@ func runPublish(args []string, stdout, stderr io.Writer) error {
 	var id string
 	err := c.withRedis(10*time.Second, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
 		var err error
-		id, err = streams.NewPublisher(rdb, keys, 0).Publish(ctx, topic, data)
+		id, err = streams.NewPublisher(rdb, keys, 0).PublishDeadline(ctx, topic, data, *deadline)
 		return err
 	})
 	if err != nil {

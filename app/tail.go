@@ -2,35 +2,26 @@ package app
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
-	"time"
 
-	gws "github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
-
-	"github.com/wsbus/wsbus/bus"
+	wsbus "github.com/wsbus/wsbus/clients/go"
 )
 
-// tailCursor is what tail remembers of a topic to resume it.
-type tailCursor struct {
-	since *string // the last event printed, or the head given at subscribe
-	seq   uint64  // its seq
-	epoch string
-}
-
+// runTail is wsbus tail: a terminal client on the Go client package,
+// which keeps each topic's cursor and resumes it on every reconnect.
 func runTail(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tail", "tail [flags] TOPIC...", stderr)
 	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket URL of a gateway")
-	since := fs.String("since", "", "resume after this event ID (\"0\": everything retained); default only new events")
+	since := fs.String("since", "", "resume after this event ID (\"0\": everything retained; \"acked\": after the subject's acknowledged cursor); default only new events")
 	count := fs.Int("count", 0, "exit after printing this many events (0: run until interrupted)")
 	token := fs.String("token", "", "JWT for a gateway with authentication (sent as Authorization: Bearer)")
+	user := fs.String("user", "", "the subject on an --insecure gateway (for acks and since=acked)")
+	ack := fs.Bool("ack", false, "acknowledge each event once printed (needs a subject: --token or --user)")
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
@@ -38,131 +29,85 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	cursors := make(map[string]*tailCursor)
-	for _, t := range fs.Args() {
-		c := &tailCursor{}
-		if *since != "" {
-			s := *since
-			c.since = &s
-		}
-		cursors[t] = c
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	t := &tailer{url: *url, cursors: cursors, topics: fs.Args(), out: stdout, log: stderr, left: *count}
-	if *token != "" {
-		t.dialer.Header = gws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + *token}})
+	ctx, done := context.WithCancel(ctx)
+	defer done()
+	t := &tailer{out: stdout, log: stderr, left: *count, done: done}
+	t.client = wsbus.New(*url, wsbus.Options{Token: *token, User: *user, OnState: t.state, OnError: t.error})
+	for _, topic := range fs.Args() {
+		t.client.Subscribe(topic, wsbus.SubscribeOptions{
+			Since: *since, OnEvent: t.event, OnSubscribed: t.subscribed, OnGap: t.gap,
+		})
 	}
-	return t.run(ctx)
+	t.ack = *ack
+	return t.client.Run(ctx)
 }
 
+// tailer prints what its client hands it: events on stdout, the rest as
+// "# " lines on stderr.
 type tailer struct {
-	dialer  gws.Dialer
-	url     string
-	topics  []string
-	cursors map[string]*tailCursor
-	out     io.Writer
-	log     io.Writer
-	left    int // events still to print; 0 means unbounded
+	client *wsbus.Client
+	out    io.Writer
+	log    io.Writer
+	ack    bool
+	done   func()
+
+	mu   sync.Mutex
+	left int // events still to print; 0 means unbounded
 }
 
-var errTailDone = errors.New("tail: done")
-
-// run connects, subscribes and prints until ctx ends or count is reached,
-// reconnecting with backoff and resuming every topic from its cursor.
-func (t *tailer) run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := t.session(ctx)
-		if errors.Is(err, errTailDone) || ctx.Err() != nil {
-			return nil
-		}
-		fmt.Fprintf(t.log, "# disconnected (%v); reconnecting in %v\n", err, backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+func (t *tailer) event(e wsbus.Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.left < 0 {
+		return // done: the client is closing
 	}
-}
-
-func (t *tailer) session(ctx context.Context) error {
-	nc, br, _, err := t.dialer.Dial(ctx, t.url)
-	if err != nil {
-		return err
+	fmt.Fprintf(t.out, "%s %s %s\n", e.Topic, e.ID, e.Data)
+	if t.ack {
+		_ = t.client.Ack(e.Topic, e.ID)
 	}
-	var conn io.ReadWriter = nc
-	if br != nil {
-		// The server may send frames right behind its handshake answer.
-		conn = struct {
-			io.Reader
-			io.Writer
-		}{br, nc}
-	}
-	defer nc.Close()
-	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
-	defer stop()
-	for _, topic := range t.topics {
-		c := t.cursors[topic]
-		m := map[string]any{"type": "subscribe", "topic": topic, "since": c.since, "epoch": c.epoch}
-		if c.since != nil {
-			m["seq"] = c.seq
-		}
-		msg, _ := json.Marshal(m)
-		if err := wsutil.WriteClientText(conn, msg); err != nil {
-			return err
-		}
-	}
-	for {
-		data, err := wsutil.ReadServerText(conn)
-		if err != nil {
-			var closed wsutil.ClosedError
-			if errors.As(err, &closed) {
-				return fmt.Errorf("closed by server: %d %s", closed.Code, closed.Reason)
-			}
-			return err
-		}
-		if err := t.handle(data); err != nil {
-			return err
+	if t.left > 0 {
+		if t.left--; t.left == 0 {
+			t.left = -1
+			t.done()
 		}
 	}
 }
 
-func (t *tailer) handle(data []byte) error {
-	var m bus.ServerMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return fmt.Errorf("bad message from server: %w", err)
+func (t *tailer) subscribed(s wsbus.Subscribed) {
+	fmt.Fprintf(t.log, "# subscribed %s recovered=%v epoch=%s head=%s seq=%d", s.Topic, s.Recovered, s.Epoch, s.Head, s.Seq)
+	if s.Missed != nil {
+		fmt.Fprintf(t.log, " missed=%d", *s.Missed)
 	}
-	switch m.Type {
-	case "event":
-		if c := t.cursors[m.Topic]; c != nil {
-			id := m.ID
-			c.since, c.seq = &id, m.Seq
-		}
-		fmt.Fprintf(t.out, "%s %s %s\n", m.Topic, m.ID, m.Data)
-		if t.left > 0 {
-			if t.left--; t.left == 0 {
-				return errTailDone
-			}
-		}
-	case "subscribed":
-		if c := t.cursors[m.Topic]; c != nil {
-			c.epoch = m.Epoch
-			if c.since == nil {
-				// The head is the cursor until the first event: a drop
-				// before it resumes from there and misses nothing.
-				head := m.Head
-				c.since, c.seq = &head, m.Seq
-			}
-		}
-		fmt.Fprintf(t.log, "# subscribed %s recovered=%v epoch=%s head=%s seq=%d", m.Topic, m.Recovered, m.Epoch, m.Head, m.Seq)
-		if m.Missed != nil {
-			fmt.Fprintf(t.log, " missed=%d", *m.Missed)
-		}
-		fmt.Fprintln(t.log)
-	case "error":
-		fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
+	if s.Unread != nil {
+		fmt.Fprintf(t.log, " acked=%s unread=%d", s.Acked, *s.Unread)
 	}
-	return nil
+	fmt.Fprintln(t.log)
+}
+
+func (t *tailer) gap(g wsbus.Gap) {
+	switch {
+	case g.Seq > 0:
+		fmt.Fprintf(t.log, "# gap in %s: seq %d follows %d\n", g.Topic, g.Seq, g.After)
+	case g.Missed != nil:
+		fmt.Fprintf(t.log, "# gap in %s: %d events trimmed from history while away\n", g.Topic, *g.Missed)
+	default:
+		fmt.Fprintf(t.log, "# gap in %s: the server could not prove the resume complete\n", g.Topic)
+	}
+}
+
+func (t *tailer) error(m wsbus.Message) {
+	fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
+}
+
+func (t *tailer) state(s wsbus.State) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch s {
+	case wsbus.Closed:
+		if t.left >= 0 {
+			fmt.Fprintf(t.log, "# disconnected; reconnecting\n")
+		}
+	}
 }

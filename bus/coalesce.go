@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/wsbus/wsbus/streams"
@@ -14,6 +15,12 @@ import (
 // read always begins after its subscription to the live channel, which is
 // what makes history + live gap-free (see subscribe). The answer is
 // encoded once: every subscriber is sent the same frames.
+//
+// Subscribers with a subject are also told their acknowledged cursor. A
+// read serves many subjects, so each one that joins a waiting read adds
+// its subject to it, and the read, when it starts (no one joins it after
+// that), reads every cursor in the same round trip as the history; each
+// subscriber's "subscribed" is then its own.
 
 // readKey identifies reads that can be shared.
 type readKey struct {
@@ -26,17 +33,27 @@ type readKey struct {
 // history is one read's answer, ready to send.
 type history struct {
 	err        error
-	subscribed []byte       // the "subscribed" frame
-	frames     [][]byte     // event frames, oldest first
-	ids        []streams.ID // their IDs
-	last       streams.ID   // the cursor the events follow: the head, the client's, or zero if untrusted
+	subscribed []byte                   // the "subscribed" frame, without acked and unread
+	info       Subscribed               // what it says, for a subscriber's own frame with them
+	acked      map[string]streams.Acked // cursors of the subjects the read was asked for
+	frames     [][]byte                 // event frames, oldest first
+	ids        []streams.ID             // their IDs
+	last       streams.ID               // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool
 	more       bool // a full page: read on with Range from last
 }
 
 type flight struct {
-	done chan struct{}
-	h    history
+	done     chan struct{}
+	h        history
+	subjects []string // guarded by coalescer.mu until the read starts
+}
+
+// join adds subject to the read's subjects.
+func (f *flight) join(subject string) {
+	if subject != "" && !slices.Contains(f.subjects, subject) {
+		f.subjects = append(f.subjects, subject)
+	}
 }
 
 // coalescer runs shared reads.
@@ -50,15 +67,18 @@ func newCoalescer() *coalescer {
 	return &coalescer{running: map[readKey]*flight{}, waiting: map[readKey]*flight{}}
 }
 
-// do returns the answer of a read of key that started after do was called.
-func (co *coalescer) do(key readKey, read func() history) history {
+// do returns the answer of a read of key that started after do was called,
+// with the cursor of subject ("" for none) among those read.
+func (co *coalescer) do(key readKey, subject string, read func(subjects []string) history) history {
 	co.mu.Lock()
 	if f, ok := co.waiting[key]; ok {
+		f.join(subject)
 		co.mu.Unlock()
 		<-f.done
 		return f.h
 	}
 	f := &flight{done: make(chan struct{})}
+	f.join(subject)
 	if prev, busy := co.running[key]; busy {
 		co.waiting[key] = f
 		co.mu.Unlock()
@@ -67,9 +87,10 @@ func (co *coalescer) do(key readKey, read func() history) history {
 		delete(co.waiting, key)
 	}
 	co.running[key] = f
+	subjects := f.subjects
 	co.mu.Unlock()
 
-	f.h = read()
+	f.h = read(subjects)
 	co.mu.Lock()
 	if co.running[key] == f {
 		delete(co.running, key)

@@ -1,6 +1,8 @@
 package bus
 
 import (
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,15 +17,19 @@ func TestCoalescerSharesOnlyLaterReads(t *testing.T) {
 	key := readKey{topic: "t", since: "1-0"}
 	var started atomic.Int64
 	release := make(chan struct{})
-	read := func() history {
+	var second []string // the subjects the second read was asked for
+	read := func(subjects []string) history {
 		n := started.Add(1)
+		if n == 2 {
+			second = subjects
+		}
 		if n == 1 {
 			<-release // the first read runs while the others arrive
 		}
 		return history{frames: make([][]byte, n)} // len(frames) tells which read answered
 	}
 	first := make(chan history)
-	go func() { first <- co.do(key, read) }()
+	go func() { first <- co.do(key, "first", read) }()
 	for started.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -35,7 +41,11 @@ func TestCoalescerSharesOnlyLaterReads(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			before := int(started.Load())
-			got := len(co.do(key, read).frames)
+			subject := ""
+			if i%2 == 0 {
+				subject = "s" + strconv.Itoa(i%6)
+			}
+			got := len(co.do(key, subject, read).frames)
 			if got <= before {
 				t.Errorf("answered by read %d, which started before the request (reads started: %d)", got, before)
 			}
@@ -56,8 +66,12 @@ func TestCoalescerSharesOnlyLaterReads(t *testing.T) {
 			t.Fatalf("request %d answered by read %d, want 2", i, a)
 		}
 	}
+	slices.Sort(second)
+	if want := []string{"s0", "s2", "s4"}; !slices.Equal(second, want) {
+		t.Fatalf("the shared read was asked for subjects %q, want each joiner's once: %q", second, want)
+	}
 	// Other keys are never shared.
-	if h := co.do(readKey{topic: "u", since: "1-0"}, read); len(h.frames) != 3 {
+	if h := co.do(readKey{topic: "u", since: "1-0"}, "", read); len(h.frames) != 3 {
 		t.Fatalf("another topic answered by read %d, want a read of its own (3)", len(h.frames))
 	}
 }

@@ -164,7 +164,7 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 func TestTakeChecksTheEntries(t *testing.T) {
 	ctx := context.Background()
 	rdb, keys, o, l, ids := heldPartition(t, 3)
-	msgs, err := o.readNew(ctx, 0, "0")
+	msgs, err := o.readNew(ctx, 0, "0", o.cfg.Block)
 	if err != nil || len(msgs) != 3 {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
@@ -270,7 +270,7 @@ func TestEpochRenewedWhenDataGoesBack(t *testing.T) {
 func TestTakeOfAGroupWithoutCount(t *testing.T) {
 	ctx := context.Background()
 	rdb, keys, o, l, ids := heldPartition(t, 3)
-	msgs, err := o.readNew(ctx, 0, "0")
+	msgs, err := o.readNew(ctx, 0, "0", o.cfg.Block)
 	if err != nil || len(msgs) != 3 {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
@@ -302,7 +302,7 @@ func TestGroupBackRenewsEpoch(t *testing.T) {
 	ctx := context.Background()
 	rdb, keys, o, l, ids := heldPartition(t, 2)
 	before := l.epoch
-	msgs, err := o.readNew(ctx, 0, "0-0")
+	msgs, err := o.readNew(ctx, 0, "0-0", o.cfg.Block)
 	if err != nil || len(msgs) != 2 {
 		t.Fatalf("readNew = %v, %v", msgs, err)
 	}
@@ -331,7 +331,7 @@ func TestGroupBackRenewsEpoch(t *testing.T) {
 	if err := o.ensure(ctx, l); err != nil || o.Stats().Epochs != 1 {
 		t.Fatalf("ensure again: %v, %d renewed; want still 1", err, o.Stats().Epochs)
 	}
-	msgs, err = o.readNew(ctx, 0, at)
+	msgs, err = o.readNew(ctx, 0, at, o.cfg.Block)
 	if err == nil {
 		err = o.apply(ctx, l, msgs, at)
 	}
@@ -390,7 +390,7 @@ func TestTrimKeepsWhatWasNotRead(t *testing.T) {
 	add(0, 300)
 	after := "0-0"
 	for range 3 { // batches of 100
-		msgs, err := o.readNew(ctx, 0, after)
+		msgs, err := o.readNew(ctx, 0, after, o.cfg.Block)
 		if err == nil {
 			err = o.apply(ctx, l, msgs, after)
 		}

@@ -48,6 +48,15 @@ type GatewayConfig struct {
 	// allows all. Empty means only the gateway's own host. Clients that
 	// send no Origin (not browsers) are not checked.
 	AllowedOrigins []string
+	// AckFlush is how long acks gather before one pipeline writes them:
+	// the longest an ack waits, and what lets a burst of acks cost one
+	// round trip. Zero value means 5 ms.
+	AckFlush time.Duration
+	// MaxAcks bounds the acks of one connection waiting to be written;
+	// past it an ack is refused with too_many_acks, so a Redis that does
+	// not answer cannot make acks pile up without bound. Zero value means
+	// 256.
+	MaxAcks int
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
 }
@@ -68,6 +77,12 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = 5 * time.Second
 	}
+	if c.AckFlush <= 0 {
+		c.AckFlush = 5 * time.Millisecond
+	}
+	if c.MaxAcks <= 0 {
+		c.MaxAcks = 256
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -86,6 +101,8 @@ type Gateway struct {
 	hist     *streams.History
 	reads    *coalescer
 	expiries *expiries
+	acks     *acker
+	wg       sync.WaitGroup // goroutines Close waits for
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stats    gatewayCounters
@@ -102,6 +119,12 @@ type client struct {
 	subs   []*subscription // few per connection: a slice is smaller than a map
 	claims *auth.Claims    // nil without authentication
 	conn   *ws.Conn
+
+	// subject acknowledges for this connection: its token's sub, or
+	// ?user= without authentication; "" for none. Set at Open, read-only
+	// after (a refresh keeps the subject).
+	subject string
+	acks    atomic.Int32 // acks waiting in acker
 
 	// Guarded by expiries.mu.
 	expAt  int64 // unix nanoseconds
@@ -154,14 +177,22 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		parts:    make([]*liveConn, cfg.Partitions),
 		expiries: newExpiries(),
 	}
+	g.acks = newAcker(g)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.acks.run(ctx)
+	}()
 	go g.sweep()
 	go g.expiries.run(ctx.Done())
 	return g, nil
 }
 
-// Close stops the Gateway's pub/sub connections.
+// Close writes the acks still gathered and stops the Gateway's pub/sub
+// connections.
 func (g *Gateway) Close() error {
 	g.cancel()
+	g.wg.Wait()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.shared != nil { // in every slot of parts
@@ -181,7 +212,10 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	cl := newClient(c)
 	if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
+		cl.subject = claims.Subject
 		g.expiries.set(cl, claims.Expires)
+	} else if g.cfg.Auth == nil {
+		cl.subject, _ = queryValue(r.URI, "user")
 	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)
@@ -248,6 +282,8 @@ func (g *Gateway) Message(c *ws.Conn, msg []byte) {
 		_ = c.Send(pongFrame)
 	case "refresh":
 		g.refresh(c, cl, m.Token)
+	case "ack":
+		g.ack(c, cl, m)
 	default:
 		g.sendError(c, codeUnknownType, "", "unknown message type "+m.Type)
 	}
@@ -301,12 +337,13 @@ type GatewayStats struct {
 	Resumes       uint64 // subscriptions that sent a cursor
 	NotRecovered  uint64 // of them, answered recovered:false
 	CatchUps      uint64 // topics caught up from history after a pub/sub loss
+	Acks          uint64 // cursor moves written, after coalescing
 }
 
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
-	catchUps                          atomic.Uint64
+	catchUps, acks                    atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -322,5 +359,6 @@ func (g *Gateway) Stats() GatewayStats {
 		Resumes:       g.stats.resumes.Load(),
 		NotRecovered:  g.stats.notRecovered.Load(),
 		CatchUps:      g.stats.catchUps.Load(),
+		Acks:          g.stats.acks.Load(),
 	}
 }

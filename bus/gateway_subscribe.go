@@ -16,9 +16,14 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		g.sendError(c, codeBadTopic, m.Topic, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
 	}
-	if m.Since != nil {
+	if m.Since != nil && *m.Since == sinceAcked {
+		if cl.subject == "" {
+			g.sendError(c, codeNoSubject, m.Topic, `since "acked" needs a subject: a token with sub, or ?user= on an insecure gateway`)
+			return
+		}
+	} else if m.Since != nil {
 		if _, err := streams.ParseID(*m.Since); err != nil {
-			g.sendError(c, codeBadSince, m.Topic, "since must be a stream ID such as 1718000000000-0, or 0")
+			g.sendError(c, codeBadSince, m.Topic, `since must be a stream ID such as 1718000000000-0, 0, or "acked"`)
 			return
 		}
 	}
@@ -49,7 +54,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		g.removeSub(s) // Closed ran before s joined its topic
 		return
 	}
-	if !g.waitReady(t) || !g.sendHistory(c, s, m) {
+	if !g.waitReady(t) || !g.sendHistory(c, cl, s, m) {
 		cl.remove(s)
 		g.removeSub(s)
 		g.sendError(c, codeUnavailable, m.Topic, "the bus is unavailable; retry")
@@ -78,14 +83,27 @@ func (g *Gateway) waitReady(t *topic) bool {
 // sendHistory sends subscribed and the events after the cursor; it sets
 // s.last (s is not live yet, so no one else reads it). Concurrent
 // subscriptions from the same cursor share one read (see coalescer).
-func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool {
+func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) bool {
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since
 		key.seq, key.hasSeq, _ = parseSeq(m.Seq) // checked by subscribe
 		g.stats.resumes.Add(1)
 	}
-	h := g.reads.do(key, func() history { return g.readHistory(key) })
+	if key.since == sinceAcked {
+		// The cursor first (one round trip more than other resumes), then
+		// a resume from it like any other, which shares reads.
+		a, err := g.hist.Acked(g.ctx, m.Topic, cl.subject)
+		if err != nil {
+			g.cfg.Logger.Warn("reading acknowledged cursor", "topic", m.Topic, "err", err)
+			return false
+		}
+		key.since, key.seq, key.hasSeq = "0", 0, false
+		if !a.ID.IsZero() {
+			key.since, key.seq, key.hasSeq = a.ID.String(), a.Seq, a.Seq > 0
+		}
+	}
+	h := g.reads.do(key, cl.subject, func(subjects []string) history { return g.readHistory(key, subjects) })
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
 		return false
@@ -93,7 +111,13 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
 	}
-	_ = c.Send(h.subscribed)
+	if a, ok := h.acked[cl.subject]; ok && cl.subject != "" {
+		info := h.info
+		info.Acked, info.Unread, info.HasAcked = a.ID, a.Unread, true
+		_ = c.Send(ws.TextFrame(AppendSubscribed(nil, info)))
+	} else {
+		_ = c.Send(h.subscribed)
+	}
 	s.last = h.last
 	for i, f := range h.frames {
 		s.last = h.ids[i]
@@ -119,29 +143,32 @@ func (g *Gateway) sendHistory(c *ws.Conn, s *subscription, m clientMessage) bool
 }
 
 // readHistory reads what a subscription with key is sent first: the head
-// of the topic, or the first page after the cursor, encoded.
-func (g *Gateway) readHistory(key readKey) history {
+// of the topic, or the first page after the cursor, encoded; and the
+// acknowledged cursors of subjects, in the same round trip.
+func (g *Gateway) readHistory(key readKey, subjects []string) history {
 	if key.head {
-		head, err := g.hist.Head(g.ctx, key.topic)
-		return history{err: err, last: head.ID, recovered: true,
-			subscribed: ws.TextFrame(AppendSubscribed(nil, Subscribed{
-				Topic: key.topic, Recovered: true, Epoch: head.Epoch, Head: head.ID, HeadSeq: head.Seq,
-			}))}
+		head, err := g.hist.Head(g.ctx, key.topic, subjects...)
+		info := Subscribed{Topic: key.topic, Recovered: true, Epoch: head.Epoch, Head: head.ID, HeadSeq: head.Seq}
+		return history{err: err, last: head.ID, recovered: true, info: info, acked: head.Acked,
+			subscribed: ws.TextFrame(AppendSubscribed(nil, info))}
 	}
 	cursor := streams.Cursor{Since: key.since, Seq: key.seq, HasSeq: key.hasSeq, Epoch: key.epoch}
-	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.cfg.HistoryPage)
+	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.cfg.HistoryPage, subjects...)
 	if err != nil {
 		return history{err: err}
 	}
+	info := Subscribed{
+		Topic: key.topic, Recovered: r.Recovered, Epoch: r.Epoch, Head: r.Head, HeadSeq: r.HeadSeq,
+		Missed: r.Missed, MissedKnown: r.MissedKnown && !r.Recovered, // missed goes with recovered:false
+	}
 	h := history{
-		subscribed: ws.TextFrame(AppendSubscribed(nil, Subscribed{
-			Topic: key.topic, Recovered: r.Recovered, Epoch: r.Epoch, Head: r.Head, HeadSeq: r.HeadSeq,
-			Missed: r.Missed, MissedKnown: r.MissedKnown && !r.Recovered, // missed goes with recovered:false
-		})),
-		recovered: r.Recovered,
-		more:      r.More,
-		frames:    make([][]byte, len(r.Events)),
-		ids:       make([]streams.ID, len(r.Events)),
+		subscribed: ws.TextFrame(AppendSubscribed(nil, info)),
+		info:       info,
+		acked:      r.Acked,
+		recovered:  r.Recovered,
+		more:       r.More,
+		frames:     make([][]byte, len(r.Events)),
+		ids:        make([]streams.ID, len(r.Events)),
 	}
 	if r.Recovered {
 		h.last, _ = streams.ParseID(key.since)

@@ -123,6 +123,9 @@ type lease struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	epoch  string // the partition's epoch, as ensure last found it
+	// nextDue is when the partition's next deadline is due, unix ms; -1
+	// for none, 0 until read. Only the partition's pipeline touches it.
+	nextDue int64
 
 	scratch []byte // event encoding buffer of the partition's pipeline, reused per batch
 }
@@ -321,10 +324,11 @@ type OwnerStats struct {
 	Forwarded    uint64 // entries moved to their right partition
 	HandedOver   uint64 // partitions given up to rebalance
 	Epochs       uint64 // partition epochs renewed: data found lost
+	Escalations  uint64 // events with a deadline escalated, unacknowledged
 }
 
 type ownerCounters struct {
-	acquired, lost, delivered, deadLettered, forwarded, handedOver, epochs atomic.Uint64
+	acquired, lost, delivered, deadLettered, forwarded, handedOver, epochs, escalations atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -338,6 +342,7 @@ func (o *Owner) Stats() OwnerStats {
 		Forwarded:    o.stats.forwarded.Load(),
 		HandedOver:   o.stats.handedOver.Load(),
 		Epochs:       o.stats.epochs.Load(),
+		Escalations:  o.stats.escalations.Load(),
 	}
 }
 

@@ -29,6 +29,7 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	if err := o.claim(ctx, l); err != nil {
 		return err
 	}
+	l.nextDue = 0 // read by the first check below
 	// after is the ID new entries come after; "" while the pending ones
 	// are read first.
 	after := ""
@@ -43,6 +44,9 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 		var msgs []redis.XMessage
 		var err error
 		switch {
+		case l.nextDue == 0 || l.nextDue > 0 && time.Now().UnixMilli() >= l.nextDue:
+			// A deadline is due (or, first, when the next is, unknown).
+			err = o.escalateDue(ctx, l)
 		case check:
 			err = o.ensure(ctx, l)
 			check = err != nil
@@ -56,7 +60,7 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 				err = o.apply(ctx, l, msgs, "")
 			}
 		default:
-			msgs, err = o.readNew(ctx, l.p, after)
+			msgs, err = o.readNew(ctx, l.p, after, o.block(l))
 			if err == nil {
 				err = o.apply(ctx, l, msgs, after)
 			}
@@ -127,15 +131,23 @@ func (o *Owner) readPending(ctx context.Context, l *lease) (msgs []redis.XMessag
 	return msgs, "", err
 }
 
-// readNew waits, for the configured Block at most, for entries of
-// partition p after the ID after, and returns a batch of them. It reads
-// without the consumer group, so it takes nothing: apply takes them, if
-// the lease still holds.
-func (o *Owner) readNew(ctx context.Context, p int, after string) ([]redis.XMessage, error) {
+// block is how long the next read may wait: the configured Block, or
+// until the partition's next deadline is due.
+func (o *Owner) block(l *lease) time.Duration {
+	if l.nextDue <= 0 {
+		return o.cfg.Block
+	}
+	return min(o.cfg.Block, max(time.Until(time.UnixMilli(l.nextDue)), time.Millisecond))
+}
+
+// readNew waits, for block at most, for entries of partition p after the
+// ID after, and returns a batch of them. It reads without the consumer
+// group, so it takes nothing: apply takes them, if the lease still holds.
+func (o *Owner) readNew(ctx context.Context, p int, after string, block time.Duration) ([]redis.XMessage, error) {
 	res, err := o.cfg.Redis.XRead(ctx, &redis.XReadArgs{
 		Streams: []string{o.cfg.Keys.Ingress(p), after},
 		Count:   int64(o.cfg.Batch),
-		Block:   o.cfg.Block,
+		Block:   block,
 	}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -238,8 +250,9 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	if len(msgs) == 0 {
 		return nil
 	}
-	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p)}
+	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p), o.cfg.Keys.Deadlines(l.p)}
 	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), after, msgs[len(msgs)-1].ID, o.cfg.Node}
+	nextDue := l.nextDue
 	var dead, forwarded uint64
 	// The tails of the batch's events (the script puts each one's ID and
 	// seq in front) are encoded back to back in the lease's scratch
@@ -267,9 +280,18 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 			buf = append(buf, e.Data...)
 			from := len(buf)
 			buf = streams.AppendEventTail(buf, e.Topic, buf[d:from])
-			keys = append(keys, o.cfg.Keys.Topic(l.p, e.Topic), o.cfg.Keys.Live(l.p, e.Topic))
-			args = append(args, "h", m.ID, e.Data, nil)
-			spans = append(spans, span{len(args) - 1, from, len(buf)})
+			keys = append(keys, o.cfg.Keys.Topic(l.p, e.Topic), o.cfg.Keys.Live(l.p, e.Topic), o.cfg.Keys.Acked(l.p, e.Topic))
+			if e.Deadline == 0 {
+				args = append(args, "h", m.ID, e.Data, nil)
+				spans = append(spans, span{len(args) - 1, from, len(buf)})
+				continue
+			}
+			due := int64(streams.MustParseID(e.ID).Ms) + e.Deadline
+			args = append(args, "H", m.ID, e.Data, nil, due, " "+strconv.FormatInt(e.Deadline, 10)+" "+e.Topic+" "+e.Data)
+			spans = append(spans, span{len(args) - 3, from, len(buf)})
+			if nextDue <= 0 || due < nextDue {
+				nextDue = due
+			}
 		}
 	}
 	for _, sp := range spans {
@@ -280,6 +302,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	if err != nil {
 		return err
 	}
+	l.nextDue = nextDue
 	o.stats.delivered.Add(added)
 	o.stats.deadLettered.Add(dead)
 	o.stats.forwarded.Add(forwarded)
@@ -303,14 +326,19 @@ func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 	if _, cluster := o.cfg.Redis.(*redis.ClusterClient); cluster {
 		err = o.checkLease(ctx, l)
 		if err == nil {
-			err = o.cfg.Redis.XAdd(ctx, &redis.XAddArgs{
-				Stream: o.cfg.Keys.Ingress(to),
-				Values: []any{"topic", e.Topic, "data", e.Data, "forwarded_from", origin},
-			}).Err()
+			values := []any{"topic", e.Topic, "data", e.Data, "forwarded_from", origin}
+			if e.Deadline > 0 {
+				values = append(values, "deadline", e.Deadline)
+			}
+			err = o.cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: o.cfg.Keys.Ingress(to), Values: values}).Err()
 		}
 	} else {
+		deadline := ""
+		if e.Deadline > 0 {
+			deadline = strconv.FormatInt(e.Deadline, 10)
+		}
 		keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(to)}
-		err = forwardScript.Run(ctx, o.cfg.Redis, keys, l.value, e.Topic, e.Data, origin).Err()
+		err = forwardScript.Run(ctx, o.cfg.Redis, keys, l.value, e.Topic, e.Data, origin, deadline).Err()
 	}
 	if err != nil && !isLeaseLost(err) {
 		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, l.p, to, err)

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,6 +65,18 @@ func BenchmarkPipelineWake(b *testing.B) {
 // added 1,000 to a Redis pipeline, faster than one owner moves them, so
 // the owner reads full batches back to back. ns/op is per event.
 func BenchmarkPipelineBusy(b *testing.B) {
+	benchmarkBusy(b, nil)
+}
+
+// BenchmarkPipelineBusyDeadlines is BenchmarkPipelineBusy with a deadline
+// on every event (an hour: none falls due during the run), which the
+// apply script also adds to the partition's deadlines set.
+func BenchmarkPipelineBusyDeadlines(b *testing.B) {
+	benchmarkBusy(b, []any{"deadline", "3600000"})
+}
+
+// benchmarkBusy runs BenchmarkPipelineBusy with extra fields in each entry.
+func benchmarkBusy(b *testing.B, extra []any) {
 	ctx := context.Background()
 	topic := "busy"
 	rdb, keys, live := pipelineOwner(b, topic)
@@ -80,13 +93,14 @@ func BenchmarkPipelineBusy(b *testing.B) {
 	for i := 0; i < b.N; i += 1000 {
 		pipe := rdb.Pipeline()
 		for range min(1000, b.N-i) {
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", `{"n":1}`}})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: append([]any{"topic", topic, "data", `{"n":1}`}, extra...)})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}
 	<-done
+	reportScriptTime(b, rdb)
 }
 
 // BenchmarkPipelineBusyTopics is BenchmarkPipelineBusy with events spread
@@ -131,4 +145,30 @@ func BenchmarkPipelineBusyTopics(b *testing.B) {
 		}
 	}
 	<-done
+	reportScriptTime(b, rdb)
+}
+
+// reportScriptTime reports the time Redis spent in scripts per event
+// (INFO commandstats: the owner's apply script and the little else it
+// runs), a figure the load of a shared machine moves far less than ns/op.
+func reportScriptTime(b *testing.B, rdb *redis.Client) {
+	b.StopTimer()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var usec float64
+	for _, line := range strings.Split(info, "\r\n") {
+		name, stats, ok := strings.Cut(line, ":")
+		if !ok || name != "cmdstat_evalsha" && name != "cmdstat_eval" {
+			continue
+		}
+		for _, kv := range strings.Split(stats, ",") {
+			if v, ok := strings.CutPrefix(kv, "usec="); ok {
+				n, _ := strconv.ParseFloat(v, 64)
+				usec += n
+			}
+		}
+	}
+	b.ReportMetric(usec*1000/float64(b.N), "redis-script-ns/event")
 }

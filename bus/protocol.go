@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -17,6 +18,7 @@ type clientMessage struct {
 	Seq   json.RawMessage `json:"seq"`   // the seq of since; checked by parseSeq
 	Epoch string          `json:"epoch"`
 	Token string          `json:"token"` // refresh
+	ID    string          `json:"id"`    // ack
 }
 
 // errBadSeq is returned by parseSeq for a seq that is not a non-negative
@@ -44,24 +46,13 @@ func parseSeq(raw []byte) (seq uint64, ok bool, err error) {
 	return seq, true, nil
 }
 
-// ServerMessage is any message a gateway sends, as a Go client decodes it
-// (wsbus tail, the tests); the fields a type does not carry stay zero.
-// Data is the event's payload as published: JSON when the publisher sent
-// JSON, else a JSON string.
-type ServerMessage struct {
-	Type      string          `json:"type"`
-	Topic     string          `json:"topic"`
-	ID        string          `json:"id"`
-	Seq       uint64          `json:"seq"` // event: its seq; subscribed: the head's
-	Data      json.RawMessage `json:"data"`
-	Recovered bool            `json:"recovered"`
-	Epoch     string          `json:"epoch"`
-	Head      string          `json:"head"`   // subscribed: the newest event ID, "0" when none
-	Missed    *uint64         `json:"missed"` // subscribed: events trimmed after the cursor, when known
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-	Expires   int64           `json:"expires"` // refreshed: the token's expiry, unix seconds
-}
+// ServerMessage is any message a gateway sends, as the Go client decodes
+// it: the client package's Message, so that the two cannot drift apart.
+type ServerMessage = wsbus.Message
+
+// sinceAcked is the since of a subscription that resumes from its
+// subject's acknowledged cursor.
+const sinceAcked = "acked"
 
 // Error codes of {"type":"error"} replies.
 const (
@@ -76,6 +67,9 @@ const (
 	codeUnavailable       = "unavailable"
 	codeForbidden         = "forbidden"
 	codeUnauthorized      = "unauthorized"
+	codeNoSubject         = "no_subject"
+	codeBadID             = "bad_id"
+	codeTooManyAcks       = "too_many_acks"
 )
 
 // errBadMessage is returned by decodeClientMessage for anything that is not
@@ -105,11 +99,17 @@ type Subscribed struct {
 	// Missed is sent when MissedKnown (see streams.Resume).
 	Missed      uint64
 	MissedKnown bool
+	// Acked and Unread, sent when HasAcked (a connection with a subject),
+	// are the subject's acknowledged cursor and how many events follow it.
+	Acked    streams.ID
+	Unread   uint64
+	HasAcked bool
 }
 
 // AppendSubscribed appends the "subscribed" answer to a subscription:
 // {"type":"subscribed","topic":…,"recovered":…,"epoch":…,"head":…,"seq":…}
-// and "missed" when it is known.
+// and "missed" when it is known, "acked" and "unread" on a connection with
+// a subject.
 func AppendSubscribed(dst []byte, s Subscribed) []byte {
 	dst = append(dst, `{"type":"subscribed","topic":`...)
 	dst = streams.AppendJSONString(dst, s.Topic)
@@ -120,20 +120,30 @@ func AppendSubscribed(dst []byte, s Subscribed) []byte {
 	}
 	dst = streams.AppendJSONString(dst, s.Epoch)
 	dst = append(dst, `,"head":"`...)
-	if s.Head.IsZero() {
-		dst = append(dst, '0')
-	} else {
-		dst = strconv.AppendUint(dst, s.Head.Ms, 10)
-		dst = append(dst, '-')
-		dst = strconv.AppendUint(dst, s.Head.Seq, 10)
-	}
+	dst = appendID(dst, s.Head)
 	dst = append(dst, `","seq":`...)
 	dst = strconv.AppendUint(dst, s.HeadSeq, 10)
 	if s.MissedKnown {
 		dst = append(dst, `,"missed":`...)
 		dst = strconv.AppendUint(dst, s.Missed, 10)
 	}
+	if s.HasAcked {
+		dst = append(dst, `,"acked":"`...)
+		dst = appendID(dst, s.Acked)
+		dst = append(dst, `","unread":`...)
+		dst = strconv.AppendUint(dst, s.Unread, 10)
+	}
 	return append(dst, '}')
+}
+
+// appendID appends id as Redis writes it, "0" for the zero ID.
+func appendID(dst []byte, id streams.ID) []byte {
+	if id.IsZero() {
+		return append(dst, '0')
+	}
+	dst = strconv.AppendUint(dst, id.Ms, 10)
+	dst = append(dst, '-')
+	return strconv.AppendUint(dst, id.Seq, 10)
 }
 
 func appendUnsubscribed(dst []byte, topic string) []byte {

@@ -23,6 +23,9 @@ func TestDecodeClientMessage(t *testing.T) {
 		{"subscribe without since", `{"type":"subscribe","topic":"a"}`, true, nil},
 		{"since null", `{"type":"subscribe","topic":"a","since":null}`, true, nil},
 		{"extra fields", `{"type":"ping","x":[1]}`, true, nil},
+		{"ack", `{"type":"ack","topic":"a","id":"1718000000000-1"}`, true, nil},
+		{"ack with a numeric id", `{"type":"ack","topic":"a","id":5}`, false, nil},
+		{"since acked", `{"type":"subscribe","topic":"a","since":"acked"}`, true, strp("acked")},
 		{"no type", `{"topic":"a"}`, false, nil},
 		{"type not a string", `{"type":1}`, false, nil},
 		{"array", `[]`, false, nil},
@@ -106,6 +109,9 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		`{"type":"subscribe","topic":"t","since":"0","seq":-1}`, `{"type":"subscribe","topic":"t","seq":1.5}`,
 		`{"type":"subscribe","topic":"t","seq":"12"}`, `{"type":"subscribe","topic":"t","seq":1e3}`,
 		`{"type":"subscribe","topic":"t","seq":18446744073709551616}`, `{"type":"subscribe","topic":"t","seq":{}}`,
+		`{"type":"ack","topic":"user:42","id":"1718000000000-1"}`, `{"type":"ack","topic":"a","id":"0"}`,
+		`{"type":"ack","topic":"a","id":null}`, `{"type":"ack","id":["1-1"]}`, `{"type":"ack","topic":"a","id":"1-1","id":"2-2"}`,
+		`{"type":"subscribe","topic":"user:42","since":"acked"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -116,6 +122,16 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		}
 		if err != nil {
 			return
+		}
+		if m.Type == "ack" {
+			// What the gateway checks before queueing an ack must not
+			// panic, and an ID it accepts prints back as a Redis ID.
+			if id, err := streams.ParseID(m.ID); err == nil {
+				if _, err := streams.ParseID(id.String()); err != nil {
+					t.Fatalf("ID %q reformats to %q, which does not parse", m.ID, id.String())
+				}
+			}
+			_ = streams.ValidateTopic(m.Topic)
 		}
 		// A seq is accepted only as a JSON integer that round-trips.
 		seq, ok, err := parseSeq(m.Seq)

@@ -191,11 +191,17 @@ return {0, epoch}`)
 // batch of entries already pending (left by an earlier owner) is
 // acknowledged.
 //
-// KEYS: owner, ingress, dead, then a topic stream and live channel per
-// history op. ARGV: lease value, group, max history length, history ttl ms,
-// op count, the ID the batch was read after ("" for pending entries), the
-// batch's last ID, consumer, then per op: "h" id data event-tail | "d" id
-// reason topic data | "a" id.
+// The topic's acked hash (bus/ack.go) is given the history's expiry in the
+// same step, so cursors live exactly as long as the sequence they point
+// into. An event with a deadline ("H") joins the partition's deadlines set
+// in the same step as its history entry, so once (see deadline.go).
+//
+// KEYS: owner, ingress, dead, deadlines, then a topic stream, live channel
+// and acked hash per history op. ARGV: lease value, group, max history
+// length, history ttl ms, op count, the ID the batch was read after (""
+// for pending entries), the batch's last ID, consumer, then per op: "h" id
+// data event-tail | "H" id data event-tail due-ms member-tail (the
+// deadlines member after "<id> <seq>") | "d" id reason topic data | "a" id.
 // Returns the number of entries added to history.
 var applyScript = redis.NewScript(luaStreams + luaSeq + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -221,11 +227,11 @@ if after ~= '' then
     after = ''
   end
 end
-local k, a, added = 4, 9, 0
-local acks, seqs = {}, {}
+local k, a, added = 5, 9, 0
+local acks, seqs, touched = {}, {}, {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
-  if kind == 'h' then
+  if kind == 'h' or kind == 'H' then
     local key = KEYS[k]
     local seq = string.format('%d', (seqs[key] or topseq(key)) + 1)
     local ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[3], id, 'data', ARGV[a + 2], 'seq', seq)
@@ -235,10 +241,18 @@ for i = 1, n do
         redis.call('XSETID', key, id, 'MAXDELETEDID', id)
       end
       redis.call('PEXPIRE', key, ARGV[4])
+      if not touched[KEYS[k + 2]] then
+        redis.call('PEXPIRE', KEYS[k + 2], ARGV[4])
+        touched[KEYS[k + 2]] = true
+      end
+      if kind == 'H' then
+        redis.call('ZADD', KEYS[4], ARGV[a + 4], id .. ' ' .. seq .. ARGV[a + 5])
+      end
       redis.call('SPUBLISH', KEYS[k + 1], '{"type":"event","id":"' .. id .. '","seq":' .. seq .. ARGV[a + 3])
       added = added + 1
     end
-    k, a = k + 2, a + 4
+    k = k + 3
+    if kind == 'H' then a = a + 6 else a = a + 4 end
   elseif kind == 'd' then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*',
       'id', id, 'reason', ARGV[a + 2], 'topic', ARGV[a + 3], 'data', ARGV[a + 4])
@@ -257,10 +271,14 @@ return added`)
 // fenced by the lease of the partition it was found in. The two keys are in
 // different slots, so it only runs on a single Redis; on Redis Cluster the
 // lease is checked just before a plain XADD instead (see forward).
-// KEYS: owner, target ingress. ARGV: lease value, topic, data, origin.
+// KEYS: owner, target ingress. ARGV: lease value, topic, data, origin,
+// deadline ("" for none).
 var forwardScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
+end
+if ARGV[5] ~= '' then
+  return redis.call('XADD', KEYS[2], '*', 'topic', ARGV[2], 'data', ARGV[3], 'forwarded_from', ARGV[4], 'deadline', ARGV[5])
 end
 return redis.call('XADD', KEYS[2], '*', 'topic', ARGV[2], 'data', ARGV[3], 'forwarded_from', ARGV[4])`)
 

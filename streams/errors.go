@@ -14,6 +14,9 @@ var (
 	ErrMissingData = errors.New("streams: missing data")
 	// ErrTooLarge means a payload is over the configured size limit.
 	ErrTooLarge = errors.New("streams: data too large")
+	// ErrBadDeadline means an ingress entry's deadline is not a decimal
+	// count of milliseconds from 1 to MaxDeadline.
+	ErrBadDeadline = errors.New("streams: invalid deadline")
 	// ErrBadID means a string is not a stream ID ("<ms>-<seq>", "<ms>" or "0").
 	ErrBadID = errors.New("streams: invalid stream ID")
 	// ErrNotMigrated means the bus has no <prefix>:meta partitions yet.

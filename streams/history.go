@@ -48,6 +48,9 @@ type Resume struct {
 	// sequence. Recovered is then Missed == 0.
 	Missed      uint64
 	MissedKnown bool
+	// Acked has the acknowledged cursor of each subject Resume was asked
+	// for, read in the same transaction as the head.
+	Acked map[string]Acked
 	// Events is the first page of events after the cursor (or of everything
 	// retained when the cursor cannot be trusted).
 	Events []Event
@@ -77,18 +80,20 @@ func NewHistory(rdb redis.Cmdable, keys Keys, n int) *History {
 }
 
 // Resume answers a subscription to topic that resumes from cursor c. It
-// reads up to page events.
-func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int) (Resume, error) {
+// reads up to page events, and the acknowledged cursors of subjects in the
+// same round trip.
+func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, subjects ...string) (Resume, error) {
 	after, err := ParseID(c.Since)
 	if err != nil {
 		return Resume{}, err
 	}
 	p := Partition(topic, h.n)
 	key := h.keys.Topic(p, topic)
-	pipe := h.rdb.Pipeline()
+	pipe := h.pipeline(subjects)
 	epochCmd := pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
 	infoCmd := pipe.XInfoStream(ctx, key)
 	rangeCmd := pipe.XRangeN(ctx, key, "("+after.String(), "+", int64(page))
+	ackedCmds := h.ackedCmds(ctx, pipe, p, topic, subjects)
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 
 	var r Resume
@@ -100,10 +105,14 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int) 
 	if isNoSuchKey(err) {
 		// Nothing retained. Only a cursor of "0" can be sure it missed nothing.
 		r.Recovered = after.IsZero() && sameEpoch
-		return r, nil
+		r.Acked, err = h.readAcked(ctx, key, subjects, ackedCmds, nil)
+		return r, err
 	}
 	if err != nil {
 		return Resume{}, fmt.Errorf("reading history of %s: %w", topic, err)
+	}
+	if r.Acked, err = h.readAcked(ctx, key, subjects, ackedCmds, info); err != nil {
+		return Resume{}, err
 	}
 	r.Head = MustParseID(info.LastGeneratedID)
 	r.HeadSeq = headSeq(info)
@@ -216,14 +225,30 @@ type Head struct {
 	Epoch string // the partition's epoch
 	ID    ID     // the newest event ID the history stream ever had; zero when none
 	Seq   uint64 // its seq; 0 when none
+	// Acked has the acknowledged cursor of each subject Head was asked
+	// for, read in the same transaction.
+	Acked map[string]Acked
 }
 
-// Head returns the head of topic.
-func (h *History) Head(ctx context.Context, topic string) (Head, error) {
+// pipeline is the pipeline of a head or resume read: a transaction when
+// it reads acknowledged cursors too, so that their unread counts agree
+// with the head it reads (all its keys are in the topic's slot).
+func (h *History) pipeline(subjects []string) redis.Pipeliner {
+	if len(subjects) > 0 {
+		return h.rdb.TxPipeline()
+	}
+	return h.rdb.Pipeline()
+}
+
+// Head returns the head of topic, and the acknowledged cursors of
+// subjects in the same round trip.
+func (h *History) Head(ctx context.Context, topic string, subjects ...string) (Head, error) {
 	p := Partition(topic, h.n)
-	pipe := h.rdb.Pipeline()
+	key := h.keys.Topic(p, topic)
+	pipe := h.pipeline(subjects)
 	epochCmd := pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
-	infoCmd := pipe.XInfoStream(ctx, h.keys.Topic(p, topic))
+	infoCmd := pipe.XInfoStream(ctx, key)
+	ackedCmds := h.ackedCmds(ctx, pipe, p, topic, subjects)
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	epoch, err := epochCmd.Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -231,10 +256,15 @@ func (h *History) Head(ctx context.Context, topic string) (Head, error) {
 	}
 	info, err := infoCmd.Result()
 	if isNoSuchKey(err) {
-		return Head{Epoch: epoch}, nil
+		acked, err := h.readAcked(ctx, key, subjects, ackedCmds, nil)
+		return Head{Epoch: epoch, Acked: acked}, err
 	}
 	if err != nil {
 		return Head{}, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
-	return Head{Epoch: epoch, ID: MustParseID(info.LastGeneratedID), Seq: headSeq(info)}, nil
+	acked, err := h.readAcked(ctx, key, subjects, ackedCmds, info)
+	if err != nil {
+		return Head{}, err
+	}
+	return Head{Epoch: epoch, ID: MustParseID(info.LastGeneratedID), Seq: headSeq(info), Acked: acked}, nil
 }

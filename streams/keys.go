@@ -77,6 +77,25 @@ func (k Keys) Owner(p int) string { return k.part(p, "owner") }
 // Dead is the dead-letter stream of partition p.
 func (k Keys) Dead(p int) string { return k.part(p, "dead") }
 
+// Acked is the hash of acknowledged cursors of one topic: field "s:<subject>"
+// holds "<id> <seq>", the subject's cursor, and field "max" the highest ID
+// any subject acknowledged (what a deadline is checked against). It lives
+// exactly as long as the topic's history (see bus/ack.go).
+func (k Keys) Acked(p int, topic string) string { return k.part(p, "acked:"+topic) }
+
+// Deadlines is the sorted set of partition p's events with a deadline not
+// yet checked, scored by when they are due (unix ms): see bus/deadline.go.
+func (k Keys) Deadlines(p int) string { return k.part(p, "deadlines") }
+
+// Escalations is the bus-wide stream of events with a deadline that no
+// subject acknowledged in time.
+func (k Keys) Escalations() string { return k.prefix() + ":escalations" }
+
+// EscalationsSent remembers, in the slot of Escalations (its hash tag is
+// that key's whole name), which events were escalated, so an owner that
+// repeats an escalation on Redis Cluster adds nothing twice.
+func (k Keys) EscalationsSent() string { return "{" + k.Escalations() + "}:sent" }
+
 // Partition returns the partition of topic among n: crc32_ieee(topic) % n,
 // the same as zlib.crc32 or java.util.zip.CRC32.
 func Partition(topic string, n int) int {

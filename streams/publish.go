@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -46,11 +47,26 @@ func NewPublisher(rdb redis.Cmdable, keys Keys, maxData int) *Publisher {
 
 // Publish appends one event and returns its stream ID.
 func (p *Publisher) Publish(ctx context.Context, topic string, data []byte) (string, error) {
+	return p.PublishDeadline(ctx, topic, data, 0)
+}
+
+// PublishDeadline appends one event that some subject must acknowledge
+// within deadline (whole milliseconds; zero for no deadline), or the
+// partition's owner escalates it to <prefix>:escalations.
+func (p *Publisher) PublishDeadline(ctx context.Context, topic string, data []byte, deadline time.Duration) (string, error) {
 	if err := ValidateTopic(topic); err != nil {
 		return "", err
 	}
 	if len(data) > p.maxData {
 		return "", ErrTooLarge
+	}
+	values := []any{"topic", topic, "data", data}
+	if deadline != 0 {
+		ms := deadline.Milliseconds()
+		if ms < 1 || ms > MaxDeadline || deadline%time.Millisecond != 0 {
+			return "", ErrBadDeadline
+		}
+		values = append(values, "deadline", ms)
 	}
 	n, err := p.partitions(ctx)
 	if err != nil {
@@ -58,7 +74,7 @@ func (p *Publisher) Publish(ctx context.Context, topic string, data []byte) (str
 	}
 	id, err := p.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: p.keys.Ingress(Partition(topic, n)),
-		Values: []any{"topic", topic, "data", data},
+		Values: values,
 	}).Result()
 	if err != nil {
 		return "", fmt.Errorf("publishing to %s: %w", topic, err)

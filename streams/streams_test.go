@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/crc32"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -163,6 +164,14 @@ func TestDecodeEntry(t *testing.T) {
 		{"bad topic", map[string]any{"topic": "a b", "data": "d"}, ErrBadTopic},
 		{"no data", map[string]any{"topic": "t"}, ErrMissingData},
 		{"too large", map[string]any{"topic": "t", "data": strings.Repeat("x", 11)}, ErrTooLarge},
+		{"deadline", map[string]any{"topic": "t", "data": "d", "deadline": "30000"}, nil},
+		{"longest deadline", map[string]any{"topic": "t", "data": "d", "deadline": "2592000000"}, nil},
+		{"deadline zero", map[string]any{"topic": "t", "data": "d", "deadline": "0"}, ErrBadDeadline},
+		{"deadline negative", map[string]any{"topic": "t", "data": "d", "deadline": "-5"}, ErrBadDeadline},
+		{"deadline with a sign", map[string]any{"topic": "t", "data": "d", "deadline": "+5"}, ErrBadDeadline},
+		{"deadline not a number", map[string]any{"topic": "t", "data": "d", "deadline": "5s"}, ErrBadDeadline},
+		{"deadline empty", map[string]any{"topic": "t", "data": "d", "deadline": ""}, ErrBadDeadline},
+		{"deadline too long", map[string]any{"topic": "t", "data": "d", "deadline": "2592000001"}, ErrBadDeadline},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,6 +181,9 @@ func TestDecodeEntry(t *testing.T) {
 			}
 			if err == nil && (e.Topic != tt.values["topic"] || e.Data != tt.values["data"]) {
 				t.Fatalf("entry = %+v", e)
+			}
+			if d, ok := tt.values["deadline"].(string); err == nil && (ok != (e.Deadline > 0) || ok && strconv.FormatInt(e.Deadline, 10) != d) {
+				t.Fatalf("deadline = %d, want %q", e.Deadline, d)
 			}
 		})
 	}
@@ -210,11 +222,15 @@ func TestAppendEvent(t *testing.T) {
 }
 
 func FuzzDecodeEntry(f *testing.F) {
-	f.Add("user:1", "hello", true, true)
-	f.Add("", "x", true, true)
-	f.Add("a b", "", true, false)
-	f.Add("\xff", "{}", false, true)
-	f.Fuzz(func(t *testing.T, topic, data string, hasTopic, hasData bool) {
+	f.Add("user:1", "hello", true, true, "")
+	f.Add("", "x", true, true, "")
+	f.Add("a b", "", true, false, "")
+	f.Add("\xff", "{}", false, true, "")
+	f.Add("user:1", "hello", true, true, "30000")
+	f.Add("user:1", "hello", true, true, "0")
+	f.Add("user:1", "hello", true, true, "+7")
+	f.Add("user:1", "hello", true, true, "99999999999999999999")
+	f.Fuzz(func(t *testing.T, topic, data string, hasTopic, hasData bool, deadline string) {
 		values := map[string]any{}
 		if hasTopic {
 			values["topic"] = topic
@@ -222,12 +238,18 @@ func FuzzDecodeEntry(f *testing.F) {
 		if hasData {
 			values["data"] = data
 		}
+		if deadline != "" {
+			values["deadline"] = deadline
+		}
 		e, err := DecodeEntry("1-1", values, 64)
 		if err != nil {
 			return
 		}
 		if ValidateTopic(e.Topic) != nil || len(e.Data) > 64 || !utf8.ValidString(e.Topic) {
 			t.Fatalf("accepted a bad entry %+v", e)
+		}
+		if deadline != "" && (e.Deadline < 1 || e.Deadline > MaxDeadline || strconv.FormatInt(e.Deadline, 10) != deadline) {
+			t.Fatalf("accepted deadline %q as %d", deadline, e.Deadline)
 		}
 	})
 }

@@ -18,8 +18,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
-	"github.com/wsbus/wsbus/bus"
-	"github.com/wsbus/wsbus/streams"
+	wsbus "github.com/wsbus/wsbus/clients/go"
 )
 
 // Job is one worker's share of the connections.
@@ -71,9 +70,8 @@ type wconn struct {
 	fd      int    // the socket, read by the worker's inbox; -1 when there is none
 	rest    []byte // the start of a frame not all read yet
 	hdr     bytes.Reader
-	resumed bool       // connected by "resume": its events count as since
-	last    streams.ID // newest event ID received
-	epoch   string
+	resumed bool         // connected by "resume": its events count as since
+	cursor  wsbus.Cursor // where it stands: the last event received, or the head
 }
 
 type worker struct {
@@ -238,8 +236,11 @@ func (w *worker) connectAll(resume bool) {
 func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	target := w.job.URL + "?topic=" + url.QueryEscape(wc.topic)
 	wc.mu.Lock()
-	if resume && !wc.last.IsZero() {
-		target += "&since=" + wc.last.String() + "&epoch=" + url.QueryEscape(wc.epoch)
+	if since, seq, hasSeq, epoch := wc.cursor.Resume(); resume && since != "" {
+		target += "&since=" + url.QueryEscape(since) + "&epoch=" + url.QueryEscape(epoch)
+		if hasSeq {
+			target += "&seq=" + strconv.FormatUint(seq, 10)
+		}
 	}
 	wc.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -261,13 +262,13 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		_ = conn.Close()
 		return false, fmt.Errorf("waiting for subscribed: %w", err)
 	}
-	var m bus.ServerMessage
+	var m wsbus.Message
 	if json.Unmarshal(first, &m) != nil || m.Type != "subscribed" {
 		_ = conn.Close()
 		return false, fmt.Errorf("first message %q, want subscribed", first)
 	}
 	wc.mu.Lock()
-	wc.epoch = m.Epoch
+	_ = wc.cursor.Subscribed(&m) // a gap is counted as not recovered below
 	wc.mu.Unlock()
 	early, _ := br.Peek(br.Buffered())
 	if err := w.in.adopt(wc, conn, early, resume); err != nil {
@@ -282,16 +283,12 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 // measured, and the cheaper it is the more the measurement is of the
 // server. It runs with wc.mu held.
 func (w *worker) record(wc *wconn, p []byte, now int64) {
-	idText, t, k, ok := parseEvent(p)
+	id, seq, t, k, ok := parseEvent(p)
 	if !ok {
 		return
 	}
-	if id, err := streams.ParseID(idText); err == nil {
-		if !wc.last.Less(id) {
-			w.dups.Add(1)
-		} else {
-			wc.last = id
-		}
+	if fresh, _ := wc.cursor.Event(id, seq); !fresh {
+		w.dups.Add(1)
 	}
 	d := time.Duration(now - t)
 	w.received.Add(1)
@@ -317,25 +314,30 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 	sh.mu.Unlock()
 }
 
-// parseEvent picks the ID and the bench's own data, {"t":...,"k":...},
-// out of an event message; ok is false for anything else.
-func parseEvent(b []byte) (id string, t, k int64, ok bool) {
+// parseEvent picks the ID, the seq and the bench's own data,
+// {"t":...,"k":...}, out of an event message; ok is false for anything
+// else. The seq is 0 when the event has none.
+func parseEvent(b []byte) (id string, seq uint64, t, k int64, ok bool) {
 	rest, found := bytes.CutPrefix(b, []byte(`{"type":"event","id":"`))
 	if !found {
-		return "", 0, 0, false
+		return "", 0, 0, 0, false
 	}
 	i := bytes.IndexByte(rest, '"')
 	if i < 0 {
-		return "", 0, 0, false
+		return "", 0, 0, 0, false
 	}
 	id = string(rest[:i])
+	if after, found := bytes.CutPrefix(rest[i:], []byte(`","seq":`)); found {
+		digits, _, _ := bytes.Cut(after, []byte(`,`))
+		seq, _ = strconv.ParseUint(string(digits), 10, 64)
+	}
 	_, data, found := bytes.Cut(rest[i:], []byte(`"data":{"t":`))
 	if !found {
-		return "", 0, 0, false
+		return "", 0, 0, 0, false
 	}
 	ts, data, _ := bytes.Cut(data, []byte(`,"k":`))
 	ks, _, _ := bytes.Cut(data, []byte(`}`))
 	t, err1 := strconv.ParseInt(string(ts), 10, 64)
 	k, err2 := strconv.ParseInt(string(ks), 10, 64)
-	return id, t, k, err1 == nil && err2 == nil
+	return id, seq, t, k, err1 == nil && err2 == nil
 }

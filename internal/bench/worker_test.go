@@ -17,12 +17,12 @@ import (
 func TestParseEvent(t *testing.T) {
 	data, _ := json.Marshal(eventData{T: 1764150000123456789, K: kindUnicast})
 	msg := streams.AppendEvent(nil, "bench:7", "1764150000123-4", 4, data)
-	id, ts, k, ok := parseEvent(msg)
-	if !ok || id != "1764150000123-4" || ts != 1764150000123456789 || k != kindUnicast {
-		t.Fatalf("parseEvent(%s) = %q %d %d %v", msg, id, ts, k, ok)
+	id, seq, ts, k, ok := parseEvent(msg)
+	if !ok || id != "1764150000123-4" || seq != 4 || ts != 1764150000123456789 || k != kindUnicast {
+		t.Fatalf("parseEvent(%s) = %q %d %d %d %v", msg, id, seq, ts, k, ok)
 	}
 	for _, other := range []string{`{"type":"subscribed","topic":"a"}`, `{"type":"event","id":"1-1","topic":"a","data":"x"}`, `{"type":"event","id":"1-1`} {
-		if _, _, _, ok := parseEvent([]byte(other)); ok {
+		if _, _, _, _, ok := parseEvent([]byte(other)); ok {
 			t.Errorf("parseEvent(%s) ok, want not an event of the bench", other)
 		}
 	}
@@ -59,8 +59,8 @@ func TestConsumeSplitFrames(t *testing.T) {
 		if got := w.received.Load(); got != 3 {
 			t.Fatalf("cut %d: received %d, want 3", cut, got)
 		}
-		if d := w.dups.Load(); d != 1 || wc.last.String() != "5-2" || len(wc.rest) != 0 {
-			t.Fatalf("cut %d: dups %d, last %s, %d bytes left", cut, d, wc.last, len(wc.rest))
+		if d := w.dups.Load(); d != 1 || wc.cursor.ID != "5-2" || len(wc.rest) != 0 {
+			t.Fatalf("cut %d: dups %d, last %s, %d bytes left", cut, d, wc.cursor.ID, len(wc.rest))
 		}
 		if w.shards[0].all.N != 1 || w.shards[0].unicast.N != 2 {
 			t.Fatalf("cut %d: %d broadcast and %d unicast receipts, want 1 and 2", cut, w.shards[0].all.N, w.shards[0].unicast.N)

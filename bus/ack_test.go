@@ -1,0 +1,109 @@
+package bus
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// TestAckerCoalescesAndBounds: acks coalesce per subject, topic and
+// connection keeping the highest ID, and a connection's acks waiting to
+// be written are bounded by MaxAcks.
+func TestAckerCoalescesAndBounds(t *testing.T) {
+	g := &Gateway{cfg: GatewayConfig{MaxAcks: 2, Partitions: 4}}
+	a := newAcker(g)
+	phone, laptop := &client{subject: "ann"}, &client{subject: "ann"}
+	id := func(ms uint64) streams.ID { return streams.ID{Ms: ms} }
+	for _, step := range []struct {
+		name  string
+		cl    *client
+		topic string
+		id    streams.ID
+		ok    bool
+	}{
+		{"first", phone, "a", id(5), true},
+		{"higher on the same topic coalesces", phone, "a", id(9), true},
+		{"lower on the same topic coalesces", phone, "a", id(7), true},
+		{"another topic", phone, "b", id(1), true},
+		{"past the bound", phone, "c", id(1), false},
+		{"coalescing needs no room", phone, "b", id(2), true},
+		{"another connection has its own bound", laptop, "a", id(8), true},
+	} {
+		if got := a.add(step.cl, step.topic, step.id); got != step.ok {
+			t.Fatalf("%s: add = %v, want %v", step.name, got, step.ok)
+		}
+	}
+	if n := phone.acks.Load(); n != 2 {
+		t.Fatalf("phone has %d acks waiting, want 2", n)
+	}
+	calls := a.calls(a.take())
+	if len(calls) != 2 {
+		t.Fatalf("%d script calls, want one per topic (2)", len(calls))
+	}
+	for _, call := range calls {
+		if call.topic != "a" {
+			continue
+		}
+		// One subject, two candidates, highest first.
+		want := []any{"ann", 2, "9-0", "8-0"}
+		if len(call.args) != len(want) {
+			t.Fatalf("args of topic a = %v, want %v", call.args, want)
+		}
+		for i := range want {
+			if call.args[i] != want[i] {
+				t.Fatalf("args of topic a = %v, want %v", call.args, want)
+			}
+		}
+		if call.cands[0].cl != phone || call.cands[1].cl != laptop {
+			t.Fatal("candidates are not in the order of their IDs")
+		}
+	}
+}
+
+// BenchmarkAckerAdd times what an ack costs its connection once the
+// message is decoded: a map lookup under the acker's lock, no Redis.
+func BenchmarkAckerAdd(b *testing.B) {
+	b.ReportAllocs()
+	g := &Gateway{cfg: GatewayConfig{MaxAcks: 1 << 30, Partitions: 64}}
+	a := newAcker(g)
+	cl := &client{subject: "user-42"}
+	var n uint64
+	for b.Loop() {
+		n++
+		a.add(cl, "user:42", streams.ID{Ms: n})
+	}
+}
+
+// TestCursorsExpireWithHistory: an ack gives the topic's cursors the
+// history's expiry, and each batch the owner applies to the topic extends
+// both alike, so a cursor never outlives the sequence it points into.
+func TestCursorsExpireWithHistory(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 2)
+	msgs, _ := o.readNew(ctx, 0, "0", o.cfg.Block)
+	if err := o.apply(ctx, l, msgs[:1], "0-0"); err != nil {
+		t.Fatal(err)
+	}
+	hist, acked := keys.Topic(0, "t"), keys.Acked(0, "t")
+	if _, err := ackScript.Run(ctx, rdb, []string{hist, acked}, "ann", 1, ids[0]).Result(); err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string) {
+		t.Helper()
+		h, a := rdb.PExpireTime(ctx, hist).Val(), rdb.PExpireTime(ctx, acked).Val()
+		if h <= 0 || h != a {
+			t.Fatalf("%s: history expires at %v, cursors at %v; want the same time", when, h, a)
+		}
+	}
+	same("after the ack")
+	time.Sleep(5 * time.Millisecond)
+	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	same("after the next batch")
+	if v := rdb.HGet(ctx, acked, "s:ann").Val(); v != ids[0]+" 1" {
+		t.Fatalf("ann's cursor is stored as %q, want %q", v, ids[0]+" 1")
+	}
+}
