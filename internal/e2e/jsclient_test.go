@@ -46,8 +46,8 @@ func TestJSClient(t *testing.T) {
 	if err != nil {
 		t.Fatalf("node --test clients/js/test: %v\n%s", err, out)
 	}
-	// Say what was skipped (since:"acked" before the gateway has acks, lag
-	// mode before --slow-consumer): a skip must not pass unseen.
+	// Say what was skipped (the lag-mode test, before the gateway has
+	// --slow-consumer): a skip must not pass unseen.
 	for _, m := range skipped.FindAllString(string(out), -1) {
 		t.Log("skipped: " + m)
 	}

@@ -1,9 +1,7 @@
 // Acknowledgements: two devices of one subject share a cursor per topic.
 // A device that subscribes with since:"acked" starts after what any device
 // of the subject acknowledged; an ack made while disconnected is sent on
-// the next connection. Needs a gateway with acks (the server side is the
-// acks branch); an older gateway answers since:"acked" with bad_since and
-// the test is skipped, saying so.
+// the next connection.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { newClient, prefix, publisher, record, sleep, startGateway, until } from "./helpers.js";
@@ -15,10 +13,6 @@ test('since:"acked" starts after the subject\'s acknowledged cursor, on another 
   const phone = newClient(t, g.url, { user: "ann" });
   const rp = record(phone, "inbox", { since: "acked" });
   await until(() => rp.subscribed.length || rp.errors.length, 10000, "an answer to the subscribe");
-  if (rp.errors.some((e) => e.code === "bad_since")) {
-    t.skip('this gateway has no acks yet: since:"acked" is answered bad_since (the server side is on branch acks)');
-    return;
-  }
   assert.deepEqual(rp.errors, []);
   const ids = [await pub.xadd("inbox", 1), await pub.xadd("inbox", 2), await pub.xadd("inbox", 3)];
   await rp.waitEvents(3);
