@@ -3,9 +3,10 @@
 //
 // JSCLIENT_GATEWAY names the gateway binary and JSCLIENT_REDIS a Redis URL
 // (not WSBUS_*: the gateway reads those as its flags); the Go test that runs
-// this suite (internal/e2e, TestJSClient) sets both. Without them, `npm
-// test` builds the binary with `go build` and starts its own redis-server on
-// a free port, so the suite also runs on its own.
+// this suite (internal/e2e, TestJSClient) sets both; `npm test` builds the
+// binary once and sets JSCLIENT_GATEWAY. Without them, each test file builds
+// the binary and starts its own redis-server on a free port, so a file also
+// runs on its own (node --test test/gap.test.js).
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -181,7 +182,7 @@ let bin;
 /** gatewayBin is the wsbus binary: JSCLIENT_GATEWAY, or one built now. */
 export function gatewayBin() {
   if (bin) return bin;
-  bin = process.env.JSCLIENT_GATEWAY;
+  bin = process.env.JSCLIENT_GATEWAY && path.resolve(process.env.JSCLIENT_GATEWAY);
   if (!bin) {
     bin = path.join(tmpDir(), "wsbus");
     execFileSync("go", ["build", "-o", bin, "./app/wsbus"], { cwd: repoDir, stdio: "inherit" });
