@@ -244,6 +244,7 @@ func TestPublishKeyAndHistoryAuth(t *testing.T) {
 		{"history of a forbidden topic", "GET", "http://" + keyed.node.addr + "/v1/history?topic=x", "Bearer " + tok, "", 403},
 		{"history with a token", "GET", "http://" + keyed.node.addr + "/v1/history?topic=t", "Bearer " + tok, "", 200},
 		{"demo page is off with auth", "GET", "http://" + keyed.node.addr + "/", "", "", 404},
+		{"demo client script is off with auth", "GET", "http://" + keyed.node.addr + "/wsbus-client.js", "", "", 404},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := req(tt.method, tt.url, tt.auth, tt.body); got != tt.status {

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/bus"
+	wsbusclient "github.com/wsbus/wsbus/clients/js"
 	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -45,6 +46,7 @@ func (h *httpAPI) mux() *http.ServeMux {
 	m.HandleFunc("GET /v1/unread", h.unread)
 	m.Handle("GET /metrics", h.metrics())
 	m.HandleFunc("GET /{$}", h.demo)
+	m.HandleFunc("GET /wsbus-client.js", h.demoClient)
 	return m
 }
 
@@ -68,6 +70,17 @@ func (h *httpAPI) demo(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_, _ = w.Write(demoPage)
+}
+
+// demoClient serves the JavaScript client the demo page imports, beside
+// the page and under the same rule (insecure mode only).
+func (h *httpAPI) demoClient(w http.ResponseWriter, _ *http.Request) {
+	if h.auth != nil {
+		http.NotFound(w, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+	_, _ = w.Write(wsbusclient.Source)
 }
 
 // publish is POST /v1/publish {"topic":..,"data":..,"deadline":ms?} ->

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	wsbusclient "github.com/wsbus/wsbus/clients/js"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
@@ -177,6 +179,15 @@ func TestRedisCLIQuickStart(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(page), "/v1/ws") {
 		t.Fatalf("demo page = %d, %d bytes: want the page that connects to /v1/ws", resp.StatusCode, len(page))
 	}
+	resp, err = http.Get("http://" + g.addr + "/wsbus-client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") || !bytes.Equal(script, wsbusclient.Source) {
+		t.Fatalf("/wsbus-client.js = %d %q, %d bytes: want clients/js/index.js as JavaScript", resp.StatusCode, resp.Header.Get("Content-Type"), len(script))
+	}
 }
 
 // TestKilledNodeLosesNothing SIGKILLs the only gateway while events are
@@ -319,9 +330,12 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	})
 }
 
-// TestDemoPageInChromium loads the demo page in headless Chromium: a plain
+// TestDemoPageInChromium loads the demo page, built on wsbus-client
+// (clients/js, served at /wsbus-client.js), in headless Chromium: a plain
 // XADD shows up, events published while the page was disconnected are
-// recovered on reconnect, and its publish form works.
+// recovered on reconnect and counted by the library, a dropped connection
+// comes back by itself, a reload resumes from localStorage, and its publish
+// form works.
 func TestDemoPageInChromium(t *testing.T) {
 	if _, err := exec.LookPath("chromium"); err != nil {
 		t.Fatalf("chromium not found: install it with `go tool task chromium` (apt-get install chromium): %v", err)
@@ -339,7 +353,7 @@ func TestDemoPageInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo page in Chromium: %v\n%s", err, out)
 	}
-	for _, want := range []string{"LIVE ", "RESUMED ", "PUBLISHED"} {
+	for _, want := range []string{"LIVE ", "RESUMED ", "DROPPED", "RELOADED ", "PUBLISHED"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
