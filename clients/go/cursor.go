@@ -73,8 +73,10 @@ func (c *Cursor) Event(id string, seq uint64) (fresh bool, gap *Gap) {
 	}
 	// The seq is checked when the cursor's is known: a seq of its own, or
 	// 0 at "0" (nothing yet, so the next is 1).
+	// Seq 1 after others starts a new sequence (an idle topic's history
+	// expired under a live subscription): nothing was lost.
 	known := !c.unsure && (c.Seq > 0 || c.ID == "0")
-	if known && seq > 0 && seq != c.Seq+1 {
+	if known && seq > 1 && seq != c.Seq+1 {
 		gap = &Gap{After: c.Seq, Seq: seq}
 	}
 	c.ID, c.Seq, c.unsure = id, seq, false

@@ -70,6 +70,14 @@ func TestCursor(t *testing.T) {
 			since: "3-0", seq: 2, hasSeq: true, epoch: "new",
 		},
 		{
+			name: "seq 1 after others: a new sequence, not a gap",
+			steps: []step{
+				{sub: &Message{Topic: "t", Recovered: true, Epoch: "e", Head: "5-0", Seq: 7}},
+				{id: "9000-0", seq: 1, fresh: true}, {id: "9001-0", seq: 2, fresh: true},
+			},
+			since: "9001-0", seq: 2, hasSeq: true, epoch: "e",
+		},
+		{
 			name:  "a cursor beyond the stream's head: the same",
 			start: Cursor{ID: "50-0", Seq: 7, Epoch: "e"},
 			steps: []step{{sub: &Message{Topic: "t", Epoch: "e", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}, {id: "3-0", seq: 2, fresh: true}},

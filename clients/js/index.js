@@ -214,6 +214,13 @@ export class Subscription extends Emitter {
     if (this._since === undefined && sent === undefined) {
       this._since = m.head; // new events only: the head is the cursor until the first one
       this._seq = m.seq;
+    } else if (m.recovered === false && isId(this._since) && isId(m.head) &&
+      (this._epoch !== undefined && m.epoch !== this._epoch || compareIds(m.head, this._since) < 0)) {
+      // The cursor belongs to data that was lost (a new epoch, or a stream
+      // that went back): the server sends everything it retains, which may
+      // sort below the cursor, and each of it is new.
+      this._since = "0";
+      this._seq = undefined;
     }
     this._epoch = m.epoch;
     if (m.recovered === false) {

@@ -196,6 +196,21 @@ test("recovered:false is a gap with missed; the retained events that follow are 
   assert.deepEqual(r.resumed, [{ topic: "t", recovered: false, missed: 7, count: 3 }]);
 });
 
+test("a new epoch: everything retained is handed over, even IDs below the old cursor", async (t) => {
+  const c = fake(t);
+  const got = [];
+  const sub = c.subscribe("t", (e) => got.push(e.id), { since: "50-0", seq: 50, epoch: "old" });
+  const r = collect(sub);
+  const ws = await opened(c);
+  ws.recv(subscribed("t", { recovered: false, epoch: "new", head: "30-0", seq: 2 }));
+  ws.recv(event("t", "20-0", 1));
+  ws.recv(event("t", "30-0", 2));
+  ws.recv(event("t", "30-0", 2)); // twice: still dropped
+  assert.deepEqual(got, ["20-0", "30-0"]);
+  assert.equal(r.gaps.length, 1);
+  assert.deepEqual(sub.cursor, { since: "30-0", seq: 2, epoch: "new" });
+});
+
 test("close codes: 4002 and 4003 reconnect at once; other closes back off, exponentially with full jitter", async (t) => {
   const c = fake(t, { token: async () => "tok", reconnectDelay: 1000, maxReconnectDelay: 8000, drainDelay: 5 });
   let ws = await opened(c);
