@@ -70,16 +70,22 @@ func (h *handler) waitEvents(tb testing.TB, want []string, firstSeq uint64) {
 }
 
 // runClient runs c until the test ends.
-func runClient(tb testing.TB, c *wsbus.Client) {
+func runClient(tb testing.TB, c *wsbus.Client) { tb.Cleanup(startClient(tb, c)) }
+
+// startClient runs c until stop is called (once), which waits for Run.
+func startClient(tb testing.TB, c *wsbus.Client) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Run: %v", err)
-		}
-	})
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("Run: %v", err)
+			}
+		})
+	}
 }
 
 // waitSubscribed waits for the handler's n-th subscribed answer.
@@ -254,16 +260,11 @@ func TestGoClientStoreResumesARestart(t *testing.T) {
 	var first handler
 	c := wsbus.New(g.url, wsbus.Options{Store: store})
 	c.Subscribe("saved", first.options(""))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
 	ids := []string{pub.xadd(t, "saved", "0"), pub.xadd(t, "saved", "1")}
 	first.waitEvents(t, ids, 1)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 
 	missed := []string{pub.xadd(t, "saved", "2"), pub.xadd(t, "saved", "3")}
 	var second handler
@@ -287,14 +288,11 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	var first handler
 	c := wsbus.New(g.url, wsbus.Options{Store: store})
 	c.Subscribe("trim", first.options(""))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
 	ids := []string{pub.xadd(t, "trim", "0")}
 	first.waitEvents(t, ids, 1)
-	cancel()
-	<-done
+	stop()
 
 	for i := 1; i <= 30; i++ {
 		ids = append(ids, pub.xadd(t, "trim", strconv.Itoa(i)))
@@ -360,10 +358,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 		laptop = handler{}
 		l := wsbus.New(g.url, wsbus.Options{User: "ann"})
 		l.Subscribe("inbox:ann", laptop.options("acked"))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- l.Run(ctx) }()
-		defer func() { cancel(); <-done }()
+		defer startClient(t, l)()
 		s = laptop.waitSubscribed(t, 1)
 		if s.Acked != ids[2] {
 			return fmt.Errorf("laptop subscribed with acked %q, want %s", s.Acked, ids[2])
