@@ -215,3 +215,28 @@ func TestAckedDeadlineOutlivesIdleHistory(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadlinesDropAMalformedMember: a member of the deadlines set that
+// does not parse (written by hand, or by another version) leaves the set
+// without an escalation, and does not stop the partition's escalations.
+func TestDeadlinesDropAMalformedMember(t *testing.T) {
+	for _, path := range []string{"atomic", "cluster steps"} {
+		t.Run(path, func(t *testing.T) {
+			ctx := context.Background()
+			rdb, keys, o, l, _ := heldPartition(t, 0)
+			rdb.ZAdd(ctx, keys.Deadlines(0), redis.Z{Score: 1, Member: "garbage"})
+			var err error
+			if path == "atomic" {
+				err = o.escalateDue(ctx, l)
+			} else {
+				err = o.escalateDueSteps(ctx, l)
+			}
+			if err != nil {
+				t.Fatalf("escalating = %v, want the member dropped", err)
+			}
+			if n := rdb.ZCard(ctx, keys.Deadlines(0)).Val(); n != 0 || len(escalated(t, rdb, keys)) != 0 {
+				t.Fatalf("%d members left, escalations %v; want none", n, escalated(t, rdb, keys))
+			}
+		})
+	}
+}
