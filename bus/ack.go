@@ -6,10 +6,14 @@ package bus
 // number, and field "max" the highest ID any subject acknowledged, which
 // deadlines are checked against (see deadline.go).
 //
-// The hash lives exactly as long as the topic's history: an ack sets its
+// The hash lives as long as the topic's history: an ack extends its
 // expiry to the history's, and the owner's apply script extends both
-// together. So a cursor never outlives the sequence its seq belongs to,
-// and unread (head seq - acked seq) is exact without counting.
+// together. So unread (head seq - acked seq) is exact without counting.
+// A topic with a deadline still to be checked keeps the hash (field "due",
+// the latest) until the history TTL after it, even when its history
+// expires first: a cursor that then outlives its sequence is below the
+// next life's max-deleted-entry-id mark, which streams.History reads as
+// of an earlier life.
 //
 // An ack costs its connection no Redis round trip: it is coalesced per
 // (subject, topic) and connection, keeping the highest ID, and one

@@ -121,7 +121,8 @@ func (o *Owner) readNextDue(ctx context.Context, l *lease) error {
 }
 
 // ackedKey is the acked hash of m's topic; a member that did not parse
-// gets the partition's owner key (any key of the slot), read as no hash.
+// gets the partition's owner key (any key of the slot), which the scripts
+// do not read: they drop the member.
 func (o *Owner) ackedKey(l *lease, m dueMember) string {
 	if m.topic == "" {
 		return o.cfg.Keys.Owner(l.p)

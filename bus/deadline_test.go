@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"time"
 
@@ -158,5 +159,84 @@ func TestDeadlinesWaitUntilDue(t *testing.T) {
 	ms := int64(streams.MustParseID(id).Ms)
 	if got := escalated(t, rdb, keys); len(got) != 0 || l.nextDue != ms+60000 {
 		t.Fatalf("escalated %v, next due %d; want nothing yet, due at %d", got, l.nextDue, ms+60000)
+	}
+}
+
+// TestAckedDeadlineOutlivesIdleHistory: an event acknowledged well before
+// its deadline is never escalated, even when the topic's history (and,
+// with it, its cursors) would expire, idle, before the deadline is due:
+// deadlines may be up to streams.MaxDeadline, history lives HistoryTTL.
+func TestAckedDeadlineOutlivesIdleHistory(t *testing.T) {
+	for _, path := range []string{"atomic", "cluster steps"} {
+		t.Run(path, func(t *testing.T) {
+			ctx := context.Background()
+			rdb, keys, o, l, _ := heldPartition(t, 0)
+			o.cfg.HistoryTTL = 50 * time.Millisecond
+			id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", "t", "data", "x", "deadline", "60000"}}).Val()
+			msgs, err := o.readNew(ctx, 0, "0", o.cfg.Block)
+			if err != nil || len(msgs) != 1 {
+				t.Fatalf("readNew = %v, %v", msgs, err)
+			}
+			if err := o.apply(ctx, l, msgs, "0-0"); err != nil {
+				t.Fatal(err)
+			}
+			hist, acked := keys.Topic(0, "t"), keys.Acked(0, "t")
+			res, err := ackScript.Run(ctx, rdb, []string{hist, acked}, "ann", 1, id).Int64Slice()
+			if err != nil || len(res) != 1 || res[0] != 0 {
+				t.Fatalf("ack = %v, %v", res, err)
+			}
+			// The topic goes idle: its history expires.
+			for end := time.Now().Add(5 * time.Second); rdb.Exists(ctx, hist).Val() != 0; {
+				if time.Now().After(end) {
+					t.Fatal("history did not expire")
+				}
+				runtime.Gosched()
+			}
+			// The deadline comes (moved to now rather than waited for).
+			m := rdb.ZRange(ctx, keys.Deadlines(0), 0, -1).Val()
+			if len(m) != 1 {
+				t.Fatalf("deadlines = %v, want the event", m)
+			}
+			rdb.ZAdd(ctx, keys.Deadlines(0), redis.Z{Score: 1, Member: m[0]})
+			if path == "atomic" {
+				err = o.escalateDue(ctx, l)
+			} else {
+				err = o.escalateDueSteps(ctx, l)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := escalated(t, rdb, keys); len(got) != 0 {
+				t.Fatalf("an acknowledged event was escalated: %v", got)
+			}
+			if n := rdb.ZCard(ctx, keys.Deadlines(0)).Val(); n != 0 {
+				t.Fatalf("%d events left in the deadlines set, want none", n)
+			}
+		})
+	}
+}
+
+// TestDeadlinesDropAMalformedMember: a member of the deadlines set that
+// does not parse (written by hand, or by another version) leaves the set
+// without an escalation, and does not stop the partition's escalations.
+func TestDeadlinesDropAMalformedMember(t *testing.T) {
+	for _, path := range []string{"atomic", "cluster steps"} {
+		t.Run(path, func(t *testing.T) {
+			ctx := context.Background()
+			rdb, keys, o, l, _ := heldPartition(t, 0)
+			rdb.ZAdd(ctx, keys.Deadlines(0), redis.Z{Score: 1, Member: "garbage"})
+			var err error
+			if path == "atomic" {
+				err = o.escalateDue(ctx, l)
+			} else {
+				err = o.escalateDueSteps(ctx, l)
+			}
+			if err != nil {
+				t.Fatalf("escalating = %v, want the member dropped", err)
+			}
+			if n := rdb.ZCard(ctx, keys.Deadlines(0)).Val(); n != 0 || len(escalated(t, rdb, keys)) != 0 {
+				t.Fatalf("%d members left, escalations %v; want none", n, escalated(t, rdb, keys))
+			}
+		})
 	}
 }

@@ -59,6 +59,19 @@ local function topseq(key)
 end
 `
 
+// luaKeep defines keepuntil(key, at): extends key's expiry to the unix ms
+// at, never shortening it; a key without one gets it, a missing key is
+// left alone. at is written with %d: Lua 5.1 would print a number above
+// 1e14 with an exponent.
+const luaKeep = `
+local function keepuntil(key, at)
+  local cur = redis.call('PEXPIRETIME', key)
+  if cur ~= -2 and cur < at then
+    redis.call('PEXPIREAT', key, string.format('%d', at))
+  end
+end
+`
+
 // acquireScript takes the lease of a partition when it is free (or already
 // ours) and returns its fencing token, or nil. A new owner's token is one
 // more than any before it.
@@ -192,9 +205,11 @@ return {0, epoch}`)
 // acknowledged.
 //
 // The topic's acked hash (bus/ack.go) is given the history's expiry in the
-// same step, so cursors live exactly as long as the sequence they point
-// into. An event with a deadline ("H") joins the partition's deadlines set
-// in the same step as its history entry, so once (see deadline.go).
+// same step, so cursors live as long as the sequence they point into. An
+// event with a deadline ("H") joins the partition's deadlines set in the
+// same step as its history entry, so once (see deadline.go), and keeps the
+// acked hash (creating it, field "due") until the history TTL after it is
+// due, so an ack is still there when the deadline is checked.
 //
 // KEYS: owner, ingress, dead, deadlines, then a topic stream, live channel
 // and acked hash per history op. ARGV: lease value, group, max history
@@ -203,7 +218,7 @@ return {0, epoch}`)
 // data event-tail | "H" id data event-tail due-ms member-tail (the
 // deadlines member after "<id> <seq>") | "d" id reason topic data | "a" id.
 // Returns the number of entries added to history.
-var applyScript = redis.NewScript(luaStreams + luaSeq + `
+var applyScript = redis.NewScript(luaStreams + luaSeq + luaKeep + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
@@ -241,12 +256,18 @@ for i = 1, n do
         redis.call('XSETID', key, id, 'MAXDELETEDID', id)
       end
       redis.call('PEXPIRE', key, ARGV[4])
-      if not touched[KEYS[k + 2]] then
-        redis.call('PEXPIRE', KEYS[k + 2], ARGV[4])
-        touched[KEYS[k + 2]] = true
-      end
       if kind == 'H' then
         redis.call('ZADD', KEYS[4], ARGV[a + 4], id .. ' ' .. seq .. ARGV[a + 5])
+        local d = redis.call('HGET', KEYS[k + 2], 'due')
+        if not d or tonumber(d) < tonumber(ARGV[a + 4]) then
+          redis.call('HSET', KEYS[k + 2], 'due', ARGV[a + 4])
+        end
+        keepuntil(KEYS[k + 2], tonumber(ARGV[a + 4]) + tonumber(ARGV[4]))
+        touched[KEYS[k + 2]] = nil
+      end
+      if not touched[KEYS[k + 2]] then
+        keepuntil(KEYS[k + 2], redis.call('PEXPIRETIME', key))
+        touched[KEYS[k + 2]] = true
       end
       redis.call('SPUBLISH', KEYS[k + 1], '{"type":"event","id":"' .. id .. '","seq":' .. seq .. ARGV[a + 3])
       added = added + 1

@@ -6,12 +6,13 @@ import "github.com/redis/go-redis/v9"
 // ack.go for the key's layout and life). Each candidate ID must be an
 // event in the topic's history; one below the oldest retained event, when
 // some were trimmed (it may have been one of them), is accepted only when
-// the cursor is already at or past it, as the late ack it then is. The history's expiry is
-// copied to the cursors' hash, so both end together.
+// the cursor is already at or past it, as the late ack it then is. The
+// cursors' hash is kept at least until the history's expiry (longer for a
+// deadline still to be checked: see applyScript).
 // KEYS: history, acked. ARGV: per subject: subject, count, then that many
 // IDs, highest first.
 // Returns a status per ID, in order: 0 accepted, 1 bad_id.
-var ackScript = redis.NewScript(luaStreams + `
+var ackScript = redis.NewScript(luaStreams + luaKeep + `
 local hist, acked = KEYS[1], KEYS[2]
 local out, top, oldest = {}, nil, nil
 -- trimmed: whether id, not in the history, may have been an event trimmed
@@ -64,7 +65,7 @@ if top then
   end
   local at = redis.call('PEXPIRETIME', hist)
   if at > 0 then
-    redis.call('PEXPIREAT', acked, at)
+    keepuntil(acked, at)
   end
 end
 return out`)

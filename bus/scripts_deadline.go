@@ -29,7 +29,8 @@ for i = 3, #ARGV do
   local m = ARGV[i]
   if redis.call('ZSCORE', KEYS[2], m) then
     local id, seq, dl, topic, data = due(m)
-    local max = redis.call('HGET', KEYS[i + 1], 'max')
+    -- A member that does not parse has the owner key for its hash: no HGET.
+    local max = id and redis.call('HGET', KEYS[i + 1], 'max')
     if id and (not max or idless(max, id)) then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
         'topic', topic, 'id', id, 'seq', seq, 'data', data, 'deadline', dl)
@@ -55,7 +56,7 @@ for i = 2, #ARGV do
   local m = ARGV[i]
   if redis.call('ZSCORE', KEYS[2], m) then
     local id = due(m)
-    local max = redis.call('HGET', KEYS[i + 1], 'max')
+    local max = id and redis.call('HGET', KEYS[i + 1], 'max')
     if id and (not max or idless(max, id)) then
       out[#out + 1] = m
     else

@@ -80,7 +80,8 @@ func (k Keys) Dead(p int) string { return k.part(p, "dead") }
 // Acked is the hash of acknowledged cursors of one topic: field "s:<subject>"
 // holds "<id> <seq>", the subject's cursor, and field "max" the highest ID
 // any subject acknowledged (what a deadline is checked against). It lives
-// exactly as long as the topic's history (see bus/ack.go).
+// as long as the topic's history, longer for a deadline still to be
+// checked (see bus/ack.go).
 func (k Keys) Acked(p int, topic string) string { return k.part(p, "acked:"+topic) }
 
 // Deadlines is the sorted set of partition p's events with a deadline not
