@@ -138,13 +138,19 @@ func (a *acker) run(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		a.flush(ctx, a.take())
+		a.final() // a batch begun before Close is written, not cut off by it
 	}
 }
 
-// final writes what is left when the Gateway closes, within a second.
+// ackWriteTimeout bounds one batch's write, and so how long Close waits
+// for the last one.
+const ackWriteTimeout = 2 * time.Second
+
+// final writes what is gathered, whether or not the Gateway is closing:
+// Close waits for it (bounded by ackWriteTimeout), and acks taken into a
+// batch are not lost to Close's cancellation.
 func (a *acker) final() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), ackWriteTimeout)
 	defer cancel()
 	a.flush(ctx, a.take())
 }
