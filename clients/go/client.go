@@ -354,13 +354,15 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 	if br != nil {
 		src = br // frames the gateway sent right behind its handshake answer
 	}
-	// Pongs and close replies go out through the same lock as messages.
+	// Pongs and close replies go out through the same lock as messages,
+	// each with its own deadline: the last message's may be long past.
 	rw := struct {
 		io.Reader
 		io.Writer
 	}{src, writerFunc(func(p []byte) (int, error) {
 		c.wmu.Lock()
 		defer c.wmu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(c.opts.PongTimeout))
 		return conn.Write(p)
 	})}
 

@@ -1,0 +1,131 @@
+package wsbus
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// fakeGateway accepts WebSocket connections on a random port and hands
+// them to the test, which plays the gateway.
+type fakeGateway struct {
+	url   string
+	conns chan net.Conn
+}
+
+func newFakeGateway(tb testing.TB) *fakeGateway {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g := &fakeGateway{url: "ws://" + ln.Addr().String() + "/v1/ws", conns: make(chan net.Conn, 16)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if _, err := ws.Upgrade(conn); err != nil {
+				_ = conn.Close()
+				continue
+			}
+			g.conns <- conn
+		}
+	}()
+	tb.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		close(g.conns)
+		for conn := range g.conns {
+			_ = conn.Close()
+		}
+	})
+	return g
+}
+
+// accept returns the next connection, which the test closes.
+func (g *fakeGateway) accept(tb testing.TB, within time.Duration) net.Conn {
+	tb.Helper()
+	select {
+	case conn := <-g.conns:
+		tb.Cleanup(func() { _ = conn.Close() })
+		return conn
+	case <-time.After(within):
+		tb.Fatalf("no connection within %v", within)
+		return nil
+	}
+}
+
+// runClient runs c until the test ends and checks that Run returned.
+func runClient(tb testing.TB, c *Client) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			tb.Errorf("Run did not return after its context ended")
+		}
+	})
+}
+
+// quietWrites subscribes a client, takes its subscribe message and
+// waits until the client has written nothing for well past its
+// PongTimeout, the case of a client that only receives.
+func quietWrites(t *testing.T, g *fakeGateway, opts Options) net.Conn {
+	t.Helper()
+	c := New(g.url, opts)
+	c.Subscribe("t", SubscribeOptions{OnEvent: func(Event) {}})
+	runClient(t, c)
+	conn := g.accept(t, 5*time.Second)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := wsutil.ReadClientText(conn); err != nil {
+		t.Fatalf("reading the subscribe message: %v", err)
+	}
+	<-time.After(4 * opts.PongTimeout) // what is under test is the time itself
+	return conn
+}
+
+// TestClientAnswersPingAfterQuietWrites: a client that only receives
+// still answers the gateway's pings, however long since it last wrote.
+func TestClientAnswersPingAfterQuietWrites(t *testing.T) {
+	g := newFakeGateway(t)
+	conn := quietWrites(t, g, Options{PingInterval: time.Hour, PongTimeout: 50 * time.Millisecond})
+	if err := ws.WriteFrame(conn, ws.NewPingFrame(nil)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(conn)
+	if err != nil {
+		t.Fatalf("waiting for the pong: %v (the client dropped the connection)", err)
+	}
+	if f.Header.OpCode != ws.OpPong {
+		t.Fatalf("answer to a ping: opcode %v, want pong", f.Header.OpCode)
+	}
+}
+
+// TestClientTakesCloseCodeAfterQuietWrites: a drain's 4002 reaches Run as
+// such after a quiet spell, so the client comes back at once rather than
+// after its backoff.
+func TestClientTakesCloseCodeAfterQuietWrites(t *testing.T) {
+	g := newFakeGateway(t)
+	conn := quietWrites(t, g, Options{PingInterval: time.Hour, PongTimeout: 50 * time.Millisecond,
+		MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	drain := ws.NewCloseFrame(ws.NewCloseFrameBody(CloseDraining, "draining"))
+	if err := ws.WriteFrame(conn, drain); err != nil {
+		t.Fatal(err)
+	}
+	g.accept(t, 5*time.Second)
+}
