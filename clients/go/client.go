@@ -315,11 +315,16 @@ const quickJitter = 250 * time.Millisecond
 // backoff returns the wait before reconnect attempt n (0 first): a random
 // time up to MinBackoff doubled n times, at most MaxBackoff.
 func (c *Client) backoff(n int) time.Duration {
-	ceiling := c.opts.MaxBackoff
-	if n < 30 {
-		ceiling = min(ceiling, c.opts.MinBackoff<<n)
+	// Doubled step by step: MinBackoff<<n overflows (17 s << 29 does).
+	ceiling := c.opts.MinBackoff
+	for ; n > 0 && ceiling < c.opts.MaxBackoff; n-- {
+		if ceiling > c.opts.MaxBackoff/2 {
+			ceiling = c.opts.MaxBackoff
+		} else {
+			ceiling *= 2
+		}
 	}
-	return rand.N(ceiling) + 1
+	return rand.N(min(ceiling, c.opts.MaxBackoff)) + 1
 }
 
 func (c *Client) setFresh() {

@@ -129,3 +129,16 @@ func TestClientTakesCloseCodeAfterQuietWrites(t *testing.T) {
 	}
 	g.accept(t, 5*time.Second)
 }
+
+// TestBackoffBounds: every wait is above zero and at most MaxBackoff,
+// whatever the attempt and however large MinBackoff.
+func TestBackoffBounds(t *testing.T) {
+	for _, min := range []time.Duration{time.Millisecond, 100 * time.Millisecond, 30 * time.Second, time.Hour} {
+		c := New("ws://127.0.0.1:1/v1/ws", Options{MinBackoff: min})
+		for n := range 100 {
+			if d := c.backoff(n); d <= 0 || d > c.opts.MaxBackoff+1 {
+				t.Fatalf("MinBackoff %v, attempt %d: wait %v, want in (0, %v]", min, n, d, c.opts.MaxBackoff)
+			}
+		}
+	}
+}
