@@ -483,13 +483,24 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 	tick := time.NewTicker(min(c.opts.PingInterval, c.opts.PongTimeout) / 4)
 	defer tick.Stop()
 	var refresh <-chan time.Time
-	if exp, ok := tokenExpiry(token); ok && c.opts.TokenFunc != nil {
-		// Refresh a fifth of its life (at most a minute) before it ends.
+	var refreshTimer *time.Timer
+	// Each token, the refreshed ones too, is refreshed a fifth of its life
+	// (at most a minute) before it ends.
+	refreshBefore := func(token string) {
+		exp, ok := tokenExpiry(token)
+		if !ok || c.opts.TokenFunc == nil {
+			return
+		}
 		left := time.Until(exp)
-		t := time.NewTimer(max(left-min(left/5, time.Minute), 0))
-		defer t.Stop()
-		refresh = t.C
+		refreshTimer = time.NewTimer(max(left-min(left/5, time.Minute), 0))
+		refresh = refreshTimer.C
 	}
+	refreshBefore(token)
+	defer func() {
+		if refreshTimer != nil {
+			refreshTimer.Stop()
+		}
+	}()
 	pinged := false
 	for {
 		select {
@@ -503,6 +514,7 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 				c.mu.Unlock()
 				msg, _ := json.Marshal(map[string]string{"type": "refresh", "token": fresh})
 				_ = c.write(conn, msg)
+				refreshBefore(fresh)
 			}
 		case now := <-tick.C:
 			quiet := now.Sub(time.Unix(0, lastRead.Load()))

@@ -2,7 +2,11 @@ package wsbus
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"net"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,6 +143,46 @@ func TestBackoffBounds(t *testing.T) {
 			if d := c.backoff(n); d <= 0 || d > c.opts.MaxBackoff+1 {
 				t.Fatalf("MinBackoff %v, attempt %d: wait %v, want in (0, %v]", min, n, d, c.opts.MaxBackoff)
 			}
+		}
+	}
+}
+
+// unsignedToken is a JWT with only exp, enough for the client, which
+// reads exp without checking the signature.
+func unsignedToken(exp time.Time) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." +
+		enc([]byte(`{"sub":"u","exp":`+strconv.FormatInt(exp.Unix(), 10)+`}`)) + ".c2ln"
+}
+
+// TestClientRefreshesEveryToken: each token is refreshed before its exp,
+// the refreshed ones too, on one connection: the gateway never has to
+// cut it with 4003.
+func TestClientRefreshesEveryToken(t *testing.T) {
+	g := newFakeGateway(t)
+	var calls atomic.Int32
+	tokens := func(context.Context) (string, error) {
+		calls.Add(1)
+		return unsignedToken(time.Now().Add(2 * time.Second)), nil
+	}
+	c := New(g.url, Options{TokenFunc: tokens})
+	c.Subscribe("t", SubscribeOptions{OnEvent: func(Event) {}})
+	runClient(t, c)
+	conn := g.accept(t, 5*time.Second)
+	refreshes := 0
+	for deadline := time.Now().Add(10 * time.Second); refreshes < 3; {
+		_ = conn.SetReadDeadline(deadline)
+		msg, err := wsutil.ReadClientText(conn)
+		if err != nil {
+			t.Fatalf("after %d refreshes (token function called %d times): %v", refreshes, calls.Load(), err)
+		}
+		var m struct{ Type, Token string }
+		if json.Unmarshal(msg, &m) == nil && m.Type == "refresh" {
+			exp, ok := tokenExpiry(m.Token)
+			if !ok || time.Until(exp) <= 0 {
+				t.Fatalf("refresh %d sent a token that expired at %v", refreshes+1, exp)
+			}
+			refreshes++
 		}
 	}
 }
