@@ -565,29 +565,38 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 	if !fresh {
 		return // had it: sent twice or out of order
 	}
-	c.save(m.Topic, cur)
-	if m.Type == "subscribed" && s.opts.OnSubscribed != nil {
-		s.opts.OnSubscribed(Subscribed{Topic: m.Topic, Recovered: m.Recovered, Epoch: m.Epoch, Head: m.Head,
-			Seq: m.Seq, Missed: m.Missed, Acked: m.Acked, Unread: m.Unread})
+	if m.Type == "subscribed" {
+		c.save(m.Topic, cur)
+		if s.opts.OnSubscribed != nil {
+			s.opts.OnSubscribed(Subscribed{Topic: m.Topic, Recovered: m.Recovered, Epoch: m.Epoch, Head: m.Head,
+				Seq: m.Seq, Missed: m.Missed, Acked: m.Acked, Unread: m.Unread})
+		}
 	}
 	if gap != nil && s.opts.OnGap != nil {
 		s.opts.OnGap(*gap)
 	}
 	if m.Type == "event" {
-		s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data})
+		// Stored once handed over: an application that dies before
+		// gets the event again after a restart.
+		if s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data}) {
+			c.save(m.Topic, cur)
+		}
 	}
 }
 
-func (s *Subscription) deliver(ctx context.Context, e Event) {
+// deliver hands e to the application and reports whether it took it.
+func (s *Subscription) deliver(ctx context.Context, e Event) bool {
 	if s.opts.OnEvent != nil {
 		s.opts.OnEvent(e)
-		return
+		return true
 	}
 	select {
 	case s.events <- e:
+		return true
 	case <-s.done:
 	case <-ctx.Done():
 	}
+	return false
 }
 
 func (c *Client) storeKey(topic string) string { return c.url + " " + topic }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"net"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,5 +186,67 @@ func TestClientRefreshesEveryToken(t *testing.T) {
 			}
 			refreshes++
 		}
+	}
+}
+
+// memStore is a Store in memory.
+type memStore struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (s *memStore) Get(k string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.m[k]
+	return v, ok
+}
+
+func (s *memStore) Set(k, v string) { s.mu.Lock(); defer s.mu.Unlock(); s.m[k] = v }
+
+// TestClientStoresAfterHandling: the Store learns an event's ID only once
+// OnEvent has returned, so an application that dies while handling it
+// gets it again after a restart (at least once), rather than never.
+func TestClientStoresAfterHandling(t *testing.T) {
+	g := newFakeGateway(t)
+	store := &memStore{m: map[string]string{}}
+	c := New(g.url, Options{Store: store})
+	handled := make(chan string, 2)
+	c.Subscribe("t", SubscribeOptions{OnEvent: func(e Event) {
+		if v, _ := store.Get(c.storeKey("t")); strings.Contains(v, e.ID) {
+			handled <- "the store already holds " + v + " while " + e.ID + " is being handled"
+			return
+		}
+		handled <- ""
+	}})
+	runClient(t, c)
+	conn := g.accept(t, 5*time.Second)
+	for _, m := range []string{
+		`{"type":"subscribed","topic":"t","recovered":true,"epoch":"e","head":"1-0","seq":1}`,
+		`{"type":"event","topic":"t","id":"2-0","seq":2,"data":1}`,
+		`{"type":"event","topic":"t","id":"3-0","seq":3,"data":1}`,
+	} {
+		if err := wsutil.WriteServerText(conn, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		select {
+		case msg := <-handled:
+			if msg != "" {
+				t.Fatal(msg)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("events not handed over")
+		}
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for v, _ := store.Get(c.storeKey("t")); !strings.Contains(v, `"3-0"`); v, _ = store.Get(c.storeKey("t")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("store holds %s after both events, want 3-0", v)
+		}
+		<-tick.C
 	}
 }
