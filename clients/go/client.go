@@ -397,9 +397,14 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 
 	var lastRead atomic.Int64
 	lastRead.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	defer close(done)
-	go c.keepalive(ctx, conn, token, &lastRead, done)
+	// keepalive ends with the session, a token refresh under way too
+	// (its context), and the session waits for it: nothing of the
+	// client runs once Run has returned.
+	kctx, stopKeepalive := context.WithCancel(ctx)
+	var keeping sync.WaitGroup
+	keeping.Go(func() { c.keepalive(kctx, conn, token, &lastRead, kctx.Done()) })
+	defer keeping.Wait()
+	defer stopKeepalive()
 	for {
 		data, _, err := wsutil.ReadServerData(rw)
 		if err != nil {

@@ -250,3 +250,42 @@ func TestClientStoresAfterHandling(t *testing.T) {
 		<-tick.C
 	}
 }
+
+// TestRunWaitsForItsGoroutines: when Run returns, nothing of the client
+// still runs: a token refresh under way has returned.
+func TestRunWaitsForItsGoroutines(t *testing.T) {
+	g := newFakeGateway(t)
+	var calls, running atomic.Int32
+	entered := make(chan struct{})
+	tokens := func(ctx context.Context) (string, error) {
+		if calls.Add(1) == 1 {
+			return unsignedToken(time.Now().Add(2 * time.Second)), nil
+		}
+		running.Add(1)
+		defer running.Add(-1)
+		close(entered)
+		<-ctx.Done()
+		<-time.After(200 * time.Millisecond) // a token service slow to notice
+		return "", ctx.Err()
+	}
+	c := New(g.url, Options{TokenFunc: tokens})
+	c.Subscribe("t", SubscribeOptions{OnEvent: func(Event) {}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	g.accept(t, 5*time.Second)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no refresh")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if n := running.Load(); n != 0 {
+		t.Fatalf("Run returned while %d token refresh still ran", n)
+	}
+}
