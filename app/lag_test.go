@@ -181,3 +181,82 @@ func gatewayMetric(tb testing.TB, b *testBus, name string) int {
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
 	return int(v)
 }
+
+// TestLaggingClientUnsubscribes: a client unsubscribes from a topic while
+// it is being caught up from history, then subscribes to it again from
+// "0". Nothing of the topic follows "unsubscribed" until the new
+// "subscribed", and after it the topic's events come once each, in order,
+// from the first. Six rounds: the unsubscribe must meet the catch-up
+// while it waits for room, which it does often, not always.
+func TestLaggingClientUnsubscribes(t *testing.T) {
+	b := newTestBus(t, "--max-queue", "65536", "--history-len", "20000")
+	for round := range 6 {
+		unsubscribeWhileLagging(t, b, fmt.Sprintf("lag:unsub:%d", round))
+	}
+}
+
+func unsubscribeWhileLagging(t *testing.T, b *testBus, topic string) {
+	c := wstest.Dial(t, b.node.url)
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	c.Subscribe(topic, "", "")
+	c.Expect("subscribed", wait)
+	lags := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total")
+	payload := strings.Repeat("u", 4<<10)
+	var ids []string
+	for len(ids) < 1500 { // 6 MiB, far more than the socket buffers and the queue
+		pipe := b.rdb.Pipeline()
+		var cmds []*redis.StringCmd
+		for range 250 {
+			cmds = append(cmds, pipe.XAdd(context.Background(), &redis.XAddArgs{
+				Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+				Values: []any{"topic", topic, "data", payload},
+			}))
+		}
+		if _, err := pipe.Exec(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range cmds {
+			ids = append(ids, cmd.Val())
+		}
+	}
+	redistest.Eventually(t, wait, func() error {
+		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n <= lags {
+			return fmt.Errorf("no lag catch-up yet")
+		}
+		return nil
+	})
+	c.Send(map[string]string{"type": "unsubscribe", "topic": topic})
+	c.Send(map[string]string{"type": "subscribe", "topic": topic, "since": "0"})
+
+	var before, after []string // events before "unsubscribed", after the new "subscribed"
+	state := 0                 // 0: first subscription, 1: unsubscribed, 2: subscribed again
+	for len(after) < len(ids) {
+		m := c.Next(wait)
+		switch {
+		case m.Type == "unsubscribed" && state == 0:
+			state = 1
+		case m.Type == "subscribed" && state == 1:
+			state = 2
+		case m.Type == "event" && state == 0:
+			before = append(before, m.ID)
+		case m.Type == "event" && state == 2:
+			after = append(after, m.ID)
+		default:
+			t.Fatalf("%s: %s %s in state %d (%d events before unsubscribing, %d after subscribing again)",
+				topic, m.Type, m.ID, state, len(before), len(after))
+		}
+	}
+	if !slices.Equal(before, ids[:len(before)]) {
+		t.Fatalf("%s: the %d events before unsubscribing are not the first ones, once each in order", topic, len(before))
+	}
+	if !slices.Equal(after, ids) {
+		i := 0
+		for i < len(after) && after[i] == ids[i] {
+			i++
+		}
+		t.Fatalf("%s: after subscribing again from 0, event %d is %s, want %s", topic, i, after[i], ids[i])
+	}
+	_ = c.Conn.Close()
+}

@@ -173,12 +173,14 @@ func newClient(c *ws.Conn) *client {
 func (cl *client) newSubscription(c *ws.Conn, t *topic) *subscription {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	s := &cl.first
 	if cl.firstUsed {
-		return &subscription{conn: c, topic: t, idx: -1}
+		s = &subscription{}
 	}
 	cl.firstUsed = true
-	cl.first = subscription{conn: c, topic: t, idx: -1}
-	return &cl.first
+	s.conn, s.topic = c, t
+	s.idx.Store(-1)
+	return s
 }
 
 // NewGateway returns a Gateway; Close stops it.

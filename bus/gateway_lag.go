@@ -116,7 +116,7 @@ func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) 
 		subs := cl.snapshot()
 		for _, s := range subs {
 			s.topic.mu.Lock()
-			if s.live && s.idx >= 0 {
+			if s.live && s.idx.Load() >= 0 {
 				s.lagging = true
 			}
 			s.topic.mu.Unlock()
@@ -133,7 +133,7 @@ func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) 
 func (cl *client) firstLagging() *subscription {
 	for _, s := range cl.snapshot() {
 		s.topic.mu.Lock()
-		lagging := s.lagging && s.idx >= 0
+		lagging := s.lagging && s.idx.Load() >= 0
 		s.topic.mu.Unlock()
 		if lagging {
 			return s
@@ -212,7 +212,7 @@ func eventOfTopic(payload, quoted []byte) bool {
 func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error {
 	t := s.topic
 	t.mu.Lock()
-	from, lagging := s.last, s.lagging && s.idx >= 0
+	from, lagging := s.last, s.lagging && s.idx.Load() >= 0
 	t.mu.Unlock()
 	if !lagging || next.IsZero() && g.handOver(s, from, true) {
 		// Nothing of its topic was dropped or refused since its last
@@ -220,6 +220,10 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 		return nil
 	}
 	p := pager{g: g, topic: t.name, from: from, next: next, size: g.cfg.MaxData}
+	// Checked again under the connection's lock as each frame is queued:
+	// an unsubscribe while SendWait waits for room has its reply queued
+	// after the frame or instead of it, never before it.
+	subscribed := func() bool { return s.idx.Load() >= 0 }
 	behind := 0 // pages in a row that ended before the topic's newest event
 	for {
 		events, err := p.read()
@@ -240,7 +244,7 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 			if !s.subscribed() {
 				return nil // unsubscribed: send it nothing more
 			}
-			if err := c.SendWait(eventFrame(t.name, e)); err != nil {
+			if err := c.SendWaitIf(eventFrame(t.name, e), subscribed); err != nil {
 				return err // closed: Closed cleans up
 			}
 			p.from, p.sent = streams.MustParseID(e.ID), true
@@ -275,7 +279,7 @@ const (
 func (s *subscription) subscribed() bool {
 	s.topic.mu.Lock()
 	defer s.topic.mu.Unlock()
-	return s.idx >= 0
+	return s.idx.Load() >= 0
 }
 
 // handOver makes s live again once from, the last event sent to it, has
@@ -286,7 +290,7 @@ func (g *Gateway) handOver(s *subscription, from streams.ID, end bool) bool {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s.idx < 0 {
+	if s.idx.Load() < 0 {
 		return true // unsubscribed or closed
 	}
 	if !end || from.Less(t.seen) {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,11 +46,11 @@ type liveEvent struct {
 type subscription struct {
 	conn    *ws.Conn
 	topic   *topic
-	last    streams.ID  // newest event sent; guarded by topic.mu once live
-	pending []liveEvent // live events held until live; guarded by topic.mu
-	idx     int32       // position in topic.subs, -1 when not in it; guarded by topic.mu
-	live    bool        // history sent; guarded by topic.mu
-	lagging bool        // live, but caught up from history: fan-out skips it; guarded by topic.mu
+	last    streams.ID   // newest event sent; guarded by topic.mu once live
+	pending []liveEvent  // live events held until live; guarded by topic.mu
+	idx     atomic.Int32 // position in topic.subs, -1 when not in it; stored under topic.mu, loaded without it (see catchUpSub)
+	live    bool         // history sent; guarded by topic.mu
+	lagging bool         // live, but caught up from history: fan-out skips it; guarded by topic.mu
 }
 
 // markReady records that the live channel is subscribed and wakes the
@@ -143,20 +144,21 @@ func (s *subscription) offer(ev liveEvent) bool {
 
 // addLocked and removeLocked keep t.subs a dense slice.
 func (t *topic) addLocked(s *subscription) {
-	s.idx = int32(len(t.subs))
+	s.idx.Store(int32(len(t.subs)))
 	t.subs = append(t.subs, s)
 }
 
 func (t *topic) removeLocked(s *subscription) bool {
-	i := int(s.idx)
+	i := int(s.idx.Load())
 	if i < 0 || i >= len(t.subs) || t.subs[i] != s {
 		return false
 	}
 	last := t.subs[len(t.subs)-1]
-	t.subs[i], last.idx = last, int32(i)
+	t.subs[i] = last
+	last.idx.Store(int32(i))
 	t.subs[len(t.subs)-1] = nil
 	t.subs = t.subs[:len(t.subs)-1]
-	s.idx = -1
+	s.idx.Store(-1)
 	if len(t.subs) == 0 {
 		t.subs = nil // a topic left idle keeps no array
 	}

@@ -179,11 +179,18 @@ func (c *Conn) RemoteAddr() net.Addr {
 // 4001 and ErrSlowConsumer returned; under OverflowDrop the frames queued
 // by Offer are dropped first (an overflow, see Offer), and only what Send
 // and SendWait queued can make it close.
-func (c *Conn) Send(frame []byte) error {
+func (c *Conn) Send(frame []byte) error { return c.send(frame, nil) }
+
+// send is Send; a frame that ok, when set, refuses is not queued.
+func (c *Conn) send(frame []byte, ok func() bool) error {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
 		return ErrClosed
+	}
+	if ok != nil && !ok() {
+		c.mu.Unlock()
+		return nil
 	}
 	if c.queuedLocked()+len(frame) > c.srv.cfg.MaxQueue && c.out != nil && c.out.offered != nil {
 		c.overflowLocked() // only under OverflowDrop does Offer mark frames
@@ -328,7 +335,16 @@ func (c *Conn) writeThroughLocked(frame []byte, offered bool) {
 // Config.WriteTimeout, for the writer to drain it instead of closing the
 // connection at once. It fills the queue only up to the room Send keeps
 // for replies (see bulkRoom), and what it queues is never dropped.
-func (c *Conn) SendWait(frame []byte) error {
+func (c *Conn) SendWait(frame []byte) error { return c.SendWaitIf(frame, nil) }
+
+// SendWaitIf is SendWait for a frame that may stop being wanted while it
+// waits for room, such as history of a topic the client unsubscribes
+// from: ok, when not nil, is asked under the connection's lock right
+// before frame would be queued, and frame is dropped (nil returned) when
+// it says no. So whatever is queued after ok turned false, a reply
+// saying so, follows frame or replaces it. ok must be quick and must take
+// no lock held while frames are queued (an atomic load, say).
+func (c *Conn) SendWaitIf(frame []byte, ok func() bool) error {
 	deadline := timeNow().Add(c.srv.cfg.WriteTimeout)
 	for {
 		c.mu.Lock()
@@ -337,6 +353,10 @@ func (c *Conn) SendWait(frame []byte) error {
 			return ErrClosed
 		}
 		if queued := c.queuedLocked(); queued == 0 || queued+len(frame) <= c.srv.bulkRoom {
+			if ok != nil && !ok() {
+				c.mu.Unlock()
+				return nil
+			}
 			c.queueLocked(frame, false)
 			return nil
 		}
@@ -348,7 +368,7 @@ func (c *Conn) SendWait(frame []byte) error {
 		c.mu.Unlock()
 		wait := time.Until(deadline)
 		if wait <= 0 {
-			return c.Send(frame) // still no room: the slow-consumer close
+			return c.send(frame, ok) // still no room: the slow-consumer close
 		}
 		timer := time.NewTimer(wait)
 		select {

@@ -275,11 +275,18 @@ func TestSteadySlowReaderIsNotCut(t *testing.T) {
 	conn, br := dialRaw(t, addr)
 	c := opened(t, h)
 	const frames = 200
-	for n := range uint64(frames) {
-		if err := c.Send(numbered(n, 64<<10)); err != nil { // 12.5 MiB
-			t.Fatalf("Send: %v", err)
+	// Queued while the client reads: a queue filled first, before any
+	// read, could itself outlast the write timeout on a loaded machine.
+	sent := make(chan error, 1)
+	go func() {
+		for n := range uint64(frames) {
+			if err := c.Send(numbered(n, 64<<10)); err != nil { // 12.5 MiB
+				sent <- err
+				return
+			}
 		}
-	}
+		sent <- nil
+	}()
 	start := time.Now()
 	got := 0
 	buf := make([]byte, 16<<10)
@@ -291,6 +298,9 @@ func TestSteadySlowReaderIsNotCut(t *testing.T) {
 		}
 		got += n
 		time.Sleep(20 * time.Millisecond) // the slow reader under test, not a wait for the server
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("Send: %v", err)
 	}
 	if s.Len() != 1 {
 		t.Fatal("the steady reader was cut")

@@ -315,11 +315,16 @@ const quickJitter = 250 * time.Millisecond
 // backoff returns the wait before reconnect attempt n (0 first): a random
 // time up to MinBackoff doubled n times, at most MaxBackoff.
 func (c *Client) backoff(n int) time.Duration {
-	ceiling := c.opts.MaxBackoff
-	if n < 30 {
-		ceiling = min(ceiling, c.opts.MinBackoff<<n)
+	// Doubled step by step: MinBackoff<<n overflows (17 s << 29 does).
+	ceiling := c.opts.MinBackoff
+	for ; n > 0 && ceiling < c.opts.MaxBackoff; n-- {
+		if ceiling > c.opts.MaxBackoff/2 {
+			ceiling = c.opts.MaxBackoff
+		} else {
+			ceiling *= 2
+		}
 	}
-	return rand.N(ceiling) + 1
+	return rand.N(min(ceiling, c.opts.MaxBackoff)) + 1
 }
 
 func (c *Client) setFresh() {
@@ -354,13 +359,15 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 	if br != nil {
 		src = br // frames the gateway sent right behind its handshake answer
 	}
-	// Pongs and close replies go out through the same lock as messages.
+	// Pongs and close replies go out through the same lock as messages,
+	// each with its own deadline: the last message's may be long past.
 	rw := struct {
 		io.Reader
 		io.Writer
 	}{src, writerFunc(func(p []byte) (int, error) {
 		c.wmu.Lock()
 		defer c.wmu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(c.opts.PongTimeout))
 		return conn.Write(p)
 	})}
 
@@ -390,9 +397,14 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 
 	var lastRead atomic.Int64
 	lastRead.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	defer close(done)
-	go c.keepalive(ctx, conn, token, &lastRead, done)
+	// keepalive ends with the session, a token refresh under way too
+	// (its context), and the session waits for it: nothing of the
+	// client runs once Run has returned.
+	kctx, stopKeepalive := context.WithCancel(ctx)
+	var keeping sync.WaitGroup
+	keeping.Go(func() { c.keepalive(kctx, conn, token, &lastRead, kctx.Done()) })
+	defer keeping.Wait()
+	defer stopKeepalive()
 	for {
 		data, _, err := wsutil.ReadServerData(rw)
 		if err != nil {
@@ -476,13 +488,24 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 	tick := time.NewTicker(min(c.opts.PingInterval, c.opts.PongTimeout) / 4)
 	defer tick.Stop()
 	var refresh <-chan time.Time
-	if exp, ok := tokenExpiry(token); ok && c.opts.TokenFunc != nil {
-		// Refresh a fifth of its life (at most a minute) before it ends.
+	var refreshTimer *time.Timer
+	// Each token, the refreshed ones too, is refreshed a fifth of its life
+	// (at most a minute) before it ends.
+	refreshBefore := func(token string) {
+		exp, ok := tokenExpiry(token)
+		if !ok || c.opts.TokenFunc == nil {
+			return
+		}
 		left := time.Until(exp)
-		t := time.NewTimer(max(left-min(left/5, time.Minute), 0))
-		defer t.Stop()
-		refresh = t.C
+		refreshTimer = time.NewTimer(max(left-min(left/5, time.Minute), 0))
+		refresh = refreshTimer.C
 	}
+	refreshBefore(token)
+	defer func() {
+		if refreshTimer != nil {
+			refreshTimer.Stop()
+		}
+	}()
 	pinged := false
 	for {
 		select {
@@ -496,6 +519,7 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 				c.mu.Unlock()
 				msg, _ := json.Marshal(map[string]string{"type": "refresh", "token": fresh})
 				_ = c.write(conn, msg)
+				refreshBefore(fresh)
 			}
 		case now := <-tick.C:
 			quiet := now.Sub(time.Unix(0, lastRead.Load()))
@@ -546,29 +570,38 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 	if !fresh {
 		return // had it: sent twice or out of order
 	}
-	c.save(m.Topic, cur)
-	if m.Type == "subscribed" && s.opts.OnSubscribed != nil {
-		s.opts.OnSubscribed(Subscribed{Topic: m.Topic, Recovered: m.Recovered, Epoch: m.Epoch, Head: m.Head,
-			Seq: m.Seq, Missed: m.Missed, Acked: m.Acked, Unread: m.Unread})
+	if m.Type == "subscribed" {
+		c.save(m.Topic, cur)
+		if s.opts.OnSubscribed != nil {
+			s.opts.OnSubscribed(Subscribed{Topic: m.Topic, Recovered: m.Recovered, Epoch: m.Epoch, Head: m.Head,
+				Seq: m.Seq, Missed: m.Missed, Acked: m.Acked, Unread: m.Unread})
+		}
 	}
 	if gap != nil && s.opts.OnGap != nil {
 		s.opts.OnGap(*gap)
 	}
 	if m.Type == "event" {
-		s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data})
+		// Stored once handed over: an application that dies before
+		// gets the event again after a restart.
+		if s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data}) {
+			c.save(m.Topic, cur)
+		}
 	}
 }
 
-func (s *Subscription) deliver(ctx context.Context, e Event) {
+// deliver hands e to the application and reports whether it took it.
+func (s *Subscription) deliver(ctx context.Context, e Event) bool {
 	if s.opts.OnEvent != nil {
 		s.opts.OnEvent(e)
-		return
+		return true
 	}
 	select {
 	case s.events <- e:
+		return true
 	case <-s.done:
 	case <-ctx.Done():
 	}
+	return false
 }
 
 func (c *Client) storeKey(topic string) string { return c.url + " " + topic }
