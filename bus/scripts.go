@@ -243,7 +243,7 @@ if after ~= '' then
   end
 end
 local k, a, added = 5, 9, 0
-local acks, seqs, touched = {}, {}, {}
+local acks, seqs, cursors = {}, {}, {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
   if kind == 'h' or kind == 'H' then
@@ -255,7 +255,7 @@ for i = 1, n do
       if seq == '1' then
         redis.call('XSETID', key, id, 'MAXDELETEDID', id)
       end
-      redis.call('PEXPIRE', key, ARGV[4])
+      cursors[key] = KEYS[k + 2]
       if kind == 'H' then
         redis.call('ZADD', KEYS[4], ARGV[a + 4], id .. ' ' .. seq .. ARGV[a + 5])
         local d = redis.call('HGET', KEYS[k + 2], 'due')
@@ -263,11 +263,6 @@ for i = 1, n do
           redis.call('HSET', KEYS[k + 2], 'due', ARGV[a + 4])
         end
         keepuntil(KEYS[k + 2], tonumber(ARGV[a + 4]) + tonumber(ARGV[4]))
-        touched[KEYS[k + 2]] = nil
-      end
-      if not touched[KEYS[k + 2]] then
-        keepuntil(KEYS[k + 2], redis.call('PEXPIRETIME', key))
-        touched[KEYS[k + 2]] = true
       end
       redis.call('SPUBLISH', KEYS[k + 1], '{"type":"event","id":"' .. id .. '","seq":' .. seq .. ARGV[a + 3])
       added = added + 1
@@ -285,6 +280,19 @@ for i = 1, n do
 end
 if after == '' and n > 0 then
   redis.call('XACK', KEYS[2], ARGV[2], unpack(acks))
+end
+-- Once per topic of the batch, not per event: the history lives for its
+-- ttl after its newest event, and the subjects' cursors at least as long.
+-- (A script sees one frozen time, so the expiry is the same as PEXPIRE
+-- per event would have set.)
+local now
+for key, acked in pairs(cursors) do
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  redis.call('PEXPIRE', key, ARGV[4])
+  keepuntil(acked, now + tonumber(ARGV[4]))
 end
 return added`)
 
