@@ -120,9 +120,13 @@ type Client struct {
 	url  string
 	opts Options
 
+	// Lock order: wmu before mu. Writes that must keep their order with
+	// the connection's first subscribes (Subscribe, Unsubscribe, the
+	// session start) hold wmu from the moment they read c.conn.
 	mu     sync.Mutex
 	subs   map[string]*Subscription
 	conn   net.Conn          // the open connection; nil between connections
+	unsubs map[string]int    // unsubscribes sent on conn and not yet answered, by topic
 	acks   map[string]string // acks made while not connected, by topic
 	token  string
 	fresh  bool // token must be fetched again before the next connection
@@ -138,6 +142,7 @@ type Subscription struct {
 	topic  string
 	opts   SubscribeOptions
 	cursor Cursor // guarded by c.mu
+	active bool   // its subscribed arrived on this connection; guarded by c.mu
 	events chan Event
 	done   chan struct{}
 	once   sync.Once
@@ -148,7 +153,7 @@ type Subscription struct {
 func New(url string, opts Options) *Client {
 	return &Client{
 		url: url, opts: opts.withDefaults(), token: opts.Token,
-		subs: map[string]*Subscription{}, acks: map[string]string{}, closed: make(chan struct{}),
+		subs: map[string]*Subscription{}, unsubs: map[string]int{}, acks: map[string]string{}, closed: make(chan struct{}),
 	}
 }
 
@@ -164,19 +169,33 @@ func (c *Client) Subscribe(topic string, opts SubscribeOptions) *Subscription {
 	if v, ok := c.load(topic); ok {
 		s.cursor = v
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
 	old := c.subs[topic]
 	c.subs[topic] = s
 	conn := c.conn
-	msg := s.subscribeLocked()
+	var msgs [][]byte
+	if conn != nil && old != nil {
+		// The gateway knows the topic: end the old subscription first;
+		// what arrives for the topic until it is answered is the old one's.
+		msgs = append(msgs, unsubscribeMessage(topic))
+		c.unsubs[topic]++
+	}
+	msgs = append(msgs, s.subscribeLocked())
 	c.mu.Unlock()
 	if old != nil {
 		old.close()
 	}
 	if conn != nil {
-		_ = c.write(conn, msg)
+		_ = c.writeLocked(conn, msgs...)
 	}
 	return s
+}
+
+func unsubscribeMessage(topic string) []byte {
+	msg, _ := json.Marshal(map[string]string{"type": "unsubscribe", "topic": topic})
+	return msg
 }
 
 // Events returns the events of a subscription made without OnEvent. It
@@ -193,17 +212,21 @@ func (s *Subscription) Cursor() Cursor {
 // Unsubscribe ends the subscription.
 func (s *Subscription) Unsubscribe() {
 	c := s.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
 	conn := c.conn
 	mine := c.subs[s.topic] == s
 	if mine {
 		delete(c.subs, s.topic)
+		if conn != nil {
+			c.unsubs[s.topic]++
+		}
 	}
 	c.mu.Unlock()
 	s.close()
 	if mine && conn != nil {
-		msg, _ := json.Marshal(map[string]string{"type": "unsubscribe", "topic": s.topic})
-		_ = c.write(conn, msg)
+		_ = c.writeLocked(conn, unsubscribeMessage(s.topic))
 	}
 }
 
@@ -371,10 +394,13 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 		return conn.Write(p)
 	})}
 
+	c.wmu.Lock()
 	c.mu.Lock()
 	c.conn = conn
+	c.unsubs = map[string]int{}
 	msgs := make([][]byte, 0, len(c.subs)+len(c.acks))
 	for _, s := range c.subs {
+		s.active = false
 		msgs = append(msgs, s.subscribeLocked())
 	}
 	for topic, id := range c.acks {
@@ -389,10 +415,10 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 		c.mu.Unlock()
 	}()
 	c.state(Open)
-	for _, m := range msgs {
-		if err := c.write(conn, m); err != nil {
-			return true, err
-		}
+	err = c.writeLocked(conn, msgs...)
+	c.wmu.Unlock()
+	if err != nil {
+		return true, err
 	}
 
 	var lastRead atomic.Int64
@@ -427,8 +453,18 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 func (c *Client) write(conn net.Conn, msg []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = conn.SetWriteDeadline(time.Now().Add(c.opts.PongTimeout))
-	return wsutil.WriteClientText(conn, msg)
+	return c.writeLocked(conn, msg)
+}
+
+// writeLocked sends text messages on conn, in order; c.wmu is held.
+func (c *Client) writeLocked(conn net.Conn, msgs ...[]byte) error {
+	for _, msg := range msgs {
+		_ = conn.SetWriteDeadline(time.Now().Add(c.opts.PongTimeout))
+		if err := wsutil.WriteClientText(conn, msg); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dial opens a connection to the gateway, with the token and user.
@@ -539,6 +575,9 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 
 // handle takes one message of the gateway.
 func (c *Client) handle(ctx context.Context, m *Message) {
+	if c.answersUnsubscribe(m) {
+		return
+	}
 	switch m.Type {
 	case "subscribed", "event":
 	case "error":
@@ -547,17 +586,18 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 		}
 		return
 	default:
-		return // pong, unsubscribed, refreshed: nothing to do
+		return // pong, refreshed: nothing to do
 	}
 	c.mu.Lock()
 	s := c.subs[m.Topic]
-	if s == nil {
+	if s == nil || m.Type == "event" && !s.active {
 		c.mu.Unlock()
-		return // unsubscribed since
+		return // unsubscribed since, or not yet answered on this connection
 	}
 	var gap *Gap
 	fresh := true
 	if m.Type == "subscribed" {
+		s.active = true
 		gap = s.cursor.Subscribed(m)
 	} else {
 		fresh, gap = s.cursor.Event(m.ID, m.Seq)
@@ -590,6 +630,22 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 }
 
 // deliver hands e to the application and reports whether it took it.
+// answersUnsubscribe reports whether m is of a topic with an
+// unsubscribe not yet answered on this connection: the old subscription's
+// messages until the answer ("unsubscribed", or not_subscribed when the
+// subscribe had not taken effect), which are none of the application's.
+func (c *Client) answersUnsubscribe(m *Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unsubs[m.Topic] == 0 {
+		return false
+	}
+	if m.Type == "unsubscribed" || m.Type == "error" && m.Code == "not_subscribed" {
+		c.unsubs[m.Topic]--
+	}
+	return true
+}
+
 func (s *Subscription) deliver(ctx context.Context, e Event) bool {
 	if s.opts.OnEvent != nil {
 		s.opts.OnEvent(e)

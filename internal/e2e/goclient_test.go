@@ -407,3 +407,34 @@ func TestGoClientResumesA4001(t *testing.T) {
 	}
 	h.waitEvents(t, ids, 1)
 }
+
+// TestGoClientSubscribesAgain: subscribing to a topic again while
+// connected (replacing the subscription, or after an unsubscribe) starts
+// the new one where it asks, with none of the old one's events.
+func TestGoClientSubscribesAgain(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	g := startGateway(t, srv.URL(), prefix)
+	pub := newPublisher(t, srv, prefix)
+	var first handler
+	c := wsbus.New(g.url, wsbus.Options{OnError: func(m wsbus.Message) { t.Errorf("error from the gateway: %+v", m) }})
+	sub := c.Subscribe("again", first.options(""))
+	runClient(t, c)
+	first.waitSubscribed(t, 1)
+	ids := []string{pub.xadd(t, "again", "0"), pub.xadd(t, "again", "1")}
+	first.waitEvents(t, ids, 1)
+
+	var second handler
+	replaced := c.Subscribe("again", second.options("0")) // replaces the first: everything retained
+	second.waitSubscribed(t, 1)
+	ids = append(ids, pub.xadd(t, "again", "2"))
+	second.waitEvents(t, ids, 1)
+	first.waitEvents(t, ids[:2], 1) // the replaced one gets nothing more
+
+	sub.Unsubscribe() // not the current subscription: nothing happens
+	replaced.Unsubscribe()
+	var third handler
+	c.Subscribe("again", third.options(ids[0]))
+	third.waitSubscribed(t, 1)
+	third.waitEvents(t, ids[1:], 2)
+}
