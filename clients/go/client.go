@@ -41,6 +41,9 @@ func (s State) String() string {
 
 // Store keeps cursors across restarts of the application: a file, a
 // database, anything with string keys and values. Nil means in memory.
+// Get and Set are called from the client's goroutines and from
+// Subscribe's caller, so an implementation must be safe for concurrent
+// use.
 type Store interface {
 	Get(key string) (value string, ok bool)
 	Set(key, value string)
@@ -280,9 +283,9 @@ func (c *Client) Close() {
 }
 
 // Run connects and keeps the client connected until ctx ends or Close is
-// called, resuming every subscription after each drop. It returns nil
-// then, or the error of a Store or token function that failed for good
-// (never a network error: those are retried).
+// called, resuming every subscription after each drop, and returns nil
+// then. Nothing else ends it: network errors, refused handshakes and a
+// failing TokenFunc are retried with backoff.
 func (c *Client) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
