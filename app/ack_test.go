@@ -120,6 +120,22 @@ func TestAckErrorsKeepTheConnection(t *testing.T) {
 	}
 }
 
+// TestAckBurstKeepsTheValidOne: a valid ack and a higher, invalid one
+// sent together (in one batch of the gateway's) move the cursor to the
+// valid one, and only the invalid one is refused.
+func TestAckBurstKeepsTheValidOne(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.published(t, "burst", 3)
+	c := wstest.Dial(t, b.node.url+"?user=bob")
+	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"` + ids[1] + `"}`))
+	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"9999999999999-0"}`))
+	if e := c.Expect("error", wait); e.Code != "bad_id" || !strings.Contains(e.Message, "9999999999999-0") {
+		t.Fatalf("error = %+v, want bad_id for the invalid ack", e)
+	}
+	b.waitCursor(t, "burst", "bob", ids[1])
+	c.ExpectQuiet(50 * time.Millisecond)
+}
+
 // bumped returns an ID just after id, which no event has.
 func bumped(id string) string {
 	v := streams.MustParseID(id)

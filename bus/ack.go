@@ -15,10 +15,10 @@ package bus
 // next life's max-deleted-entry-id mark, which streams.History reads as
 // of an earlier life.
 //
-// An ack costs its connection no Redis round trip: it is coalesced per
-// (subject, topic) and connection, keeping the highest ID, and one
-// goroutine owned by the Gateway writes what gathered every AckFlush, one
-// script call per topic, all in one pipeline. What needs Redis to check
+// An ack costs its connection no Redis round trip: it is gathered per
+// (subject, topic), and one goroutine owned by the Gateway writes what
+// gathered every AckFlush, one script call per topic, all in one
+// pipeline, which moves each cursor to the highest valid ID. What needs Redis to check
 // (is the ID an event of the topic?) is checked there, and a bad_id error
 // is sent to the connection afterwards, if it is still open.
 
@@ -38,8 +38,8 @@ import (
 // ackKey identifies the acks that coalesce into one cursor move.
 type ackKey struct{ subject, topic string }
 
-// ackCandidate is the highest ID one connection acknowledged on a key
-// since the last flush.
+// ackCandidate is an ID one connection acknowledged on a key since the
+// last flush.
 type ackCandidate struct {
 	cl *client
 	id streams.ID
@@ -88,11 +88,12 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 	k := ackKey{cl.subject, topic}
 	a.mu.Lock()
 	cands := a.pending[k]
+	// Every distinct ID is kept, not only a connection's highest: a
+	// higher one may turn out not to be an event (bad_id), and a valid
+	// lower one must still move the cursor. The script tries them
+	// highest first; MaxAcks bounds them per connection.
 	for i := range cands {
-		if cands[i].cl == cl {
-			if cands[i].id.Less(id) {
-				cands[i].id = id
-			}
+		if cands[i].cl == cl && cands[i].id == id {
 			a.mu.Unlock()
 			return true
 		}

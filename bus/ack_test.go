@@ -8,11 +8,12 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
-// TestAckerCoalescesAndBounds: acks coalesce per subject, topic and
-// connection keeping the highest ID, and a connection's acks waiting to
+// TestAckerGathersAndBounds: acks gather per subject and topic, each
+// distinct ID of a connection kept (a higher one may be refused, and a
+// lower valid one must still count), and a connection's acks waiting to
 // be written are bounded by MaxAcks.
-func TestAckerCoalescesAndBounds(t *testing.T) {
-	g := &Gateway{cfg: GatewayConfig{MaxAcks: 2, Partitions: 4}}
+func TestAckerGathersAndBounds(t *testing.T) {
+	g := &Gateway{cfg: GatewayConfig{MaxAcks: 3, Partitions: 4}}
 	a := newAcker(g)
 	phone, laptop := &client{subject: "ann"}, &client{subject: "ann"}
 	id := func(ms uint64) streams.ID { return streams.ID{Ms: ms} }
@@ -24,19 +25,19 @@ func TestAckerCoalescesAndBounds(t *testing.T) {
 		ok    bool
 	}{
 		{"first", phone, "a", id(5), true},
-		{"higher on the same topic coalesces", phone, "a", id(9), true},
-		{"lower on the same topic coalesces", phone, "a", id(7), true},
+		{"higher on the same topic", phone, "a", id(9), true},
+		{"the same ID again needs no room", phone, "a", id(5), true},
 		{"another topic", phone, "b", id(1), true},
 		{"past the bound", phone, "c", id(1), false},
-		{"coalescing needs no room", phone, "b", id(2), true},
+		{"past the bound on a topic it has", phone, "b", id(2), false},
 		{"another connection has its own bound", laptop, "a", id(8), true},
 	} {
 		if got := a.add(step.cl, step.topic, step.id); got != step.ok {
 			t.Fatalf("%s: add = %v, want %v", step.name, got, step.ok)
 		}
 	}
-	if n := phone.acks.Load(); n != 2 {
-		t.Fatalf("phone has %d acks waiting, want 2", n)
+	if n := phone.acks.Load(); n != 3 {
+		t.Fatalf("phone has %d acks waiting, want 3", n)
 	}
 	calls := a.calls(a.take())
 	if len(calls) != 2 {
@@ -46,8 +47,8 @@ func TestAckerCoalescesAndBounds(t *testing.T) {
 		if call.topic != "a" {
 			continue
 		}
-		// One subject, two candidates, highest first.
-		want := []any{"ann", 2, "9-0", "8-0"}
+		// One subject, three candidates, highest first.
+		want := []any{"ann", 3, "9-0", "8-0", "5-0"}
 		if len(call.args) != len(want) {
 			t.Fatalf("args of topic a = %v, want %v", call.args, want)
 		}
@@ -56,7 +57,7 @@ func TestAckerCoalescesAndBounds(t *testing.T) {
 				t.Fatalf("args of topic a = %v, want %v", call.args, want)
 			}
 		}
-		if call.cands[0].cl != phone || call.cands[1].cl != laptop {
+		if call.cands[0].cl != phone || call.cands[1].cl != laptop || call.cands[2].cl != phone {
 			t.Fatal("candidates are not in the order of their IDs")
 		}
 	}
