@@ -274,3 +274,36 @@ func TestTailWithToken(t *testing.T) {
 		t.Fatalf("tail printed nothing; it logged %q", logs.String())
 	}
 }
+
+// TestTailGivesUp: wsbus tail exits 1 with the reason on what retrying
+// cannot mend, instead of reconnecting forever.
+func TestTailGivesUp(t *testing.T) {
+	secured := securedBus(t, "--jwt-secret", testSecret, "--jwt-audience", "wsbus")
+	open := newTestBus(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no token for a gateway with auth", []string{"--url", secured.node.url, "alerts"}, "HTTP 401"},
+		{"a topic the gateway refuses", []string{"--url", open.node.url, "a b"}, "bad_topic"},
+		{"ack without a subject", []string{"--url", open.node.url, "--ack", "alerts"}, "need a subject"},
+		{"since acked without a subject", []string{"--url", open.node.url, "--since", "acked", "alerts"}, "need a subject"},
+		{"not a WebSocket URL", []string{"--url", "http://" + open.node.addr + "/v1/ws", "alerts"}, "want a WebSocket URL"},
+		{"no such path", []string{"--url", "ws://" + open.node.addr + "/nope", "alerts"}, "HTTP 404"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, logs strings.Builder
+			done := make(chan int, 1)
+			go func() { done <- Main(append([]string{"tail"}, tt.args...), &out, &logs) }()
+			select {
+			case code := <-done:
+				if code != 1 || !strings.Contains(logs.String(), tt.want) {
+					t.Fatalf("tail exited %d, logged %q; want 1 and %q", code, logs.String(), tt.want)
+				}
+			case <-time.After(wait):
+				t.Fatalf("tail still running; it logged %q", logs.String())
+			}
+		})
+	}
+}

@@ -2,12 +2,18 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
+
+	gws "github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 )
@@ -29,32 +35,43 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
+	if (*ack || *since == "acked") && *token == "" && *user == "" {
+		return errors.New("--ack and --since acked need a subject: give --token (its sub) or, on an --insecure gateway, --user")
+	}
+	if !strings.HasPrefix(*url, "ws://") && !strings.HasPrefix(*url, "wss://") {
+		return fmt.Errorf("--url %q: want a WebSocket URL, ws://HOST:PORT/v1/ws or wss://…", *url)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	ctx, done := context.WithCancel(ctx)
-	defer done()
-	t := &tailer{out: stdout, log: stderr, left: *count, done: done}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	t := &tailer{out: stdout, log: stderr, left: *count, ack: *ack, url: *url, cancel: cancel}
 	t.client = wsbus.New(*url, wsbus.Options{Token: *token, User: *user, OnState: t.state, OnError: t.error})
 	for _, topic := range fs.Args() {
 		t.client.Subscribe(topic, wsbus.SubscribeOptions{
 			Since: *since, OnEvent: t.event, OnSubscribed: t.subscribed, OnGap: t.gap,
 		})
 	}
-	t.ack = *ack
-	return t.client.Run(ctx)
+	if err := t.client.Run(ctx); err != nil {
+		return err
+	}
+	return t.failure()
 }
 
 // tailer prints what its client hands it: events on stdout, the rest as
-// "# " lines on stderr.
+// "# " lines on stderr. It gives up (exits 1) on what retrying cannot
+// mend: a refused handshake, a refused subscription.
 type tailer struct {
 	client *wsbus.Client
 	out    io.Writer
 	log    io.Writer
 	ack    bool
-	done   func()
+	url    string
+	cancel func()
 
 	mu   sync.Mutex
-	left int // events still to print; 0 means unbounded
+	left int   // events still to print; 0 means unbounded, -1 done
+	err  error // why it gave up
 }
 
 func (t *tailer) event(e wsbus.Event) {
@@ -70,7 +87,7 @@ func (t *tailer) event(e wsbus.Event) {
 	if t.left > 0 {
 		if t.left--; t.left == 0 {
 			t.left = -1
-			t.done()
+			t.cancel()
 		}
 	}
 }
@@ -97,17 +114,65 @@ func (t *tailer) gap(g wsbus.Gap) {
 	}
 }
 
-func (t *tailer) error(m wsbus.Message) {
-	fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
+// fatalCodes are the gateway's errors that no retry mends.
+var fatalCodes = map[string]bool{
+	"bad_topic": true, "bad_since": true, "bad_seq": true, "forbidden": true,
+	"no_subject": true, "too_many_subscriptions": true, "unauthorized": true,
 }
 
-func (t *tailer) state(s wsbus.State) {
+func (t *tailer) error(m wsbus.Message) {
+	fmt.Fprintf(t.log, "# error %s %s: %s\n", m.Code, m.Topic, m.Message)
+	if fatalCodes[m.Code] {
+		t.giveUp(fmt.Errorf("%s: %s", m.Code, m.Message))
+	}
+}
+
+func (t *tailer) state(s wsbus.State, err error) {
+	if s != wsbus.Closed || err == nil {
+		return
+	}
+	t.mu.Lock()
+	done := t.left < 0 || t.err != nil
+	t.mu.Unlock()
+	if done {
+		return
+	}
+	var refused gws.StatusError
+	var closed wsutil.ClosedError
+	switch {
+	case errors.As(err, &refused) && int(refused) >= 400 && int(refused) < 500:
+		t.giveUp(fmt.Errorf("the gateway refused the connection: HTTP %d %s%s", int(refused), http.StatusText(int(refused)), refusedHint(int(refused))))
+		return
+	case errors.As(err, &closed):
+		fmt.Fprintf(t.log, "# closed by the gateway: %d %s; reconnecting\n", closed.Code, closed.Reason)
+	default:
+		fmt.Fprintf(t.log, "# disconnected (%v); reconnecting to %s\n", err, t.url)
+	}
+}
+
+func refusedHint(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return " (give --token with a valid JWT)"
+	case http.StatusForbidden:
+		return " (origin or token refused)"
+	case http.StatusNotFound:
+		return " (is --url the gateway's /v1/ws?)"
+	}
+	return ""
+}
+
+func (t *tailer) giveUp(err error) {
+	t.mu.Lock()
+	if t.err == nil {
+		t.err = err
+	}
+	t.mu.Unlock()
+	t.cancel()
+}
+
+func (t *tailer) failure() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	switch s {
-	case wsbus.Closed:
-		if t.left >= 0 {
-			fmt.Fprintf(t.log, "# disconnected; reconnecting\n")
-		}
-	}
+	return t.err
 }

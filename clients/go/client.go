@@ -72,8 +72,12 @@ type Options struct {
 	// exponential with full jitter, so that clients dropped together do
 	// not come back together. Zero values mean 100 ms and 10 s.
 	MinBackoff, MaxBackoff time.Duration
-	// OnState is told every change of the connection's state.
-	OnState func(State)
+	// OnState is told every change of the connection's state; with
+	// Closed, why the connection ended or could not be made (a
+	// wsutil.ClosedError with the gateway's close code, a ws.StatusError
+	// with the HTTP status of a refused handshake, a network error), or
+	// nil when Run ends.
+	OnState func(State, error)
 	// OnError is handed the gateway's error messages (a refused
 	// subscription, a bad ack).
 	OnError func(Message)
@@ -298,9 +302,13 @@ func (c *Client) Run(ctx context.Context) error {
 	}()
 	attempt := 0
 	for ctx.Err() == nil {
-		c.state(Connecting)
+		c.state(Connecting, nil)
 		opened, err := c.session(ctx)
-		c.state(Closed)
+		if ctx.Err() != nil {
+			c.state(Closed, nil)
+		} else {
+			c.state(Closed, err)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -361,9 +369,9 @@ func (c *Client) setFresh() {
 	}
 }
 
-func (c *Client) state(s State) {
+func (c *Client) state(s State, err error) {
 	if c.opts.OnState != nil {
-		c.opts.OnState(s)
+		c.opts.OnState(s, err)
 	}
 }
 
@@ -417,7 +425,7 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 		c.conn = nil
 		c.mu.Unlock()
 	}()
-	c.state(Open)
+	c.state(Open, nil)
 	err = c.writeLocked(conn, msgs...)
 	c.wmu.Unlock()
 	if err != nil {

@@ -38,7 +38,11 @@ func (h *handler) options(since string) wsbus.SubscribeOptions {
 	}
 }
 
-func (h *handler) onState(s wsbus.State) { h.mu.Lock(); h.states = append(h.states, s); h.mu.Unlock() }
+func (h *handler) onState(s wsbus.State, _ error) {
+	h.mu.Lock()
+	h.states = append(h.states, s)
+	h.mu.Unlock()
+}
 
 // waitEvents waits until the handler holds n events and checks they are
 // the IDs want, once each, in order, with seq contiguous from firstSeq.
