@@ -279,6 +279,11 @@ func TestBadClientMessages(t *testing.T) {
 			}
 		})
 	}
+	// A member of the wrong type is named.
+	c.SendRaw([]byte(`{"type":"ack","topic":"dup","id":5}`))
+	if m := c.Expect("error", wait); m.Code != "bad_request" || m.Message != "id must be a JSON string" {
+		t.Fatalf("error = %+v, want bad_request naming id", m)
+	}
 	// The connection still works.
 	c.Send(map[string]string{"type": "ping"})
 	c.Expect("pong", wait)

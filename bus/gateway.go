@@ -297,7 +297,7 @@ func (g *Gateway) Message(c *ws.Conn, msg []byte) {
 	cl := c.Value().(*client)
 	m, err := decodeClientMessage(msg)
 	if err != nil {
-		g.sendError(c, codeBadRequest, "", err.Error())
+		g.sendError(c, codeBadRequest, "", clientText(err))
 		return
 	}
 	switch m.Type {

@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"strconv"
 	"time"
 
@@ -76,13 +77,35 @@ const (
 // a JSON object with a string "type".
 var errBadMessage = errors.New("bus: message is not a JSON object with a type")
 
+// badFieldError is returned by decodeClientMessage for a JSON object with
+// a member of the wrong type.
+type badFieldError struct{ field, want string }
+
+func (e badFieldError) Error() string {
+	return "bus: " + e.field + " must be a JSON " + e.want
+}
+
 // decodeClientMessage decodes one client message; it is fuzzed.
 func decodeClientMessage(b []byte) (clientMessage, error) {
 	var m clientMessage
-	if err := json.Unmarshal(b, &m); err != nil || m.Type == "" {
+	err := json.Unmarshal(b, &m)
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) && typeErr.Field != "" && typeErr.Field != "type" {
+		want := typeErr.Type.Kind().String()
+		if want == "ptr" {
+			want = typeErr.Type.Elem().Kind().String()
+		}
+		return clientMessage{}, badFieldError{typeErr.Field, want}
+	}
+	if err != nil || m.Type == "" {
 		return clientMessage{}, errBadMessage
 	}
 	return m, nil
+}
+
+// clientText is err's text for a client: without the package's prefix.
+func clientText(err error) string {
+	return strings.TrimPrefix(err.Error(), "bus: ")
 }
 
 // Subscribed is the answer to a subscription, as AppendSubscribed encodes
