@@ -3,8 +3,8 @@ package bus
 import (
 	"encoding/json"
 	"errors"
-	"strings"
 	"strconv"
+	"strings"
 	"time"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
