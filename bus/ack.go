@@ -194,7 +194,7 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 			case cerr != nil:
 				a.g.sendError(cand.cl.conn, codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
 			case i < len(statuses) && statuses[i] == 1:
-				a.g.sendError(cand.cl.conn, codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head")
+				a.g.sendError(cand.cl.conn, codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head (or it was trimmed from history before this acknowledgement: ack a retained event)")
 			}
 		}
 	}
