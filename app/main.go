@@ -19,7 +19,9 @@ Usage:
 
 Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set
 with an environment variable WSBUS_<FLAG> (--node-id is WSBUS_NODE_ID) or in a
---config file of 'name = value' lines; the command line wins over both.
+--config file of 'name = value' lines. The command line wins over the
+environment, which wins over the file; a flag that may be repeated (--redis,
+--allowed-origins) takes all its values from the one that wins.
 `
 
 type command struct {
