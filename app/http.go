@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -94,9 +95,10 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		Data     json.RawMessage `json:"data"`
 		Deadline *int64          `json:"deadline"` // ms; nil for none
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+4096))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+maxPublishOverhead))
 	if err := dec.Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be a JSON object {\"topic\":..,\"data\":..}: "+err.Error())
+		status, msg := h.publishBodyError(err)
+		writeError(w, status, msg)
 		return
 	}
 	if len(body.Data) == 0 {
@@ -106,7 +108,7 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 	var deadline time.Duration
 	if body.Deadline != nil {
 		if *body.Deadline < 1 || *body.Deadline > streams.MaxDeadline {
-			writeError(w, http.StatusBadRequest, "deadline must be a whole number of milliseconds from 1 to "+strconv.Itoa(streams.MaxDeadline))
+			writeError(w, http.StatusBadRequest, deadlineRule)
 			return
 		}
 		deadline = time.Duration(*body.Deadline) * time.Millisecond
@@ -121,6 +123,39 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"id": id})
+	}
+}
+
+// maxPublishOverhead is how much larger than --max-data a publish body may
+// be: room for the topic (at most 256 bytes), a deadline and the JSON
+// around them.
+const maxPublishOverhead = 4096
+
+// deadlineRule is the answer to a deadline that is not one.
+var deadlineRule = "deadline must be a whole number of milliseconds from 1 to " + strconv.Itoa(streams.MaxDeadline)
+
+// publishBodyError explains, in the API's terms, why a publish body did
+// not decode.
+func (h *httpAPI) publishBodyError(err error) (status int, msg string) {
+	const notObject = `body must be a JSON object {"topic":..,"data":..,"deadline":ms?}`
+	var tooLarge *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &tooLarge):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("body is larger than %d bytes: data may be at most %d bytes", tooLarge.Limit, h.cfg.MaxData)
+	case errors.As(err, &typeErr) && typeErr.Field == "topic":
+		return http.StatusBadRequest, "topic must be a string"
+	case errors.As(err, &typeErr) && typeErr.Field == "deadline":
+		return http.StatusBadRequest, deadlineRule
+	case errors.As(err, &syntaxErr):
+		return http.StatusBadRequest, fmt.Sprintf("%s: %v (at byte %d)", notObject, syntaxErr, syntaxErr.Offset)
+	case errors.Is(err, io.EOF):
+		return http.StatusBadRequest, notObject + ": the body is empty"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return http.StatusBadRequest, notObject + ": the body ends before the object does"
+	default:
+		return http.StatusBadRequest, notObject
 	}
 }
 
