@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -134,8 +135,11 @@ func lean(sizes ...*int) {
 }
 
 // withRedis runs fn with a client of the bus and a context that ends
-// after timeout: the shape of every one-shot command.
+// after timeout: the shape of every one-shot command. go-redis's own
+// messages (a line on stderr per failed dial) are dropped: the command's
+// error says once what failed.
 func (c *common) withRedis(timeout time.Duration, fn func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error) error {
+	redis.SetLogger(redisLogger{slog.New(slog.DiscardHandler)})
 	rdb, err := c.client(0)
 	if err != nil {
 		return err
