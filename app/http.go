@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -213,10 +214,24 @@ type historyEvent struct {
 	Data json.RawMessage `json:"data"`
 }
 
-// history is GET /v1/history?topic=&since=&limit=.
+// historyAnswer is the JSON of GET /v1/history: what a WebSocket
+// "subscribed" says of the cursor (recovered, epoch, head, seq, and missed
+// when known), then the first page of events after it.
+type historyAnswer struct {
+	Topic     string         `json:"topic"`
+	Epoch     string         `json:"epoch"`
+	Recovered bool           `json:"recovered"`
+	Head      string         `json:"head"` // "0" when the topic has no event
+	Seq       uint64         `json:"seq"`  // the seq of head; 0 when none
+	Missed    *uint64        `json:"missed,omitempty"`
+	Events    []historyEvent `json:"events"`
+	More      bool           `json:"more"`
+}
+
+// history is GET /v1/history?topic=&since=&seq=&epoch=&limit=.
 func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	topic, since := q.Get("topic"), q.Get("since")
+	topic := q.Get("topic")
 	if err := streams.ValidateTopic(topic); err != nil {
 		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
@@ -224,18 +239,12 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	if !h.mayRead(w, r, topic) {
 		return
 	}
-	if since == "" {
-		since = "0"
+	cursor, limit, msg := historyQuery(q)
+	if msg != "" {
+		writeError(w, http.StatusBadRequest, msg)
+		return
 	}
-	limit := 100
-	if s := q.Get("limit"); s != "" {
-		var err error
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
-			writeError(w, http.StatusBadRequest, "limit must be 1..1000")
-			return
-		}
-	}
-	res, err := h.hist.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, limit)
+	res, err := h.hist.Resume(r.Context(), topic, cursor, limit)
 	if errors.Is(err, streams.ErrBadID) {
 		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
 		return
@@ -244,13 +253,60 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	events := make([]historyEvent, len(res.Events))
-	for i, e := range res.Events {
-		events[i] = historyEvent{ID: e.ID, Seq: e.Seq, Data: streams.AppendData(nil, []byte(e.Data))}
+	writeJSON(w, http.StatusOK, newHistoryAnswer(topic, res))
+}
+
+// historyQuery reads the cursor and page size of a history request, or
+// says what is wrong with them. since defaults to "0" (everything
+// retained).
+func historyQuery(q url.Values) (c streams.Cursor, limit int, msg string) {
+	c = streams.Cursor{Since: q.Get("since"), Epoch: q.Get("epoch")}
+	if c.Since == "" {
+		c.Since = "0"
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"topic": topic, "epoch": res.Epoch, "recovered": res.Recovered, "events": events, "more": res.More,
-	})
+	var ok bool
+	if c.Seq, c.HasSeq, ok = parseSeqParam(q.Get("seq")); !ok {
+		return c, 0, "seq must be the non-negative integer seq of the event since names"
+	}
+	limit = 100
+	if s := q.Get("limit"); s != "" {
+		var err error
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
+			return c, 0, "limit must be 1..1000"
+		}
+	}
+	return c, limit, ""
+}
+
+// parseSeqParam reads the seq parameter as a WebSocket subscribe's seq is
+// read: digits without sign or leading zero. has is false when it is
+// absent; ok is false when it is not a seq.
+func parseSeqParam(s string) (seq uint64, has, ok bool) {
+	if s == "" {
+		return 0, false, true
+	}
+	if len(s) > 1 && s[0] == '0' {
+		return 0, false, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return seq, err == nil, err == nil
+}
+
+// newHistoryAnswer shapes a Resume as GET /v1/history answers it; missed
+// goes with recovered:false, as on the WebSocket.
+func newHistoryAnswer(topic string, res streams.Resume) historyAnswer {
+	a := historyAnswer{Topic: topic, Epoch: res.Epoch, Recovered: res.Recovered, Head: "0", Seq: res.HeadSeq,
+		Events: make([]historyEvent, len(res.Events)), More: res.More}
+	if !res.Head.IsZero() {
+		a.Head = res.Head.String()
+	}
+	if res.MissedKnown && !res.Recovered {
+		a.Missed = &res.Missed
+	}
+	for i, e := range res.Events {
+		a.Events[i] = historyEvent{ID: e.ID, Seq: e.Seq, Data: streams.AppendData(nil, []byte(e.Data))}
+	}
+	return a
 }
 
 // mayRead checks the request's token (Authorization: Bearer, or ?token=)
