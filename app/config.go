@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -17,19 +18,35 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
-// stringList is a flag that may be given several times.
-type stringList []string
+// stringList is a flag that may be given several times. Its values
+// accumulate within one source of configuration (the file, the
+// environment, the command line); a source of higher precedence that gives
+// it replaces the lower ones' values entirely (see parse), so that, say,
+// --allowed-origins on the command line is the whole allow-list and not an
+// addition to WSBUS_ALLOWED_ORIGINS.
+type stringList struct {
+	values []string
+	// stale is set when a new source begins: its first value starts the
+	// list afresh.
+	stale bool
+}
 
-func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) String() string { return strings.Join(l.values, ",") }
 func (l *stringList) Set(v string) error {
-	*l = append(*l, v)
+	if l.stale {
+		l.values, l.stale = nil, false
+	}
+	l.values = append(l.values, v)
 	return nil
 }
 
+// newSource marks the start of a source of higher precedence.
+func (l *stringList) newSource() { l.stale = true }
+
 // split returns the values with comma-separated ones split apart.
-func (l stringList) split() []string {
+func (l *stringList) split() []string {
 	var out []string
-	for _, v := range l {
+	for _, v := range l.values {
 		for _, part := range strings.Split(v, ",") {
 			if part = strings.TrimSpace(part); part != "" {
 				out = append(out, part)
@@ -53,7 +70,7 @@ func (c *common) register(fs *flag.FlagSet) {
 // args gives the flags that reproduce c, for a child process.
 func (c *common) args() []string {
 	out := []string{"--prefix", c.prefix}
-	for _, u := range c.redis {
+	for _, u := range c.redis.values {
 		out = append(out, "--redis", u)
 	}
 	return out
@@ -62,9 +79,9 @@ func (c *common) args() []string {
 // client opens the Redis client the URLs describe. poolSize 0 keeps
 // go-redis's default.
 func (c *common) client(poolSize int) (redis.UniversalClient, error) {
-	urls := c.redis
+	urls := c.redis.values
 	if len(urls) == 0 {
-		urls = stringList{"redis://127.0.0.1:6379/0"}
+		urls = []string{"redis://127.0.0.1:6379/0"}
 	}
 	if len(urls) == 1 && !strings.HasPrefix(urls[0], "redis+cluster://") {
 		opt, err := redis.ParseURL(urls[0])
@@ -118,8 +135,11 @@ func lean(sizes ...*int) {
 }
 
 // withRedis runs fn with a client of the bus and a context that ends
-// after timeout: the shape of every one-shot command.
+// after timeout: the shape of every one-shot command. go-redis's own
+// messages (a line on stderr per failed dial) are dropped: the command's
+// error says once what failed.
 func (c *common) withRedis(timeout time.Duration, fn func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error) error {
+	redis.SetLogger(redisLogger{slog.New(slog.DiscardHandler)})
 	rdb, err := c.client(0)
 	if err != nil {
 		return err
@@ -139,12 +159,35 @@ func printJSON(w io.Writer, v any) error {
 
 // parse reads configuration in order of precedence: command line, then
 // WSBUS_* environment variables, then the --config file, then defaults.
+// Sources are applied from the lowest up, each overriding the ones before;
+// a list flag a source gives replaces what lower sources gave.
 func parse(fs *flag.FlagSet, args []string) error {
 	var file string
 	fs.StringVar(&file, "config", "", "a `file` of \"name = value\" lines, one per flag (environment WSBUS_CONFIG)")
+	newSource(fs)
 	if err := applyFile(fs, configPath(args)); err != nil {
 		return err
 	}
+	newSource(fs)
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	newSource(fs)
+	return fs.Parse(args)
+}
+
+// newSource tells every list flag of fs that a source of higher precedence
+// begins.
+func newSource(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if l, ok := f.Value.(interface{ newSource() }); ok {
+			l.newSource()
+		}
+	})
+}
+
+// applyEnv sets each flag that has a WSBUS_* environment variable.
+func applyEnv(fs *flag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		v, ok := os.LookupEnv(envName(f.Name))
@@ -154,10 +197,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	if err != nil {
-		return err
-	}
-	return fs.Parse(args)
+	return err
 }
 
 // envName is the environment variable of a flag: --node-id is WSBUS_NODE_ID.

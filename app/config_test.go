@@ -11,22 +11,92 @@ import (
 	"testing"
 )
 
+// TestConfigPrecedence: the command line wins over the environment, which
+// wins over the --config file, for plain and list flags alike; a source
+// that gives a list flag replaces the lower sources' values entirely, and
+// values within one source accumulate.
 func TestConfigPrecedence(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "wsbus.conf")
-	err := os.WriteFile(file, []byte("# a comment\nprefix = fromfile\nlisten = 127.0.0.1:1\nnode-id = \"file-node\"\n"), 0o600)
-	if err != nil {
-		t.Fatal(err)
+	const (
+		fileRedis = "redis://127.0.0.1:6391/1"
+		envRedis  = "redis://127.0.0.1:6392/2"
+	)
+	file := "# a comment\nprefix = fromfile\nlisten = 127.0.0.1:1\nnode-id = \"file-node\"\n" +
+		"redis = " + fileRedis + "\nallowed-origins = https://f1.example\nallowed-origins = https://f2.example\n"
+	env := map[string]string{
+		"WSBUS_LISTEN":          "127.0.0.1:2",
+		"WSBUS_REDIS":           envRedis,
+		"WSBUS_ALLOWED_ORIGINS": "https://e1.example,https://e2.example",
 	}
-	t.Setenv("WSBUS_LISTEN", "127.0.0.1:2")
-	t.Setenv("WSBUS_NODE_ID", "env-node")
-	var c ServeConfig
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	c.register(fs)
-	if err := parse(fs, []string{"--config", file, "--node-id", "flag-node"}); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name string
+		file bool
+		env  bool
+		args []string
+		want map[string]string // flag name: its value, lists comma-joined
+	}{
+		{"defaults", false, false, nil, map[string]string{
+			"prefix": "wsbus", "listen": "127.0.0.1:8080", "redis": "", "allowed-origins": "",
+		}},
+		{"file", true, false, nil, map[string]string{
+			"prefix": "fromfile", "listen": "127.0.0.1:1", "node-id": "file-node",
+			"redis": fileRedis, "allowed-origins": "https://f1.example,https://f2.example",
+		}},
+		{"environment over file", true, true, nil, map[string]string{
+			"prefix": "fromfile", "listen": "127.0.0.1:2", "node-id": "file-node",
+			"redis": envRedis, "allowed-origins": "https://e1.example,https://e2.example",
+		}},
+		{"command line over environment and file", true, true,
+			[]string{"--listen", "127.0.0.1:3", "--redis", "redis://127.0.0.1:6393/3", "--allowed-origins", "https://c.example"},
+			map[string]string{
+				"prefix": "fromfile", "listen": "127.0.0.1:3", "node-id": "file-node",
+				"redis": "redis://127.0.0.1:6393/3", "allowed-origins": "https://c.example",
+			}},
+		{"command line over environment", false, true,
+			[]string{"--redis", envRedis, "--allowed-origins", "https://c.example"},
+			map[string]string{"listen": "127.0.0.1:2", "redis": envRedis, "allowed-origins": "https://c.example"}},
+		{"command line over file", true, false,
+			[]string{"--redis", "redis://127.0.0.1:6393/3", "--node-id", "flag-node"},
+			map[string]string{
+				"listen": "127.0.0.1:1", "node-id": "flag-node",
+				"redis": "redis://127.0.0.1:6393/3", "allowed-origins": "https://f1.example,https://f2.example",
+			}},
+		{"several values on the command line", true, true,
+			[]string{"--redis", "redis://127.0.0.1:7001", "--redis", "redis://127.0.0.1:7002", "--allowed-origins", "https://c1.example", "--allowed-origins", "https://c2.example"},
+			map[string]string{
+				"redis": "redis://127.0.0.1:7001,redis://127.0.0.1:7002", "allowed-origins": "https://c1.example,https://c2.example",
+			}},
 	}
-	if c.prefix != "fromfile" || c.Listen != "127.0.0.1:2" || c.NodeID != "flag-node" {
-		t.Fatalf("prefix %q listen %q node %q: want file < environment < command line", c.prefix, c.Listen, c.NodeID)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, name := range []string{"WSBUS_CONFIG", "WSBUS_LISTEN", "WSBUS_REDIS", "WSBUS_ALLOWED_ORIGINS", "WSBUS_PREFIX", "WSBUS_NODE_ID"} {
+				t.Setenv(name, "") // restored after the test
+				os.Unsetenv(name)
+			}
+			if tt.env {
+				for k, v := range env {
+					t.Setenv(k, v)
+				}
+			}
+			args := tt.args
+			if tt.file {
+				path := filepath.Join(t.TempDir(), "wsbus.conf")
+				if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				args = append([]string{"--config", path}, args...)
+			}
+			var c ServeConfig
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			c.register(fs)
+			if err := parse(fs, args); err != nil {
+				t.Fatal(err)
+			}
+			for name, want := range tt.want {
+				if got := fs.Lookup(name).Value.String(); got != want {
+					t.Errorf("--%s = %q, want %q", name, got, want)
+				}
+			}
+		})
 	}
 }
 

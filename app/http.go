@@ -6,8 +6,10 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -94,9 +96,10 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		Data     json.RawMessage `json:"data"`
 		Deadline *int64          `json:"deadline"` // ms; nil for none
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+4096))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxData)+maxPublishOverhead))
 	if err := dec.Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be a JSON object {\"topic\":..,\"data\":..}: "+err.Error())
+		status, msg := h.publishBodyError(err)
+		writeError(w, status, msg)
 		return
 	}
 	if len(body.Data) == 0 {
@@ -106,7 +109,7 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 	var deadline time.Duration
 	if body.Deadline != nil {
 		if *body.Deadline < 1 || *body.Deadline > streams.MaxDeadline {
-			writeError(w, http.StatusBadRequest, "deadline must be a whole number of milliseconds from 1 to "+strconv.Itoa(streams.MaxDeadline))
+			writeError(w, http.StatusBadRequest, deadlineRule)
 			return
 		}
 		deadline = time.Duration(*body.Deadline) * time.Millisecond
@@ -121,6 +124,39 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"id": id})
+	}
+}
+
+// maxPublishOverhead is how much larger than --max-data a publish body may
+// be: room for the topic (at most 256 bytes), a deadline and the JSON
+// around them.
+const maxPublishOverhead = 4096
+
+// deadlineRule is the answer to a deadline that is not one.
+var deadlineRule = "deadline must be a whole number of milliseconds from 1 to " + strconv.Itoa(streams.MaxDeadline)
+
+// publishBodyError explains, in the API's terms, why a publish body did
+// not decode.
+func (h *httpAPI) publishBodyError(err error) (status int, msg string) {
+	const notObject = `body must be a JSON object {"topic":..,"data":..,"deadline":ms?}`
+	var tooLarge *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &tooLarge):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("body is larger than %d bytes: data may be at most %d bytes", tooLarge.Limit, h.cfg.MaxData)
+	case errors.As(err, &typeErr) && typeErr.Field == "topic":
+		return http.StatusBadRequest, "topic must be a string"
+	case errors.As(err, &typeErr) && typeErr.Field == "deadline":
+		return http.StatusBadRequest, deadlineRule
+	case errors.As(err, &syntaxErr):
+		return http.StatusBadRequest, fmt.Sprintf("%s: %v (at byte %d)", notObject, syntaxErr, syntaxErr.Offset)
+	case errors.Is(err, io.EOF):
+		return http.StatusBadRequest, notObject + ": the body is empty"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return http.StatusBadRequest, notObject + ": the body ends before the object does"
+	default:
+		return http.StatusBadRequest, notObject
 	}
 }
 
@@ -178,10 +214,24 @@ type historyEvent struct {
 	Data json.RawMessage `json:"data"`
 }
 
-// history is GET /v1/history?topic=&since=&limit=.
+// historyAnswer is the JSON of GET /v1/history: what a WebSocket
+// "subscribed" says of the cursor (recovered, epoch, head, seq, and missed
+// when known), then the first page of events after it.
+type historyAnswer struct {
+	Topic     string         `json:"topic"`
+	Epoch     string         `json:"epoch"`
+	Recovered bool           `json:"recovered"`
+	Head      string         `json:"head"` // "0" when the topic has no event
+	Seq       uint64         `json:"seq"`  // the seq of head; 0 when none
+	Missed    *uint64        `json:"missed,omitempty"`
+	Events    []historyEvent `json:"events"`
+	More      bool           `json:"more"`
+}
+
+// history is GET /v1/history?topic=&since=&seq=&epoch=&limit=.
 func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	topic, since := q.Get("topic"), q.Get("since")
+	topic := q.Get("topic")
 	if err := streams.ValidateTopic(topic); err != nil {
 		writeError(w, http.StatusBadRequest, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
@@ -189,18 +239,12 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	if !h.mayRead(w, r, topic) {
 		return
 	}
-	if since == "" {
-		since = "0"
+	cursor, limit, msg := historyQuery(q)
+	if msg != "" {
+		writeError(w, http.StatusBadRequest, msg)
+		return
 	}
-	limit := 100
-	if s := q.Get("limit"); s != "" {
-		var err error
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
-			writeError(w, http.StatusBadRequest, "limit must be 1..1000")
-			return
-		}
-	}
-	res, err := h.hist.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, limit)
+	res, err := h.hist.Resume(r.Context(), topic, cursor, limit)
 	if errors.Is(err, streams.ErrBadID) {
 		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
 		return
@@ -209,13 +253,60 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	events := make([]historyEvent, len(res.Events))
-	for i, e := range res.Events {
-		events[i] = historyEvent{ID: e.ID, Seq: e.Seq, Data: streams.AppendData(nil, []byte(e.Data))}
+	writeJSON(w, http.StatusOK, newHistoryAnswer(topic, res))
+}
+
+// historyQuery reads the cursor and page size of a history request, or
+// says what is wrong with them. since defaults to "0" (everything
+// retained).
+func historyQuery(q url.Values) (c streams.Cursor, limit int, msg string) {
+	c = streams.Cursor{Since: q.Get("since"), Epoch: q.Get("epoch")}
+	if c.Since == "" {
+		c.Since = "0"
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"topic": topic, "epoch": res.Epoch, "recovered": res.Recovered, "events": events, "more": res.More,
-	})
+	var ok bool
+	if c.Seq, c.HasSeq, ok = parseSeqParam(q.Get("seq")); !ok {
+		return c, 0, "seq must be the non-negative integer seq of the event since names"
+	}
+	limit = 100
+	if s := q.Get("limit"); s != "" {
+		var err error
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
+			return c, 0, "limit must be 1..1000"
+		}
+	}
+	return c, limit, ""
+}
+
+// parseSeqParam reads the seq parameter as a WebSocket subscribe's seq is
+// read: digits without sign or leading zero. has is false when it is
+// absent; ok is false when it is not a seq.
+func parseSeqParam(s string) (seq uint64, has, ok bool) {
+	if s == "" {
+		return 0, false, true
+	}
+	if len(s) > 1 && s[0] == '0' {
+		return 0, false, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return seq, err == nil, err == nil
+}
+
+// newHistoryAnswer shapes a Resume as GET /v1/history answers it; missed
+// goes with recovered:false, as on the WebSocket.
+func newHistoryAnswer(topic string, res streams.Resume) historyAnswer {
+	a := historyAnswer{Topic: topic, Epoch: res.Epoch, Recovered: res.Recovered, Head: "0", Seq: res.HeadSeq,
+		Events: make([]historyEvent, len(res.Events)), More: res.More}
+	if !res.Head.IsZero() {
+		a.Head = res.Head.String()
+	}
+	if res.MissedKnown && !res.Recovered {
+		a.Missed = &res.Missed
+	}
+	for i, e := range res.Events {
+		a.Events[i] = historyEvent{ID: e.ID, Seq: e.Seq, Data: streams.AppendData(nil, []byte(e.Data))}
+	}
+	return a
 }
 
 // mayRead checks the request's token (Authorization: Bearer, or ?token=)

@@ -443,3 +443,39 @@ func httpJSON(tb testing.TB, method, url, body string) (int, map[string]any) {
 	_ = json.NewDecoder(resp.Body).Decode(&v)
 	return resp.StatusCode, v
 }
+
+// TestHTTPPublishErrors: a refused publish says what is wrong in the API's
+// terms, with 413 for anything over a size limit.
+func TestHTTPPublishErrors(t *testing.T) {
+	b := newTestBus(t, "--max-data", "100")
+	const topicRule = "topic must be 1-256 bytes of UTF-8 without spaces or control characters"
+	const deadlineRule = "deadline must be a whole number of milliseconds from 1 to 2592000000"
+	const notObject = `body must be a JSON object {"topic":..,"data":..,"deadline":ms?}`
+	tests := []struct {
+		name, body string
+		status     int
+		want       string // the whole error message
+	}{
+		{"bad topic", `{"topic":"a b","data":1}`, 400, topicRule},
+		{"topic not a string", `{"topic":5,"data":1}`, 400, "topic must be a string"},
+		{"no data", `{"topic":"web"}`, 400, "data is missing"},
+		{"deadline a string", `{"topic":"web","data":1,"deadline":"abc"}`, 400, deadlineRule},
+		{"deadline a fraction", `{"topic":"web","data":1,"deadline":1.5}`, 400, deadlineRule},
+		{"deadline beyond int64", `{"topic":"web","data":1,"deadline":99999999999999999999}`, 400, deadlineRule},
+		{"deadline zero", `{"topic":"web","data":1,"deadline":0}`, 400, deadlineRule},
+		{"an array", `[1,2]`, 400, notObject},
+		{"a string", `"web"`, 400, notObject},
+		{"empty", ``, 400, notObject + ": the body is empty"},
+		{"data too large", `{"topic":"web","data":"` + strings.Repeat("x", 200) + `"}`, 413, "data is larger than 100 bytes"},
+		{"body too large", `{"topic":"web","data":"` + strings.Repeat("x", 5000) + `"}`, 413,
+			"body is larger than 4196 bytes: data may be at most 100 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, res := httpJSON(t, "POST", "http://"+b.node.addr+"/v1/publish", tt.body)
+			if status != tt.status || res["error"] != tt.want {
+				t.Fatalf("publish %.60s = %d %q, want %d %q", tt.body, status, res["error"], tt.status, tt.want)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 )
 
 const usage = `wsbus: a real-time notification bus from Redis Streams to WebSocket clients.
@@ -19,7 +20,9 @@ Usage:
 
 Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set
 with an environment variable WSBUS_<FLAG> (--node-id is WSBUS_NODE_ID) or in a
---config file of 'name = value' lines; the command line wins over both.
+--config file of 'name = value' lines. The command line wins over the
+environment, which wins over the file; a flag that may be repeated (--redis,
+--allowed-origins) takes all its values from the one that wins.
 `
 
 type command struct {
@@ -54,7 +57,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(stderr, "wsbus %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "wsbus %s: %s\n", args[0], userMessage(err))
 		return 1
 	}
 }
@@ -90,4 +93,19 @@ func wasSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
+}
+
+// internalPrefixes start the errors of wsbus's packages (STYLE: "ws:
+// connection closed"), which say where an error comes from in logs and
+// tests but are noise to someone at the command line.
+var internalPrefixes = []string{"streams: ", "bus: ", "migrations: ", "auth: ", "ws: "}
+
+// userMessage is err's text without the internal package prefixes, at its
+// start or after a wrapping phrase ("migrating the bus: streams: ...").
+func userMessage(err error) string {
+	msg := err.Error()
+	for _, p := range internalPrefixes {
+		msg = strings.ReplaceAll(strings.TrimPrefix(msg, p), ": "+p, ": ")
+	}
+	return msg
 }

@@ -240,3 +240,79 @@ func fmtMissed(m *uint64) string {
 	}
 	return strconv.FormatUint(*m, 10)
 }
+
+// TestHTTPHistoryResume: GET /v1/history takes the seq of since, as a
+// WebSocket subscribe does, to prove recovered and count missed, and
+// answers with the topic's head and its seq.
+func TestHTTPHistoryResume(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.publishSeen(t, "trimmed", 30)
+	key := b.keys.Topic(streams.Partition("trimmed", b.n), "trimmed")
+	if err := b.rdb.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + b.node.addr + "/v1/history?topic="
+	_, first := httpJSON(t, "GET", base+"trimmed", "")
+	epoch, _ := first["epoch"].(string)
+	if epoch == "" {
+		t.Fatalf("history = %v, want an epoch", first)
+	}
+	tests := []struct {
+		name, since, seq, epoch string
+		recovered               bool
+		missed                  *uint64
+		from                    int // index in ids of the first event answered
+	}{
+		{"cursor at seq 5", ids[4], "5", epoch, false, u64(15), 20},
+		{"cursor just before the first retained", ids[19], "20", epoch, true, nil, 20},
+		{"cursor just before the first retained without its seq", ids[19], "", epoch, false, nil, 20},
+		{"cursor at seq 5 without its seq", ids[4], "", epoch, false, nil, 20},
+		{"cursor among the retained", ids[25], "26", epoch, true, nil, 26},
+		{"everything, from seq 0", "0", "0", epoch, false, u64(20), 20},
+		{"changed epoch", ids[4], "5", "another", false, nil, 20},
+		{"a seq that cannot be the cursor's", ids[4], "29", epoch, false, nil, 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url := base + "trimmed&since=" + tt.since + "&epoch=" + tt.epoch
+			if tt.seq != "" {
+				url += "&seq=" + tt.seq
+			}
+			status, h := httpJSON(t, "GET", url, "")
+			var missed *uint64
+			if m, ok := h["missed"].(float64); ok {
+				missed = u64(uint64(m))
+			}
+			if status != 200 || h["topic"] != "trimmed" || h["epoch"] != epoch || h["recovered"] != tt.recovered ||
+				!sameMissed(missed, tt.missed) || h["head"] != ids[29] || h["seq"] != float64(30) || h["more"] != false {
+				t.Fatalf("history = %d %v (missed %s), want recovered %v, missed %s, head %s seq 30",
+					status, h, fmtMissed(missed), tt.recovered, fmtMissed(tt.missed), ids[29])
+			}
+			events, _ := h["events"].([]any)
+			if len(events) != 30-tt.from {
+				t.Fatalf("%d events, want %d", len(events), 30-tt.from)
+			}
+			for i, e := range events {
+				ev, _ := e.(map[string]any)
+				if ev["id"] != ids[tt.from+i] || ev["seq"] != float64(tt.from+i+1) {
+					t.Fatalf("event %d = %v, want id %s seq %d", i, ev, ids[tt.from+i], tt.from+i+1)
+				}
+			}
+		})
+	}
+	t.Run("topic never published to", func(t *testing.T) {
+		status, h := httpJSON(t, "GET", base+"never&since=0&seq=0", "")
+		if events, _ := h["events"].([]any); status != 200 || h["recovered"] != true || h["head"] != "0" || h["seq"] != float64(0) ||
+			h["missed"] != nil || events == nil || len(events) != 0 {
+			t.Fatalf("history = %d %v, want recovered, head 0, seq 0, no events", status, h)
+		}
+	})
+	for _, seq := range []string{"x", "-1", "%2B1", "1.5", "01", "18446744073709551616"} {
+		t.Run("seq "+seq, func(t *testing.T) {
+			status, h := httpJSON(t, "GET", base+"trimmed&since="+ids[4]+"&seq="+seq, "")
+			if want := "seq must be the non-negative integer seq of the event since names"; status != 400 || h["error"] != want {
+				t.Fatalf("history = %d %v, want 400 %q", status, h, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,91 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+)
+
+// TestPublishCommandErrors: wsbus publish says what rule an argument broke,
+// in the command line's terms, on one line without internal prefixes.
+func TestPublishCommandErrors(t *testing.T) {
+	srv := redistest.Start(t)
+	redisURL, prefix := srv.URL(), redistest.Prefix(t) // a bus never migrated
+	tests := []struct {
+		name string
+		args []string
+		want string // the whole of stderr
+	}{
+		{"deadline not whole milliseconds", []string{"publish", "--deadline", "1500us", "t", "1"},
+			"wsbus publish: --deadline 1.5ms: want whole milliseconds from 1ms to 720h0m0s (30 days), such as 500ms or 30s\n"},
+		{"deadline too long", []string{"publish", "--deadline", "721h", "t", "1"},
+			"wsbus publish: --deadline 721h0m0s: want whole milliseconds from 1ms to 720h0m0s (30 days), such as 500ms or 30s\n"},
+		{"bad topic", []string{"publish", "a b", "1"},
+			`wsbus publish: topic "a b": want 1-256 bytes of UTF-8 without spaces or control characters` + "\n"},
+		{"data too large", []string{"publish", "--max-data", "10", "t", "12345678901"},
+			"wsbus publish: data is larger than 10 bytes (--max-data)\n"},
+		{"data too large by default", []string{"publish", "t", strings.Repeat("x", 64<<10+1)},
+			"wsbus publish: data is larger than 65536 bytes (--max-data)\n"},
+		{"bus not migrated", []string{"publish", "t", "1"},
+			"wsbus publish: bus not migrated (run wsbus migrate)\n"},
+		{"status of a bus not migrated", []string{"status"},
+			"wsbus status: bus not migrated (run wsbus migrate)\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := append(tt.args[:1:1], append([]string{"--redis", redisURL, "--prefix", prefix}, tt.args[1:]...)...)
+			if code := Main(args, &stdout, &stderr); code != 1 || stderr.String() != tt.want {
+				t.Fatalf("exit %d, stderr %q; want exit 1, stderr %q", code, stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+// TestUnreachableRedisIsOneLine: a one-shot command that cannot reach
+// Redis prints its own error, once, and none of go-redis's retries (which
+// go-redis writes to the process's stderr, hence a child process).
+func TestUnreachableRedisIsOneLine(t *testing.T) {
+	redisURL := "redis://127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)) + "/0"
+	for _, args := range [][]string{
+		{"status"},
+		{"publish", "t", "1"},
+		{"migrate"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], append([]string{"-test.run=^$", "--", args[0], "--redis", redisURL}, args[1:]...)...)
+			cmd.Env = append(os.Environ(), "WSBUS_TEST_MAIN=1")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+			if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 || len(lines) != 1 ||
+				!strings.HasPrefix(lines[0], "wsbus "+args[0]+": ") || !strings.Contains(lines[0], "connection refused") {
+				t.Fatalf("wsbus %s: %v, stderr:\n%s\nwant exit 1 and one line that says the connection was refused", args[0], err, stderr.String())
+			}
+		})
+	}
+}
+
+func TestUserMessage(t *testing.T) {
+	tests := []struct{ name, err, want string }{
+		{"a sentinel", "streams: bus not migrated (run wsbus migrate)", "bus not migrated (run wsbus migrate)"},
+		{"wrapped", "migrating the bus: migrations: bus schema is newer than this binary", "migrating the bus: bus schema is newer than this binary"},
+		{"two deep", "--jwt-public-key k.pem: auth: parsing public key: x", "--jwt-public-key k.pem: parsing public key: x"},
+		{"not a prefix", "topic \"bus: x\" is odd", "topic \"bus: x\" is odd"},
+		{"go-redis keeps its own", "reading partition count: redis: connection pool timeout", "reading partition count: redis: connection pool timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := userMessage(errors.New(tt.err)); got != tt.want {
+				t.Fatalf("userMessage(%q) = %q, want %q", tt.err, got, tt.want)
+			}
+		})
+	}
+}
