@@ -50,11 +50,12 @@ type acker struct {
 	g       *Gateway
 	mu      sync.Mutex
 	pending map[ackKey][]ackCandidate
+	waiting map[*client]int // acks of a connection taken and not yet written; only connections with some
 	wake    chan struct{}
 }
 
 func newAcker(g *Gateway) *acker {
-	return &acker{g: g, pending: map[ackKey][]ackCandidate{}, wake: make(chan struct{}, 1)}
+	return &acker{g: g, pending: map[ackKey][]ackCandidate{}, waiting: map[*client]int{}, wake: make(chan struct{}, 1)}
 }
 
 // ack serves {"type":"ack","topic":T,"id":ID}. It needs no subscription to
@@ -62,7 +63,7 @@ func newAcker(g *Gateway) *acker {
 // token that allows it.
 func (g *Gateway) ack(c *ws.Conn, cl *client, m clientMessage) {
 	switch {
-	case cl.subject == "":
+	case cl.subject() == "":
 		g.sendError(c, codeNoSubject, m.Topic, "this connection has no subject to acknowledge for (a token with sub, or ?user= on an insecure gateway)")
 		return
 	case streams.ValidateTopic(m.Topic) != nil:
@@ -85,7 +86,7 @@ func (g *Gateway) ack(c *ws.Conn, cl *client, m clientMessage) {
 
 // add queues an ack; false when cl has MaxAcks waiting already.
 func (a *acker) add(cl *client, topic string, id streams.ID) bool {
-	k := ackKey{cl.subject, topic}
+	k := ackKey{cl.subject(), topic}
 	a.mu.Lock()
 	cands := a.pending[k]
 	// Every distinct ID is kept, not only a connection's highest: a
@@ -98,11 +99,11 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 			return true
 		}
 	}
-	if int(cl.acks.Load()) >= a.g.cfg.MaxAcks {
+	if a.waiting[cl] >= a.g.cfg.MaxAcks {
 		a.mu.Unlock()
 		return false
 	}
-	cl.acks.Add(1)
+	a.waiting[cl]++
 	a.pending[k] = append(cands, ackCandidate{cl: cl, id: id})
 	first := len(a.pending) == 1 && len(cands) == 0
 	a.mu.Unlock()
@@ -186,10 +187,10 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		_ = ackScript.Load(ctx, a.g.cfg.Redis).Err()
 		err = a.exec(ctx, calls)
 	}
+	a.written(calls)
 	for _, call := range calls {
 		statuses, cerr := call.cmd.Int64Slice()
 		for i, cand := range call.cands {
-			cand.cl.acks.Add(-1)
 			switch {
 			case cerr != nil:
 				a.g.sendError(cand.cl.conn, codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
@@ -202,6 +203,19 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		a.g.cfg.Logger.Warn("writing acknowledgements", "topics", len(calls), "err", err)
 	}
 	a.g.stats.acks.Add(uint64(len(batch)))
+}
+
+// written gives the batch's room back to its connections.
+func (a *acker) written(calls []*ackCall) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, call := range calls {
+		for _, cand := range call.cands {
+			if a.waiting[cand.cl]--; a.waiting[cand.cl] <= 0 {
+				delete(a.waiting, cand.cl)
+			}
+		}
+	}
 }
 
 // calls groups a batch by topic, each subject's candidates highest first.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/wsbus/wsbus/streams"
 )
@@ -15,7 +16,8 @@ import (
 func TestAckerGathersAndBounds(t *testing.T) {
 	g := &Gateway{cfg: GatewayConfig{MaxAcks: 3, Partitions: 4}}
 	a := newAcker(g)
-	phone, laptop := &client{subject: "ann"}, &client{subject: "ann"}
+	ann := "ann"
+	phone, laptop := &client{subjectp: &ann}, &client{subjectp: &ann}
 	id := func(ms uint64) streams.ID { return streams.ID{Ms: ms} }
 	for _, step := range []struct {
 		name  string
@@ -36,13 +38,20 @@ func TestAckerGathersAndBounds(t *testing.T) {
 			t.Fatalf("%s: add = %v, want %v", step.name, got, step.ok)
 		}
 	}
-	if n := phone.acks.Load(); n != 3 {
+	if n := a.waiting[phone]; n != 3 {
 		t.Fatalf("phone has %d acks waiting, want 3", n)
 	}
 	calls := a.calls(a.take())
 	if len(calls) != 2 {
 		t.Fatalf("%d script calls, want one per topic (2)", len(calls))
 	}
+	defer func() {
+		// Written, the batch gives the connections their room back.
+		a.written(calls)
+		if len(a.waiting) != 0 {
+			t.Fatalf("after the batch, acks still waiting: %v", a.waiting)
+		}
+	}()
 	for _, call := range calls {
 		if call.topic != "a" {
 			continue
@@ -69,7 +78,8 @@ func BenchmarkAckerAdd(b *testing.B) {
 	b.ReportAllocs()
 	g := &Gateway{cfg: GatewayConfig{MaxAcks: 1 << 30, Partitions: 64}}
 	a := newAcker(g)
-	cl := &client{subject: "user-42"}
+	sub := "user-42"
+	cl := &client{subjectp: &sub}
 	var n uint64
 	for b.Loop() {
 		n++
@@ -106,5 +116,14 @@ func TestCursorsExpireWithHistory(t *testing.T) {
 	same("after the next batch")
 	if v := rdb.HGet(ctx, acked, "s:ann").Val(); v != ids[0]+" 1" {
 		t.Fatalf("ann's cursor is stored as %q, want %q", v, ids[0]+" 1")
+	}
+}
+
+// TestClientSize: the Gateway's state of a connection, with its first
+// subscription inside, stays in the 144-byte size class: every idle
+// connection pays for it (docs/BENCHMARKS.md, idle cost).
+func TestClientSize(t *testing.T) {
+	if n := unsafe.Sizeof(client{}); n > 144 {
+		t.Fatalf("client is %d bytes: past the 144-byte size class", n)
 	}
 }

@@ -139,11 +139,12 @@ type client struct {
 	claims *auth.Claims    // nil without authentication
 	conn   *ws.Conn
 
-	// subject acknowledges for this connection: its token's sub, or
-	// ?user= without authentication; "" for none. Set at Open, read-only
-	// after (a refresh keeps the subject).
-	subject string
-	acks    atomic.Int32 // acks waiting in acker
+	// subjectp is who acknowledges for this connection: its first
+	// token's sub (a refresh keeps the subject), or ?user= without
+	// authentication; nil for none. Set at Open, read-only after. A
+	// pointer, not a string, and the acks it has waiting counted in the
+	// acker, not here: the client stays in the 144-byte size class.
+	subjectp *string
 
 	// Guarded by expiries.mu.
 	expAt  int64 // unix nanoseconds
@@ -158,6 +159,14 @@ type client struct {
 	// subs live in the client's own memory, one heap object for the three.
 	first subscription
 	one   [1]*subscription
+}
+
+// subject returns who acknowledges for the connection; "" for none.
+func (cl *client) subject() string {
+	if cl.subjectp == nil {
+		return ""
+	}
+	return *cl.subjectp
 }
 
 // newClient returns the state of connection c.
@@ -239,10 +248,14 @@ func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	cl := newClient(c)
 	if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
-		cl.subject = claims.Subject
+		if claims.Subject != "" {
+			cl.subjectp = &claims.Subject
+		}
 		g.expiries.set(cl, claims.Expires)
 	} else if g.cfg.Auth == nil {
-		cl.subject, _ = queryValue(r.URI, "user")
+		if user, _ := queryValue(r.URI, "user"); user != "" {
+			cl.subjectp = &user
+		}
 	}
 	c.SetValue(cl)
 	g.stats.connections.Add(1)

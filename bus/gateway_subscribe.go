@@ -17,7 +17,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	if m.Since != nil && *m.Since == sinceAcked {
-		if cl.subject == "" {
+		if cl.subject() == "" {
 			g.sendError(c, codeNoSubject, m.Topic, `since "acked" needs a subject: a token with sub, or ?user= on an insecure gateway`)
 			return
 		}
@@ -93,7 +93,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	if key.since == sinceAcked {
 		// The cursor first (one round trip more than other resumes), then
 		// a resume from it like any other, which shares reads.
-		a, err := g.hist.Acked(g.ctx, m.Topic, cl.subject)
+		a, err := g.hist.Acked(g.ctx, m.Topic, cl.subject())
 		if err != nil {
 			g.cfg.Logger.Warn("reading acknowledged cursor", "topic", m.Topic, "err", err)
 			return false
@@ -103,7 +103,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 			key.since, key.seq, key.hasSeq = a.ID.String(), a.Seq, a.Seq > 0
 		}
 	}
-	h := g.reads.do(key, cl.subject, func(subjects []string) history { return g.readHistory(key, subjects) })
+	h := g.reads.do(key, cl.subject(), func(subjects []string) history { return g.readHistory(key, subjects) })
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
 		return false
@@ -111,7 +111,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
 	}
-	if a, ok := h.acked[cl.subject]; ok && cl.subject != "" {
+	if a, ok := h.acked[cl.subject()]; ok && cl.subject() != "" {
 		info := h.info
 		info.Acked, info.Unread, info.HasAcked = a.ID, a.Unread, true
 		_ = c.Send(ws.TextFrame(AppendSubscribed(nil, info)))
