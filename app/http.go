@@ -264,9 +264,12 @@ func historyQuery(q url.Values) (c streams.Cursor, limit int, msg string) {
 	if c.Since == "" {
 		c.Since = "0"
 	}
-	var ok bool
-	if c.Seq, c.HasSeq, ok = parseSeqParam(q.Get("seq")); !ok {
-		return c, 0, "seq must be the non-negative integer seq of the event since names"
+	if s := q.Get("seq"); s != "" {
+		var err error
+		if c.Seq, err = streams.ParseSeq(s); err != nil {
+			return c, 0, "seq must be the non-negative integer seq of the event since names"
+		}
+		c.HasSeq = true
 	}
 	limit = 100
 	if s := q.Get("limit"); s != "" {
@@ -276,20 +279,6 @@ func historyQuery(q url.Values) (c streams.Cursor, limit int, msg string) {
 		}
 	}
 	return c, limit, ""
-}
-
-// parseSeqParam reads the seq parameter as a WebSocket subscribe's seq is
-// read: digits without sign or leading zero. has is false when it is
-// absent; ok is false when it is not a seq.
-func parseSeqParam(s string) (seq uint64, has, ok bool) {
-	if s == "" {
-		return 0, false, true
-	}
-	if len(s) > 1 && s[0] == '0' {
-		return 0, false, false
-	}
-	seq, err := strconv.ParseUint(s, 10, 64)
-	return seq, err == nil, err == nil
 }
 
 // newHistoryAnswer shapes a Resume as GET /v1/history answers it; missed

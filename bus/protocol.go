@@ -22,13 +22,9 @@ type clientMessage struct {
 	ID    string          `json:"id"`    // ack
 }
 
-// errBadSeq is returned by parseSeq for a seq that is not a non-negative
-// integer.
-var errBadSeq = errors.New("bus: seq must be a non-negative integer")
-
 // parseSeq reads a client's seq: a JSON number without sign, fraction or
-// exponent (or a string of digits, as a query parameter gives it). ok is
-// false when it is absent or null.
+// exponent, or a string of its digits (as a query parameter gives it; see
+// streams.ParseSeq). ok is false when it is absent or null.
 func parseSeq(raw []byte) (seq uint64, ok bool, err error) {
 	s := string(raw)
 	if s == "" || s == "null" {
@@ -37,12 +33,8 @@ func parseSeq(raw []byte) (seq uint64, ok bool, err error) {
 	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
 		s = s[1 : len(s)-1]
 	}
-	if s == "" || len(s) > 1 && s[0] == '0' {
-		return 0, false, errBadSeq
-	}
-	seq, err = strconv.ParseUint(s, 10, 64)
-	if err != nil || s[0] == '+' {
-		return 0, false, errBadSeq
+	if seq, err = streams.ParseSeq(s); err != nil {
+		return 0, false, err
 	}
 	return seq, true, nil
 }

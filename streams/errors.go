@@ -19,6 +19,8 @@ var (
 	ErrBadDeadline = errors.New("streams: invalid deadline")
 	// ErrBadID means a string is not a stream ID ("<ms>-<seq>", "<ms>" or "0").
 	ErrBadID = errors.New("streams: invalid stream ID")
+	// ErrBadSeq means a string is not a seq (digits, no sign or leading zero).
+	ErrBadSeq = errors.New("streams: invalid seq")
 	// ErrNotMigrated means the bus has no <prefix>:meta partitions yet.
 	ErrNotMigrated = errors.New("streams: bus not migrated (run wsbus migrate)")
 )

@@ -47,3 +47,16 @@ func (id ID) Less(o ID) bool {
 
 // IsZero reports whether id is 0-0.
 func (id ID) IsZero() bool { return id == ID{} }
+
+// ParseSeq parses an event's seq as clients send it: decimal digits
+// without sign or leading zero ("0" alone is 0).
+func ParseSeq(s string) (uint64, error) {
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return 0, ErrBadSeq
+	}
+	seq, err := strconv.ParseUint(s, 10, 64) // refuses a sign
+	if err != nil {
+		return 0, ErrBadSeq
+	}
+	return seq, nil
+}
