@@ -13,18 +13,24 @@ import (
 )
 
 // pipelineOwner runs an owner of a one-partition bus and returns its
-// Redis and a subscription to topic's live channel.
-func pipelineOwner(b *testing.B, topic string) (*redis.Client, streams.Keys, <-chan *redis.Message) {
+// Redis and a subscription to the live channels of topics.
+func pipelineOwner(b *testing.B, topics ...string) (*redis.Client, streams.Keys, <-chan *redis.Message) {
 	ctx := context.Background()
 	rdb, keys := testBus(b, 1)
 	o := testOwner(b, rdb, keys, 1, "n", 0)
 	rctx, stop := context.WithCancel(ctx)
 	b.Cleanup(stop)
 	go func() { _ = o.Run(rctx) }()
-	sub := rdb.SSubscribe(ctx, keys.Live(0, topic))
+	channels := make([]string, len(topics))
+	for i, t := range topics {
+		channels[i] = keys.Live(0, t)
+	}
+	sub := rdb.SSubscribe(ctx, channels...)
 	b.Cleanup(func() { _ = sub.Close() })
-	if _, err := sub.Receive(ctx); err != nil {
-		b.Fatal(err)
+	for range channels {
+		if _, err := sub.Receive(ctx); err != nil {
+			b.Fatal(err)
+		}
 	}
 	return rdb, keys, sub.Channel(redis.WithChannelSize(1 << 16))
 }
@@ -65,22 +71,35 @@ func BenchmarkPipelineWake(b *testing.B) {
 // added 1,000 to a Redis pipeline, faster than one owner moves them, so
 // the owner reads full batches back to back. ns/op is per event.
 func BenchmarkPipelineBusy(b *testing.B) {
-	benchmarkBusy(b, nil)
+	benchmarkBusy(b, []string{"busy"}, nil)
 }
 
 // BenchmarkPipelineBusyDeadlines is BenchmarkPipelineBusy with a deadline
 // on every event (an hour: none falls due during the run), which the
 // apply script also adds to the partition's deadlines set.
 func BenchmarkPipelineBusyDeadlines(b *testing.B) {
-	benchmarkBusy(b, []any{"deadline", "3600000"})
+	benchmarkBusy(b, []string{"busy"}, []any{"deadline", "3600000"})
 }
 
-// benchmarkBusy runs BenchmarkPipelineBusy with extra fields in each entry.
-func benchmarkBusy(b *testing.B, extra []any) {
+// BenchmarkPipelineBusyTopics is BenchmarkPipelineBusy with events spread
+// round-robin over 100 topics, as per-user notifications are: each batch
+// touches each topic's history (and its seq) once per event or so, the
+// costliest shape for the owner's per-topic work.
+func BenchmarkPipelineBusyTopics(b *testing.B) {
+	topics := make([]string, 100)
+	for i := range topics {
+		topics[i] = "user:" + strconv.Itoa(i)
+	}
+	benchmarkBusy(b, topics, nil)
+}
+
+// benchmarkBusy adds events round-robin over topics, with extra fields in
+// each entry, 1,000 to a pipeline, and waits for all of them live.
+func benchmarkBusy(b *testing.B, topics []string, extra []any) {
 	ctx := context.Background()
-	topic := "busy"
-	rdb, keys, live := pipelineOwner(b, topic)
-	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", "1"}}).Err(); err != nil {
+	rdb, keys, live := pipelineOwner(b, topics...)
+	// One event first: the owner holds its lease and reads.
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topics[0], "data", "1"}}).Err(); err != nil {
 		b.Fatal(err)
 	}
 	received(b, live, 1)
@@ -92,53 +111,9 @@ func benchmarkBusy(b *testing.B, extra []any) {
 	}()
 	for i := 0; i < b.N; i += 1000 {
 		pipe := rdb.Pipeline()
-		for range min(1000, b.N-i) {
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: append([]any{"topic", topic, "data", `{"n":1}`}, extra...)})
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	<-done
-	reportScriptTime(b, rdb)
-}
-
-// BenchmarkPipelineBusyTopics is BenchmarkPipelineBusy with events spread
-// round-robin over 100 topics, as per-user notifications are: each batch
-// touches each topic's history (and its seq) once per event or so, the
-// costliest shape for the owner's per-topic work. ns/op is per event.
-func BenchmarkPipelineBusyTopics(b *testing.B) {
-	ctx := context.Background()
-	rdb, keys := testBus(b, 1)
-	o := testOwner(b, rdb, keys, 1, "n", 0)
-	rctx, stop := context.WithCancel(ctx)
-	b.Cleanup(stop)
-	go func() { _ = o.Run(rctx) }()
-	topics := make([]string, 100)
-	channels := make([]string, len(topics))
-	for i := range topics {
-		topics[i] = "user:" + strconv.Itoa(i)
-		channels[i] = keys.Live(0, topics[i])
-	}
-	sub := rdb.SSubscribe(ctx, channels...)
-	b.Cleanup(func() { _ = sub.Close() })
-	for range channels {
-		if _, err := sub.Receive(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	live := sub.Channel(redis.WithChannelSize(1 << 16))
-	b.ResetTimer()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		received(b, live, b.N)
-	}()
-	for i := 0; i < b.N; i += 1000 {
-		pipe := rdb.Pipeline()
 		for j := range min(1000, b.N-i) {
-			topic := topics[(i+j)%len(topics)]
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", `{"n":1}`}})
+			values := append([]any{"topic", topics[(i+j)%len(topics)], "data", `{"n":1}`}, extra...)
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: values})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)
