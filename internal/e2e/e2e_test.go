@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -255,23 +254,10 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 	}
 }
 
-var metricLine = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
-
 // goroutines reads go_goroutines from the gateway's /metrics.
 func goroutines(tb testing.TB, g *gateway) int {
 	tb.Helper()
-	resp, err := http.Get("http://" + g.addr + "/metrics")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := metricLine.FindSubmatch(body)
-	if m == nil {
-		tb.Fatalf("no go_goroutines in /metrics")
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
+	return metric(tb, g, "go_goroutines")
 }
 
 func openFDs(tb testing.TB, pid int) int {
