@@ -586,20 +586,23 @@ func (c *Client) keepalive(ctx context.Context, conn net.Conn, token string, las
 
 // handle takes one message of the gateway.
 func (c *Client) handle(ctx context.Context, m *Message) {
-	if c.answersUnsubscribe(m) {
+	c.mu.Lock()
+	if c.answersUnsubscribeLocked(m) {
+		c.mu.Unlock()
 		return
 	}
 	switch m.Type {
 	case "subscribed", "event":
 	case "error":
+		c.mu.Unlock()
 		if c.opts.OnError != nil {
 			c.opts.OnError(*m)
 		}
 		return
 	default:
+		c.mu.Unlock()
 		return // pong, refreshed: nothing to do
 	}
-	c.mu.Lock()
 	s := c.subs[m.Topic]
 	if s == nil || m.Type == "event" && !s.active {
 		c.mu.Unlock()
@@ -641,13 +644,11 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 }
 
 // deliver hands e to the application and reports whether it took it.
-// answersUnsubscribe reports whether m is of a topic with an
+// answersUnsubscribeLocked reports whether m is of a topic with an
 // unsubscribe not yet answered on this connection: the old subscription's
 // messages until the answer ("unsubscribed", or not_subscribed when the
 // subscribe had not taken effect), which are none of the application's.
-func (c *Client) answersUnsubscribe(m *Message) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *Client) answersUnsubscribeLocked(m *Message) bool {
 	if c.unsubs[m.Topic] == 0 {
 		return false
 	}
