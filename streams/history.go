@@ -122,7 +122,7 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 	trusted := sameEpoch && !r.Head.Less(after)
 	r.Recovered = trusted && thisLife && nothingTrimmedAfter(info, after, r.Head)
 	if !r.Recovered && trusted && thisLife && c.HasSeq {
-		r.Missed, r.MissedKnown = missed(info, after, c.Seq, r.HeadSeq)
+		r.Missed, r.MissedKnown = missed(info.Length, c.Seq, r.HeadSeq)
 		// A cursor right before the first retained event lost nothing,
 		// which only its seq can show (IDs have gaps).
 		r.Recovered = r.MissedKnown && r.Missed == 0
@@ -141,20 +141,17 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 }
 
 // missed counts the events after a cursor of this life of the sequence
-// (at ID after, with seq) that are gone: all that followed it (head - seq)
-// but those still retained. Every retained entry follows a cursor older
-// than the first of them; a cursor at or past the first has lost nothing
-// to trimming, and is not asked. It is false when the numbers do not add
-// up (a seq that is not the cursor's).
-func missed(info *redis.XInfoStream, after ID, seq, head uint64) (uint64, bool) {
-	if info.Length > 0 && !after.Less(MustParseID(info.FirstEntry.ID)) {
-		return 0, false // only an XDEL by hand removes entries after it; thisLife excluded that
-	}
+// (with seq) that are gone: all that followed it (head - seq) but those
+// still retained. It is asked only when nothing proved the cursor
+// recovered, so the cursor is before the first retained entry and every
+// retained entry follows it. It is false when the numbers do not add up
+// (a seq that is not the cursor's).
+func missed(retained int64, seq, head uint64) (uint64, bool) {
 	followed := head - seq
-	if seq > head || uint64(info.Length) > followed {
+	if seq > head || uint64(retained) > followed {
 		return 0, false
 	}
-	return followed - uint64(info.Length), true
+	return followed - uint64(retained), true
 }
 
 // headSeq returns the seq of a history stream's newest event: the seq
