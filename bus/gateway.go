@@ -112,8 +112,9 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 //
 // Locks: client.mu, Gateway.mu and topic.mu are never held together. Under
 // topic.mu the gateway queues frames (ws.Conn's lock); under Gateway.mu it
-// writes (un)subscribe commands, which keeps SSUBSCRIBE and SUNSUBSCRIBE of
-// a channel in order. No lock is held while waiting for a Redis reply.
+// only reads and changes its maps: each pub/sub connection has one
+// goroutine that alone talks to Redis over it (gateway_pubsub.go). No
+// lock is held while waiting on Redis.
 type Gateway struct {
 	cfg      GatewayConfig
 	hist     *streams.History
@@ -210,35 +211,32 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		expiries: newExpiries(),
 	}
 	g.acks = newAcker(g)
-	g.wg.Add(1)
+	g.wg.Add(3)
 	go func() {
 		defer g.wg.Done()
 		g.acks.run(ctx)
 	}()
-	go g.sweep()
-	go g.expiries.run(ctx.Done())
+	go func() {
+		defer g.wg.Done()
+		g.sweep()
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.expiries.run(ctx.Done())
+	}()
 	return g, nil
 }
 
-// Close writes the acks still gathered, stops the Gateway's pub/sub
-// connections and waits for the catch-ups of lagging clients, which end
-// once their history reads fail or their connections close.
+// Close writes the acks still gathered and stops every goroutine the
+// Gateway started: its pub/sub connections' owners (which close them),
+// their catch-ups, and the catch-ups of lagging clients, which end once
+// their history reads fail or their connections close. It waits on no
+// Redis reply.
 func (g *Gateway) Close() error {
 	g.mu.Lock()
-	g.cancel() // under mu: a lagging client's catch-up starts before it, or not at all
+	g.cancel() // under mu: a goroutine started under mu starts before it, or not at all
 	g.mu.Unlock()
 	g.wg.Wait()
-	g.mu.Lock()
-	if g.shared != nil { // in every slot of parts
-		_ = g.shared.ps.Close()
-	} else {
-		for _, lc := range g.parts {
-			if lc != nil {
-				_ = lc.ps.Close()
-			}
-		}
-	}
-	g.mu.Unlock()
 	g.lagging.Wait()
 	return nil
 }

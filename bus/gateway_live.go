@@ -2,13 +2,10 @@ package bus
 
 import (
 	"errors"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -33,6 +30,7 @@ type topic struct {
 	subs     []*subscription // each knows its index (subscription.idx)
 	seen     streams.ID      // newest event delivered to this topic's subscribers
 	catching bool            // pub/sub was lost: live events wait in backlog
+	lost     int             // connections lost under this topic: a catch-up ends catching only if none since it began
 	backlog  []liveEvent     // live events received while catching up
 }
 
@@ -54,8 +52,10 @@ type subscription struct {
 }
 
 // markReady records that the live channel is subscribed and wakes the
-// subscriptions waiting for it. A topic keeps no channel once ready.
-func (t *topic) markReady() {
+// subscriptions waiting for it; it reports whether t is to be caught up
+// from history, its channel having been lost. A topic keeps no channel
+// once ready.
+func (t *topic) markReady() (catching bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.ready = true
@@ -63,6 +63,22 @@ func (t *topic) markReady() {
 		close(t.waiting)
 		t.waiting = nil
 	}
+	return t.catching
+}
+
+// startCatching makes t hold its live events until it is caught up from
+// history, if it had a live channel; it reports whether t was not
+// catching already.
+func (t *topic) startCatching() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.ready {
+		return false // no subscriber has gone live: nothing to catch up
+	}
+	t.lost++
+	was := t.catching
+	t.catching = true
+	return !was
 }
 
 // readyOrWait reports whether the live channel is subscribed; if not, it
@@ -165,21 +181,23 @@ func (t *topic) removeLocked(s *subscription) bool {
 	return true
 }
 
-// acquire returns the topic, subscribing its live channel when it is new.
+// acquire returns the topic, asking for its live channel when it is new.
+// Nothing under g.mu waits on Redis: the channel's connection is asked
+// after, by its own goroutine (gateway_pubsub.go).
 func (g *Gateway) acquire(name string) *topic {
+	var lc *liveConn
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	t, ok := g.topics[name]
 	if !ok {
 		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions)}
 		g.topics[name] = t
-		if err := g.liveLocked(t.p).ps.SSubscribe(g.ctx, g.cfg.Keys.Live(t.p, name)); err != nil {
-			// go-redis resubscribes on its next connection; the catch-up
-			// that follows covers what was missed.
-			g.cfg.Logger.Warn("subscribing live channel", "topic", name, "err", err)
-		}
+		lc = g.liveLocked(t.p)
 	}
 	t.refs++
+	g.mu.Unlock()
+	if lc != nil {
+		lc.poke(name)
+	}
 	return t
 }
 
@@ -206,7 +224,7 @@ func (g *Gateway) removeSub(s *subscription) {
 	}
 }
 
-// sweep unsubscribes topics nobody has wanted for topicLinger.
+// sweep drops topics nobody has wanted for topicLinger.
 func (g *Gateway) sweep() {
 	tick := time.NewTicker(topicLinger / 3)
 	defer tick.Stop()
@@ -215,160 +233,30 @@ func (g *Gateway) sweep() {
 		case <-g.ctx.Done():
 			return
 		case now := <-tick.C:
-			g.mu.Lock()
-			for name, t := range g.topics {
-				if t.refs == 0 && now.UnixNano()-t.idleSince > int64(topicLinger) {
-					delete(g.topics, name)
-					_ = g.parts[t.p].ps.SUnsubscribe(g.ctx, g.cfg.Keys.Live(t.p, name))
-				}
-			}
-			g.mu.Unlock()
+			g.sweepIdle(now.UnixNano())
 		}
 	}
 }
 
-// liveConn is a pub/sub connection for live channels. On Redis Cluster a
-// PubSub is bound to the node of its first channel's slot, so each
-// partition gets its own; on a single Redis one connection carries every
-// partition's channels: go-redis gives each PubSub connection 64 KiB of
-// buffers whatever the options say, 4 MiB for 64 partitions, and each is a
-// connection Redis holds.
-type liveConn struct {
-	g  *Gateway
-	ps *redis.PubSub // guarded by Gateway.mu: renew replaces it
-}
-
-func (lc *liveConn) pubsub() *redis.PubSub {
-	lc.g.mu.RLock()
-	defer lc.g.mu.RUnlock()
-	return lc.ps
-}
-
-// renew replaces old, a connection whose channels Redis no longer serves
-// there (a MOVED reply, or a slot that moved away), with a new one
-// subscribed to every channel of lc's partitions, found by a fresh slot
-// map. The caller has started the catch-up that the first confirmation
-// completes.
-func (lc *liveConn) renew(old *redis.PubSub) {
-	g := lc.g
-	if cc, ok := g.cfg.Redis.(*redis.ClusterClient); ok {
-		cc.ReloadState(g.ctx)
+// sweepIdle drops the topics idle since before now - topicLinger; their
+// connections' goroutines unsubscribe them.
+func (g *Gateway) sweepIdle(now int64) {
+	type gone struct {
+		lc   *liveConn
+		name string
 	}
+	var swept []gone
 	g.mu.Lock()
-	if lc.ps != old {
-		g.mu.Unlock()
-		return
+	for name, t := range g.topics {
+		if t.refs == 0 && now-t.idleSince > int64(topicLinger) {
+			delete(g.topics, name)
+			swept = append(swept, gone{g.parts[t.p], name})
+		}
 	}
-	var channels []string
-	for _, t := range lc.topicsLocked() {
-		channels = append(channels, g.cfg.Keys.Live(t.p, t.name))
-	}
-	ps := g.cfg.Redis.SSubscribe(g.ctx)
-	lc.ps = ps
 	g.mu.Unlock()
-	_ = old.Close()
-	if len(channels) > 0 {
-		// One slot per connection on Redis Cluster; no slots on one Redis.
-		if err := ps.SSubscribe(g.ctx, channels...); err != nil {
-			g.cfg.Logger.Warn("resubscribing live channels", "channels", len(channels), "err", err)
-		}
-	}
-}
-
-// liveLocked returns the pub/sub connection for partition p's channels.
-func (g *Gateway) liveLocked(p int) *liveConn {
-	if lc := g.parts[p]; lc != nil {
-		return lc
-	}
-	lc := g.shared
-	if lc == nil {
-		lc = &liveConn{g: g, ps: g.cfg.Redis.SSubscribe(g.ctx)}
-		go lc.receive()
-		if _, cluster := g.cfg.Redis.(*redis.ClusterClient); !cluster {
-			g.shared = lc
-		}
-	}
-	g.parts[p] = lc
-	return lc
-}
-
-// topics returns the topics whose live channels lc carries.
-func (lc *liveConn) topics() []*topic {
-	lc.g.mu.RLock()
-	defer lc.g.mu.RUnlock()
-	return lc.topicsLocked()
-}
-
-func (lc *liveConn) topicsLocked() []*topic {
-	var ts []*topic
-	for _, t := range lc.g.topics {
-		if lc.g.parts[t.p] == lc {
-			ts = append(ts, t)
-		}
-	}
-	return ts
-}
-
-// receive reads one pub/sub connection until the Gateway closes. After the
-// connection is lost, go-redis reconnects and resubscribes every channel
-// with one command; the first confirmation after that starts a catch-up of
-// every topic of its partitions from history.
-func (lc *liveConn) receive() {
-	g := lc.g
-	lost := false
-	loseOnce := func(err error) {
-		if lost {
-			return
-		}
-		lost = true
-		ts := lc.topics()
-		g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "topics", len(ts), "err", err)
-		startCatching(ts)
-	}
-	for g.ctx.Err() == nil {
-		ps := lc.pubsub()
-		msg, err := ps.ReceiveTimeout(g.ctx, 15*time.Second)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				_ = ps.Ping(g.ctx) // a dead connection fails here and reconnects
-				continue
-			}
-			if g.ctx.Err() != nil {
-				return
-			}
-			loseOnce(err)
-			var reply redis.Error
-			if errors.As(err, &reply) {
-				// A reply on a sound connection (MOVED: the slot is served
-				// elsewhere now): go-redis would not reconnect by itself.
-				lc.renew(ps)
-				time.Sleep(200 * time.Millisecond)
-				continue
-			}
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "sunsubscribe" && g.topicOf(m.Channel) != nil {
-				// Redis dropped a channel still wanted: its slot moved.
-				loseOnce(errors.New("redis unsubscribed " + m.Channel))
-				lc.renew(ps)
-				continue
-			}
-			if m.Kind != "ssubscribe" {
-				continue
-			}
-			if t := g.topicOf(m.Channel); t != nil {
-				t.markReady()
-			}
-			if lost {
-				lost = false
-				go g.catchUp(lc.topics())
-			}
-		case *redis.Message:
-			g.fanOut(m.Channel, m.Payload)
+	for _, s := range swept {
+		if s.lc != nil {
+			s.lc.poke(s.name)
 		}
 	}
 }
@@ -378,9 +266,7 @@ func (g *Gateway) topicOf(channel string) *topic {
 	if !ok {
 		return nil
 	}
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.topics[name]
+	return g.topicNamed(name)
 }
 
 // fanOut encodes a live event's frame once and queues it to every
@@ -410,37 +296,19 @@ func (g *Gateway) fanOut(channel, payload string) {
 	t.mu.Unlock()
 }
 
-// startCatching makes topics hold live events until they are caught up
-// from history.
-func startCatching(ts []*topic) {
-	for _, t := range ts {
-		t.mu.Lock()
-		t.catching = true
-		t.mu.Unlock()
-	}
-}
-
-// catchUp delivers, for every topic of ts, the history written after the
-// newest event its subscribers had, then the live events held meanwhile;
-// IDs already delivered are dropped per subscriber.
-func (g *Gateway) catchUp(ts []*topic) {
-	for _, t := range ts {
-		g.stats.catchUps.Add(1)
-		for g.ctx.Err() == nil {
-			if err := g.catchUpTopic(t); err == nil {
-				break
-			} else {
-				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	}
-}
-
+// catchUpTopic delivers the history written after the newest event t's
+// subscribers had, then the live events held meanwhile; IDs already
+// delivered are dropped per subscriber. A connection lost again while it
+// reads leaves t catching, for the catch-up after the next confirmation.
 func (g *Gateway) catchUpTopic(t *topic) error {
 	t.mu.Lock()
-	from := t.seen
+	if !t.catching {
+		t.mu.Unlock()
+		return nil
+	}
+	from, lost := t.seen, t.lost
 	t.mu.Unlock()
+	g.stats.catchUps.Add(1)
 	for {
 		events, err := g.hist.Range(g.ctx, t.name, from, g.cfg.HistoryPage)
 		if err != nil {
@@ -452,10 +320,12 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			t.deliverLocked(g, liveEvent{id: from, frame: eventFrame(t.name, e)})
 		}
 		if len(events) < g.cfg.HistoryPage {
-			for _, ev := range t.backlog {
-				t.deliverLocked(g, ev)
+			if t.lost == lost {
+				for _, ev := range t.backlog {
+					t.deliverLocked(g, ev)
+				}
+				t.backlog, t.catching = nil, false
 			}
-			t.backlog, t.catching = nil, false
 			t.mu.Unlock()
 			return nil
 		}

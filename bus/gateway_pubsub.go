@@ -1,0 +1,394 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// liveConn is a Redis pub/sub connection for live channels and the one
+// goroutine that owns it (run): only run subscribes, unsubscribes, and
+// closes or replaces the connection, and it holds no lock while it waits on
+// Redis. Others tell it which topics changed (poke); it compares each with
+// Gateway.topics, the one truth of what is wanted, and with what it has
+// asked Redis for, so requests need no order between them.
+//
+// On Redis Cluster a PubSub is bound to the node of its first channel's
+// slot, so each partition gets its own; on a single Redis one connection
+// carries every partition's channels: go-redis gives each PubSub
+// connection 64 KiB of buffers whatever the options say, 4 MiB for 64
+// partitions, and each is a connection Redis holds.
+//
+// A connection lost (an error, a ping without answer, a reply such as
+// MOVED, or Redis dropping a channel still wanted because its slot moved)
+// ends a session: every topic on it starts catching (live events wait in
+// its backlog), a new connection subscribes every wanted channel, and each
+// topic is caught up from history once its own channel is confirmed on
+// the new connection, never before, so no event falls between the history
+// read and the live channel.
+type liveConn struct {
+	g *Gateway
+
+	mu    sync.Mutex
+	dirty map[string]struct{} // topics to compare with what is asked of Redis
+	wake  chan struct{}       // capacity 1: dirty has topics
+	catch []*topic            // topics to catch up from history, in order
+	woken chan struct{}       // capacity 1: catch has topics
+
+	// Owned by run.
+	asked map[string]phase // by topic name: what the current connection was asked
+}
+
+// phase is a live channel's state on the current connection.
+type phase uint8
+
+const (
+	subscribing   phase = iota + 1 // SSUBSCRIBE sent, not confirmed
+	subscribed                     // confirmed
+	unsubscribing                  // SUNSUBSCRIBE sent, not confirmed
+)
+
+// liveHealth is how long a quiet pub/sub connection waits before a ping,
+// and then for its answer: a connection that stalls (no reset, no data)
+// is found lost within twice this.
+const liveHealth = 5 * time.Second
+
+func newLiveConn(g *Gateway) *liveConn {
+	return &liveConn{
+		g:     g,
+		dirty: make(map[string]struct{}),
+		wake:  make(chan struct{}, 1),
+		woken: make(chan struct{}, 1),
+		asked: make(map[string]phase),
+	}
+}
+
+// poke tells run that the topics may have to be subscribed or
+// unsubscribed. It never blocks.
+func (lc *liveConn) poke(names ...string) {
+	lc.mu.Lock()
+	for _, name := range names {
+		lc.dirty[name] = struct{}{}
+	}
+	lc.mu.Unlock()
+	select {
+	case lc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run owns the connection until the Gateway closes, one session per
+// connection, with a growing pause between failed ones.
+func (lc *liveConn) run() {
+	g := lc.g
+	var pause time.Duration
+	for {
+		healthy, err := lc.session()
+		if g.ctx.Err() != nil {
+			return
+		}
+		lc.lose(err)
+		if cc, ok := g.cfg.Redis.(*redis.ClusterClient); ok {
+			cc.ReloadState(g.ctx) // a slot may have moved
+		}
+		switch {
+		case healthy:
+			pause = 50 * time.Millisecond
+		case pause < 2*time.Second:
+			pause = max(2*pause, 50*time.Millisecond)
+		}
+		if !g.sleep(pause) {
+			return
+		}
+	}
+}
+
+// session serves one connection until it fails or the Gateway closes. It
+// reports whether Redis confirmed anything on it, and the failure.
+func (lc *liveConn) session() (healthy bool, err error) {
+	g := lc.g
+	ctx, cancel := context.WithCancel(g.ctx)
+	ps := g.cfg.Redis.SSubscribe(ctx) // dials on its first SSUBSCRIBE
+	events := make(chan any, 64)
+	var done chan struct{} // closed by the reader, started after that first SSUBSCRIBE
+	defer func() {
+		cancel() // an automatic redial of go-redis stops
+		_ = ps.Close()
+		if done != nil {
+			<-done
+		}
+	}()
+	clear(lc.asked)
+	lc.poke(lc.topicNames()...)
+	for {
+		select {
+		case <-ctx.Done():
+			return healthy, nil
+		case <-lc.wake:
+			sent, err := lc.reconcile(ctx, ps)
+			if err != nil {
+				return healthy, err
+			}
+			if sent && done == nil {
+				// Not before: a read on a PubSub without a connection
+				// dials one, on Redis Cluster to any node.
+				done = make(chan struct{})
+				go lc.read(ctx, ps, events, done)
+			}
+		case ev := <-events:
+			if err, ok := ev.(error); ok {
+				return healthy, err
+			}
+			healthy = true
+			if err := lc.confirmed(ev.(*redis.Subscription)); err != nil {
+				return healthy, err
+			}
+		}
+	}
+}
+
+// reconcile asks Redis for the channels of the dirty topics that are
+// wanted and not asked for, and drops those asked for and no longer
+// wanted. A channel being dropped is asked for again once Redis confirms
+// the drop. It reports whether it sent an SSUBSCRIBE.
+func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, error) {
+	g := lc.g
+	lc.mu.Lock()
+	dirty := lc.dirty
+	lc.dirty = make(map[string]struct{})
+	lc.mu.Unlock()
+	var sub, unsub []string
+	g.mu.RLock()
+	for name := range dirty {
+		_, wanted := g.topics[name]
+		switch asked := lc.asked[name]; {
+		case wanted && asked == 0:
+			lc.asked[name] = subscribing
+			sub = append(sub, g.channel(name))
+		case !wanted && (asked == subscribing || asked == subscribed):
+			lc.asked[name] = unsubscribing
+			unsub = append(unsub, g.channel(name))
+		}
+	}
+	g.mu.RUnlock()
+	if len(sub) > 0 {
+		// One command for all: on Redis Cluster they share their
+		// partition's slot.
+		if err := ps.SSubscribe(ctx, sub...); err != nil {
+			return false, fmt.Errorf("subscribing %d live channels: %w", len(sub), err)
+		}
+	}
+	if len(unsub) > 0 {
+		if err := ps.SUnsubscribe(ctx, unsub...); err != nil {
+			return len(sub) > 0, fmt.Errorf("unsubscribing %d live channels: %w", len(unsub), err)
+		}
+	}
+	return len(sub) > 0, nil
+}
+
+// confirmed takes Redis's confirmation of a channel asked for or dropped.
+func (lc *liveConn) confirmed(m *redis.Subscription) error {
+	g := lc.g
+	_, name, ok := g.cfg.Keys.LiveTopic(m.Channel)
+	if !ok {
+		return nil
+	}
+	switch m.Kind {
+	case "ssubscribe":
+		if lc.asked[name] != subscribing {
+			return nil // a drop was asked for since
+		}
+		lc.asked[name] = subscribed
+		t := g.topicNamed(name)
+		if t == nil {
+			lc.poke(name) // swept meanwhile: reconcile drops it
+			return nil
+		}
+		if t.markReady() {
+			lc.catchUp(t)
+		}
+	case "sunsubscribe":
+		switch lc.asked[name] {
+		case unsubscribing:
+			delete(lc.asked, name)
+			lc.poke(name) // wanted again meanwhile: asked for again
+		case subscribing, subscribed:
+			return fmt.Errorf("redis unsubscribed %s: its slot moved", m.Channel)
+		}
+	}
+	return nil
+}
+
+// read receives from ps until it fails: messages are fanned out here,
+// confirmations and the failure go to run.
+func (lc *liveConn) read(ctx context.Context, ps *redis.PubSub, events chan<- any, done chan<- struct{}) {
+	defer close(done)
+	g := lc.g
+	pinged := false
+	send := func(ev any) bool {
+		select {
+		case events <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, liveHealth)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if pinged {
+					err = errors.New("redis did not answer a ping")
+				} else if err = ps.Ping(ctx); err == nil {
+					pinged = true
+					continue
+				}
+			}
+			send(err)
+			return
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Message:
+			g.fanOut(m.Channel, m.Payload)
+		case *redis.Subscription:
+			if !send(m) {
+				return
+			}
+		}
+	}
+}
+
+// lose starts a catch-up of every topic the lost connection carried: their
+// live events wait until it is done.
+func (lc *liveConn) lose(err error) {
+	ts := lc.topics()
+	n := 0
+	for _, t := range ts {
+		if t.startCatching() {
+			n++
+		}
+	}
+	if n > 0 {
+		lc.g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "topics", n, "err", err)
+	}
+}
+
+// catchUp queues t to be caught up from history by catchUps.
+func (lc *liveConn) catchUp(t *topic) {
+	lc.mu.Lock()
+	lc.catch = append(lc.catch, t)
+	lc.mu.Unlock()
+	select {
+	case lc.woken <- struct{}{}:
+	default:
+	}
+}
+
+// catchUps catches topics up from history, one at a time, until the
+// Gateway closes.
+func (lc *liveConn) catchUps() {
+	g := lc.g
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-lc.woken:
+		}
+		for {
+			lc.mu.Lock()
+			var t *topic
+			if len(lc.catch) > 0 {
+				t = lc.catch[0]
+				lc.catch = lc.catch[1:]
+			}
+			lc.mu.Unlock()
+			if t == nil {
+				break
+			}
+			for pause := 50 * time.Millisecond; ; pause = min(2*pause, 2*time.Second) {
+				err := g.catchUpTopic(t)
+				if err == nil {
+					break
+				}
+				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
+				if !g.sleep(pause) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// topics returns the topics whose live channels lc carries.
+func (lc *liveConn) topics() []*topic {
+	g := lc.g
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var ts []*topic
+	for _, t := range g.topics {
+		if g.parts[t.p] == lc {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+func (lc *liveConn) topicNames() []string {
+	ts := lc.topics()
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.name
+	}
+	return names
+}
+
+// liveLocked returns the pub/sub connection for partition p's channels,
+// starting its goroutines when it is new; nil once the Gateway is closed.
+// Under g.mu, which Close takes to cancel: no goroutine starts after Close
+// began waiting.
+func (g *Gateway) liveLocked(p int) *liveConn {
+	if lc := g.parts[p]; lc != nil {
+		return lc
+	}
+	if g.ctx.Err() != nil {
+		return nil
+	}
+	lc := g.shared
+	if lc == nil {
+		lc = newLiveConn(g)
+		g.wg.Add(2)
+		go func() {
+			defer g.wg.Done()
+			lc.run()
+		}()
+		go func() {
+			defer g.wg.Done()
+			lc.catchUps()
+		}()
+		if _, cluster := g.cfg.Redis.(*redis.ClusterClient); !cluster {
+			g.shared = lc
+		}
+	}
+	g.parts[p] = lc
+	return lc
+}
+
+// channel returns the live channel of topic name.
+func (g *Gateway) channel(name string) string {
+	return g.cfg.Keys.Live(streams.Partition(name, g.cfg.Partitions), name)
+}
+
+func (g *Gateway) topicNamed(name string) *topic {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.topics[name]
+}

@@ -1,0 +1,274 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/streams"
+)
+
+// liveGateway starts a Gateway on rdb, closed when the test ends.
+func liveGateway(tb testing.TB, rdb redis.UniversalClient, prefix string) *Gateway {
+	tb.Helper()
+	g, err := NewGateway(GatewayConfig{
+		Redis: rdb, Keys: streams.Keys{Prefix: prefix}, Partitions: 4,
+		Logger: slog.New(slog.NewTextHandler(testWriter{tb}, nil)),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = g.Close() })
+	return g
+}
+
+// publishLive publishes an event of topic with id on its live channel, as
+// the owner does, and waits until tp has it.
+func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic, id string) {
+	tb.Helper()
+	payload := streams.AppendEvent(nil, tp.name, id, 1, []byte(`"x"`))
+	if err := rdb.SPublish(context.Background(), g.channel(tp.name), payload).Err(); err != nil {
+		tb.Fatal(err)
+	}
+	want := streams.MustParseID(id)
+	redistest.Eventually(tb, 10*time.Second, func() error {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		if tp.seen != want {
+			return fmt.Errorf("topic %s has seen %v, want %v", tp.name, tp.seen, want)
+		}
+		return nil
+	})
+}
+
+// pubsubClients returns the IDs of Redis's pub/sub connections.
+func pubsubClients(tb testing.TB, rdb *redis.Client) []string {
+	tb.Helper()
+	list, err := rdb.ClientList(context.Background()).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var ids []string
+	for line := range strings.Lines(list) {
+		if !strings.Contains(line, " flags=P ") {
+			continue
+		}
+		for field := range strings.FieldsSeq(line) {
+			if id, ok := strings.CutPrefix(field, "id="); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// shardSubscribers returns how many connections Redis has on channel.
+func shardSubscribers(tb testing.TB, rdb *redis.Client, channel string) int64 {
+	tb.Helper()
+	n, err := rdb.PubSubShardNumSub(context.Background(), channel).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n[channel]
+}
+
+// TestSweptTopicWantedAgainBeforeRedisConfirms: a topic swept (its
+// SUNSUBSCRIBE sent) and subscribed again before Redis confirms the
+// unsubscribe is subscribed again once it has, on the same connection:
+// the confirmation is not taken for a slot move, the connection is not
+// replaced and no topic is caught up from history.
+func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
+	srv := redistest.Start(t)
+	direct := srv.Client(t)
+	px := startProxy(t, srv.Addr)
+	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
+
+	first := g.acquire("a")
+	if !g.waitReady(first) {
+		t.Fatal("live channel not confirmed")
+	}
+	publishLive(t, direct, g, first, "1-1")
+	before := pubsubClients(t, direct)
+	if len(before) != 1 {
+		t.Fatalf("pub/sub connections %v, want one", before)
+	}
+
+	g.release(first)
+	px.Hold("") // Redis's confirmations wait
+	g.sweepIdle(time.Now().Add(2 * topicLinger).UnixNano())
+	redistest.Eventually(t, 10*time.Second, func() error {
+		if n := shardSubscribers(t, direct, g.channel("a")); n != 0 {
+			return fmt.Errorf("channel still has %d subscribers", n)
+		}
+		return nil
+	})
+	again := g.acquire("a")
+	if again == first {
+		t.Fatal("the swept topic was handed out again")
+	}
+	px.Release()
+
+	if !g.waitReady(again) {
+		t.Fatal("live channel of the topic wanted again not confirmed")
+	}
+	publishLive(t, direct, g, again, "2-1")
+	if got := pubsubClients(t, direct); len(got) != 1 || got[0] != before[0] {
+		t.Errorf("pub/sub connections %v, want %v kept", got, before)
+	}
+	if n := g.Stats().CatchUps; n != 0 {
+		t.Errorf("%d catch-ups from history; the unsubscribe was taken for a lost channel", n)
+	}
+}
+
+// TestAcquireDoesNotWaitOnRedis: asking for a topic's live channel dials
+// Redis; while the dial hangs, acquire has returned and the Gateway's
+// lock is free (every live event's topic lookup takes it).
+func TestAcquireDoesNotWaitOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	dialing := make(chan struct{}, 1)
+	release := make(chan struct{})
+	rdb := redis.NewClient(&redis.Options{
+		Addr: srv.Addr,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			select {
+			case dialing <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	g := liveGateway(t, rdb, redistest.Prefix(t))
+
+	acquired := make(chan *topic, 1)
+	go func() { acquired <- g.acquire("a") }()
+	select {
+	case <-dialing:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the live channel was never asked for")
+	}
+	stats := make(chan GatewayStats, 1)
+	go func() { stats <- g.Stats() }()
+	var tp *topic
+	for tp == nil || stats != nil {
+		select {
+		case tp = <-acquired:
+		case s := <-stats:
+			if s.Topics != 1 {
+				t.Errorf("Stats().Topics = %d, want 1", s.Topics)
+			}
+			stats = nil
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("acquire or Stats waited on the Redis dial: Gateway.mu is held across it")
+		}
+	}
+	close(release)
+	if !g.waitReady(tp) {
+		t.Fatal("live channel not confirmed after the dial went through")
+	}
+}
+
+// TestCatchUpWaitsForItsChannel: after the live connection is lost, a
+// topic is caught up from history only once Redis has confirmed its
+// channel on the new connection, never before (events published between
+// the history read and the subscription would be lost).
+func TestCatchUpWaitsForItsChannel(t *testing.T) {
+	srv := redistest.Start(t)
+	direct := srv.Client(t)
+	px := startProxy(t, srv.Addr)
+	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
+
+	tp := g.acquire("a")
+	if !g.waitReady(tp) {
+		t.Fatal("live channel not confirmed")
+	}
+	publishLive(t, direct, g, tp, "1-1")
+	before := pubsubClients(t, direct)
+
+	px.Hold("ssubscribe") // the new connection's handshake passes, its confirmation waits
+	px.Cut()
+	// The new connection is subscribed in Redis; its confirmation waits.
+	redistest.Eventually(t, 10*time.Second, func() error {
+		ids := pubsubClients(t, direct)
+		if len(ids) != 1 || ids[0] == before[0] || shardSubscribers(t, direct, g.channel("a")) != 1 {
+			return fmt.Errorf("pub/sub connections %v (before %v)", ids, before)
+		}
+		return nil
+	})
+	tp.mu.Lock()
+	catching := tp.catching
+	tp.mu.Unlock()
+	if !catching {
+		t.Fatal("the topic is not catching after its connection was lost")
+	}
+	if n := g.Stats().CatchUps; n != 0 {
+		t.Fatalf("%d catch-ups before Redis confirmed the channel", n)
+	}
+	px.Release()
+	redistest.Eventually(t, 10*time.Second, func() error {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		if tp.catching {
+			return fmt.Errorf("still catching up (%d catch-ups)", g.Stats().CatchUps)
+		}
+		return nil
+	})
+	if n := g.Stats().CatchUps; n != 1 {
+		t.Errorf("%d catch-ups, want 1", n)
+	}
+	publishLive(t, direct, g, tp, "2-1")
+}
+
+// TestCloseDoesNotWaitOnRedis: Close, which waits for every goroutine the
+// Gateway started, returns while Redis answers nothing.
+func TestCloseDoesNotWaitOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	px := startProxy(t, srv.Addr)
+	rdb := redis.NewClient(&redis.Options{Addr: px.Addr()})
+	g, err := NewGateway(GatewayConfig{
+		Redis: rdb, Keys: streams.Keys{Prefix: redistest.Prefix(t)}, Partitions: 4,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := g.acquire("a")
+	if !g.waitReady(tp) {
+		t.Fatal("live channel not confirmed")
+	}
+	px.Hold("") // Redis answers nothing from here on
+	g.acquire("b")
+	closed := make(chan struct{})
+	go func() {
+		_ = g.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited on Redis")
+	}
+}
+
+// testWriter writes a Gateway's log to the test's.
+type testWriter struct{ tb testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
