@@ -102,6 +102,8 @@ type Owner struct {
 	mu    sync.Mutex
 	owned map[int]*lease
 
+	pipelines sync.WaitGroup // one per lease started; Run waits for all
+
 	// applied is, by partition, the last entry this node applied and the
 	// epoch it was applied under: if the ingress is later found below it
 	// under the same epoch, the partition's newest data was lost. Only
@@ -157,6 +159,7 @@ func (o *Owner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			o.releaseAll()
 			o.leave()
+			o.pipelines.Wait() // those that ended by themselves too
 			return nil
 		case <-tick.C:
 		}
@@ -232,7 +235,9 @@ func (o *Owner) start(ctx context.Context, p int, value string) {
 	o.owned[p] = l
 	o.mu.Unlock()
 	o.stats.acquired.Add(1)
+	o.pipelines.Add(1) // only Run's goroutine starts pipelines, and waits for them
 	go func() {
+		defer o.pipelines.Done()
 		defer close(l.done)
 		err := o.runPartition(pctx, l)
 		if err != nil && pctx.Err() == nil {
