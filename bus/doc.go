@@ -7,4 +7,29 @@
 //	go owner.Run(ctx)
 //	gw, _ := bus.NewGateway(bus.GatewayConfig{Redis: rdb, Keys: keys, Partitions: n})
 //	srv, _ := ws.New(ws.Config{Handler: gw})
+//
+// # Locks
+//
+// The order, across bus and ws; a lock is only ever taken while holding
+// those above it, never below:
+//
+//  1. topic.mu (a topic's subscribers, seen, backlog): fan-out and
+//     catch-ups queue frames under it;
+//  2. ws.Conn.mu (a connection's queue), taken by Send, Offer and Close;
+//  3. ws.Server.mu, then the epoll's own lock (ws/server.go).
+//
+// Leaves, held alone and never across a call into another component:
+// Gateway.mu (the topic map: read-locked per live event), client.mu,
+// liveConn.mu, expiries.mu, acker.mu, coalescer.mu, Owner.mu. No lock is
+// held while waiting on Redis: each pub/sub connection is owned by one
+// goroutine (gateway_pubsub.go) that others only poke; a history read,
+// an ack flush and a lease script run with nothing held.
+//
+// # Goroutines
+//
+// Everything a Gateway starts (the acker, the topic sweep, the token
+// expiry heap, each pub/sub connection's owner, reader and catch-up
+// worker, a lagging client's catch-up) is started under Gateway.mu while
+// it is open and waited for by Close. Owner.Run waits for every
+// partition pipeline it started before it returns.
 package bus

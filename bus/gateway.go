@@ -110,11 +110,7 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 // from history (see gateway_lag.go); with ws.OverflowClose they are
 // closed with 4001.
 //
-// Locks: client.mu, Gateway.mu and topic.mu are never held together. Under
-// topic.mu the gateway queues frames (ws.Conn's lock); under Gateway.mu it
-// only reads and changes its maps: each pub/sub connection has one
-// goroutine that alone talks to Redis over it (gateway_pubsub.go). No
-// lock is held while waiting on Redis.
+// Locks and goroutines: see the package documentation (doc.go).
 type Gateway struct {
 	cfg      GatewayConfig
 	hist     *streams.History
