@@ -181,10 +181,10 @@ func (t *topic) removeLocked(s *subscription) bool {
 	return true
 }
 
-// acquire returns the topic, asking for its live channel when it is new.
-// Nothing under g.mu waits on Redis: the channel's connection is asked
+// refTopic returns the topic, counting a reference to it, and asks for
+// its live channel when it is new. Nothing under g.mu waits on Redis: the channel's connection is asked
 // after, by its own goroutine (gateway_pubsub.go).
-func (g *Gateway) acquire(name string) *topic {
+func (g *Gateway) refTopic(name string) *topic {
 	var lc *liveConn
 	g.mu.Lock()
 	t, ok := g.topics[name]
@@ -201,8 +201,8 @@ func (g *Gateway) acquire(name string) *topic {
 	return t
 }
 
-// release drops a reference to t; sweep unsubscribes it once it lingered.
-func (g *Gateway) release(t *topic) {
+// unrefTopic drops a reference to t; sweep drops t once it lingered.
+func (g *Gateway) unrefTopic(t *topic) {
 	g.mu.Lock()
 	t.refs--
 	if t.refs == 0 {
@@ -220,7 +220,7 @@ func (g *Gateway) removeSub(s *subscription) {
 	t.mu.Unlock()
 	if ok {
 		g.stats.subscriptions.Add(-1)
-		g.release(t)
+		g.unrefTopic(t)
 	}
 }
 

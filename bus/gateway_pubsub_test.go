@@ -91,7 +91,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 	px := startProxy(t, srv.Addr)
 	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
 
-	first := g.acquire("a")
+	first := g.refTopic("a")
 	if !g.waitReady(first) {
 		t.Fatal("live channel not confirmed")
 	}
@@ -101,7 +101,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 		t.Fatalf("pub/sub connections %v, want one", before)
 	}
 
-	g.release(first)
+	g.unrefTopic(first)
 	px.Hold("") // Redis's confirmations wait
 	g.sweepIdle(time.Now().Add(2 * topicLinger).UnixNano())
 	redistest.Eventually(t, 10*time.Second, func() error {
@@ -110,7 +110,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 		}
 		return nil
 	})
-	again := g.acquire("a")
+	again := g.refTopic("a")
 	if again == first {
 		t.Fatal("the swept topic was handed out again")
 	}
@@ -128,10 +128,10 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 	}
 }
 
-// TestAcquireDoesNotWaitOnRedis: asking for a topic's live channel dials
-// Redis; while the dial hangs, acquire has returned and the Gateway's
+// TestRefTopicDoesNotWaitOnRedis: asking for a topic's live channel dials
+// Redis; while the dial hangs, refTopic has returned and the Gateway's
 // lock is free (every live event's topic lookup takes it).
-func TestAcquireDoesNotWaitOnRedis(t *testing.T) {
+func TestRefTopicDoesNotWaitOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	dialing := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -154,7 +154,7 @@ func TestAcquireDoesNotWaitOnRedis(t *testing.T) {
 	g := liveGateway(t, rdb, redistest.Prefix(t))
 
 	acquired := make(chan *topic, 1)
-	go func() { acquired <- g.acquire("a") }()
+	go func() { acquired <- g.refTopic("a") }()
 	select {
 	case <-dialing:
 	case <-time.After(10 * time.Second):
@@ -174,7 +174,7 @@ func TestAcquireDoesNotWaitOnRedis(t *testing.T) {
 			stats = nil
 		case <-time.After(10 * time.Second):
 			close(release)
-			t.Fatal("acquire or Stats waited on the Redis dial: Gateway.mu is held across it")
+			t.Fatal("refTopic or Stats waited on the Redis dial: Gateway.mu is held across it")
 		}
 	}
 	close(release)
@@ -193,7 +193,7 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 	px := startProxy(t, srv.Addr)
 	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
 
-	tp := g.acquire("a")
+	tp := g.refTopic("a")
 	if !g.waitReady(tp) {
 		t.Fatal("live channel not confirmed")
 	}
@@ -247,12 +247,12 @@ func TestCloseDoesNotWaitOnRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp := g.acquire("a")
+	tp := g.refTopic("a")
 	if !g.waitReady(tp) {
 		t.Fatal("live channel not confirmed")
 	}
 	px.Hold("") // Redis answers nothing from here on
-	g.acquire("b")
+	g.refTopic("b")
 	closed := make(chan struct{})
 	go func() {
 		_ = g.Close()

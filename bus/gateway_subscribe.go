@@ -39,10 +39,10 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		g.sendError(c, code, m.Topic, msg)
 		return
 	}
-	t := g.acquire(m.Topic)
+	t := g.refTopic(m.Topic)
 	s := cl.newSubscription(c, t)
 	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
-		g.release(t)
+		g.unrefTopic(t)
 		g.sendError(c, code, m.Topic, msg)
 		return
 	}
