@@ -182,8 +182,9 @@ func (t *topic) removeLocked(s *subscription) bool {
 }
 
 // refTopic returns the topic, counting a reference to it, and asks for
-// its live channel when it is new. Nothing under g.mu waits on Redis: the channel's connection is asked
-// after, by its own goroutine (gateway_pubsub.go).
+// its live channel when it is new. Nothing under g.mu waits on Redis: the
+// channel's connection is asked after, by its own goroutine
+// (gateway_pubsub.go).
 func (g *Gateway) refTopic(name string) *topic {
 	var lc *liveConn
 	g.mu.Lock()
