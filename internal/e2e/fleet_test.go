@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -54,24 +56,38 @@ func newFleetOn(tb testing.TB, redisURL string, rdb redis.UniversalClient, names
 		f.start(name)
 	}
 	f.pub = publisherOn(tb, rdb, f.prefix)
-	covered := map[int]bool{}
-	for i := 0; len(covered) < fleetPartitions || len(f.topics) < fleetPartitions+4; i++ {
-		topic := "topic-" + strconv.Itoa(i)
-		p := streams.Partition(topic, fleetPartitions)
-		if !covered[p] || len(covered) == fleetPartitions {
-			covered[p] = true
-			f.topics = append(f.topics, topic)
-		}
-	}
+	f.topics = fleetTopics()
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel) // registered last: runs before the nodes stop
 	f.ctx = ctx
 	return f
 }
 
+// fleetTopics returns topics that cover every partition, and a few more.
+func fleetTopics() []string {
+	var topics []string
+	covered := map[int]bool{}
+	for i := 0; len(covered) < fleetPartitions || len(topics) < fleetPartitions+4; i++ {
+		topic := "topic-" + strconv.Itoa(i)
+		p := streams.Partition(topic, fleetPartitions)
+		if !covered[p] || len(covered) == fleetPartitions {
+			covered[p] = true
+			topics = append(topics, topic)
+		}
+	}
+	return topics
+}
+
 func (f *fleet) start(name string) *gateway {
 	f.tb.Helper()
-	g := startGateway(f.tb, f.redis, f.prefix, "--node-id", name, "--partitions", strconv.Itoa(fleetPartitions),
+	return f.startOn(name, f.redis)
+}
+
+// startOn starts a node that reaches Redis at redisURL (a proxy to the
+// fleet's Redis, say).
+func (f *fleet) startOn(name, redisURL string) *gateway {
+	f.tb.Helper()
+	g := startGateway(f.tb, redisURL, f.prefix, "--node-id", name, "--partitions", strconv.Itoa(fleetPartitions),
 		"--lease-ttl", fleetTTL.String(), "--history-len", "100000", "--drain-rate", "0")
 	f.mu.Lock()
 	f.nodes[name] = g
@@ -199,15 +215,25 @@ type resumer struct {
 	urls   func() []string
 	next   int
 	topics []string
+	// retry makes a subscription refused as unavailable (Redis did not
+	// answer the gateway) be sent again after retryPause, as the protocol
+	// asks, rather than count as a problem. Set before run.
+	retry bool
 
 	mu           sync.Mutex
+	conn         net.Conn // the open connection, for drop
 	got          map[string][]string
 	seq          map[string]uint64 // seq of the last event got
 	epoch        map[string]string
 	problems     []string
 	reconnects   int
 	notRecovered int
+	unavailable  int // subscriptions refused as unavailable, and retried
 }
+
+// retryPause is how long a resumer waits before subscribing again to a
+// topic refused as unavailable.
+const retryPause = 200 * time.Millisecond
 
 func newResumer(urls func() []string, first int, topics []string) *resumer {
 	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, seq: map[string]uint64{}, epoch: map[string]string{}}
@@ -224,24 +250,59 @@ func (r *resumer) run(ctx context.Context) {
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { _ = c.Conn.Close() })
+		r.mu.Lock()
+		r.conn = c.Conn
+		r.mu.Unlock()
 		r.session(c)
 		stop()
 		_ = c.Conn.Close()
 		r.mu.Lock()
+		r.conn = nil
 		r.reconnects++
 		r.mu.Unlock()
 	}
 }
 
+// drop closes the resumer's connection, as a network drop would: it
+// reconnects and resumes.
+func (r *resumer) drop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn != nil {
+		_ = r.conn.Close()
+	}
+}
+
+// subscribeLocked is the subscribe message that resumes topic t from the
+// last event got.
+func (r *resumer) subscribeLocked(t string) []byte {
+	since := "0"
+	if ids := r.got[t]; len(ids) > 0 {
+		since = ids[len(ids)-1]
+	}
+	b, _ := json.Marshal(map[string]any{"type": "subscribe", "topic": t, "since": since, "seq": r.seq[t], "epoch": r.epoch[t]})
+	return b
+}
+
+// resubscribe sends the subscribe of topic t again after retryPause, in one
+// write: the reader's pongs are single writes too, so the two never
+// interleave. A connection closed meanwhile fails the write, and the next
+// session subscribes anyway.
+func (r *resumer) resubscribe(conn net.Conn, t string) {
+	time.AfterFunc(retryPause, func() {
+		r.mu.Lock()
+		b := r.subscribeLocked(t)
+		r.mu.Unlock()
+		var frame bytes.Buffer
+		_ = wsutil.WriteClientText(&frame, b)
+		_, _ = conn.Write(frame.Bytes())
+	})
+}
+
 func (r *resumer) session(c *wstest.Client) {
 	r.mu.Lock()
 	for _, t := range r.topics {
-		since := "0"
-		if ids := r.got[t]; len(ids) > 0 {
-			since = ids[len(ids)-1]
-		}
-		b, _ := json.Marshal(map[string]any{"type": "subscribe", "topic": t, "since": since, "seq": r.seq[t], "epoch": r.epoch[t]})
-		if err := wsutil.WriteClientText(c.Conn, b); err != nil {
+		if err := wsutil.WriteClientText(c.Conn, r.subscribeLocked(t)); err != nil {
 			r.mu.Unlock()
 			return
 		}
@@ -269,6 +330,11 @@ func (r *resumer) session(c *wstest.Client) {
 			}
 			r.got[m.Topic], r.seq[m.Topic] = append(ids, m.ID), m.Seq
 		case "error":
+			if r.retry && m.Code == "unavailable" {
+				r.unavailable++
+				r.resubscribe(c.Conn, m.Topic)
+				break
+			}
 			r.problems = append(r.problems, "error "+m.Code+": "+m.Message)
 		}
 		r.mu.Unlock()

@@ -20,7 +20,10 @@ import (
 // Server is a running redis-server.
 type Server struct {
 	Addr string
+	dir  string
+	args []string
 	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd has exited
 }
 
 // Start starts a redis-server, with args added to the defaults (say,
@@ -28,34 +31,77 @@ type Server struct {
 // it at the end of the test.
 func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
+	return StartAt(tb, FreePort(tb), tb.TempDir(), args...)
+}
+
+// StartAt is Start on a given port, with its data in dir.
+func StartAt(tb testing.TB, port int, dir string, args ...string) *Server {
+	tb.Helper()
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, args: args}
+	s.launch(tb)
+	tb.Cleanup(s.Kill)
+	return s
+}
+
+// launch runs redis-server on s's port and directory and waits until it
+// answers PING.
+func (s *Server) launch(tb testing.TB) {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Fatalf("redis-server not found: install it with `go tool task redis` (apt-get install redis-server): %v", err)
 	}
-	port := FreePort(tb)
-	dir := tb.TempDir()
+	_, port, _ := net.SplitHostPort(s.Addr)
 	cmd := exec.Command(bin, append([]string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--save", "", "--appendonly", "no",
-		"--logfile", dir + "/redis.log"}, args...)...)
+		"--port", port, "--bind", "127.0.0.1",
+		"--dir", s.dir, "--save", "", "--appendonly", "no",
+		"--logfile", s.dir + "/redis.log"}, s.args...)...)
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("starting redis-server: %v", err)
 	}
-	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd}
-	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
+	done := make(chan struct{})
+	go func() {
 		_ = cmd.Wait()
-	})
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
 	c := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
 		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s/redis.log)", s.Addr, dir)
+			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s/redis.log)", s.Addr, s.dir)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return s
+}
+
+// Shutdown stops the server with SHUTDOWN, as an operator would: it
+// writes what its configuration persists (an AOF with "--appendonly",
+// "yes"; nothing by default) and exits. Restart starts it again.
+func (s *Server) Shutdown(tb testing.TB) {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer c.Close()
+	// The server closes the connection instead of answering.
+	_ = c.Shutdown(context.Background()).Err()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("redis-server on %s did not exit within 10s of SHUTDOWN (log: %s/redis.log)", s.Addr, s.dir)
+	}
+}
+
+// Restart starts a server that was shut down again, on the same port and
+// directory with the same arguments, so it loads what it persisted.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-s.done:
+	default:
+		tb.Fatalf("redis-server on %s restarted while running", s.Addr)
+	}
+	s.launch(tb)
 }
 
 // Cluster is a Redis Cluster: masters, each with its replicas.
@@ -171,7 +217,7 @@ func (cl *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 // Kill stops the server at once, as a crash would.
 func (s *Server) Kill() {
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.done
 }
 
 // URL is the redis:// URL of the server.
