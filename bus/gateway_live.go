@@ -29,6 +29,8 @@ type topic struct {
 	waiting  chan struct{}   // made by the first subscriber to wait for ready, closed then
 	subs     []*subscription // each knows its index (subscription.idx)
 	seen     streams.ID      // newest event delivered to this topic's subscribers
+	seq      uint64          // seen's seq; 0 when not known
+	epoch    string          // the partition's epoch its subscribers were served under; "" until known
 	catching bool            // pub/sub was lost: live events wait in backlog
 	lost     int             // connections lost under this topic: a catch-up ends catching only if none since it began
 	backlog  []liveEvent     // live events received while catching up
@@ -37,6 +39,7 @@ type topic struct {
 // liveEvent is one event with its frame, encoded once for every subscriber.
 type liveEvent struct {
 	id    streams.ID
+	seq   uint64
 	frame []byte
 }
 
@@ -75,10 +78,7 @@ func (t *topic) startCatching() bool {
 	if !t.ready {
 		return false // no subscriber has gone live: nothing to catch up
 	}
-	t.lost++
-	was := t.catching
-	t.catching = true
-	return !was
+	return t.holdLocked()
 }
 
 // readyOrWait reports whether the live channel is subscribed; if not, it
@@ -101,7 +101,7 @@ func (t *topic) readyOrWait() (bool, <-chan struct{}) {
 // goroutine, and all are done before deliverLocked returns.
 func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	if t.seen.Less(ev.id) {
-		t.seen = ev.id
+		t.seen, t.seq = ev.id, ev.seq
 	}
 	parts := runtime.GOMAXPROCS(0)
 	if len(t.subs) < parallelFanOut || parts < 2 {
@@ -278,7 +278,7 @@ func (g *Gateway) fanOut(channel, payload string) {
 	if t == nil {
 		return
 	}
-	idText, ok := streams.EventID(payload)
+	idText, seq, ok := streams.EventSeq(payload)
 	if !ok {
 		g.cfg.Logger.Warn("ignoring a live message that is not a wsbus event", "channel", channel)
 		return
@@ -287,20 +287,63 @@ func (g *Gateway) fanOut(channel, payload string) {
 	if err != nil {
 		return
 	}
-	ev := liveEvent{id: id, frame: ws.TextFrameString(payload)}
+	ev := liveEvent{id: id, seq: seq, frame: ws.TextFrameString(payload)}
 	t.mu.Lock()
+	check := !t.catching && !t.followsLocked(ev)
+	if check {
+		// Not the next event: live events were lost, the topic's sequence
+		// restarted, or Redis lost data (a new epoch). History decides.
+		t.holdLocked()
+	}
 	if t.catching {
 		t.backlog = append(t.backlog, ev)
 	} else {
 		t.deliverLocked(g, ev)
 	}
 	t.mu.Unlock()
+	if check {
+		g.checkTopic(t)
+	}
+}
+
+// holdLocked makes t hold its live events until a catch-up from history
+// (also one already running) has checked it; reports whether it was not
+// holding them already.
+func (t *topic) holdLocked() bool {
+	t.lost++ // a catch-up that began before does not end the hold
+	was := t.catching
+	t.catching = true
+	return !was
+}
+
+// checkTopic queues t to be caught up from history by its connection's
+// catch-up worker.
+func (g *Gateway) checkTopic(t *topic) {
+	g.mu.RLock()
+	lc := g.parts[t.p]
+	g.mu.RUnlock()
+	if lc != nil {
+		lc.catchUp(t)
+	}
 }
 
 // catchUpTopic delivers the history written after the newest event t's
 // subscribers had, then the live events held meanwhile; IDs already
 // delivered are dropped per subscriber. A connection lost again while it
 // reads leaves t catching, for the catch-up after the next confirmation.
+//
+// Each page of history is checked against the partition's epoch, read
+// after it: an owner renews the epoch before it writes anything after a
+// loss, so a page read before a read that finds the epoch unchanged holds
+// only events of that epoch. When the epoch is no longer the one t's
+// subscribers were served under, Redis lost data they may have had (a
+// restart without persistence, a failover before replication): what
+// follows their cursors is not what history now holds, so each is closed
+// with 4001 to resume, which the new epoch answers with recovered:false.
+// A held live event that does not follow the last one delivered (by seq)
+// makes it read history and the epoch once more; what still does not
+// follow then is a sequence that started again (an idle topic's history
+// expired), and is delivered.
 func (g *Gateway) catchUpTopic(t *topic) error {
 	t.mu.Lock()
 	if !t.catching {
@@ -310,28 +353,75 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	from, lost := t.seen, t.lost
 	t.mu.Unlock()
 	g.stats.catchUps.Add(1)
+	rechecked := false
 	for {
 		events, err := g.hist.Range(g.ctx, t.name, from, g.cfg.HistoryPage)
 		if err != nil {
 			return err
 		}
-		t.mu.Lock()
-		for _, e := range events {
-			from = streams.MustParseID(e.ID)
-			t.deliverLocked(g, liveEvent{id: from, frame: eventFrame(t.name, e)})
+		head, err := g.hist.Head(g.ctx, t.name)
+		if err != nil {
+			return err
 		}
-		if len(events) < g.cfg.HistoryPage {
+		t.mu.Lock()
+		if t.epoch != "" && head.Epoch != t.epoch {
+			g.resetLocked(t, head)
 			if t.lost == lost {
-				for _, ev := range t.backlog {
-					t.deliverLocked(g, ev)
-				}
 				t.backlog, t.catching = nil, false
 			}
 			t.mu.Unlock()
 			return nil
 		}
+		t.epoch = head.Epoch
+		for _, e := range events {
+			from = streams.MustParseID(e.ID)
+			t.deliverLocked(g, liveEvent{id: from, seq: e.Seq, frame: eventFrame(t.name, e)})
+		}
+		if len(events) == g.cfg.HistoryPage {
+			t.mu.Unlock()
+			continue
+		}
+		if t.lost != lost {
+			t.mu.Unlock()
+			return nil // lost again since: the catch-up after it ends the hold
+		}
+		delivered := 0
+		for _, ev := range t.backlog {
+			if !rechecked && !t.followsLocked(ev) {
+				break
+			}
+			t.deliverLocked(g, ev)
+			delivered++
+		}
+		if delivered < len(t.backlog) {
+			t.backlog = t.backlog[delivered:]
+			from, rechecked = t.seen, true
+			t.mu.Unlock()
+			continue
+		}
+		t.backlog, t.catching = nil, false
 		t.mu.Unlock()
+		return nil
 	}
+}
+
+// followsLocked reports whether ev may be delivered after what t has
+// delivered: it is older (each subscriber drops it), or it is the next by
+// seq, or t knows no seq yet.
+func (t *topic) followsLocked(ev liveEvent) bool {
+	return t.seq == 0 || !t.seen.Less(ev.id) || ev.seq == t.seq+1
+}
+
+// resetLocked closes every subscriber of t, whose partition's data was
+// lost, with 4001 (they resume and learn it from the new epoch), and
+// starts t again from the partition's head.
+func (g *Gateway) resetLocked(t *topic, head streams.Head) {
+	g.cfg.Logger.Warn("partition epoch changed under a topic: its subscribers resume", "topic", t.name,
+		"subscribers", len(t.subs), "epoch", head.Epoch, "was", t.epoch)
+	for _, s := range t.subs {
+		s.conn.Close(ws.CloseSlowConsumer, "the bus lost data: reconnect and resume")
+	}
+	t.epoch, t.seen, t.seq = head.Epoch, head.ID, head.Seq
 }
 
 // eventFrame encodes a history event as a frame with one allocation, the

@@ -30,11 +30,11 @@ func liveGateway(tb testing.TB, rdb redis.UniversalClient, prefix string) *Gatew
 	return g
 }
 
-// publishLive publishes an event of topic with id on its live channel, as
-// the owner does, and waits until tp has it.
-func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic, id string) {
+// publishLive publishes an event of topic with id and seq on its live
+// channel, as the owner does, and waits until tp has it.
+func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic, id string, seq uint64) {
 	tb.Helper()
-	payload := streams.AppendEvent(nil, tp.name, id, 1, []byte(`"x"`))
+	payload := streams.AppendEvent(nil, tp.name, id, seq, []byte(`"x"`))
 	if err := rdb.SPublish(context.Background(), g.channel(tp.name), payload).Err(); err != nil {
 		tb.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 	if !g.waitReady(first) {
 		t.Fatal("live channel not confirmed")
 	}
-	publishLive(t, direct, g, first, "1-1")
+	publishLive(t, direct, g, first, "1-1", 1)
 	before := pubsubClients(t, direct)
 	if len(before) != 1 {
 		t.Fatalf("pub/sub connections %v, want one", before)
@@ -119,7 +119,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 	if !g.waitReady(again) {
 		t.Fatal("live channel of the topic wanted again not confirmed")
 	}
-	publishLive(t, direct, g, again, "2-1")
+	publishLive(t, direct, g, again, "2-1", 2)
 	if got := pubsubClients(t, direct); len(got) != 1 || got[0] != before[0] {
 		t.Errorf("pub/sub connections %v, want %v kept", got, before)
 	}
@@ -197,7 +197,7 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 	if !g.waitReady(tp) {
 		t.Fatal("live channel not confirmed")
 	}
-	publishLive(t, direct, g, tp, "1-1")
+	publishLive(t, direct, g, tp, "1-1", 1)
 	before := pubsubClients(t, direct)
 
 	px.Hold("ssubscribe") // the new connection's handshake passes, its confirmation waits
@@ -231,7 +231,7 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 	if n := g.Stats().CatchUps; n != 1 {
 		t.Errorf("%d catch-ups, want 1", n)
 	}
-	publishLive(t, direct, g, tp, "2-1")
+	publishLive(t, direct, g, tp, "2-1", 2)
 }
 
 // TestCloseDoesNotWaitOnRedis: Close, which waits for every goroutine the

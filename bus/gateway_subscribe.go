@@ -54,13 +54,22 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		g.removeSub(s) // Closed ran before s joined its topic
 		return
 	}
-	if !g.waitReady(t) || !g.sendHistory(c, cl, s, m) {
-		cl.remove(s)
-		g.removeSub(s)
-		g.sendError(c, codeUnavailable, m.Topic, "the bus is unavailable; retry")
+	if !g.waitReady(t) {
+		g.unavailable(c, cl, s)
 		return
 	}
-	g.goLive(s)
+	epoch, ok := g.sendHistory(c, cl, s, m)
+	if !ok {
+		g.unavailable(c, cl, s)
+		return
+	}
+	g.goLive(s, epoch)
+}
+
+func (g *Gateway) unavailable(c *ws.Conn, cl *client, s *subscription) {
+	cl.remove(s)
+	g.removeSub(s)
+	g.sendError(c, codeUnavailable, s.topic.name, "the bus is unavailable; retry")
 }
 
 func (g *Gateway) waitReady(t *topic) bool {
@@ -80,10 +89,11 @@ func (g *Gateway) waitReady(t *topic) bool {
 	}
 }
 
-// sendHistory sends subscribed and the events after the cursor; it sets
-// s.last (s is not live yet, so no one else reads it). Concurrent
-// subscriptions from the same cursor share one read (see coalescer).
-func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) bool {
+// sendHistory sends subscribed and the events after the cursor, and
+// returns the epoch it told the client; it sets s.last (s is not live yet,
+// so no one else reads it). Concurrent subscriptions from the same cursor
+// share one read (see coalescer).
+func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) (epoch string, ok bool) {
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since
@@ -96,7 +106,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 		a, err := g.hist.Acked(g.ctx, m.Topic, cl.subject())
 		if err != nil {
 			g.cfg.Logger.Warn("reading acknowledged cursor", "topic", m.Topic, "err", err)
-			return false
+			return "", false
 		}
 		key.since, key.seq, key.hasSeq = "0", 0, false
 		if !a.ID.IsZero() {
@@ -106,7 +116,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	h := g.reads.do(key, cl.subject(), func(subjects []string) history { return g.readHistory(key, subjects) })
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
-		return false
+		return "", false
 	}
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
@@ -122,24 +132,24 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	for i, f := range h.frames {
 		s.last = h.ids[i]
 		if c.SendWait(f) != nil {
-			return true // closed: Closed cleans up
+			return h.info.Epoch, true // closed: Closed cleans up
 		}
 	}
 	for more := h.more; more; {
 		events, err := g.hist.Range(g.ctx, m.Topic, s.last, g.cfg.HistoryPage)
 		if err != nil {
 			g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
-			return false
+			return "", false
 		}
 		for _, e := range events {
 			s.last = streams.MustParseID(e.ID)
 			if c.SendWait(eventFrame(m.Topic, e)) != nil {
-				return true
+				return h.info.Epoch, true
 			}
 		}
 		more = len(events) == g.cfg.HistoryPage
 	}
-	return true
+	return h.info.Epoch, true
 }
 
 // readHistory reads what a subscription with key is sent first: the head
@@ -181,17 +191,31 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 }
 
 // goLive sends the live events held while history was sent, dropping those
-// history already had, and makes s receive live events directly.
-func (g *Gateway) goLive(s *subscription) {
+// history already had, and makes s receive live events directly. epoch is
+// the one s's client was told: the first subscriber's is its topic's; a
+// later one that differs means Redis lost data under the topic, which a
+// catch-up from history sorts out (catchUpTopic).
+func (g *Gateway) goLive(s *subscription, epoch string) {
 	t := s.topic
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	for _, ev := range s.pending {
 		if s.last.Less(ev.id) && !s.offer(ev) {
 			break // lagging: the rest comes from history (gateway_lag.go)
 		}
 	}
 	s.pending, s.live = nil, true
+	check := false
+	switch {
+	case t.epoch == "":
+		t.epoch = epoch
+	case epoch != "" && epoch != t.epoch:
+		t.holdLocked() // a catch-up already running does not end the hold
+		check = true
+	}
+	t.mu.Unlock()
+	if check {
+		g.checkTopic(t)
+	}
 }
 
 // admit checks that topic may be added before any Redis work is done.

@@ -59,6 +59,31 @@ func EventID(payload string) (string, bool) {
 	return id, ok
 }
 
+// EventSeq returns the ID and seq of an event encoded by AppendEvent, or
+// false when payload is not one.
+func EventSeq(payload string) (id string, seq uint64, ok bool) {
+	id, ok = EventID(payload)
+	if !ok {
+		return "", 0, false
+	}
+	rest, ok := strings.CutPrefix(payload[len(eventHead)+len(id):], `","seq":`)
+	if !ok {
+		return "", 0, false
+	}
+	n := 0
+	for n < len(rest) && '0' <= rest[n] && rest[n] <= '9' {
+		n++
+	}
+	if n == 0 || n > 1 && rest[0] == '0' || n == len(rest) || rest[n] != ',' && rest[n] != '}' {
+		return "", 0, false
+	}
+	seq, err := strconv.ParseUint(rest[:n], 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return id, seq, true
+}
+
 const hexDigits = "0123456789abcdef"
 
 // AppendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,

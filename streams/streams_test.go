@@ -282,5 +282,30 @@ func FuzzAppendEvent(f *testing.F) {
 		if id, ok := EventID(string(out)); !ok || id != "1-2" {
 			t.Fatalf("EventID(%q) = %q, %v", out, id, ok)
 		}
+		if id, seq, ok := EventSeq(string(out)); !ok || id != "1-2" || seq != 3 {
+			t.Fatalf("EventSeq(%q) = %q, %d, %v", out, id, seq, ok)
+		}
+	})
+}
+
+// FuzzEventSeq: any payload (pub/sub carries what anyone with access to
+// Redis publishes) is either refused or read as the event AppendEvent
+// would have written with that ID and seq.
+func FuzzEventSeq(f *testing.F) {
+	f.Add(string(AppendEvent(nil, "t", "1-2", 3, []byte(`"x"`))))
+	f.Add(`{"type":"event","id":"1-2","seq":18446744073709551616,"topic":"t","data":1}`)
+	f.Add(`{"type":"event","id":"1-2","seq":-1}`)
+	f.Add(`{"type":"event","id":"1-2"`)
+	f.Add(`{"type":"event","id":"","seq":00000001}`)
+	f.Fuzz(func(t *testing.T, payload string) {
+		id, seq, ok := EventSeq(payload)
+		if !ok {
+			return
+		}
+		head := string(AppendEvent(nil, "", id, seq, nil))
+		head = head[:strings.Index(head, `,"topic"`)]
+		if !strings.HasPrefix(payload, head) {
+			t.Fatalf("EventSeq(%q) = %q, %d: not the head %q", payload, id, seq, head)
+		}
 	})
 }
