@@ -3,6 +3,7 @@ package ws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -46,6 +47,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("ws: Config.Handler is required")
 	}
 	cfg = cfg.withDefaults()
+	if cfg.Overflow > OverflowDrop {
+		return nil, fmt.Errorf("ws: unknown Config.Overflow %d", cfg.Overflow)
+	}
 	oh, ok := cfg.Handler.(OverflowHandler)
 	if cfg.Overflow == OverflowDrop && !ok {
 		return nil, errors.New("ws: Config.Overflow OverflowDrop needs a Handler with an Overflow method")
