@@ -169,3 +169,46 @@ func TestUpgradeFinishingAfterDrainIsRefused(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainCutsHTTPRequests: an HTTP request still being served when a
+// drain's time runs out is cut, its connection closed, and Drain returns.
+func TestDrainCutsHTTPRequests(t *testing.T) {
+	entered := make(chan struct{})
+	handlerDone := make(chan struct{})
+	cfg := Config{HTTP: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		close(entered)
+		<-r.Context().Done() // a long poll: ends only when its connection does
+	})}
+	s, addr := startServer(t, &countingHandler{}, cfg)
+	client := &http.Client{Timeout: 10 * time.Second}
+	reqErr := make(chan error, 1)
+	go func() {
+		resp, err := client.Get("http://" + addr + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		reqErr <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the HTTP request did not reach its handler within 5s")
+	}
+	done, _ := drainAsync(s, 100*time.Millisecond)
+	select {
+	case err := <-reqErr:
+		if err == nil {
+			t.Fatal("the request in flight got a whole answer, want its connection cut")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request in flight was still open 5s after the drain's deadline")
+	}
+	awaitDrain(t, done)
+	select {
+	case <-handlerDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's request context was not ended")
+	}
+}

@@ -20,8 +20,9 @@ import (
 //
 // Lock order: Conn.mu before Server.mu before the epoll's own lock.
 //
-// Goroutines: Serve starts one per handshake; Drain waits for them
-// (handshakes), so once it returns the Handler is called no more.
+// Goroutines: Serve starts the HTTP server's, the keepalive sweep and one
+// per handshake; Drain waits for all of them (wg, handshakes), so once it
+// returns the Handler is called no more.
 type Server struct {
 	cfg      Config
 	poll     *poller
@@ -42,6 +43,7 @@ type Server struct {
 	ln         net.Listener
 	closed     bool
 	done       chan struct{}
+	wg         sync.WaitGroup        // Serve's HTTP server and keepalive goroutines; Add under mu while open
 	handshakes sync.WaitGroup        // handshake goroutines; Add under mu while open
 	shaking    map[net.Conn]struct{} // the connections of those handshakes, for Drain to cut
 }
@@ -103,10 +105,17 @@ func (s *Server) Serve(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	s.ln = ln
-	s.mu.Unlock()
 	s.httpLn.addr = ln.Addr()
-	go func() { _ = s.httpSrv.Serve(s.httpLn) }()
-	go s.keepalive()
+	s.wg.Add(2)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		_ = s.httpSrv.Serve(s.httpLn)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.keepalive()
+	}()
 	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
@@ -152,11 +161,11 @@ func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error
 // Drain is Shutdown with the closes spread out: at most perSecond
 // connections are closed each second (0: all at once), so clients that
 // reconnect elsewhere do not arrive as one storm. Whatever is still open
-// when ctx is done is cut: WebSocket connections and handshakes still
-// being read. Upgrades that finish after Drain began are refused (503, or
-// a close frame once answered). Drain returns when every handshake has
-// ended; one waiting in Handler.Accept or Handler.Open holds it until
-// that returns.
+// when ctx is done is cut: WebSocket connections, handshakes still being
+// read, and HTTP requests still being served. Upgrades that finish after
+// Drain began are refused (503, or a close frame once answered). Drain
+// returns when every goroutine the Server started has ended; a handshake
+// waiting in Handler.Accept or Handler.Open holds it until that returns.
 func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecond int) error {
 	s.mu.Lock()
 	if s.closed {
@@ -184,7 +193,12 @@ func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecon
 		}
 	}
 	s.waitHandshakes(ctx)
-	_ = s.httpSrv.Shutdown(ctx)
+	if err := s.httpSrv.Shutdown(ctx); err != nil {
+		// Time is up: cut the requests still running (Shutdown leaves
+		// them be once ctx is done).
+		_ = s.httpSrv.Close()
+	}
+	s.wg.Wait()
 	return s.poll.close()
 }
 
