@@ -7,10 +7,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +22,49 @@ import (
 // Server is a running redis-server.
 type Server struct {
 	Addr string
-	cmd  *exec.Cmd
+	opts Options
+	args []string // redis-server's arguments, for Restart
+	dir  string
+	mu   sync.Mutex
+	cmd  *exec.Cmd // the running process; replaced by Restart
+}
+
+// Options are what a server is started with. The zero value is a server
+// that every client may use without a password.
+type Options struct {
+	// User and Password, when Password is set, make the server refuse
+	// clients that do not AUTH as User with Password, and its replicas
+	// authenticate to their master so. An empty User is Redis's default
+	// user (requirepass); any other is an ACL user with every permission,
+	// and the default user is then off, so a client that sends the
+	// password without the name is refused too.
+	User, Password string
+	// Args are added to redis-server's defaults (say,
+	// "--enable-debug-command", "yes").
+	Args []string
+}
+
+// authArgs are the redis-server arguments of o's User and Password.
+func (o Options) authArgs() []string {
+	switch {
+	case o.Password == "":
+		return nil
+	case o.User == "" || o.User == "default":
+		return []string{"--requirepass", o.Password, "--masterauth", o.Password}
+	}
+	return []string{
+		"--user", o.User, "on", ">" + o.Password, "~*", "&*", "+@all",
+		"--user", "default", "off",
+		"--masteruser", o.User, "--masterauth", o.Password,
+	}
+}
+
+// userinfo is o's credentials as a URL's user information, with its @.
+func (o Options) userinfo() string {
+	if o.Password == "" {
+		return ""
+	}
+	return url.UserPassword(o.User, o.Password).String() + "@"
 }
 
 // Start starts a redis-server, with args added to the defaults (say,
@@ -28,40 +72,76 @@ type Server struct {
 // it at the end of the test.
 func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
+	return StartWith(tb, Options{Args: args})
+}
+
+// StartWith is Start with Options.
+func StartWith(tb testing.TB, o Options) *Server {
+	tb.Helper()
+	bin := serverBinary(tb)
+	port := FreePort(tb)
+	dir := tb.TempDir()
+	args := append([]string{
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--dir", dir, "--save", "", "--appendonly", "no",
+		"--logfile", dir + "/redis.log"}, o.authArgs()...)
+	args = append(args, o.Args...)
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), opts: o, args: append([]string{bin}, args...), dir: dir}
+	tb.Cleanup(s.Kill)
+	s.run(tb)
+	return s
+}
+
+// serverBinary returns the path of redis-server.
+func serverBinary(tb testing.TB) string {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Fatalf("redis-server not found: install it with `go tool task redis` (apt-get install redis-server): %v", err)
 	}
-	port := FreePort(tb)
-	dir := tb.TempDir()
-	cmd := exec.Command(bin, append([]string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--save", "", "--appendonly", "no",
-		"--logfile", dir + "/redis.log"}, args...)...)
+	return bin
+}
+
+// run starts the process and waits until it answers PING.
+func (s *Server) run(tb testing.TB) {
+	tb.Helper()
+	cmd := exec.Command(s.args[0], s.args[1:]...)
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
+		tb.Fatalf("starting %s: %v", s.args[0], err)
 	}
-	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd}
-	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	s.mu.Lock()
+	s.cmd = cmd
+	s.mu.Unlock()
+	c := redis.NewClient(s.options())
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
 		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s/redis.log)", s.Addr, dir)
+			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s)", s.Addr, s.dir)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return s
+}
+
+// Restart starts a killed server again, on the same port with the same
+// arguments (and so without its data, unless Args keep some), and waits
+// until it answers.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Kill()
+	s.run(tb)
+}
+
+// options are the client options of the server.
+func (s *Server) options() *redis.Options {
+	return &redis.Options{Addr: s.Addr, Username: s.opts.User, Password: s.opts.Password}
 }
 
 // Cluster is a Redis Cluster: masters, each with its replicas.
 type Cluster struct {
 	Masters  []*Server
 	Replicas [][]*Server // by master
+	opts     Options
 }
 
 // StartCluster starts masters cluster-enabled redis-servers, gives each an
@@ -71,11 +151,19 @@ type Cluster struct {
 // stop at the end of the test.
 func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	tb.Helper()
-	cl := &Cluster{Replicas: make([][]*Server, masters)}
+	return StartClusterWith(tb, masters, replicas, Options{})
+}
+
+// StartClusterWith is StartCluster with Options for every node.
+func StartClusterWith(tb testing.TB, masters, replicas int, o Options) *Cluster {
+	tb.Helper()
+	cl := &Cluster{Replicas: make([][]*Server, masters), opts: o}
 	node := func() *Server {
 		dir := tb.TempDir()
-		return Start(tb, "--cluster-enabled", "yes",
+		no := o
+		no.Args = append(slices.Clone(o.Args), "--cluster-enabled", "yes",
 			"--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000")
+		return StartWith(tb, no)
 	}
 	ctx := context.Background()
 	for i := range masters {
@@ -145,9 +233,10 @@ func (cl *Cluster) nodes() []*Server {
 	return out
 }
 
-// URL is the redis+cluster:// URL of the cluster, as --redis takes it.
+// URL is the redis+cluster:// URL of the cluster, as --redis takes it,
+// with its credentials.
 func (cl *Cluster) URL() string {
-	return "redis+cluster://" + strings.Join(cl.addrs(), ",")
+	return "redis+cluster://" + cl.opts.userinfo() + strings.Join(cl.addrs(), ",")
 }
 
 func (cl *Cluster) addrs() []string {
@@ -163,24 +252,32 @@ func (cl *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 	tb.Helper()
 	// Reload the slot map often, as wsbus does, so that a failover is seen
 	// within seconds rather than go-redis's default minute.
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs(), ClusterStateReloadInterval: time.Second})
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs(), ClusterStateReloadInterval: time.Second,
+		Username: cl.opts.User, Password: cl.opts.Password})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-// Kill stops the server at once, as a crash would.
+// Kill stops the server at once, as a crash would (SIGKILL). Killing a
+// killed server does nothing.
 func (s *Server) Kill() {
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
 }
 
-// URL is the redis:// URL of the server.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+// URL is the redis:// URL of the server, with its credentials.
+func (s *Server) URL() string { return "redis://" + s.opts.userinfo() + s.Addr + "/0" }
 
 // Client returns a client of the server, closed at the end of the test.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(s.options())
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
