@@ -228,7 +228,7 @@ func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	if testHookRegistered != nil {
 		testHookRegistered()
 	}
-	if !s.arm(c) {
+	if !s.enroll(c) {
 		return
 	}
 	s.stats.upgraded.Add(1)
@@ -254,11 +254,11 @@ func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	c.mu.Unlock()
 }
 
-// arm adds a registered connection to the epoll set, with no input
+// enroll adds a registered connection to the epoll set, with no input
 // interest until Handler.Open has returned, and reports whether it did:
 // not when the connection was cut meanwhile, or epoll refused it (then it
 // is cut here). Neither case reaches the Handler.
-func (s *Server) arm(c *Conn) bool {
+func (s *Server) enroll(c *Conn) bool {
 	c.mu.Lock()
 	if c.state == stateClosed { // cut by a drain: its fd is closed already
 		c.mu.Unlock()
@@ -276,7 +276,7 @@ func (s *Server) arm(c *Conn) bool {
 	return true
 }
 
-// testHookRegistered, when set, runs in open between register and arm:
+// testHookRegistered, when set, runs in open between register and enroll:
 // the window a drain can cut a connection in before it is in the epoll set.
 var testHookRegistered func()
 
