@@ -63,7 +63,7 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	fs.Var(&c.redis, "redis", "Redis URL: redis://host:port/db, rediss:// for TLS, redis+cluster://h1:p1,h2:p2 for Redis Cluster, or give --redis once per cluster node (default redis://127.0.0.1:6379/0)")
+	fs.Var(&c.redis, "redis", "Redis `URL`: redis://[user:pass@]host:port/db for one server; redis+cluster://[user:pass@]h1:p1,h2:p2 for Redis Cluster, or give --redis once per cluster node; redis+sentinel://[user:pass@]h1:p1,h2:p2/MASTER[?db=N] for the master MASTER that the Sentinels h1, h2... watch (the password is the master's); rediss, rediss+cluster and rediss+sentinel for TLS (default redis://127.0.0.1:6379/0)")
 	fs.StringVar(&c.prefix, "prefix", "wsbus", "prefix of every Redis key of the bus")
 }
 
@@ -76,41 +76,34 @@ func (c *common) args() []string {
 	return out
 }
 
-// client opens the Redis client the URLs describe. poolSize 0 keeps
-// go-redis's default.
+// client opens the Redis client the --redis URLs describe (see
+// parseRedis). poolSize 0 keeps go-redis's default.
 func (c *common) client(poolSize int) (redis.UniversalClient, error) {
-	urls := c.redis.values
-	if len(urls) == 0 {
-		urls = []string{"redis://127.0.0.1:6379/0"}
+	t, err := parseRedis(c.redis.values)
+	if err != nil {
+		return nil, err
 	}
-	if len(urls) == 1 && !strings.HasPrefix(urls[0], "redis+cluster://") {
-		opt, err := redis.ParseURL(urls[0])
-		if err != nil {
-			return nil, fmt.Errorf("parsing --redis %q: %w", urls[0], err)
-		}
+	switch {
+	case t.single != nil:
+		opt := t.single
 		opt.PoolSize = max(poolSize, opt.PoolSize)
 		opt.ContextTimeoutEnabled = true
 		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 		return redis.NewClient(opt), nil
+	case t.failover != nil:
+		opt := t.failover
+		opt.PoolSize = poolSize
+		opt.ContextTimeoutEnabled = true
+		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
+		return redis.NewFailoverClient(opt), nil
 	}
-	var addrs []string
-	for _, u := range urls {
-		rest, ok := strings.CutPrefix(u, "redis+cluster://")
-		if !ok {
-			rest = strings.TrimPrefix(u, "redis://")
-		}
-		rest, _, _ = strings.Cut(rest, "/")
-		addrs = append(addrs, strings.Split(rest, ",")...)
-	}
-	opt := &redis.ClusterOptions{
-		Addrs:                 addrs,
-		PoolSize:              poolSize,
-		ContextTimeoutEnabled: true,
-		// go-redis keeps writing to a failed master until it reloads the
-		// slot map, every 60 s by default; MOVED replies reload it sooner
-		// only once a new master answers.
-		ClusterStateReloadInterval: clusterReload,
-	}
+	opt := t.cluster
+	opt.PoolSize = poolSize
+	opt.ContextTimeoutEnabled = true
+	// go-redis keeps writing to a failed master until it reloads the
+	// slot map, every 60 s by default; MOVED replies reload it sooner
+	// only once a new master answers.
+	opt.ClusterStateReloadInterval = clusterReload
 	lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 	return redis.NewClusterClient(opt), nil
 }

@@ -32,10 +32,17 @@ func testConfig(tb testing.TB, srv *redistest.Server, prefix string, args ...str
 // serveConfig returns serve's defaults for a test bus on srv, with args.
 func serveConfig(tb testing.TB, srv *redistest.Server, prefix string, args ...string) ServeConfig {
 	tb.Helper()
+	return serveConfigURL(tb, srv.URL(), prefix, args...)
+}
+
+// serveConfigURL returns serve's defaults for a test bus on the Redis of
+// redisURL (a --redis value), with args.
+func serveConfigURL(tb testing.TB, redisURL, prefix string, args ...string) ServeConfig {
+	tb.Helper()
 	var c ServeConfig
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.register(fs)
-	base := []string{"--redis", srv.URL(), "--prefix", prefix, "--listen", "127.0.0.1:0", "--node-id", "node-" + prefix}
+	base := []string{"--redis", redisURL, "--prefix", prefix, "--listen", "127.0.0.1:0", "--node-id", "node-" + prefix}
 	if err := fs.Parse(append(base, args...)); err != nil {
 		tb.Fatalf("parsing test flags: %v", err)
 	}

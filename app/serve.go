@@ -205,6 +205,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	if err != nil {
 		return err
 	}
+	// Drain closes the listener once Serve has it; this closes it on the
+	// error paths before (a second Close is harmless).
+	defer ln.Close()
 	if c.NodeID == "" {
 		host, _ := os.Hostname()
 		c.NodeID = host + ":" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
@@ -215,7 +218,6 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
 	})
 	if err != nil {
-		_ = ln.Close()
 		return err
 	}
 	verifier := c.auth
@@ -231,7 +233,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		HistoryBytes: c.MaxQueue / 4, MaxData: c.MaxData,
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("starting the gateway: %w", err)
 	}
 	defer gw.Close()
 	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier,
@@ -243,7 +245,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("starting the WebSocket server: %w", err)
 	}
 	h.ws = srv
 	if c.DebugAddr != "" {

@@ -101,7 +101,10 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 // expiries closes connections whose token ran out with 4003: one goroutine
 // and a heap of the clients with a token, no timer per connection. A
 // client is in the heap at most once (a refresh moves it) and leaves it
-// when its connection closes.
+// for good when its connection closes: remove marks it gone, and a
+// refresh that raced the close (its set comes after remove) is ignored,
+// or the heap would keep the client and its connection until the token
+// ran out.
 type expiries struct {
 	mu   sync.Mutex
 	h    expiryHeap
@@ -110,6 +113,9 @@ type expiries struct {
 
 // expiryHeap orders clients by token expiry; client.expAt and
 // client.expIdx are guarded by expiries.mu.
+//
+// expIdx is the client's index in the heap, expOut (-1) when it is not in
+// it, or expGone (-2) once its connection closed.
 type expiryHeap []*client
 
 func (h expiryHeap) Len() int           { return len(h) }
@@ -128,15 +134,25 @@ func (h *expiryHeap) Pop() any {
 	cl := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	cl.expIdx = -1
+	cl.expIdx = expOut
 	return cl
 }
 
+// The values of client.expIdx that are no heap index.
+const (
+	expOut  = -1 // not in the heap
+	expGone = -2 // closed: never in the heap again
+)
+
 func newExpiries() *expiries { return &expiries{wake: make(chan struct{}, 1)} }
 
-// set makes cl's connection expire at at.
+// set makes cl's connection expire at at, unless it is closed.
 func (e *expiries) set(cl *client, at time.Time) {
 	e.mu.Lock()
+	if cl.expIdx == expGone {
+		e.mu.Unlock()
+		return
+	}
 	cl.expAt = at.UnixNano()
 	if cl.expIdx >= 0 {
 		heap.Fix(&e.h, int(cl.expIdx))
@@ -153,12 +169,13 @@ func (e *expiries) set(cl *client, at time.Time) {
 	}
 }
 
-// remove forgets a closed client.
+// remove forgets a closed client for good: a later set is ignored.
 func (e *expiries) remove(cl *client) {
 	e.mu.Lock()
 	if cl.expIdx >= 0 {
 		heap.Remove(&e.h, int(cl.expIdx))
 	}
+	cl.expIdx = expGone
 	e.mu.Unlock()
 }
 

@@ -145,7 +145,7 @@ type client struct {
 
 	// Guarded by expiries.mu.
 	expAt  int64 // unix nanoseconds
-	expIdx int32 // index in the expiry heap, -1 when not in it
+	expIdx int32 // index in the expiry heap, or expOut or expGone (see expiryHeap)
 
 	closed    bool // guarded by mu
 	firstUsed bool // first has been handed out; guarded by mu
@@ -168,7 +168,7 @@ func (cl *client) subject() string {
 
 // newClient returns the state of connection c.
 func newClient(c *ws.Conn) *client {
-	cl := &client{conn: c, expIdx: -1}
+	cl := &client{conn: c, expIdx: expOut}
 	cl.subs = cl.one[:0]
 	return cl
 }

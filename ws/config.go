@@ -184,11 +184,13 @@ type Handler interface {
 	// Accept is called before the upgrade is answered. A non-nil error
 	// refuses the handshake; use Reject to choose the HTTP status.
 	Accept(r *Request) error
-	// Open is called once the connection is upgraded.
+	// Open is called once the connection is upgraded. A connection that a
+	// drain cuts before it is opened is never opened (nor Closed).
 	Open(c *Conn, r *Request)
 	// Message is called with each complete text or binary message. msg is
 	// only valid until Message returns.
 	Message(c *Conn, msg []byte)
-	// Closed is called once when the connection is gone.
+	// Closed is called once when the connection is gone, never before
+	// Open has returned.
 	Closed(c *Conn)
 }

@@ -44,6 +44,7 @@ type Conn struct {
 	writing    bool     // a worker owns the queue's draining
 	afterFlush uint8    // 0, or what to do once the queue is empty: see flushed
 	spread     uint8    // where in the last quarter of PingInterval its pings fall
+	opening    bool     // Server.open has not finished Handler.Open: see closeNow
 	out        *backlog // frames waiting; nil while the connection keeps up
 
 	rd *partialInput // touched by the one reading worker only; nil between messages
@@ -612,7 +613,10 @@ func (c *Conn) flushed(after uint8) {
 	}
 }
 
-// closeNow cuts the connection and tells the Handler, once.
+// closeNow cuts the connection and tells the Handler, once. A connection
+// cut while it opens (a drain's deadline) is the Handler's only once
+// Handler.Open has returned: until then Server.open tells it instead, after
+// Open, or never when Open was not called.
 func (c *Conn) closeNow() {
 	c.mu.Lock()
 	if c.state == stateClosed {
@@ -629,8 +633,11 @@ func (c *Conn) closeNow() {
 		_ = closeFD(c.fd)
 	}
 	c.fd = -1
+	opening := c.opening
 	c.mu.Unlock()
-	c.srv.cfg.Handler.Closed(c)
+	if !opening {
+		c.srv.cfg.Handler.Closed(c)
+	}
 }
 
 // expired cuts a connection whose unfinished frame or stalled write has

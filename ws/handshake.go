@@ -37,6 +37,7 @@ var (
 	errNoWSVersion    = &handshakeError{status: http.StatusBadRequest, reason: "missing Sec-WebSocket-Version header"}
 	errWSVersion      = &handshakeError{status: http.StatusUpgradeRequired, reason: "unsupported WebSocket version", header: "Sec-WebSocket-Version: 13\r\n"}
 	rejectFull        = &handshakeError{status: http.StatusServiceUnavailable, reason: "connection limit reached; retry another node", header: "Retry-After: 1\r\n"}
+	rejectClosing     = &handshakeError{status: http.StatusServiceUnavailable, reason: "server shutting down; retry another node", header: "Retry-After: 1\r\n"}
 )
 
 // Reject returns an error for Handler.Accept that refuses the handshake

@@ -238,6 +238,14 @@ func TestOverflowDropNeedsHandler(t *testing.T) {
 	}
 }
 
+// TestUnknownOverflowIsRefused: an Overflow that is neither policy is
+// refused by New rather than taken for OverflowClose.
+func TestUnknownOverflowIsRefused(t *testing.T) {
+	if _, err := New(Config{Handler: newOverflowHandler(), Overflow: OverflowDrop + 1}); err == nil {
+		t.Fatal("New accepted an unknown Overflow")
+	}
+}
+
 // TestOfferUnderOverflowCloseIsSend: with the default policy an Offer past
 // MaxQueue closes the connection with 4001.
 func TestOfferUnderOverflowCloseIsSend(t *testing.T) {

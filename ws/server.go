@@ -3,6 +3,7 @@ package ws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -18,6 +19,10 @@ import (
 // the rest over net/http on the same port.
 //
 // Lock order: Conn.mu before Server.mu before the epoll's own lock.
+//
+// Goroutines: Serve starts the HTTP server's, the keepalive sweep and one
+// per handshake; Drain waits for all of them (wg, handshakes), so once it
+// returns the Handler is called no more.
 type Server struct {
 	cfg      Config
 	poll     *poller
@@ -32,12 +37,15 @@ type Server struct {
 	httpSrv  *http.Server
 	stats    counters
 
-	mu     sync.Mutex
-	conns  []*Conn // by fd: fd numbers are dense, and a slot costs 8 bytes
-	live   int     // non-nil entries of conns
-	ln     net.Listener
-	closed bool
-	done   chan struct{}
+	mu         sync.Mutex
+	conns      []*Conn // by fd: fd numbers are dense, and a slot costs 8 bytes
+	live       int     // non-nil entries of conns
+	ln         net.Listener
+	closed     bool
+	done       chan struct{}
+	wg         sync.WaitGroup        // Serve's HTTP server and keepalive goroutines; Add under mu while open
+	handshakes sync.WaitGroup        // handshake goroutines; Add under mu while open
+	shaking    map[net.Conn]struct{} // the connections of those handshakes, for Drain to cut
 }
 
 // New returns a Server; call Serve to start it.
@@ -46,6 +54,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("ws: Config.Handler is required")
 	}
 	cfg = cfg.withDefaults()
+	if cfg.Overflow > OverflowDrop {
+		return nil, fmt.Errorf("ws: unknown Config.Overflow %d", cfg.Overflow)
+	}
 	oh, ok := cfg.Handler.(OverflowHandler)
 	if cfg.Overflow == OverflowDrop && !ok {
 		return nil, errors.New("ws: Config.Overflow OverflowDrop needs a Handler with an Overflow method")
@@ -60,6 +71,7 @@ func New(cfg Config) (*Server, error) {
 		pool:     newPool(cfg.Workers, 10*time.Second),
 		limiter:  rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
 		done:     make(chan struct{}),
+		shaking:  make(map[net.Conn]struct{}),
 	}
 	poll, err := newPoller(func(err error) { cfg.Logger.Error("epoll wait failed", "err", err) })
 	if err != nil {
@@ -93,10 +105,17 @@ func (s *Server) Serve(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	s.ln = ln
-	s.mu.Unlock()
 	s.httpLn.addr = ln.Addr()
-	go func() { _ = s.httpSrv.Serve(s.httpLn) }()
-	go s.keepalive()
+	s.wg.Add(2)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		_ = s.httpSrv.Serve(s.httpLn)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.keepalive()
+	}()
 	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
@@ -120,6 +139,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		// A handshake reads from a client that may be slow or hostile, so
 		// it gets a goroutine of its own (bounded below and by its
 		// deadline) rather than a worker the open connections need.
+		if !s.startHandshake(nc) {
+			_ = nc.Close() // accepted as Drain closed the listener
+			continue
+		}
 		s.pending.Add(1)
 		go s.handshake(nc)
 		for s.pending.Load() >= int64(s.cfg.MaxPendingHandshakes) {
@@ -138,7 +161,11 @@ func (s *Server) Shutdown(ctx context.Context, code uint16, reason string) error
 // Drain is Shutdown with the closes spread out: at most perSecond
 // connections are closed each second (0: all at once), so clients that
 // reconnect elsewhere do not arrive as one storm. Whatever is still open
-// when ctx is done is cut.
+// when ctx is done is cut: WebSocket connections, handshakes still being
+// read, and HTTP requests still being served. Upgrades that finish after
+// Drain began are refused (503, or a close frame once answered). Drain
+// returns when every goroutine the Server started has ended; a handshake
+// waiting in Handler.Accept or Handler.Open holds it until that returns.
 func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecond int) error {
 	s.mu.Lock()
 	if s.closed {
@@ -165,8 +192,58 @@ func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecon
 		case <-tick.C:
 		}
 	}
-	_ = s.httpSrv.Shutdown(ctx)
+	s.waitHandshakes(ctx)
+	if err := s.httpSrv.Shutdown(ctx); err != nil {
+		// Time is up: cut the requests still running (Shutdown leaves
+		// them be once ctx is done).
+		_ = s.httpSrv.Close()
+	}
+	s.wg.Wait()
 	return s.poll.close()
+}
+
+// startHandshake counts a handshake of nc unless the server is shutting
+// down, and reports whether it did.
+func (s *Server) startHandshake(nc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.handshakes.Add(1)
+	s.shaking[nc] = struct{}{}
+	return true
+}
+
+// endHandshake is the end of what startHandshake counted.
+func (s *Server) endHandshake(nc net.Conn) {
+	s.mu.Lock()
+	delete(s.shaking, nc)
+	s.mu.Unlock()
+	s.handshakes.Done()
+}
+
+// waitHandshakes waits for the handshakes under way, which Drain's close
+// of the listener left to finish (they are refused); when ctx is done
+// first it cuts the reads and writes of those still waiting on their
+// client, and waits for them to end.
+func (s *Server) waitHandshakes(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		s.handshakes.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for nc := range s.shaking {
+		_ = nc.SetDeadline(time.Unix(1, 0)) // in the past: blocked I/O fails now
+	}
+	s.mu.Unlock()
+	<-done
 }
 
 // drainStep is how often a paced drain closes its next batch.
@@ -340,5 +417,15 @@ func (s *Server) Stats() Stats {
 		Refused:         s.stats.refused.Load(),
 		Cooldowns:       s.stats.cooldowns.Load(),
 		PoolOverflow:    s.pool.overflow.Load(),
+	}
+}
+
+// shuttingDown reports whether Drain has begun.
+func (s *Server) shuttingDown() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
 	}
 }

@@ -13,6 +13,7 @@ import (
 // handshake routes a new connection: an upgrade of cfg.Path is answered
 // here, anything else goes to net/http.
 func (s *Server) handshake(nc net.Conn) {
+	defer s.endHandshake(nc)
 	defer s.pending.Add(-1)
 	st := s.getState(nc)
 	defer s.putState(st)
@@ -141,6 +142,9 @@ func (s *Server) upgrade(st *upgradeState) error {
 	if err := s.cfg.Handler.Accept(&st.req); err != nil {
 		return err
 	}
+	if s.shuttingDown() {
+		return rejectClosing // not upgraded only to be closed
+	}
 	st.out = appendAccept(st.out[:0], key)
 	if _, err := nc.Write(st.out); err != nil {
 		return errHandshakeIO
@@ -200,6 +204,13 @@ func (s *Server) peek(nc net.Conn, buf []byte) (int, bool) {
 // fd. It is registered before Handler.Open, which may send more than the
 // socket takes at once (a replay of history), but its input waits until
 // Open has returned.
+//
+// A drain may cut the connection (closeNow) at any moment once it is
+// registered, its fd closed at once: so open adds the fd to the epoll set
+// only under c.mu and only while the connection is not closed, never
+// reaching a closed or reused fd number. A connection cut before that is
+// dropped without Open; one cut during Open is Closed after it returns
+// (see closeNow). Drain waits for every open to finish.
 func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	fd, err := detachFD(nc)
 	if err != nil {
@@ -208,28 +219,28 @@ func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 		return
 	}
 	c := newConn(s, fd)
+	c.opening = true // before it is shared: register publishes it
 	if !s.register(c) {
 		_, _ = writeNonblock(fd, closeFrame(CloseGoingAway, errServerClosing.reason))
 		_ = closeFD(fd)
 		return
 	}
-	c.mu.Lock()
-	c.reading = true // no input before Open
-	err = s.poll.add(fd, c.interestLocked(), c)
-	c.registered = err == nil
-	c.mu.Unlock()
-	if err != nil {
-		s.cfg.Logger.Error("registering connection with epoll", "err", err)
-		c.mu.Lock()
-		c.state = stateClosed
-		s.forget(c)
-		_ = closeFD(fd)
-		c.fd = -1
-		c.mu.Unlock()
+	if testHookRegistered != nil {
+		testHookRegistered()
+	}
+	if !s.enroll(c) {
 		return
 	}
 	s.stats.upgraded.Add(1)
 	s.cfg.Handler.Open(c, req)
+	c.mu.Lock()
+	c.opening = false
+	cut := c.state == stateClosed
+	c.mu.Unlock()
+	if cut { // during Open: the Handler hears of it now, after Open
+		s.cfg.Handler.Closed(c)
+		return
+	}
 	if len(early) > 0 {
 		// Frames the client sent right behind its request.
 		if err := c.consume(early); err != nil {
@@ -242,6 +253,32 @@ func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	c.armLocked()
 	c.mu.Unlock()
 }
+
+// enroll adds a registered connection to the epoll set, with no input
+// interest until Handler.Open has returned, and reports whether it did:
+// not when the connection was cut meanwhile, or epoll refused it (then it
+// is cut here). Neither case reaches the Handler.
+func (s *Server) enroll(c *Conn) bool {
+	c.mu.Lock()
+	if c.state == stateClosed { // cut by a drain: its fd is closed already
+		c.mu.Unlock()
+		return false
+	}
+	c.reading = true // no input before Open
+	err := s.poll.add(c.fd, c.interestLocked(), c)
+	c.registered = err == nil
+	c.mu.Unlock()
+	if err != nil {
+		s.cfg.Logger.Error("registering connection with epoll", "err", err)
+		c.closeNow() // still opening: no Closed
+		return false
+	}
+	return true
+}
+
+// testHookRegistered, when set, runs in open between register and enroll:
+// the window a drain can cut a connection in before it is in the epoll set.
+var testHookRegistered func()
 
 // prefixConn replays the bytes peeked from a connection before reading
 // on: net/http gets a request that is not an upgrade whole.

@@ -7,10 +7,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,10 +22,50 @@ import (
 // Server is a running redis-server.
 type Server struct {
 	Addr string
+	opts Options
+	args []string // redis-server's arguments, for Restart
 	dir  string
-	args []string
-	cmd  *exec.Cmd
+	mu   sync.Mutex
+	cmd  *exec.Cmd     // the running process; nil once killed or shut down
 	done chan struct{} // closed once cmd has exited
+}
+
+// Options are what a server is started with. The zero value is a server
+// that every client may use without a password.
+type Options struct {
+	// User and Password, when Password is set, make the server refuse
+	// clients that do not AUTH as User with Password, and its replicas
+	// authenticate to their master so. An empty User is Redis's default
+	// user (requirepass); any other is an ACL user with every permission,
+	// and the default user is then off, so a client that sends the
+	// password without the name is refused too.
+	User, Password string
+	// Args are added to redis-server's defaults (say,
+	// "--enable-debug-command", "yes").
+	Args []string
+}
+
+// authArgs are the redis-server arguments of o's User and Password.
+func (o Options) authArgs() []string {
+	switch {
+	case o.Password == "":
+		return nil
+	case o.User == "" || o.User == "default":
+		return []string{"--requirepass", o.Password, "--masterauth", o.Password}
+	}
+	return []string{
+		"--user", o.User, "on", ">" + o.Password, "~*", "&*", "+@all",
+		"--user", "default", "off",
+		"--masteruser", o.User, "--masterauth", o.Password,
+	}
+}
+
+// userinfo is o's credentials as a URL's user information, with its @.
+func (o Options) userinfo() string {
+	if o.Password == "" {
+		return ""
+	}
+	return url.UserPassword(o.User, o.Password).String() + "@"
 }
 
 // Start starts a redis-server, with args added to the defaults (say,
@@ -31,41 +73,61 @@ type Server struct {
 // it at the end of the test.
 func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
-	return StartAt(tb, FreePort(tb), tb.TempDir(), args...)
+	return StartWith(tb, Options{Args: args})
 }
 
 // StartAt is Start on a given port, with its data in dir.
 func StartAt(tb testing.TB, port int, dir string, args ...string) *Server {
 	tb.Helper()
-	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, args: args}
-	s.launch(tb)
+	return startAt(tb, port, dir, Options{Args: args})
+}
+
+// StartWith is Start with Options.
+func StartWith(tb testing.TB, o Options) *Server {
+	tb.Helper()
+	return startAt(tb, FreePort(tb), tb.TempDir(), o)
+}
+
+func startAt(tb testing.TB, port int, dir string, o Options) *Server {
+	tb.Helper()
+	bin := serverBinary(tb)
+	args := append([]string{
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--dir", dir, "--save", "", "--appendonly", "no",
+		"--logfile", dir + "/redis.log"}, o.authArgs()...)
+	args = append(args, o.Args...)
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), opts: o, args: append([]string{bin}, args...), dir: dir}
 	tb.Cleanup(s.Kill)
+	s.run(tb)
 	return s
 }
 
-// launch runs redis-server on s's port and directory and waits until it
-// answers PING.
-func (s *Server) launch(tb testing.TB) {
+// serverBinary returns the path of redis-server.
+func serverBinary(tb testing.TB) string {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Fatalf("redis-server not found: install it with `go tool task redis` (apt-get install redis-server): %v", err)
 	}
-	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command(bin, append([]string{
-		"--port", port, "--bind", "127.0.0.1",
-		"--dir", s.dir, "--save", "", "--appendonly", "no",
-		"--logfile", s.dir + "/redis.log"}, s.args...)...)
+	return bin
+}
+
+// run starts the process and waits until it answers PING.
+func (s *Server) run(tb testing.TB) {
+	tb.Helper()
+	cmd := exec.Command(s.args[0], s.args[1:]...)
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
+		tb.Fatalf("starting %s: %v", s.args[0], err)
 	}
 	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		close(done)
 	}()
+	s.mu.Lock()
 	s.cmd, s.done = cmd, done
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	s.mu.Unlock()
+	c := redis.NewClient(s.options())
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
@@ -81,33 +143,43 @@ func (s *Server) launch(tb testing.TB) {
 // "yes"; nothing by default) and exits. Restart starts it again.
 func (s *Server) Shutdown(tb testing.TB) {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	opts := s.options()
+	opts.MaxRetries = -1
+	c := redis.NewClient(opts)
 	defer c.Close()
 	// The server closes the connection instead of answering.
 	_ = c.Shutdown(context.Background()).Err()
+	s.mu.Lock()
+	done := s.done
+	s.cmd = nil
+	s.mu.Unlock()
 	select {
-	case <-s.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
 		tb.Fatalf("redis-server on %s did not exit within 10s of SHUTDOWN (log: %s/redis.log)", s.Addr, s.dir)
 	}
 }
 
-// Restart starts a server that was shut down again, on the same port and
-// directory with the same arguments, so it loads what it persisted.
+// Restart starts the server again, on the same port and directory with
+// the same arguments, and waits until it answers: after Shutdown it loads
+// what it persisted; a running server is killed first (and so comes back
+// without its data, unless Args keep some).
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
-	select {
-	case <-s.done:
-	default:
-		tb.Fatalf("redis-server on %s restarted while running", s.Addr)
-	}
-	s.launch(tb)
+	s.Kill()
+	s.run(tb)
+}
+
+// options are the client options of the server.
+func (s *Server) options() *redis.Options {
+	return &redis.Options{Addr: s.Addr, Username: s.opts.User, Password: s.opts.Password}
 }
 
 // Cluster is a Redis Cluster: masters, each with its replicas.
 type Cluster struct {
 	Masters  []*Server
 	Replicas [][]*Server // by master
+	opts     Options
 }
 
 // StartCluster starts masters cluster-enabled redis-servers, gives each an
@@ -117,11 +189,19 @@ type Cluster struct {
 // stop at the end of the test.
 func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	tb.Helper()
-	cl := &Cluster{Replicas: make([][]*Server, masters)}
+	return StartClusterWith(tb, masters, replicas, Options{})
+}
+
+// StartClusterWith is StartCluster with Options for every node.
+func StartClusterWith(tb testing.TB, masters, replicas int, o Options) *Cluster {
+	tb.Helper()
+	cl := &Cluster{Replicas: make([][]*Server, masters), opts: o}
 	node := func() *Server {
 		dir := tb.TempDir()
-		return Start(tb, "--cluster-enabled", "yes",
+		no := o
+		no.Args = append(slices.Clone(o.Args), "--cluster-enabled", "yes",
 			"--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000")
+		return StartWith(tb, no)
 	}
 	ctx := context.Background()
 	for i := range masters {
@@ -191,9 +271,10 @@ func (cl *Cluster) nodes() []*Server {
 	return out
 }
 
-// URL is the redis+cluster:// URL of the cluster, as --redis takes it.
+// URL is the redis+cluster:// URL of the cluster, as --redis takes it,
+// with its credentials.
 func (cl *Cluster) URL() string {
-	return "redis+cluster://" + strings.Join(cl.addrs(), ",")
+	return "redis+cluster://" + cl.opts.userinfo() + strings.Join(cl.addrs(), ",")
 }
 
 func (cl *Cluster) addrs() []string {
@@ -209,24 +290,32 @@ func (cl *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 	tb.Helper()
 	// Reload the slot map often, as wsbus does, so that a failover is seen
 	// within seconds rather than go-redis's default minute.
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs(), ClusterStateReloadInterval: time.Second})
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.addrs(), ClusterStateReloadInterval: time.Second,
+		Username: cl.opts.User, Password: cl.opts.Password})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-// Kill stops the server at once, as a crash would.
+// Kill stops the server at once, as a crash would (SIGKILL). Killing a
+// killed server does nothing.
 func (s *Server) Kill() {
-	_ = s.cmd.Process.Kill()
-	<-s.done
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }
 
-// URL is the redis:// URL of the server.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+// URL is the redis:// URL of the server, with its credentials.
+func (s *Server) URL() string { return "redis://" + s.opts.userinfo() + s.Addr + "/0" }
 
 // Client returns a client of the server, closed at the end of the test.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(s.options())
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
