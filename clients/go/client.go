@@ -136,7 +136,8 @@ type Client struct {
 	unsubs map[string]int    // unsubscribes sent on conn and not yet answered, by topic
 	acks   map[string]string // acks made while not connected, by topic
 	token  string
-	fresh  bool // token must be fetched again before the next connection
+	fresh  bool          // token must be fetched again before the next connection
+	retry  []*time.Timer // subscribes to send again on conn (refused as unavailable); stopped with it
 	closed chan struct{}
 	once   sync.Once
 
@@ -423,6 +424,10 @@ func (c *Client) session(ctx context.Context) (opened bool, err error) {
 	defer func() {
 		c.mu.Lock()
 		c.conn = nil
+		for _, t := range c.retry {
+			t.Stop()
+		}
+		c.retry = nil
 		c.mu.Unlock()
 	}()
 	c.state(Open, nil)
@@ -594,6 +599,9 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 	switch m.Type {
 	case "subscribed", "event":
 	case "error":
+		if s := c.subs[m.Topic]; m.Code == "unavailable" && s != nil && !s.active && c.conn != nil {
+			c.retryLocked(s, c.conn)
+		}
 		c.mu.Unlock()
 		if c.opts.OnError != nil {
 			c.opts.OnError(*m)
@@ -643,7 +651,23 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 	}
 }
 
-// deliver hands e to the application and reports whether it took it.
+// retryLocked sends s's subscribe again on conn in 0.5 to 1.5 s: the
+// gateway refused it as unavailable (Redis did not answer in time).
+func (c *Client) retryLocked(s *Subscription, conn net.Conn) {
+	c.retry = append(c.retry, time.AfterFunc(500*time.Millisecond+rand.N(time.Second), func() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		c.mu.Lock()
+		if c.conn != conn || c.subs[s.topic] != s || s.active {
+			c.mu.Unlock()
+			return // the connection or the subscription is gone, or it took
+		}
+		msg := s.subscribeLocked()
+		c.mu.Unlock()
+		_ = c.writeLocked(conn, msg)
+	}))
+}
+
 // answersUnsubscribeLocked reports whether m is of a topic with an
 // unsubscribe not yet answered on this connection: the old subscription's
 // messages until the answer ("unsubscribed", or not_subscribed when the
@@ -658,6 +682,7 @@ func (c *Client) answersUnsubscribeLocked(m *Message) bool {
 	return true
 }
 
+// deliver hands e to the application and reports whether it took it.
 func (s *Subscription) deliver(ctx context.Context, e Event) bool {
 	if s.opts.OnEvent != nil {
 		s.opts.OnEvent(e)

@@ -289,3 +289,44 @@ func TestRunWaitsForItsGoroutines(t *testing.T) {
 		t.Fatalf("Run returned while %d token refresh still ran", n)
 	}
 }
+
+// TestClientRetriesAnUnavailableSubscribe: a subscribe the gateway refused
+// as unavailable (Redis did not answer in time) is sent again on the same
+// connection, with the same cursor, and the subscription then takes.
+func TestClientRetriesAnUnavailableSubscribe(t *testing.T) {
+	g := newFakeGateway(t)
+	c := New(g.url, Options{})
+	subscribed := make(chan Subscribed, 1)
+	c.Subscribe("t", SubscribeOptions{Since: "5-0", OnEvent: func(Event) {},
+		OnSubscribed: func(s Subscribed) { subscribed <- s }})
+	runClient(t, c)
+	conn := g.accept(t, 5*time.Second)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	first, err := wsutil.ReadClientText(conn)
+	if err != nil {
+		t.Fatalf("reading the subscribe message: %v", err)
+	}
+	refused := `{"type":"error","code":"unavailable","topic":"t","message":"the bus is unavailable; retry"}`
+	if err := wsutil.WriteServerText(conn, []byte(refused)); err != nil {
+		t.Fatal(err)
+	}
+	again, err := wsutil.ReadClientText(conn)
+	if err != nil {
+		t.Fatalf("no second subscribe on the connection: %v", err)
+	}
+	if string(again) != string(first) {
+		t.Fatalf("sent again %s, want the first subscribe %s", again, first)
+	}
+	ok := `{"type":"subscribed","topic":"t","recovered":true,"epoch":"e","head":"5-0","seq":5}`
+	if err := wsutil.WriteServerText(conn, []byte(ok)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-subscribed:
+		if s.Head != "5-0" {
+			t.Fatalf("subscribed %+v", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the retried subscription did not take")
+	}
+}
