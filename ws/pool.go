@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -15,6 +16,11 @@ type pool struct {
 	idle    time.Duration
 
 	overflow atomic.Uint64 // tasks that found every worker busy and the backlog full
+
+	mu      sync.RWMutex   // read-locked to start a goroutine, locked by close
+	closed  bool           // guarded by mu
+	running sync.WaitGroup // workers and overflow goroutines started before close
+	quit    chan struct{}  // closed by close: idle workers leave at once
 }
 
 func newPool(max int, idle time.Duration) *pool {
@@ -23,7 +29,35 @@ func newPool(max int, idle time.Duration) *pool {
 		backlog: make(chan task, 64*max),
 		sem:     make(chan struct{}, max),
 		idle:    idle,
+		quit:    make(chan struct{}),
 	}
+}
+
+// close makes idle workers leave and waits for every goroutine the pool
+// started, once they have run what they hold and what waits in the
+// backlog. A task scheduled after close runs on a goroutine of its own,
+// not waited for: the server that closes its pool has no connection left.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	close(p.quit)
+	p.running.Wait()
+}
+
+// start runs fn on a new goroutine, counted unless the pool is closed.
+func (p *pool) start(fn func()) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		go fn()
+		return
+	}
+	p.running.Add(1)
+	go func() {
+		defer p.running.Done()
+		fn()
+	}()
 }
 
 // task is a connection's read, write, close or overflow, or any function: a
@@ -76,7 +110,7 @@ func (p *pool) schedule(task task) {
 	}
 	select {
 	case p.sem <- struct{}{}:
-		go p.worker(task)
+		p.start(func() { p.worker(task) })
 		return
 	default:
 	}
@@ -84,7 +118,7 @@ func (p *pool) schedule(task task) {
 	case p.backlog <- task:
 	default:
 		p.overflow.Add(1)
-		go task.run()
+		p.start(task.run)
 	}
 }
 
@@ -97,6 +131,14 @@ func (p *pool) worker(task task) {
 		select {
 		case task = <-p.handoff:
 		case task = <-p.backlog:
+		case <-p.quit:
+			select {
+			case task = <-p.backlog:
+				continue
+			default:
+				<-p.sem
+				return
+			}
 		case <-timer.C:
 			<-p.sem
 			// A task may have reached the backlog while this worker was

@@ -58,3 +58,37 @@ func TestPoolWorkersExitWhenIdle(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestPoolCloseWaitsForItsGoroutines: close makes busy workers finish what
+// they hold and what waits in the backlog, and returns when every
+// goroutine the pool started has ended, long before the idle timeout.
+func TestPoolCloseWaitsForItsGoroutines(t *testing.T) {
+	p := newPool(2, time.Hour)
+	release := make(chan struct{})
+	var ran atomic.Int64
+	const tasks = 2 + 2*64 + 3 // workers, backlog, overflow
+	for range tasks {
+		p.schedule(task{fn: func() {
+			<-release
+			ran.Add(1)
+		}})
+	}
+	closed := make(chan struct{})
+	go func() {
+		p.close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Fatal("close returned while tasks were running")
+	default:
+	}
+	close(release)
+	<-closed
+	if n := ran.Load(); n != tasks {
+		t.Fatalf("close returned after %d of %d tasks", n, tasks)
+	}
+	if n := len(p.sem); n != 0 {
+		t.Fatalf("%d workers still counted after close", n)
+	}
+}

@@ -199,7 +199,9 @@ func (s *Server) Drain(ctx context.Context, code uint16, reason string, perSecon
 		_ = s.httpSrv.Close()
 	}
 	s.wg.Wait()
-	return s.poll.close()
+	err := s.poll.close()
+	s.pool.close() // after the epoll loop: it schedules no more reads
+	return err
 }
 
 // startHandshake counts a handshake of nc unless the server is shutting
