@@ -249,7 +249,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	}
 	h.ws = srv
 	if c.DebugAddr != "" {
-		go servePprof(c.DebugAddr, logger)
+		defer servePprof(c.DebugAddr, logger)()
 	}
 	ownerCtx, stopOwner := context.WithCancel(context.Background())
 	ownerDone := make(chan struct{})
@@ -267,9 +267,11 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	}
 	ready(addr)
 
+	served := false
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:
+		served = true
 	}
 	logger.Info("draining: releasing leases, then closing clients with 4002")
 	stopOwner()
@@ -277,6 +279,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
 	_ = srv.Drain(drainCtx, ws.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
+	if !served {
+		err = <-serveErr // Serve returns once Drain has closed its listener
+	}
 	if errors.Is(err, ws.ErrServerClosed) {
 		err = nil
 	}

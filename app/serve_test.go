@@ -2,13 +2,19 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
 )
 
@@ -29,4 +35,44 @@ func TestServeReleasesItsPortOnError(t *testing.T) {
 		t.Fatalf("after the failed start, listening on its port again: %v", err)
 	}
 	_ = ln.Close()
+}
+
+// TestServeLeavesNoGoroutine: a node that served clients (a subscription,
+// live events, a lagging catch-up's worth of pub/sub, the pprof listener)
+// and was stopped has ended every goroutine it started: the owner's
+// pipelines, the gateway's pub/sub owners and catch-ups, the WebSocket
+// server's workers, epoll loop and HTTP server.
+func TestServeLeavesNoGoroutine(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := redistest.Prefix(t)
+	rdb := srv.Client(t)
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	node := startNode(t, testConfig(t, srv, prefix, "--debug-addr", "127.0.0.1:0"))
+	b := &testBus{srv: srv, rdb: rdb, prefix: prefix, keys: streams.Keys{Prefix: prefix}, node: node}
+	n, err := streams.Partitions(context.Background(), rdb, b.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.n = n
+	c := wstest.Dial(t, node.url+"?topic=news")
+	c.Expect("subscribed", wait)
+	for i := range 5 {
+		b.xadd(t, "news", strconv.Itoa(i))
+	}
+	c.Events(5, wait)
+	node.stop() // drains c with 4002
+	if code := c.CloseCode(wait); code != 4002 {
+		t.Fatalf("close code %d, want 4002", code)
+	}
+	redistest.Eventually(t, 10*time.Second, func() error {
+		if now := runtime.NumGoroutine(); now > before {
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			return fmt.Errorf("%d goroutines after the node stopped, %d before:\n%s", now, before, stacks.String())
+		}
+		return nil
+	})
 }
