@@ -2,6 +2,7 @@ package migrations
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"strconv"
@@ -81,13 +82,11 @@ func Version(ctx context.Context, rdb redis.Cmdable, keys streams.Keys) (int, er
 	return strconv.Atoi(s)
 }
 
-// raiseVersion sets the schema field only upward, so a slower concurrent
-// migrator cannot move it back.
-var raiseVersion = redis.NewScript(`
-local cur = tonumber(redis.call('HGET', KEYS[1], 'schema') or '0')
-local v = tonumber(ARGV[1])
-if v > cur then redis.call('HSET', KEYS[1], 'schema', v) end
-return v`)
+// raiseVersion sets the schema version only upward: lua/raise_version.lua.
+var raiseVersion = redis.NewScript(raiseVersionLua)
+
+//go:embed lua/raise_version.lua
+var raiseVersionLua string
 
 func fixPartitions(ctx context.Context, rdb redis.Cmdable, keys streams.Keys, want int) (int, error) {
 	n := want

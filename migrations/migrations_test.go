@@ -106,3 +106,10 @@ func TestRunKeepsEntriesAddedBeforeIt(t *testing.T) {
 		t.Fatalf("group = %+v, %v; want it to start before the early entry", groups, err)
 	}
 }
+
+// TestRaiseVersionScript checks the embedded Lua holds code and compiles in
+// a real Redis.
+func TestRaiseVersionScript(t *testing.T) {
+	redistest.NonEmptyLua(t, "lua/raise_version.lua", raiseVersionLua)
+	redistest.LoadScript(t, redistest.Start(t).Client(t), raiseVersion)
+}

@@ -30,7 +30,7 @@ func AppendEvent(dst []byte, topic, id string, seq uint64, data []byte) []byte {
 //	,"topic":"<topic>","data":<data>}
 //
 // The owner's apply script, which gives each event its seq, builds the
-// message from this tail (see bus/scripts.go: applyScript).
+// message from this tail (see bus/lua/apply.lua).
 func AppendEventTail(dst []byte, topic string, data []byte) []byte {
 	dst = append(dst, `,"topic":`...)
 	dst = AppendJSONString(dst, topic)

@@ -64,7 +64,7 @@ type Resume struct {
 // (the first event of a topic, or the first after its idle history
 // expired). The owner then marks where the sequence began by setting the
 // stream's max-deleted-entry-id to that first entry's ID (see
-// bus/scripts.go: applyScript). Trimming never moves that mark, and XDEL
+// bus/lua/apply.lua). Trimming never moves that mark, and XDEL
 // moves it forward, so a cursor below it is from an earlier life of the
 // topic (or from before an entry deleted by hand): nothing can be proved
 // about what it missed.

@@ -336,6 +336,33 @@ func Prefix(tb testing.TB) string {
 	return fmt.Sprintf("t%d", time.Now().UnixNano())
 }
 
+// LoadScript loads s with SCRIPT LOAD, which compiles it without running
+// it, and fails the test on a Lua error, or when Redis names the script by
+// another SHA than s.Hash(), the one EVALSHA will ask for.
+func LoadScript(tb testing.TB, rdb redis.Scripter, s *redis.Script) {
+	tb.Helper()
+	sha, err := s.Load(context.Background(), rdb).Result()
+	if err != nil {
+		tb.Fatalf("SCRIPT LOAD: %v", err)
+	}
+	if sha != s.Hash() {
+		tb.Fatalf("SCRIPT LOAD = %s, want the script's SHA %s", sha, s.Hash())
+	}
+}
+
+// NonEmptyLua fails the test unless src, the Lua of file name, has a line
+// of code: one that is neither blank nor a comment.
+func NonEmptyLua(tb testing.TB, name, src string) {
+	tb.Helper()
+	for line := range strings.Lines(src) {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "--") {
+			return
+		}
+	}
+	tb.Fatalf("%s has no Lua code", name)
+}
+
 // Eventually polls fn every 10 ms until it returns nil or timeout passes,
 // then fails the test with fn's last error.
 func Eventually(tb testing.TB, timeout time.Duration, fn func() error) {
