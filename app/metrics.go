@@ -38,6 +38,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_gateway_not_recovered_total", "Resumes answered recovered:false.", func() float64 { return float64(h.gw.Stats().NotRecovered) })
 	counter("wsbus_gateway_lag_catchups_total", "Times a client fell more than --max-queue behind and was caught up from history (--slow-consumer lag).", func() float64 { return float64(h.gw.Stats().LagCatchUps) })
 	counter("wsbus_gateway_catchups_total", "Topics caught up from history after a pub/sub loss.", func() float64 { return float64(h.gw.Stats().CatchUps) })
+	counter("wsbus_gateway_resets_total", "Topics whose subscribers a catch-up closed with 4001 to resume: Redis lost data under them (a new epoch) or trimmed it before it was sent.", func() float64 { return float64(h.gw.Stats().Resets) })
 	gauge("wsbus_bus_partitions_owned", "Partitions this node holds.", func() float64 { return float64(h.owner.Stats().Owned) })
 	counter("wsbus_bus_deliveries_total", "Events added to history and published.", func() float64 { return float64(h.owner.Stats().Delivered) })
 	counter("wsbus_bus_dead_letters_total", "Entries moved to a dead-letter stream.", func() float64 { return float64(h.owner.Stats().DeadLettered) })

@@ -373,12 +373,14 @@ type GatewayStats struct {
 	CatchUps      uint64 // topics caught up from history after a pub/sub loss
 	Acks          uint64 // cursor moves written, after coalescing
 	LagCatchUps   uint64 // overflows of lagging clients caught up from history
+	Resets        uint64 // topics whose subscribers were closed with 4001 by a catch-up: Redis lost data, or trimmed it first
 }
 
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
 	catchUps, acks, lagCatchUps       atomic.Uint64
+	resets                            atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -396,5 +398,6 @@ func (g *Gateway) Stats() GatewayStats {
 		CatchUps:      g.stats.catchUps.Load(),
 		Acks:          g.stats.acks.Load(),
 		LagCatchUps:   g.stats.lagCatchUps.Load(),
+		Resets:        g.stats.resets.Load(),
 	}
 }

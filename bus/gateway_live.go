@@ -25,7 +25,8 @@ type topic struct {
 	idleSince int64 // unix nanoseconds when refs fell to 0
 
 	mu       sync.Mutex
-	ready    bool            // Redis confirmed the live channel's subscription
+	ready    bool            // Redis confirmed the live channel's subscription once
+	live     bool            // ... and on the current connection: a catch-up may end
 	waiting  chan struct{}   // made by the first subscriber to wait for ready, closed then
 	subs     []*subscription // each knows its index (subscription.idx)
 	seen     streams.ID      // newest event delivered to this topic's subscribers
@@ -34,7 +35,12 @@ type topic struct {
 	catching bool            // pub/sub was lost: live events wait in backlog
 	lost     int             // connections lost under this topic: a catch-up ends catching only if none since it began
 	backlog  []liveEvent     // live events received while catching up
+	dropped  bool            // backlog went past maxBacklog and was dropped: history has it
 }
+
+// maxBacklog bounds the live events a catching topic holds; past it they
+// are dropped and its catch-up reads them from history instead.
+const maxBacklog = 10000
 
 // liveEvent is one event with its frame, encoded once for every subscriber.
 type liveEvent struct {
@@ -61,7 +67,7 @@ type subscription struct {
 func (t *topic) markReady() (catching bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.ready = true
+	t.ready, t.live = true, true
 	if t.waiting != nil {
 		close(t.waiting)
 		t.waiting = nil
@@ -75,6 +81,7 @@ func (t *topic) markReady() (catching bool) {
 func (t *topic) startCatching() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.live = false
 	if !t.ready {
 		return false // no subscriber has gone live: nothing to catch up
 	}
@@ -296,13 +303,24 @@ func (g *Gateway) fanOut(channel, payload string) {
 		t.holdLocked()
 	}
 	if t.catching {
-		t.backlog = append(t.backlog, ev)
+		t.holdEventLocked(ev)
 	} else {
 		t.deliverLocked(g, ev)
 	}
 	t.mu.Unlock()
 	if check {
 		g.checkTopic(t)
+	}
+}
+
+// holdEventLocked keeps a live event for the end of t's catch-up, or
+// drops it when too many wait: the catch-up then reads history again.
+func (t *topic) holdEventLocked(ev liveEvent) {
+	if len(t.backlog) >= maxBacklog {
+		t.backlog, t.dropped = nil, true
+	}
+	if !t.dropped {
+		t.backlog = append(t.backlog, ev)
 	}
 }
 
@@ -329,8 +347,9 @@ func (g *Gateway) checkTopic(t *topic) {
 
 // catchUpTopic delivers the history written after the newest event t's
 // subscribers had, then the live events held meanwhile; IDs already
-// delivered are dropped per subscriber. A connection lost again while it
-// reads leaves t catching, for the catch-up after the next confirmation.
+// delivered are dropped per subscriber. It ends t's hold only while t's
+// channel is confirmed on the current connection (else the confirmation
+// queues another catch-up) and no connection was lost since it began.
 //
 // Each page of history is checked against the partition's epoch, read
 // after it: an owner renews the epoch before it writes anything after a
@@ -340,15 +359,19 @@ func (g *Gateway) checkTopic(t *topic) {
 // restart without persistence, a failover before replication): what
 // follows their cursors is not what history now holds, so each is closed
 // with 4001 to resume, which the new epoch answers with recovered:false.
+// An event whose seq skips ahead of the last one delivered means history
+// was trimmed past it: the subscribers that had not got that far are
+// closed with 4001 too (their resume gets missed).
+//
 // A held live event that does not follow the last one delivered (by seq)
 // makes it read history and the epoch once more; what still does not
 // follow then is a sequence that started again (an idle topic's history
-// expired), and is delivered.
+// expired) and is delivered, or a skip as above.
 func (g *Gateway) catchUpTopic(t *topic) error {
 	t.mu.Lock()
-	if !t.catching {
+	if !t.catching || !t.live {
 		t.mu.Unlock()
-		return nil
+		return nil // done, or the confirmation queues it again
 	}
 	from, lost := t.seen, t.lost
 	t.mu.Unlock()
@@ -366,8 +389,9 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 		t.mu.Lock()
 		if t.epoch != "" && head.Epoch != t.epoch {
 			g.resetLocked(t, head)
-			if t.lost == lost {
-				t.backlog, t.catching = nil, false
+			t.backlog, t.dropped = nil, false
+			if t.lost == lost && t.live {
+				t.catching = false
 			}
 			t.mu.Unlock()
 			return nil
@@ -375,13 +399,16 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 		t.epoch = head.Epoch
 		for _, e := range events {
 			from = streams.MustParseID(e.ID)
-			t.deliverLocked(g, liveEvent{id: from, seq: e.Seq, frame: eventFrame(t.name, e)})
+			ev := liveEvent{id: from, seq: e.Seq, frame: eventFrame(t.name, e)}
+			g.skipLocked(t, ev)
+			t.deliverLocked(g, ev)
 		}
-		if len(events) == g.cfg.HistoryPage {
+		if len(events) == g.cfg.HistoryPage || t.dropped {
+			t.dropped = false
 			t.mu.Unlock()
 			continue
 		}
-		if t.lost != lost {
+		if t.lost != lost || !t.live {
 			t.mu.Unlock()
 			return nil // lost again since: the catch-up after it ends the hold
 		}
@@ -390,6 +417,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			if !rechecked && !t.followsLocked(ev) {
 				break
 			}
+			g.skipLocked(t, ev)
 			t.deliverLocked(g, ev)
 			delivered++
 		}
@@ -405,6 +433,25 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	}
 }
 
+// skipLocked closes with 4001 the subscribers of t that have not had the
+// event before ev, when ev's seq skips ahead of the last one t delivered:
+// what lies between was trimmed from history before they could have it.
+func (g *Gateway) skipLocked(t *topic, ev liveEvent) {
+	if t.seq == 0 || !t.seen.Less(ev.id) || ev.seq <= t.seq+1 {
+		return
+	}
+	g.stats.resets.Add(1)
+	n := 0
+	for _, s := range t.subs {
+		if s.last.Less(ev.id) {
+			s.conn.Close(ws.CloseSlowConsumer, "events were trimmed from history before they could be sent: reconnect and resume")
+			n++
+		}
+	}
+	g.cfg.Logger.Warn("history trimmed past a topic's last live event: its subscribers resume", "topic", t.name,
+		"subscribers", n, "seq", ev.seq, "after", t.seq)
+}
+
 // followsLocked reports whether ev may be delivered after what t has
 // delivered: it is older (each subscriber drops it), or it is the next by
 // seq, or t knows no seq yet.
@@ -416,6 +463,7 @@ func (t *topic) followsLocked(ev liveEvent) bool {
 // lost, with 4001 (they resume and learn it from the new epoch), and
 // starts t again from the partition's head.
 func (g *Gateway) resetLocked(t *topic, head streams.Head) {
+	g.stats.resets.Add(1)
 	g.cfg.Logger.Warn("partition epoch changed under a topic: its subscribers resume", "topic", t.name,
 		"subscribers", len(t.subs), "epoch", head.Epoch, "was", t.epoch)
 	for _, s := range t.subs {

@@ -36,11 +36,12 @@ import (
 type liveConn struct {
 	g *Gateway
 
-	mu    sync.Mutex
-	dirty map[string]struct{} // topics to compare with what is asked of Redis
-	wake  chan struct{}       // capacity 1: dirty has topics
-	catch []*topic            // topics to catch up from history, in order
-	woken chan struct{}       // capacity 1: catch has topics
+	mu     sync.Mutex
+	dirty  map[string]struct{} // topics to compare with what is asked of Redis
+	wake   chan struct{}       // capacity 1: dirty has topics
+	catch  []*topic            // topics to catch up from history, in order
+	queued map[*topic]bool     // the topics in catch
+	woken  chan struct{}       // capacity 1: catch has topics
 
 	// Owned by run.
 	asked map[string]phase // by topic name: what the current connection was asked
@@ -62,11 +63,12 @@ const liveHealth = 5 * time.Second
 
 func newLiveConn(g *Gateway) *liveConn {
 	return &liveConn{
-		g:     g,
-		dirty: make(map[string]struct{}),
-		wake:  make(chan struct{}, 1),
-		woken: make(chan struct{}, 1),
-		asked: make(map[string]phase),
+		g:      g,
+		dirty:  make(map[string]struct{}),
+		wake:   make(chan struct{}, 1),
+		woken:  make(chan struct{}, 1),
+		asked:  make(map[string]phase),
+		queued: make(map[*topic]bool),
 	}
 }
 
@@ -165,19 +167,29 @@ func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, erro
 	lc.dirty = make(map[string]struct{})
 	lc.mu.Unlock()
 	var sub, unsub []string
+	var ready []*topic
 	g.mu.RLock()
 	for name := range dirty {
-		_, wanted := g.topics[name]
+		t, wanted := g.topics[name]
 		switch asked := lc.asked[name]; {
 		case wanted && asked == 0:
 			lc.asked[name] = subscribing
 			sub = append(sub, g.channel(name))
+		case wanted && asked == subscribed:
+			// Swept and wanted again before this ran: the channel was never
+			// dropped, and the new topic is ready at once.
+			ready = append(ready, t)
 		case !wanted && (asked == subscribing || asked == subscribed):
 			lc.asked[name] = unsubscribing
 			unsub = append(unsub, g.channel(name))
 		}
 	}
 	g.mu.RUnlock()
+	for _, t := range ready {
+		if t.markReady() {
+			lc.catchUp(t)
+		}
+	}
 	if len(sub) > 0 {
 		// One command for all: on Redis Cluster they share their
 		// partition's slot.
@@ -285,7 +297,10 @@ func (lc *liveConn) lose(err error) {
 // catchUp queues t to be caught up from history by catchUps.
 func (lc *liveConn) catchUp(t *topic) {
 	lc.mu.Lock()
-	lc.catch = append(lc.catch, t)
+	if !lc.queued[t] {
+		lc.queued[t] = true
+		lc.catch = append(lc.catch, t)
+	}
 	lc.mu.Unlock()
 	select {
 	case lc.woken <- struct{}{}:
@@ -309,6 +324,7 @@ func (lc *liveConn) catchUps() {
 			if len(lc.catch) > 0 {
 				t = lc.catch[0]
 				lc.catch = lc.catch[1:]
+				delete(lc.queued, t)
 			}
 			lc.mu.Unlock()
 			if t == nil {

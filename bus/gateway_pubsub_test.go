@@ -2,11 +2,13 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,4 +273,163 @@ type testWriter struct{ tb testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.tb.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// gatedRedis returns a client of srv whose new connections fail while the
+// gate is closed (the test's Redis "unreachable" for new dials only).
+func gatedRedis(srv *redistest.Server) (*redis.Client, *atomic.Bool) {
+	var closed atomic.Bool
+	rdb := redis.NewClient(&redis.Options{
+		Addr: srv.Addr,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if closed.Load() {
+				return nil, errors.New("gate closed")
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	return rdb, &closed
+}
+
+// waitTopic waits until cond holds of tp, under its lock.
+func waitTopic(tb testing.TB, tp *topic, what string, cond func(*topic) bool) {
+	tb.Helper()
+	redistest.Eventually(tb, 10*time.Second, func() error {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		if !cond(tp) {
+			return fmt.Errorf("topic %s: not %s (seen %v seq %d catching %v live %v)", tp.name, what, tp.seen, tp.seq, tp.catching, tp.live)
+		}
+		return nil
+	})
+}
+
+// TestSweptTopicWantedAgainBeforeReconcile: a topic swept and wanted
+// again before the connection's goroutine took the sweep is ready at once
+// (its channel was never dropped), not left waiting for a confirmation
+// that will not come.
+func TestSweptTopicWantedAgainBeforeReconcile(t *testing.T) {
+	srv := redistest.Start(t)
+	g := liveGateway(t, srv.Client(t), redistest.Prefix(t))
+	first := g.refTopic("a")
+	if !g.waitReady(first) {
+		t.Fatal("live channel not confirmed")
+	}
+	g.unrefTopic(first)
+	g.mu.RLock()
+	lc := g.parts[first.p]
+	g.mu.RUnlock()
+
+	lc.mu.Lock() // the goroutine cannot take the pokes until both are in
+	swept := make(chan struct{})
+	go func() { // its poke waits for lc.mu
+		g.sweepIdle(time.Now().Add(2 * topicLinger).UnixNano())
+		close(swept)
+	}()
+	redistest.Eventually(t, 5*time.Second, func() error {
+		if g.topicNamed("a") != nil {
+			return errors.New("not swept yet")
+		}
+		return nil
+	})
+	got := make(chan *topic, 1)
+	go func() { got <- g.refTopic("a") }() // pokes, waiting for lc.mu
+	redistest.Eventually(t, 5*time.Second, func() error {
+		if g.topicNamed("a") == nil {
+			return errors.New("not wanted again yet")
+		}
+		return nil
+	})
+	lc.mu.Unlock()
+	<-swept
+	if again := <-got; !g.waitReady(again) {
+		t.Fatal("the topic wanted again right after its sweep was never ready")
+	}
+}
+
+// TestCatchUpEndsOnlyOnAConfirmedChannel: a catch-up asked for while the
+// live connection is down (a queued one, or one a subscriber's new epoch
+// asks for) does not end the topic's hold; the confirmation on the new
+// connection does, after history: an event published while the channel
+// had no subscriber is delivered.
+func TestCatchUpEndsOnlyOnAConfirmedChannel(t *testing.T) {
+	srv := redistest.Start(t)
+	direct := srv.Client(t)
+	rdb, gate := gatedRedis(srv)
+	g := liveGateway(t, rdb, redistest.Prefix(t))
+	tp := g.refTopic("a")
+	if !g.waitReady(tp) {
+		t.Fatal("live channel not confirmed")
+	}
+	ctx := context.Background()
+	add := func(id string, seq uint64) int64 {
+		hist := g.cfg.Keys.Topic(tp.p, "a")
+		if err := direct.XAdd(ctx, &redis.XAddArgs{Stream: hist, ID: id, Values: []any{"data", `"x"`, "seq", seq}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := direct.SPublish(ctx, g.channel("a"), streams.AppendEvent(nil, "a", id, seq, []byte(`"x"`))).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	add("1-1", 1)
+	waitTopic(t, tp, "at 1-1", func(tp *topic) bool { return tp.seq == 1 })
+	if _, err := g.hist.Head(ctx, "a"); err != nil { // a pooled connection for history reads
+		t.Fatal(err)
+	}
+	gate.Store(true)
+	if err := direct.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitTopic(t, tp, "catching, its channel lost", func(tp *topic) bool { return tp.catching && !tp.live })
+	g.checkTopic(tp)
+	if n := add("2-1", 2); n != 0 {
+		t.Fatalf("published to %d subscribers while the gateway's connection was down", n)
+	}
+	gate.Store(false)
+	waitTopic(t, tp, "caught up to 2-1", func(tp *topic) bool { return !tp.catching && tp.seq == 2 })
+	add("3-1", 3)
+	waitTopic(t, tp, "at 3-1", func(tp *topic) bool { return tp.seq == 3 })
+}
+
+// TestCatchUpAcrossATrim: history trimmed past the last event a topic
+// delivered while its connection was down: the catch-up does not deliver
+// what is left as if it followed; it closes the subscribers that had not
+// got that far (4001: their resume reports missed) and counts a reset.
+func TestCatchUpAcrossATrim(t *testing.T) {
+	srv := redistest.Start(t)
+	direct := srv.Client(t)
+	rdb, gate := gatedRedis(srv)
+	g := liveGateway(t, rdb, redistest.Prefix(t))
+	tp := g.refTopic("a")
+	if !g.waitReady(tp) {
+		t.Fatal("live channel not confirmed")
+	}
+	ctx := context.Background()
+	xadd := func(id string, seq uint64) {
+		hist := g.cfg.Keys.Topic(tp.p, "a")
+		if err := direct.XAdd(ctx, &redis.XAddArgs{Stream: hist, MaxLen: 3, ID: id, Values: []any{"data", `"x"`, "seq", seq}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xadd("1-1", 1)
+	publishLive(t, direct, g, tp, "1-1", 1)
+	if _, err := g.hist.Head(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	gate.Store(true)
+	if err := direct.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitTopic(t, tp, "catching", func(tp *topic) bool { return tp.catching })
+	for i := uint64(2); i <= 10; i++ {
+		xadd(fmt.Sprintf("%d-1", i), i) // trimmed to 3: 8, 9 and 10 remain
+	}
+	gate.Store(false)
+	waitTopic(t, tp, "caught up to 10", func(tp *topic) bool { return !tp.catching && tp.seq == 10 })
+	if n := g.Stats().Resets; n != 1 {
+		t.Fatalf("%d resets, want 1: seq 1 was followed by 8 as if nothing had been trimmed", n)
+	}
 }

@@ -58,12 +58,47 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		g.unavailable(c, cl, s)
 		return
 	}
-	epoch, ok := g.sendHistory(c, cl, s, m)
-	if !ok {
+	if !g.sendHistory(c, cl, s, m) {
 		g.unavailable(c, cl, s)
 		return
 	}
-	g.goLive(s, epoch)
+	g.goLive(s)
+}
+
+// rangeRetrying reads a page of history after since, trying three times
+// over about a second before it gives up.
+func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event, error) {
+	var err error
+	for pause := 100 * time.Millisecond; pause < time.Second; pause *= 2 {
+		var events []streams.Event
+		if events, err = g.hist.Range(g.ctx, topic, since, g.cfg.HistoryPage); err == nil {
+			return events, nil
+		}
+		if !g.sleep(pause) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// noteEpoch records the epoch a subscriber of t was told: the first is
+// t's; one that differs means Redis lost data under t, which a catch-up
+// from history sorts out (catchUpTopic closes the subscribers told the
+// old one).
+func (g *Gateway) noteEpoch(t *topic, epoch string) {
+	t.mu.Lock()
+	check := false
+	switch {
+	case t.epoch == "":
+		t.epoch = epoch
+	case epoch != "" && epoch != t.epoch:
+		t.holdLocked() // a catch-up already running does not end the hold
+		check = true
+	}
+	t.mu.Unlock()
+	if check {
+		g.checkTopic(t)
+	}
 }
 
 func (g *Gateway) unavailable(c *ws.Conn, cl *client, s *subscription) {
@@ -89,11 +124,12 @@ func (g *Gateway) waitReady(t *topic) bool {
 	}
 }
 
-// sendHistory sends subscribed and the events after the cursor, and
-// returns the epoch it told the client; it sets s.last (s is not live yet,
-// so no one else reads it). Concurrent subscriptions from the same cursor
-// share one read (see coalescer).
-func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) (epoch string, ok bool) {
+// sendHistory sends subscribed and the events after the cursor; it sets
+// s.last (s is not live yet, so no one else reads it). Concurrent
+// subscriptions from the same cursor share one read (see coalescer). It
+// reports false when the client is to be told unavailable: nothing was
+// sent.
+func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) bool {
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since
@@ -106,7 +142,7 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 		a, err := g.hist.Acked(g.ctx, m.Topic, cl.subject())
 		if err != nil {
 			g.cfg.Logger.Warn("reading acknowledged cursor", "topic", m.Topic, "err", err)
-			return "", false
+			return false
 		}
 		key.since, key.seq, key.hasSeq = "0", 0, false
 		if !a.ID.IsZero() {
@@ -116,11 +152,12 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	h := g.reads.do(key, cl.subject(), func(subjects []string) history { return g.readHistory(key, subjects) })
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
-		return "", false
+		return false
 	}
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
 	}
+	g.noteEpoch(s.topic, h.info.Epoch)
 	if a, ok := h.acked[cl.subject()]; ok && cl.subject() != "" {
 		info := h.info
 		info.Acked, info.Unread, info.HasAcked = a.ID, a.Unread, true
@@ -132,24 +169,27 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	for i, f := range h.frames {
 		s.last = h.ids[i]
 		if c.SendWait(f) != nil {
-			return h.info.Epoch, true // closed: Closed cleans up
+			return true // closed: Closed cleans up
 		}
 	}
 	for more := h.more; more; {
-		events, err := g.hist.Range(g.ctx, m.Topic, s.last, g.cfg.HistoryPage)
+		events, err := g.rangeRetrying(m.Topic, s.last)
 		if err != nil {
+			// Past subscribed, unavailable would leave the client thinking
+			// it is subscribed: it resumes from its cursor instead.
 			g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
-			return "", false
+			c.Close(ws.CloseSlowConsumer, "history could not be read: reconnect and resume")
+			return true // Closed cleans up
 		}
 		for _, e := range events {
 			s.last = streams.MustParseID(e.ID)
 			if c.SendWait(eventFrame(m.Topic, e)) != nil {
-				return h.info.Epoch, true
+				return true
 			}
 		}
 		more = len(events) == g.cfg.HistoryPage
 	}
-	return h.info.Epoch, true
+	return true
 }
 
 // readHistory reads what a subscription with key is sent first: the head
@@ -191,31 +231,17 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 }
 
 // goLive sends the live events held while history was sent, dropping those
-// history already had, and makes s receive live events directly. epoch is
-// the one s's client was told: the first subscriber's is its topic's; a
-// later one that differs means Redis lost data under the topic, which a
-// catch-up from history sorts out (catchUpTopic).
-func (g *Gateway) goLive(s *subscription, epoch string) {
+// history already had, and makes s receive live events directly.
+func (g *Gateway) goLive(s *subscription) {
 	t := s.topic
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, ev := range s.pending {
 		if s.last.Less(ev.id) && !s.offer(ev) {
 			break // lagging: the rest comes from history (gateway_lag.go)
 		}
 	}
 	s.pending, s.live = nil, true
-	check := false
-	switch {
-	case t.epoch == "":
-		t.epoch = epoch
-	case epoch != "" && epoch != t.epoch:
-		t.holdLocked() // a catch-up already running does not end the hold
-		check = true
-	}
-	t.mu.Unlock()
-	if check {
-		g.checkTopic(t)
-	}
 }
 
 // admit checks that topic may be added before any Redis work is done.

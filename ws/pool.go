@@ -148,8 +148,13 @@ func (p *pool) worker(task task) {
 			}
 			select {
 			case p.sem <- struct{}{}:
-				task = <-p.backlog
 			default:
+				return
+			}
+			select {
+			case task = <-p.backlog:
+			default: // another worker took it
+				<-p.sem
 				return
 			}
 		}
