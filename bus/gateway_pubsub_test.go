@@ -137,9 +137,14 @@ func TestRefTopicDoesNotWaitOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	dialing := make(chan struct{}, 1)
 	release := make(chan struct{})
+	var armed atomic.Bool // dials block from here on
 	rdb := redis.NewClient(&redis.Options{
 		Addr: srv.Addr,
 		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if !armed.Load() {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}
 			select {
 			case dialing <- struct{}{}:
 			default:
@@ -154,6 +159,16 @@ func TestRefTopicDoesNotWaitOnRedis(t *testing.T) {
 		},
 	})
 	g := liveGateway(t, rdb, redistest.Prefix(t))
+	// The acker loads its script at start, on a connection of its own:
+	// only the live channel's dial is held.
+	direct := srv.Client(t)
+	redistest.Eventually(t, 10*time.Second, func() error {
+		if ok, err := direct.ScriptExists(context.Background(), ackScript.Hash()).Result(); err != nil || !ok[0] {
+			return fmt.Errorf("ack script not loaded yet (%v)", err)
+		}
+		return nil
+	})
+	armed.Store(true)
 
 	acquired := make(chan *topic, 1)
 	go func() { acquired <- g.refTopic("a") }()
