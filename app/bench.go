@@ -33,7 +33,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	conns := fs.Int("conns", 1000, "connections to open")
 	perWorker := fs.Int("per-worker", 18000, "connections per client process (the fd limit is 20,000 per process)")
 	mix := fs.String("mix", "shared", "topic mix: shared (one topic), own (one each) or zipf")
-	topics := fs.Int("topics", 1000, "topics of the zipf mix")
+	topics := fs.Int("topics", 1000, "topics of the zipf mix, and of --soak")
 	settle := fs.Duration("settle", 15*time.Second, "idle time before the gateway is measured")
 	broadcasts := fs.Int("broadcasts", 20, "events broadcast to the shared topic")
 	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
@@ -41,6 +41,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
 	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	var soak soakFlags
+	soak.register(fs)
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
@@ -70,7 +72,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := bench.Run(context.Background(), bench.Config{
+	cfg := bench.Config{
 		URL: gateways[0], MoreURLs: gateways[1:], Redis: rdb, Keys: streams.Keys{Prefix: c.prefix},
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
 		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
@@ -79,7 +81,11 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		Baselines: kinds, BaselineArgs: func(kind string) []string {
 			return append([]string{"bench", "--baseline-server", kind}, c.args()...)
 		},
-	})
+	}
+	if soak.on {
+		return runSoak(cfg, soak, *asJSON, stdout)
+	}
+	res, err := bench.Run(context.Background(), cfg)
 	if err != nil {
 		return err
 	}

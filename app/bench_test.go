@@ -3,7 +3,9 @@ package app
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -103,5 +105,67 @@ func TestBenchUnicast(t *testing.T) {
 	}
 	if _, ok := cmp.Ratios[bench.Naive]["unicast_p99"]; !ok {
 		t.Errorf("ratios %v lack unicast_p99", cmp.Ratios)
+	}
+}
+
+// TestBenchSoak runs a short soak over two in-process gateways, one of
+// them stopped (a drain with 4002) and served again on its address once
+// the steady phase begins: every event is delivered once and in order at
+// every client, through the switches of topic and the reconnects.
+func TestBenchSoak(t *testing.T) {
+	b := newTestBus(t, "--upgrade-rate", "100000")
+	cfg2 := testConfig(t, b.srv, b.prefix, "--upgrade-rate", "100000", "--node-id", "node2-"+b.prefix)
+	node2 := startNode(t, cfg2)
+	ready := filepath.Join(t.TempDir(), "ready")
+	restarted := make(chan func(), 1) // stops the node served again
+	go func() {
+		defer close(restarted)
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(ready); err == nil {
+				break
+			}
+		}
+		node2.stop()
+		cfg := cfg2
+		cfg.Listen = node2.addr
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		up := make(chan string, 1)
+		go func() {
+			done <- Serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a string) { up <- a })
+		}()
+		select {
+		case <-up:
+		case <-done:
+		}
+		restarted <- func() { cancel(); <-done }
+	}()
+	cfg := benchConfig(b)
+	cfg.MoreURLs = []string{node2.url}
+	cfg.Conns, cfg.Topics = 100, 10
+	res, err := bench.Soak(context.Background(), bench.SoakConfig{
+		Config: cfg, Duration: 4 * time.Second, Rate: 200, Churn: 20, ReadyFile: ready, Samples: 1,
+	})
+	if stop, ok := <-restarted; ok {
+		t.Cleanup(stop)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := res.Check
+	if c.Failed() || c.Delivered == 0 || c.Delivered != c.Due || res.Published < 600 {
+		t.Fatalf("check %+v after %d published; notes %q", c, res.Published, res.Notes)
+	}
+	if res.NotRecovered != 0 || res.Unexpected != 0 || res.GaveUp != 0 || res.NotReady != 0 || res.Failed != 0 {
+		t.Fatalf("not recovered %d, unexpected %d, not back %d, not settled %d, failed %d; notes %q",
+			res.NotRecovered, res.Unexpected, res.GaveUp, res.NotReady, res.Failed, res.Notes)
+	}
+	if res.Reconnects < 50 || res.Churned == 0 || c.Spans <= 100 {
+		t.Fatalf("%d reconnects (want the 50 of the restarted gateway), %d switches, %d spans", res.Reconnects, res.Churned, c.Spans)
+	}
+	for i, g := range res.Gateways {
+		if g.Start.Conns != 50 || g.End.Conns != 50 {
+			t.Errorf("gateway %d: %v connections at the start, %v at the end, want 50", i+1, g.Start.Conns, g.End.Conns)
+		}
 	}
 }

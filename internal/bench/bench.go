@@ -132,6 +132,8 @@ type Metrics struct {
 	HeapObjs   float64 `json:"heap_objects"`
 	Goroutines float64 `json:"goroutines"`
 	FDs        float64 `json:"open_fds"`
+	Conns      float64 `json:"ws_connections,omitempty"` // the gateway's wsbus_ws_connections
+	Started    float64 `json:"start_time,omitempty"`     // process_start_time_seconds: a change is a restart
 }
 
 type workerProc struct {
@@ -552,21 +554,27 @@ func startWorker(cfg Config, job Job) (*workerProc, error) {
 // collect asks every worker for a report (a worker answers once its
 // connections are all dialed).
 func collect(workers []*workerProc) ([]Report, error) {
-	reports := make([]Report, len(workers))
+	return ask[Report](workers, "report")
+}
+
+// ask sends cmd to every worker and decodes each one's answer.
+func ask[T any](workers []*workerProc, cmd string) ([]T, error) {
+	answers := make([]T, len(workers))
 	for i, w := range workers {
-		if _, err := io.WriteString(w.in, "report\n"); err != nil {
+		if _, err := io.WriteString(w.in, cmd+"\n"); err != nil {
 			return nil, fmt.Errorf("asking worker %d: %w", i, err)
 		}
 	}
+	name, _, _ := strings.Cut(cmd, " ")
 	for i, w := range workers {
 		if !w.out.Scan() {
 			return nil, fmt.Errorf("worker %d ended: %v", i, w.out.Err())
 		}
-		if err := json.Unmarshal(w.out.Bytes(), &reports[i]); err != nil {
-			return nil, fmt.Errorf("worker %d report: %w", i, err)
+		if err := json.Unmarshal(w.out.Bytes(), &answers[i]); err != nil {
+			return nil, fmt.Errorf("worker %d %s: %w", i, name, err)
 		}
 	}
-	return reports, nil
+	return answers, nil
 }
 
 func metricsURL(wsURL string) (string, error) {
@@ -598,9 +606,13 @@ func scrapeAll(urls []string) (Metrics, error) {
 	return sum, nil
 }
 
+// scrapeClient reads /metrics; its timeout keeps a soak going when a
+// gateway being restarted leaves a request unanswered.
+var scrapeClient = &http.Client{Timeout: 10 * time.Second}
+
 // scrape reads the gateway's process and Go metrics.
 func scrape(metricsURL string) (Metrics, error) {
-	resp, err := http.Get(metricsURL)
+	resp, err := scrapeClient.Get(metricsURL)
 	if err != nil {
 		return Metrics{}, fmt.Errorf("reading the gateway's metrics: %w", err)
 	}
@@ -627,6 +639,10 @@ func scrape(metricsURL string) (Metrics, error) {
 			m.Goroutines = v
 		case "process_open_fds":
 			m.FDs = v
+		case "wsbus_ws_connections":
+			m.Conns = v
+		case "process_start_time_seconds":
+			m.Started = v
 		}
 	}
 	return m, sc.Err()

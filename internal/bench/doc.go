@@ -6,4 +6,9 @@
 // A worker is the same binary run as `wsbus bench --worker`: it reads a Job
 // as one JSON line on stdin, opens its connections, and answers the
 // commands "report" and "quit" with one JSON line each on stdout.
+//
+// `wsbus bench --soak` (soak.go, driven by soak.sh) holds the connections
+// for a long time instead, with steady publishing, topic switches and
+// gateway restarts, and checks every event at every client
+// (soak_check.go).
 package bench

@@ -48,7 +48,12 @@ func (in *inbox) adopt(wc *wconn, conn net.Conn, early []byte, resumed bool) err
 	wc.mu.Lock()
 	defer wc.mu.Unlock()
 	wc.fd, wc.rest, wc.resumed = fd, wc.rest[:0], resumed
-	if err := in.consume(wc, early, time.Now().UnixNano()); err != nil {
+	err = in.consume(wc, early, time.Now().UnixNano())
+	if err == nil && wc.soak != nil && wc.soak.broken {
+		wc.soak.broken = false
+		err = errors.New("bench: the server refused the subscription")
+	}
+	if err != nil {
 		in.drop(wc, fd, false)
 		return err
 	}
@@ -147,11 +152,26 @@ func (in *inbox) readFrom(wc *wconn, fd int, buf []byte) {
 		return
 	case err != nil || n == 0:
 		in.drop(wc, fd, false)
+		in.w.closed(wc)
 		return
 	}
-	if in.consume(wc, buf[:n], time.Now().UnixNano()) != nil {
-		in.drop(wc, fd, false)
+	if err := in.consume(wc, buf[:n], time.Now().UnixNano()); err != nil || wc.soak != nil && wc.soak.broken {
+		in.drop(wc, fd, err == nil)
+		in.w.closed(wc)
 	}
+}
+
+// send writes b, a few client frames, to wc's socket; an error with
+// nothing written is syscall.EAGAIN. It runs with wc.mu held.
+func (in *inbox) send(wc *wconn, b []byte) error {
+	n, err := syscall.Write(wc.fd, b)
+	switch {
+	case err != nil:
+		return err
+	case n < len(b):
+		return io.ErrShortWrite // part of a frame went out: the stream is spoilt
+	}
+	return nil
 }
 
 // consume handles every whole frame of wc's unfinished input followed by

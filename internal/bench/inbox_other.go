@@ -17,3 +17,4 @@ func newInbox(*worker) (*inbox, error) {
 
 func (*inbox) adopt(*wconn, net.Conn, []byte, bool) error { return errors.ErrUnsupported }
 func (*inbox) drop(*wconn, int, bool)                     {}
+func (*inbox) send(*wconn, []byte) error                  { return errors.ErrUnsupported }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +27,9 @@ type Job struct {
 	URL     string   `json:"url"`     // WebSocket URL without query
 	Sources []string `json:"sources"` // local IPs to dial from, in turn
 	Topics  []string `json:"topics"`  // the topic of each connection
+	// Soak, when set, makes the worker a soak client (soak_worker.go):
+	// Topics are then soak topics.
+	Soak *SoakJob `json:"soak,omitempty"`
 }
 
 // Report is what a worker tells the parent.
@@ -45,6 +49,8 @@ type Report struct {
 	NotRecovered int    `json:"not_recovered"`
 	SinceResume  uint64 `json:"since_resume"`
 	Duplicates   uint64 `json:"duplicates"`
+
+	Soak *SoakStats `json:"soak,omitempty"` // a soak worker's counts
 }
 
 // eventData is the payload bench publishes: send time and broadcast number
@@ -72,6 +78,7 @@ type wconn struct {
 	hdr     bytes.Reader
 	resumed bool         // connected by "resume": its events count as since
 	cursor  wsbus.Cursor // where it stands: the last event received, or the head
+	soak    *soakConn    // a soak client's subscriptions; nil outside a soak
 }
 
 type worker struct {
@@ -86,6 +93,8 @@ type worker struct {
 	received atomic.Uint64
 	since    atomic.Uint64 // events received after the last resume
 	dups     atomic.Uint64
+
+	soak *soakWorker // nil outside a soak
 }
 
 // shard is a part of the receipts: connections record into different
@@ -99,7 +108,10 @@ type shard struct {
 
 // RunWorker serves one Job read from in, answering the commands "report",
 // "drop" (reset every connection), "resume" (reconnect every one with its
-// cursor) and "quit", one JSON line each, on out.
+// cursor) and "quit", one JSON line each, on out. A soak worker also
+// answers "churn N" (switch N connections to other topics), "final
+// COUNTS" (a JSON array of the events published to each topic: a
+// SoakFinal) and "spans" (every Span).
 func RunWorker(in io.Reader, out io.Writer) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
@@ -117,19 +129,39 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	if len(w.dialers) == 0 {
 		return fmt.Errorf("bench worker: no source address")
 	}
-	for i, t := range w.job.Topics {
-		w.conns = append(w.conns, &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)], fd: -1})
-	}
 	var err error
+	if w.job.Soak != nil {
+		if w.soak, err = newSoakWorker(w.job.Soak); err != nil {
+			return err
+		}
+		defer w.stopSoak()
+	}
+	for i, t := range w.job.Topics {
+		wc := &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)], fd: -1}
+		if w.soak != nil {
+			k, ok := soakTopicIndex(t)
+			if !ok || k >= w.soak.topics {
+				return fmt.Errorf("bench worker: %q is not a topic of the soak", t)
+			}
+			wc.soak = &soakConn{topic: k}
+		}
+		w.conns = append(w.conns, wc)
+	}
 	if w.in, err = newInbox(w); err != nil {
 		return fmt.Errorf("bench worker: %w", err)
 	}
 	enc := json.NewEncoder(out)
 	w.connectAll(false)
 	for sc.Scan() {
-		switch sc.Text() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		switch cmd {
 		case "report":
+			var soak *SoakStats
+			if w.soak != nil {
+				soak = w.soakStats()
+			}
 			w.mu.Lock()
+			w.report.Soak = soak
 			w.report.Received = w.received.Load()
 			w.report.SinceResume = w.since.Load()
 			w.report.Duplicates = w.dups.Load()
@@ -163,7 +195,12 @@ func RunWorker(in io.Reader, out io.Writer) error {
 				return err
 			}
 			go w.connectAll(true)
+		case "churn", "final", "spans":
+			if err := w.soakCommand(enc, cmd, arg); err != nil {
+				return err
+			}
 		case "quit":
+			w.stopSoak()
 			w.reset()
 			return nil
 		}
@@ -269,6 +306,9 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	}
 	wc.mu.Lock()
 	_ = wc.cursor.Subscribed(&m) // a gap is counted as not recovered below
+	if wc.soak != nil {
+		w.soakSubscribed(wc, &m, true)
+	}
 	wc.mu.Unlock()
 	early, _ := br.Peek(br.Buffered())
 	if err := w.in.adopt(wc, conn, early, resume); err != nil {
@@ -283,6 +323,10 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 // measured, and the cheaper it is the more the measurement is of the
 // server. It runs with wc.mu held.
 func (w *worker) record(wc *wconn, p []byte, now int64) {
+	if wc.soak != nil {
+		w.soakRecord(wc, p, now)
+		return
+	}
 	id, seq, t, k, ok := parseEvent(p)
 	if !ok {
 		return
