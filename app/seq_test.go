@@ -3,9 +3,12 @@ package app
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
@@ -314,5 +317,55 @@ func TestHTTPHistoryResume(t *testing.T) {
 				t.Fatalf("history = %d %v, want 400 %q", status, h, want)
 			}
 		})
+	}
+}
+
+// TestResumeAfterHistoryWentBack: Redis lost a topic's newest events
+// without the partition's epoch changing (a failover whose loss no
+// owner's check saw) and new events took their seqs: a cursor on a lost
+// event is not recovered (its seq does not lead to what follows it), and
+// is sent everything retained, not the new events as if they followed.
+func TestResumeAfterHistoryWentBack(t *testing.T) {
+	b := newTestBus(t)
+	ctx := context.Background()
+	ids := b.publishSeen(t, "back", 10)
+	key := b.keys.Topic(streams.Partition("back", b.n), "back")
+	kept, err := b.rdb.XRangeN(ctx, key, "-", "+", 7).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stream as a replica that never had the last three would hold it.
+	if err := b.rdb.Del(ctx, key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range kept {
+		if err := b.rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: m.ID, Values: m.Values}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctl := wstest.Dial(t, b.node.url)
+	ctl.Subscribe("back", "", "")
+	epoch := ctl.Expect("subscribed", wait).Epoch
+	var fresh []string
+	for i := range 3 {
+		fresh = append(fresh, b.xadd(t, "back", "new"+strconv.Itoa(i)))
+	}
+	redistest.Eventually(t, wait, func() error {
+		if h := b.historyIDs(t, "back"); h[len(h)-1] != fresh[2] {
+			return fmt.Errorf("history of back does not end at %s yet", fresh[2])
+		}
+		return nil
+	})
+
+	c := wstest.Dial(t, b.node.url)
+	c.Send(map[string]any{"type": "subscribe", "topic": "back", "since": ids[9], "seq": 10, "epoch": epoch})
+	if sub := c.Expect("subscribed", wait); sub.Recovered || sub.Missed != nil {
+		t.Fatalf("subscribed = %+v: a cursor on a lost event was trusted", sub)
+	}
+	want := append(slices.Clone(ids[:7]), fresh...)
+	for i, ev := range c.Events(len(want), wait) {
+		if ev.ID != want[i] || ev.Seq != uint64(i+1) {
+			t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, want[i], i+1)
+		}
 	}
 }

@@ -363,10 +363,13 @@ func (g *Gateway) checkTopic(t *topic) {
 // was trimmed past it: the subscribers that had not got that far are
 // closed with 4001 too (their resume gets missed).
 //
+// An event whose seq goes back (to other than 1: that is a sequence
+// started again) means Redis lost the newest events without the epoch
+// showing it: every subscriber is closed with 4001.
+//
 // A held live event that does not follow the last one delivered (by seq)
 // makes it read history and the epoch once more; what still does not
-// follow then is a sequence that started again (an idle topic's history
-// expired) and is delivered, or a skip as above.
+// follow then is judged as above.
 func (g *Gateway) catchUpTopic(t *topic) error {
 	t.mu.Lock()
 	if !t.catching || !t.live {
@@ -433,22 +436,27 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	}
 }
 
-// skipLocked closes with 4001 the subscribers of t that have not had the
-// event before ev, when ev's seq skips ahead of the last one t delivered:
-// what lies between was trimmed from history before they could have it.
+// skipLocked closes with 4001 the subscribers of t that ev, which does
+// not follow the last event t delivered, leaves with a hole: when its seq
+// skips ahead, what lies between was trimmed from history before they could
+// have it (those that had not got past it); when its seq goes back to
+// other than 1 (1 is a sequence that started again, an idle topic's
+// history having expired), Redis lost the newest events and new ones took
+// their seqs (all of them). Their resumes are told recovered:false.
 func (g *Gateway) skipLocked(t *topic, ev liveEvent) {
-	if t.seq == 0 || !t.seen.Less(ev.id) || ev.seq <= t.seq+1 {
+	if t.seq == 0 || ev.seq == 0 || !t.seen.Less(ev.id) || ev.seq == t.seq+1 || ev.seq == 1 {
 		return
 	}
 	g.stats.resets.Add(1)
+	back := ev.seq <= t.seq
 	n := 0
 	for _, s := range t.subs {
-		if s.last.Less(ev.id) {
-			s.conn.Close(ws.CloseSlowConsumer, "events were trimmed from history before they could be sent: reconnect and resume")
+		if back || s.last.Less(ev.id) {
+			s.conn.Close(ws.CloseSlowConsumer, "events were lost from history before they could be sent: reconnect and resume")
 			n++
 		}
 	}
-	g.cfg.Logger.Warn("history trimmed past a topic's last live event: its subscribers resume", "topic", t.name,
+	g.cfg.Logger.Warn("a topic's history does not follow its last live event: its subscribers resume", "topic", t.name,
 		"subscribers", n, "seq", ev.seq, "after", t.seq)
 }
 

@@ -128,6 +128,14 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 		r.Recovered = r.MissedKnown && r.Missed == 0
 	}
 	msgs, err := rangeCmd.Result()
+	if err == nil && trusted && thisLife && !connects(c, msgs, r.HeadSeq) {
+		// The cursor's ID is in this life, but its seq does not lead to
+		// what history holds after it: Redis lost the newest events and
+		// new ones took their seqs (a failover that an owner's epoch check
+		// did not see). The cursor belongs to data that was lost.
+		trusted = false
+		r.Recovered, r.Missed, r.MissedKnown = false, 0, false
+	}
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.
 		msgs, err = h.rdb.XRangeN(ctx, key, "-", "+", int64(page)).Result()
@@ -146,6 +154,22 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 // recovered, so the cursor is before the first retained entry and every
 // retained entry follows it. It is false when the numbers do not add up
 // (a seq that is not the cursor's).
+// connects reports whether a cursor with a seq leads to what history
+// holds after it: the first event after it has the next seq, or, when none
+// follows, the head is the cursor's own event. Without seqs (a cursor
+// without one, events written before seqs existed) it cannot tell, and
+// says yes.
+func connects(c Cursor, after []redis.XMessage, headSeq uint64) bool {
+	if !c.HasSeq || c.Seq == 0 {
+		return true
+	}
+	if len(after) == 0 {
+		return headSeq == 0 || headSeq == c.Seq
+	}
+	seq, ok := entrySeq(after[0].Values)
+	return !ok || seq == 0 || seq == c.Seq+1 || seq > c.Seq+1 // a skip ahead is a trim, which missed counts
+}
+
 func missed(retained int64, seq, head uint64) (uint64, bool) {
 	followed := head - seq
 	if seq > head || uint64(retained) > followed {
