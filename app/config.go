@@ -94,6 +94,8 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		opt := t.failover
 		opt.PoolSize = poolSize
 		opt.ContextTimeoutEnabled = true
+		// Pub/sub connections too leave a master that Sentinel replaced.
+		opt.Dialer = newFailoverDialer(opt).Dial
 		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 		return redis.NewFailoverClient(opt), nil
 	}

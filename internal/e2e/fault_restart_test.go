@@ -23,7 +23,8 @@ type sent struct {
 	topic, data string
 	id          string // "" when the XADD failed
 	err         error
-	phase       int32 // the publishing's phase when the XADD was sent
+	phase       int32     // the publishing's phase when the XADD was sent
+	at          time.Time // when Redis answered
 }
 
 // tolerantPublishing XADDs events round-robin over topics, as
@@ -47,6 +48,13 @@ func startTolerantPublishing(tb testing.TB, addr string, keys streams.Keys, part
 	tb.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	tb.Cleanup(func() { _ = rdb.Close() })
+	return publishTolerantly(rdb, keys, partitions, topics)
+}
+
+// publishTolerantly is startTolerantPublishing through rdb, which must
+// never send an XADD again (MaxRetries -1): a client of one server, or a
+// failover client that follows Sentinel to whichever is master.
+func publishTolerantly(rdb redis.UniversalClient, keys streams.Keys, partitions int, topics []string) *tolerantPublishing {
 	pb := &tolerantPublishing{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(pb.done)
@@ -62,6 +70,7 @@ func startTolerantPublishing(tb testing.TB, addr string, keys streams.Keys, part
 				Stream: keys.Ingress(streams.Partition(topic, partitions)),
 				Values: []any{"topic", topic, "data", s.data},
 			}).Result()
+			s.at = time.Now()
 			pb.mu.Lock()
 			pb.sent = append(pb.sent, s)
 			pb.mu.Unlock()

@@ -220,15 +220,16 @@ type resumer struct {
 	// asks, rather than count as a problem. Set before run.
 	retry bool
 
-	mu           sync.Mutex
-	conn         net.Conn // the open connection, for drop
-	got          map[string][]string
-	seq          map[string]uint64 // seq of the last event got
-	epoch        map[string]string
-	problems     []string
-	reconnects   int
-	notRecovered int
-	unavailable  int // subscriptions refused as unavailable, and retried
+	mu             sync.Mutex
+	conn           net.Conn // the open connection, for drop
+	got            map[string][]string
+	seq            map[string]uint64 // seq of the last event got
+	epoch          map[string]string
+	problems       []string
+	reconnects     int
+	notRecovered   int
+	notRecoveredBy map[string]int // notRecovered, by topic
+	unavailable    int            // subscriptions refused as unavailable, and retried
 }
 
 // retryPause is how long a resumer waits before subscribing again to a
@@ -236,7 +237,8 @@ type resumer struct {
 const retryPause = 200 * time.Millisecond
 
 func newResumer(urls func() []string, first int, topics []string) *resumer {
-	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, seq: map[string]uint64{}, epoch: map[string]string{}}
+	return &resumer{urls: urls, next: first, topics: topics, got: map[string][]string{}, seq: map[string]uint64{}, epoch: map[string]string{},
+		notRecoveredBy: map[string]int{}}
 }
 
 func (r *resumer) run(ctx context.Context) {
@@ -319,6 +321,7 @@ func (r *resumer) session(c *wstest.Client) {
 			r.epoch[m.Topic] = m.Epoch
 			if !m.Recovered {
 				r.notRecovered++
+				r.notRecoveredBy[m.Topic]++
 			}
 		case "event":
 			ids := r.got[m.Topic]

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -306,6 +307,34 @@ func (s *Server) Kill() {
 	if cmd != nil {
 		_ = cmd.Process.Kill()
 		<-done
+	}
+}
+
+// Pause stops the server's process (SIGSTOP), as a stalled machine would:
+// it answers nothing and its connections stay open, what is sent to it
+// waiting in the kernel's buffers, and what it would send (to its
+// replicas too) in its own. Continue resumes it.
+func (s *Server) Pause(tb testing.TB) {
+	tb.Helper()
+	s.signal(tb, syscall.SIGSTOP)
+}
+
+// Continue resumes a server stopped by Pause.
+func (s *Server) Continue(tb testing.TB) {
+	tb.Helper()
+	s.signal(tb, syscall.SIGCONT)
+}
+
+func (s *Server) signal(tb testing.TB, sig syscall.Signal) {
+	tb.Helper()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		tb.Fatalf("redis-server on %s is not running", s.Addr)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		tb.Fatalf("signalling redis-server on %s: %v", s.Addr, err)
 	}
 }
 
