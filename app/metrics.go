@@ -25,7 +25,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_ws_refused_total", "Upgrades refused for the connection or rate limit (503).", func() float64 { return float64(h.ws.Stats().Refused) })
 	counter("wsbus_ws_accept_cooldowns_total", "Accept-loop pauses for too many pending handshakes.", func() float64 { return float64(h.ws.Stats().Cooldowns) })
 	counter("wsbus_bus_handed_over_total", "Partitions given up to rebalance.", func() float64 { return float64(h.owner.Stats().HandedOver) })
-	counter("wsbus_bus_epochs_renewed_total", "Partition epochs renewed: the partition's data found lost or gone back in time.", func() float64 { return float64(h.owner.Stats().Epochs) })
+	counter("wsbus_bus_epochs_renewed_total", "Partition epochs renewed: the partition's data found lost or gone back in time (by its owner, or by a gateway that saw a topic's seq go back).", func() float64 { return float64(h.owner.Stats().Epochs + h.gw.Stats().Epochs) })
 	counter("wsbus_ws_messages_in_total", "Client messages received.", func() float64 { return float64(h.ws.Stats().MessagesIn) })
 	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
 	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })

@@ -374,13 +374,14 @@ type GatewayStats struct {
 	Acks          uint64 // cursor moves written, after coalescing
 	LagCatchUps   uint64 // overflows of lagging clients caught up from history
 	Resets        uint64 // topics whose subscribers were closed with 4001 by a catch-up: Redis lost data, or trimmed it first
+	Epochs        uint64 // partition epochs this gateway renewed: a topic's history went back under one
 }
 
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
 	catchUps, acks, lagCatchUps       atomic.Uint64
-	resets                            atomic.Uint64
+	resets, epochs                    atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -399,5 +400,6 @@ func (g *Gateway) Stats() GatewayStats {
 		Acks:          g.stats.acks.Load(),
 		LagCatchUps:   g.stats.lagCatchUps.Load(),
 		Resets:        g.stats.resets.Load(),
+		Epochs:        g.stats.epochs.Load(),
 	}
 }

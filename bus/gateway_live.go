@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"fmt"
 	"errors"
 	"runtime"
 	"sync"
@@ -365,7 +366,8 @@ func (g *Gateway) checkTopic(t *topic) {
 //
 // An event whose seq goes back (to other than 1: that is a sequence
 // started again) means Redis lost the newest events without the epoch
-// showing it: every subscriber is closed with 4001.
+// showing it: the gateway renews the partition's epoch itself, and the
+// subscribers are closed as for any changed epoch.
 //
 // A held live event that does not follow the last one delivered (by seq)
 // makes it read history and the epoch once more; what still does not
@@ -400,11 +402,23 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			return nil
 		}
 		t.epoch = head.Epoch
+		back := false
 		for _, e := range events {
-			from = streams.MustParseID(e.ID)
-			ev := liveEvent{id: from, seq: e.Seq, frame: eventFrame(t.name, e)}
+			ev := liveEvent{id: streams.MustParseID(e.ID), seq: e.Seq, frame: eventFrame(t.name, e)}
+			if back = t.wentBackLocked(ev); back {
+				break
+			}
 			g.skipLocked(t, ev)
 			t.deliverLocked(g, ev)
+			from = ev.id
+		}
+		if back {
+			epoch := t.epoch
+			t.mu.Unlock()
+			if err := g.renewEpoch(t, epoch); err != nil {
+				return err
+			}
+			continue // the epoch read next resets t
 		}
 		if len(events) == g.cfg.HistoryPage || t.dropped {
 			t.dropped = false
@@ -420,9 +434,21 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			if !rechecked && !t.followsLocked(ev) {
 				break
 			}
+			if back = t.wentBackLocked(ev); back {
+				break
+			}
 			g.skipLocked(t, ev)
 			t.deliverLocked(g, ev)
 			delivered++
+		}
+		if back {
+			t.backlog = t.backlog[delivered:]
+			epoch := t.epoch
+			t.mu.Unlock()
+			if err := g.renewEpoch(t, epoch); err != nil {
+				return err
+			}
+			continue
 		}
 		if delivered < len(t.backlog) {
 			t.backlog = t.backlog[delivered:]
@@ -436,28 +462,49 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	}
 }
 
-// skipLocked closes with 4001 the subscribers of t that ev, which does
-// not follow the last event t delivered, leaves with a hole: when its seq
-// skips ahead, what lies between was trimmed from history before they could
-// have it (those that had not got past it); when its seq goes back to
-// other than 1 (1 is a sequence that started again, an idle topic's
-// history having expired), Redis lost the newest events and new ones took
-// their seqs (all of them). Their resumes are told recovered:false.
+// skipLocked closes with 4001 the subscribers of t that have not had the
+// event before ev, when ev's seq skips ahead of the last one t delivered:
+// what lies between was trimmed from history before they could have it.
+// Their resumes are told recovered:false with missed.
 func (g *Gateway) skipLocked(t *topic, ev liveEvent) {
-	if t.seq == 0 || ev.seq == 0 || !t.seen.Less(ev.id) || ev.seq == t.seq+1 || ev.seq == 1 {
+	if t.seq == 0 || ev.seq == 0 || !t.seen.Less(ev.id) || ev.seq <= t.seq+1 {
 		return
 	}
 	g.stats.resets.Add(1)
-	back := ev.seq <= t.seq
 	n := 0
 	for _, s := range t.subs {
-		if back || s.last.Less(ev.id) {
-			s.conn.Close(ws.CloseSlowConsumer, "events were lost from history before they could be sent: reconnect and resume")
+		if s.last.Less(ev.id) {
+			s.conn.Close(ws.CloseSlowConsumer, "events were trimmed from history before they could be sent: reconnect and resume")
 			n++
 		}
 	}
-	g.cfg.Logger.Warn("a topic's history does not follow its last live event: its subscribers resume", "topic", t.name,
+	g.cfg.Logger.Warn("history trimmed past a topic's last live event: its subscribers resume", "topic", t.name,
 		"subscribers", n, "seq", ev.seq, "after", t.seq)
+}
+
+// wentBackLocked reports whether ev, newer than what t delivered, has a
+// seq that goes back to other than 1 (1 is a sequence that started again,
+// an idle topic's history having expired): Redis lost t's newest events
+// and new ones took their seqs.
+func (t *topic) wentBackLocked(ev liveEvent) bool {
+	return t.seq != 0 && ev.seq > 1 && t.seen.Less(ev.id) && ev.seq <= t.seq
+}
+
+// renewEpoch renews the epoch of t's partition if it is still epoch, the
+// one t's subscribers were served under: its history went back, so Redis
+// lost data no owner's check saw. The catch-up's next read of the epoch
+// then closes t's subscribers, whose resumes get recovered:false.
+func (g *Gateway) renewEpoch(t *topic, epoch string) error {
+	keys := []string{g.cfg.Keys.PartitionMeta(t.p)}
+	renewed, err := renewEpochScript.Run(g.ctx, g.cfg.Redis, keys, epoch, streams.NewEpoch()).Int()
+	if err != nil {
+		return fmt.Errorf("renewing the epoch of partition %d: %w", t.p, err)
+	}
+	if renewed == 1 {
+		g.stats.epochs.Add(1)
+		g.cfg.Logger.Warn("a topic's history went back under its epoch: partition epoch renewed", "topic", t.name, "partition", t.p)
+	}
+	return nil
 }
 
 // followsLocked reports whether ev may be delivered after what t has

@@ -91,3 +91,10 @@ var trimScript = newScript(luaStreams, trimLua)
 
 //go:embed lua/trim.lua
 var trimLua string
+
+// renewEpochScript is a gateway's renewal of an epoch it found lost data
+// under: lua/renew_epoch.lua.
+var renewEpochScript = newScript(renewEpochLua)
+
+//go:embed lua/renew_epoch.lua
+var renewEpochLua string

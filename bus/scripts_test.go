@@ -38,6 +38,7 @@ func TestScripts(t *testing.T) {
 		{"unacked.lua", unackedLua, unackedScript},
 		{"escalate_once.lua", escalateOnceLua, escalateOnceScript},
 		{"due_done.lua", dueDoneLua, dueDoneScript},
+		{"renew_epoch.lua", renewEpochLua, renewEpochScript},
 	}
 	dir := os.DirFS("lua")
 	files, _ := fs.Glob(dir, "*.lua")
