@@ -415,7 +415,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 		if back {
 			epoch := t.epoch
 			t.mu.Unlock()
-			if err := g.renewEpoch(t, epoch); err != nil {
+			if err := g.renewEpoch(t.name, t.p, epoch); err != nil {
 				return err
 			}
 			continue // the epoch read next resets t
@@ -445,7 +445,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			t.backlog = t.backlog[delivered:]
 			epoch := t.epoch
 			t.mu.Unlock()
-			if err := g.renewEpoch(t, epoch); err != nil {
+			if err := g.renewEpoch(t.name, t.p, epoch); err != nil {
 				return err
 			}
 			continue
@@ -490,19 +490,20 @@ func (t *topic) wentBackLocked(ev liveEvent) bool {
 	return t.seq != 0 && ev.seq > 1 && t.seen.Less(ev.id) && ev.seq <= t.seq
 }
 
-// renewEpoch renews the epoch of t's partition if it is still epoch, the
-// one t's subscribers were served under: its history went back, so Redis
-// lost data no owner's check saw. The catch-up's next read of the epoch
-// then closes t's subscribers, whose resumes get recovered:false.
-func (g *Gateway) renewEpoch(t *topic, epoch string) error {
-	keys := []string{g.cfg.Keys.PartitionMeta(t.p)}
+// renewEpoch renews the epoch of partition p if it is still epoch, the
+// one the topic's subscribers (or a resuming client) were served under:
+// the topic's history went back, so Redis lost data no owner's check saw.
+// A catch-up's next read of the epoch then closes the topic's
+// subscribers, whose resumes get recovered:false with the new epoch.
+func (g *Gateway) renewEpoch(topic string, p int, epoch string) error {
+	keys := []string{g.cfg.Keys.PartitionMeta(p)}
 	renewed, err := renewEpochScript.Run(g.ctx, g.cfg.Redis, keys, epoch, streams.NewEpoch()).Int()
 	if err != nil {
-		return fmt.Errorf("renewing the epoch of partition %d: %w", t.p, err)
+		return fmt.Errorf("renewing the epoch of partition %d: %w", p, err)
 	}
 	if renewed == 1 {
 		g.stats.epochs.Add(1)
-		g.cfg.Logger.Warn("a topic's history went back under its epoch: partition epoch renewed", "topic", t.name, "partition", t.p)
+		g.cfg.Logger.Warn("a topic's history went back under its epoch: partition epoch renewed", "topic", topic, "partition", p)
 	}
 	return nil
 }

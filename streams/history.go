@@ -48,6 +48,11 @@ type Resume struct {
 	// sequence. Recovered is then Missed == 0.
 	Missed      uint64
 	MissedKnown bool
+	// WentBack is true when the cursor's ID is in this epoch and life of
+	// the sequence but its seq does not lead to what follows it: Redis
+	// lost the newest events and new ones took their seqs (or the client
+	// sent a seq that is not its cursor's). Recovered is false.
+	WentBack bool
 	// Acked has the acknowledged cursor of each subject Resume was asked
 	// for, read in the same transaction as the head.
 	Acked map[string]Acked
@@ -132,9 +137,12 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 		// The cursor's ID is in this life, but its seq does not lead to
 		// what history holds after it: Redis lost the newest events and
 		// new ones took their seqs (a failover that an owner's epoch check
-		// did not see). The cursor belongs to data that was lost.
-		trusted = false
-		r.Recovered, r.Missed, r.MissedKnown = false, 0, false
+		// did not see), or the client sent a seq that is not its cursor's.
+		// Either way nothing proves the events after it are the ones it
+		// missed. Only the client's claim shows it, so the epoch is left
+		// alone (a client must not be able to renew it); the events after
+		// the cursor are sent as for any recovered:false.
+		r.Recovered, r.Missed, r.MissedKnown, r.WentBack = false, 0, false, true
 	}
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.

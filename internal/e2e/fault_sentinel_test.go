@@ -312,8 +312,9 @@ func poll(timeout time.Duration, fn func() error) error {
 //   - every event one that was published to the topic, under the ID it was
 //     acknowledged with;
 //   - no hole in seq that the client had to find for itself (a silent gap);
-//   - between the gaps the server reported (recovered:false), seq 1, 2, 3,
-//     ...: a resume that is not recovered is sent everything retained;
+//   - between the gaps the server reported (recovered:false), seq n, n+1,
+//     n+2, ...: a resume that is not recovered is sent everything retained
+//     (a new epoch), or what follows its cursor;
 //   - since its last gap, exactly the events the new master holds;
 //   - a lost event handed only on a partition whose epoch was renewed, and
 //     later a resume under the new epoch;
@@ -328,6 +329,7 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	var seg []string // the events since the last gap
 	var seq uint64   // the seq of seg's last
+	restart := false // a gap was reported: the next event may have any seq
 	epoch, gaps, firstLost, resumedNew := "", 0, -1, -1
 	for j, r := range log {
 		switch {
@@ -348,8 +350,11 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 			gaps++
 			seg, seq = nil, r.gap.Seq-1
 		case r.gap != nil:
+			// Reported by the server: what follows starts anew, from seq 1
+			// (everything retained) or after the cursor (a cursor whose
+			// seq does not lead there, under an epoch not yet renewed).
 			gaps++
-			seg, seq = nil, 0
+			seg, seq, restart = nil, 0, true
 		case r.event != nil:
 			sn, ok := fo.byData[string(r.event.Data)]
 			switch {
@@ -364,10 +369,10 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 					firstLost = j
 				}
 			}
-			if r.event.Seq != seq+1 {
+			if r.event.Seq != seq+1 && !restart {
 				bad("%v after seq %d: not contiguous; around it: %v", r, seq, around(log, j))
 			}
-			seg, seq = append(seg, r.event.ID), r.event.Seq
+			seg, seq, restart = append(seg, r.event.ID), r.event.Seq, false
 		}
 	}
 	if firstLost >= 0 && !fo.renewed[p] {
