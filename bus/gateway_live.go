@@ -1,8 +1,8 @@
 package bus
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
