@@ -2,6 +2,7 @@
 # go tool task bench: a short bench run (about 90 s) against a fresh gateway
 # on its own Redis: CONNS (default 19000, the size of issue 3's targets)
 # connections on one topic, then the same against the two baselines.
+# GATEWAY_BIN runs another build's gateway under the same bench client.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns="${CONNS:-19000}"
@@ -11,7 +12,7 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$d
 gw=$((port + 1))
 # Keepalive pings (which neither baseline sends) are set to start after the
 # measured phases; PING_INTERVAL=25s measures the default with them in.
-./bin/wsbus serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
+"${GATEWAY_BIN:-./bin/wsbus}" serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
   --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-60s}" --log-level warn &
 gateway=$!
 cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"; }
