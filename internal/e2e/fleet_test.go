@@ -372,22 +372,7 @@ func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 		}
 		r.mu.Unlock()
 	}
-	for _, t := range f.topics {
-		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
-		if err != nil {
-			f.tb.Fatal(err)
-		}
-		ids := make([]string, len(msgs))
-		for i, m := range msgs {
-			ids[i] = m.ID
-			if seq := m.Values["seq"]; seq != strconv.Itoa(i+1) {
-				f.tb.Errorf("history entry %d of %s (%s) has seq %v, want %d: not contiguous", i, t, m.ID, seq, i+1)
-			}
-		}
-		if !slices.Equal(ids, published[t]) {
-			f.tb.Errorf("history of %s holds %d entries, want the %d published, each once", t, len(ids), len(published[t]))
-		}
-	}
+	f.checkHistory(published)
 }
 
 // clients starts per clients for each node, each resuming all topics
