@@ -108,10 +108,7 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 	first := len(a.pending) == 1 && len(cands) == 0
 	a.mu.Unlock()
 	if first {
-		select {
-		case a.wake <- struct{}{}:
-		default:
-		}
+		wake(a.wake)
 	}
 	return true
 }

@@ -162,10 +162,7 @@ func (e *expiries) set(cl *client, at time.Time) {
 	first := e.h[0] == cl
 	e.mu.Unlock()
 	if first {
-		select {
-		case e.wake <- struct{}{}:
-		default:
-		}
+		wake(e.wake)
 	}
 }
 

@@ -80,10 +80,7 @@ func (lc *liveConn) poke(names ...string) {
 		lc.dirty[name] = struct{}{}
 	}
 	lc.mu.Unlock()
-	select {
-	case lc.wake <- struct{}{}:
-	default:
-	}
+	wake(lc.wake)
 }
 
 // run owns the connection until the Gateway closes, one session per
@@ -302,10 +299,7 @@ func (lc *liveConn) catchUp(t *topic) {
 		lc.catch = append(lc.catch, t)
 	}
 	lc.mu.Unlock()
-	select {
-	case lc.woken <- struct{}{}:
-	default:
-	}
+	wake(lc.woken)
 }
 
 // catchUps catches topics up from history, one at a time, until the
@@ -407,4 +401,13 @@ func (g *Gateway) topicNamed(name string) *topic {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	return g.topics[name]
+}
+
+// wake tells the goroutine that waits on ch, a channel of capacity 1, that
+// there is work; it never blocks, and wakes it once for many calls.
+func wake(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
