@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -30,6 +29,27 @@ func liveGateway(tb testing.TB, rdb redis.UniversalClient, prefix string) *Gatew
 	}
 	tb.Cleanup(func() { _ = g.Close() })
 	return g
+}
+
+// readyTopic refers to topic name and waits until its live channel is
+// confirmed.
+func readyTopic(tb testing.TB, g *Gateway, name string) *topic {
+	tb.Helper()
+	tp := g.refTopic(name)
+	if !g.waitReady(tp) {
+		tb.Fatalf("live channel of %s not confirmed", name)
+	}
+	return tp
+}
+
+// proxiedGateway starts a Redis and a Gateway that reaches it through a
+// proxy; direct is a client of the Redis itself.
+func proxiedGateway(tb testing.TB) (g *Gateway, px *proxy, direct *redis.Client) {
+	tb.Helper()
+	srv := redistest.Start(tb)
+	px = startProxy(tb, srv.Addr)
+	g = liveGateway(tb, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(tb))
+	return g, px, srv.Client(tb)
 }
 
 // publishLive publishes an event of topic with id and seq on its live
@@ -88,15 +108,8 @@ func shardSubscribers(tb testing.TB, rdb *redis.Client, channel string) int64 {
 // the confirmation is not taken for a slot move, the connection is not
 // replaced and no topic is caught up from history.
 func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
-	srv := redistest.Start(t)
-	direct := srv.Client(t)
-	px := startProxy(t, srv.Addr)
-	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
-
-	first := g.refTopic("a")
-	if !g.waitReady(first) {
-		t.Fatal("live channel not confirmed")
-	}
+	g, px, direct := proxiedGateway(t)
+	first := readyTopic(t, g, "a")
 	publishLive(t, direct, g, first, "1-1", 1)
 	before := pubsubClients(t, direct)
 	if len(before) != 1 {
@@ -205,15 +218,8 @@ func TestRefTopicDoesNotWaitOnRedis(t *testing.T) {
 // channel on the new connection, never before (events published between
 // the history read and the subscription would be lost).
 func TestCatchUpWaitsForItsChannel(t *testing.T) {
-	srv := redistest.Start(t)
-	direct := srv.Client(t)
-	px := startProxy(t, srv.Addr)
-	g := liveGateway(t, redis.NewClient(&redis.Options{Addr: px.Addr()}), redistest.Prefix(t))
-
-	tp := g.refTopic("a")
-	if !g.waitReady(tp) {
-		t.Fatal("live channel not confirmed")
-	}
+	g, px, direct := proxiedGateway(t)
+	tp := readyTopic(t, g, "a")
 	publishLive(t, direct, g, tp, "1-1", 1)
 	before := pubsubClients(t, direct)
 
@@ -254,20 +260,8 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 // TestCloseDoesNotWaitOnRedis: Close, which waits for every goroutine the
 // Gateway started, returns while Redis answers nothing.
 func TestCloseDoesNotWaitOnRedis(t *testing.T) {
-	srv := redistest.Start(t)
-	px := startProxy(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: px.Addr()})
-	g, err := NewGateway(GatewayConfig{
-		Redis: rdb, Keys: streams.Keys{Prefix: redistest.Prefix(t)}, Partitions: 4,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp := g.refTopic("a")
-	if !g.waitReady(tp) {
-		t.Fatal("live channel not confirmed")
-	}
+	g, px, _ := proxiedGateway(t) // its Close at the end of the test returns at once, a second time
+	readyTopic(t, g, "a")
 	px.Hold("") // Redis answers nothing from here on
 	g.refTopic("b")
 	closed := make(chan struct{})
@@ -327,10 +321,7 @@ func waitTopic(tb testing.TB, tp *topic, what string, cond func(*topic) bool) {
 func TestSweptTopicWantedAgainBeforeReconcile(t *testing.T) {
 	srv := redistest.Start(t)
 	g := liveGateway(t, srv.Client(t), redistest.Prefix(t))
-	first := g.refTopic("a")
-	if !g.waitReady(first) {
-		t.Fatal("live channel not confirmed")
-	}
+	first := readyTopic(t, g, "a")
 	g.unrefTopic(first)
 	g.mu.RLock()
 	lc := g.parts[first.p]
@@ -373,10 +364,7 @@ func TestCatchUpEndsOnlyOnAConfirmedChannel(t *testing.T) {
 	direct := srv.Client(t)
 	rdb, gate := gatedRedis(srv)
 	g := liveGateway(t, rdb, redistest.Prefix(t))
-	tp := g.refTopic("a")
-	if !g.waitReady(tp) {
-		t.Fatal("live channel not confirmed")
-	}
+	tp := readyTopic(t, g, "a")
 	ctx := context.Background()
 	add := func(id string, seq uint64) int64 {
 		hist := g.cfg.Keys.Topic(tp.p, "a")
@@ -418,10 +406,7 @@ func TestCatchUpAcrossATrim(t *testing.T) {
 	direct := srv.Client(t)
 	rdb, gate := gatedRedis(srv)
 	g := liveGateway(t, rdb, redistest.Prefix(t))
-	tp := g.refTopic("a")
-	if !g.waitReady(tp) {
-		t.Fatal("live channel not confirmed")
-	}
+	tp := readyTopic(t, g, "a")
 	ctx := context.Background()
 	xadd := func(id string, seq uint64) {
 		hist := g.cfg.Keys.Topic(tp.p, "a")
