@@ -116,17 +116,7 @@ func TestDrainCutsAnUnfinishedUpgrade(t *testing.T) {
 func TestUpgradeFinishingAfterDrainIsRefused(t *testing.T) {
 	half := len(upgradeRequest) / 2
 	t.Run("finished during the drain", func(t *testing.T) {
-		h := &countingHandler{}
-		s, addr := startServer(t, h, Config{})
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := conn.Write(upgradeRequest[:half]); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "the handshake did not start", func() bool { return s.pending.Load() == 1 })
+		s, h, conn := halfUpgraded(t, Config{}, half)
 		done, _ := drainAsync(s, 5*time.Second)
 		eventually(t, "the drain did not begin", s.shuttingDown)
 		if _, err := conn.Write(upgradeRequest[half:]); err != nil {
@@ -147,17 +137,7 @@ func TestUpgradeFinishingAfterDrainIsRefused(t *testing.T) {
 		}
 	})
 	t.Run("never finished", func(t *testing.T) {
-		h := &countingHandler{}
-		s, addr := startServer(t, h, Config{HandshakeTimeout: time.Minute})
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := conn.Write(upgradeRequest[:half]); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "the handshake did not start", func() bool { return s.pending.Load() == 1 })
+		s, h, conn := halfUpgraded(t, Config{HandshakeTimeout: time.Minute}, half)
 		done, _ := drainAsync(s, 50*time.Millisecond)
 		readToEnd(t, conn)
 		awaitDrain(t, done)
@@ -211,4 +191,23 @@ func TestDrainCutsHTTPRequests(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the handler's request context was not ended")
 	}
+}
+
+// halfUpgraded starts a server with cfg and a client that has sent the
+// first n bytes of its upgrade request, and waits until the server's
+// handshake of it runs. The connection is closed when the test ends.
+func halfUpgraded(t *testing.T, cfg Config, n int) (*Server, *countingHandler, net.Conn) {
+	t.Helper()
+	h := &countingHandler{}
+	s, addr := startServer(t, h, cfg)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	if _, err := conn.Write(upgradeRequest[:n]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the handshake did not start", func() bool { return s.pending.Load() == 1 })
+	return s, h, conn
 }
