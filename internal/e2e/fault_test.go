@@ -347,16 +347,25 @@ func (f *fleet) addrs() []string {
 // of the owners' pipelines, lease renewals, pub/sub and resumes takes 0 to
 // 200 ms. Events are delayed, none is lost or repeated.
 func TestFaultLatency(t *testing.T) {
+	underToxic(t, "latency", map[string]int{"latency": 50, "jitter": 50}, "after 4 s of latency")
+}
+
+// underToxic runs the bus under load with a toxic on every gateway's
+// Redis connections for 4 s, the clients dropped half-way so that they
+// resume under it, then without it, and checks every client got every
+// event once, in order.
+func underToxic(t *testing.T, typ string, attributes map[string]int, what string) {
+	t.Helper()
 	fb := newFaultBus(t, redistest.Start(t), true)
 	fb.startClients()
 	pb := fb.publish()
 	time.Sleep(time.Second) // load before the fault
-	fb.toxic("latency", map[string]int{"latency": 50, "jitter": 50})
+	fb.toxic(typ, attributes)
 	time.Sleep(2 * time.Second)
 	fb.dropClients()
 	time.Sleep(2 * time.Second)
-	fb.behind(pb, "after 4 s of latency")
-	fb.removeToxic("latency")
+	fb.behind(pb, what)
+	fb.removeToxic(typ)
 	time.Sleep(time.Second) // load after the fault
 	fb.verify(pb.finish())
 }
@@ -419,16 +428,5 @@ func TestFaultCutPastLease(t *testing.T) {
 // ingress, pub/sub falls behind, resumes' history reads take longer than
 // the gateways' Redis timeouts. Once the trickle ends they catch up.
 func TestFaultBandwidth(t *testing.T) {
-	fb := newFaultBus(t, redistest.Start(t), true)
-	fb.startClients()
-	pb := fb.publish()
-	time.Sleep(time.Second)
-	fb.toxic("bandwidth", map[string]int{"rate": 16})
-	time.Sleep(2 * time.Second)
-	fb.dropClients()
-	time.Sleep(2 * time.Second)
-	fb.behind(pb, "after 4 s of a 16 KB/s trickle")
-	fb.removeToxic("bandwidth")
-	time.Sleep(time.Second)
-	fb.verify(pb.finish())
+	underToxic(t, "bandwidth", map[string]int{"rate": 16}, "after 4 s of a 16 KB/s trickle")
 }
