@@ -37,6 +37,10 @@ type httpAPI struct {
 	pub     *streams.Publisher
 	hist    *streams.History
 	started atomic.Bool
+
+	keys        streams.Keys
+	partitions  int          // of the bus
+	redisErrors *redisErrors // counts the failed commands of rdb
 }
 
 func (h *httpAPI) mux() *http.ServeMux {

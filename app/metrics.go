@@ -46,5 +46,8 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_bus_escalations_total", "Events with a deadline that no subject acknowledged in time, appended to <prefix>:escalations.", func() float64 { return float64(h.owner.Stats().Escalations) })
 	counter("wsbus_gateway_acks_total", "Acks written to Redis, after coalescing per subject and topic.", func() float64 { return float64(h.gw.Stats().Acks) })
 	counter("wsbus_bus_leases_lost_total", "Partition leases found lost.", func() float64 { return float64(h.owner.Stats().Lost) })
+	gauge("wsbus_bus_partitions", "Partitions of the bus: every one has an owner in a healthy fleet.", func() float64 { return float64(h.partitions) })
+	counter("wsbus_redis_errors_total", "Redis commands that failed for the connection or the server's state (timeouts, refused connections, LOADING, READONLY, CLUSTERDOWN...), not the replies the bus expects.", func() float64 { return float64(h.redisErrors.n.Load()) })
+	reg.MustRegister(newIngressLag(h.rdb, h.keys, h.owner.Partitions))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -236,7 +236,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return fmt.Errorf("starting the gateway: %w", err)
 	}
 	defer gw.Close()
-	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier,
+	errs := &redisErrors{}
+	rdb.AddHook(errs)
+	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
 		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),

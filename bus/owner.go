@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -317,6 +318,18 @@ func (o *Owner) Owned() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return len(o.owned)
+}
+
+// Partitions returns the partitions this node holds, in order.
+func (o *Owner) Partitions() []int {
+	o.mu.Lock()
+	ps := make([]int, 0, len(o.owned))
+	for p := range o.owned {
+		ps = append(ps, p)
+	}
+	o.mu.Unlock()
+	slices.Sort(ps)
+	return ps
 }
 
 // OwnerStats is a snapshot of an Owner's counters.
