@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -83,15 +82,15 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 			after = "" // read on from the group's position, pending entries first
 			check = true
 		}
-		switch {
-		case err == nil || isTakeRefused(err):
+		switch kind := classify(err); {
+		case kind == kindNone || kind == kindTakeRefused:
 			backoff = 0
 		case ctx.Err() != nil:
 			return nil
-		case isLeaseLost(err):
+		case kind == kindLeaseLost:
 			o.stats.lost.Add(1)
 			return ErrLeaseLost
-		case strings.HasPrefix(err.Error(), "NOGROUP"):
+		case kind == kindNoGroup:
 			// The stream or group vanished: the partition's data was lost,
 			// and ensure (next) recreates them under a new epoch.
 		default:
@@ -149,13 +148,13 @@ func (o *Owner) readNew(ctx context.Context, p int, after string, block time.Dur
 		Count:   int64(o.cfg.Batch),
 		Block:   block,
 	}).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	switch classify(err) {
+	case kindNone:
+		return res[0].Messages, nil
+	case kindNil:
+		return nil, nil // nothing new within block
 	}
-	if err != nil {
-		return nil, err
-	}
-	return res[0].Messages, nil
+	return nil, err
 }
 
 // xMessages converts entries as a script returns them, each {id, {field,
@@ -197,7 +196,7 @@ func (o *Owner) ensure(ctx context.Context, l *lease) error {
 	}
 	res, err := ensureScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, streams.NewEpoch(), m.epoch, last).Slice()
 	if err != nil {
-		if isLeaseLost(err) {
+		if classify(err) == kindLeaseLost {
 			return ErrLeaseLost
 		}
 		return fmt.Errorf("checking partition %d: %w", l.p, err)
@@ -227,7 +226,7 @@ func (o *Owner) claim(ctx context.Context, l *lease) error {
 	start := "0-0"
 	for {
 		next, err := claimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, o.cfg.Node, start, o.cfg.Batch).Text()
-		if isLeaseLost(err) {
+		if classify(err) == kindLeaseLost {
 			return ErrLeaseLost
 		}
 		if err != nil {
@@ -340,7 +339,7 @@ func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 		keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(to)}
 		err = forwardScript.Run(ctx, o.cfg.Redis, keys, l.value, e.Topic, e.Data, origin, deadline).Err()
 	}
-	if err != nil && !isLeaseLost(err) {
+	if err != nil && classify(err) != kindLeaseLost {
 		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, l.p, to, err)
 	}
 	return err
@@ -349,8 +348,8 @@ func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 // checkLease fails with a lease-lost error when l is no longer held.
 func (o *Owner) checkLease(ctx context.Context, l *lease) error {
 	v, err := o.cfg.Redis.Get(ctx, o.cfg.Keys.Owner(l.p)).Result()
-	if errors.Is(err, redis.Nil) || err == nil && v != l.value {
-		return ErrLeaseLost
+	if classify(err) == kindNil || err == nil && v != l.value {
+		return ErrLeaseLost // no owner, or another
 	}
 	return err
 }
@@ -360,11 +359,4 @@ func (o *Owner) trim(ctx context.Context, l *lease) error {
 	minID := strconv.FormatInt(time.Now().Add(-o.cfg.Retention).UnixMilli(), 10) + "-0"
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
 	return trimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, minID).Err()
-}
-
-// isTakeRefused reports an apply refused because the consumer group was
-// not where the batch was read from (see applyScript): nothing was done,
-// and reading goes on from the group's position.
-func isTakeRefused(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "WSBUSTAKE")
 }
