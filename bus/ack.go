@@ -24,7 +24,6 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -180,7 +179,7 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 	}
 	calls := a.calls(batch)
 	err := a.exec(ctx, calls)
-	if isNoScript(err) {
+	if classify(err) == kindNoScript {
 		_ = ackScript.Load(ctx, a.g.cfg.Redis).Err()
 		err = a.exec(ctx, calls)
 	}
@@ -251,9 +250,9 @@ func (a *acker) exec(ctx context.Context, calls []*ackCall) error {
 		call.cmd = ackScript.EvalSha(ctx, pipe, call.keys, call.args...)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil && classify(err) != kindNil {
 		for _, call := range calls {
-			if isNoScript(call.cmd.Err()) {
+			if classify(call.cmd.Err()) == kindNoScript {
 				return call.cmd.Err()
 			}
 		}

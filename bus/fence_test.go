@@ -76,14 +76,14 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	rdb.Set(ctx, keys.Owner(wrong), "new 2", 0)
 
 	msgs := []redis.XMessage{{ID: id, Values: map[string]any{"topic": topic, "data": "1"}}}
-	if err := o.apply(ctx, stale, msgs, ""); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, ""); classify(err) != kindLeaseLost {
 		t.Fatalf("apply by a stale owner = %v, want lease lost", err)
 	}
 	other := []redis.XMessage{{ID: misrouted, Values: map[string]any{"topic": topic, "data": "2"}}}
-	if err := o.apply(ctx, staleWrong, other, ""); !isLeaseLost(err) {
+	if err := o.apply(ctx, staleWrong, other, ""); classify(err) != kindLeaseLost {
 		t.Fatalf("forward by a stale owner = %v, want lease lost", err)
 	}
-	if err := o.trim(ctx, stale); !isLeaseLost(err) {
+	if err := o.trim(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("trim by a stale owner = %v, want lease lost", err)
 	}
 	if n := rdb.Exists(ctx, keys.Topic(p, topic)).Val(); n != 0 {
@@ -92,16 +92,16 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	if n := rdb.XLen(ctx, keys.Ingress(p)).Val(); n != 1 {
 		t.Fatalf("ingress of %d holds %d entries, want only the original (no forward)", p, n)
 	}
-	if err := o.ensure(ctx, stale); !isLeaseLost(err) {
+	if err := o.ensure(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("ensure by a stale owner = %v, want lease lost", err)
 	}
-	if msgs, _, err := o.readPending(ctx, stale); !isLeaseLost(err) || len(msgs) > 0 {
+	if msgs, _, err := o.readPending(ctx, stale); classify(err) != kindLeaseLost || len(msgs) > 0 {
 		t.Fatalf("read by a stale owner = %v, %v; want lease lost", msgs, err)
 	}
-	if err := o.apply(ctx, stale, msgs, "0-0"); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, "0-0"); classify(err) != kindLeaseLost {
 		t.Fatalf("apply of new entries by a stale owner = %v, want lease lost", err)
 	}
-	if err := o.claim(ctx, stale); !isLeaseLost(err) {
+	if err := o.claim(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("claim by a stale owner = %v, want lease lost", err)
 	}
 	if n := rdb.XPending(ctx, keys.Ingress(p), streams.Group).Val().Count; n != 0 {
@@ -169,11 +169,11 @@ func TestTakeChecksTheEntries(t *testing.T) {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
 	// Read after the first, but the group has delivered nothing yet.
-	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); classify(err) != kindTakeRefused {
 		t.Fatalf("apply of entries read after %s = %v, want refused", msgs[0].ID, err)
 	}
 	// The group's next entry is the first, not the second.
-	if err := o.apply(ctx, l, msgs[1:], "0-0"); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs[1:], "0-0"); classify(err) != kindTakeRefused {
 		t.Fatalf("apply of the second entry alone = %v, want refused", err)
 	}
 	if n := rdb.XLen(ctx, keys.Topic(0, "t")).Val(); n != 0 {
@@ -275,7 +275,7 @@ func TestTakeOfAGroupWithoutCount(t *testing.T) {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
 	rdb.XDel(ctx, keys.Ingress(0), ids[1])
-	if err := o.apply(ctx, l, msgs, "0-0"); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs, "0-0"); classify(err) != kindTakeRefused {
 		t.Fatalf("apply with an entry deleted after the read = %v, want refused", err)
 	}
 	pending, _, err := o.readPending(ctx, l)

@@ -203,7 +203,7 @@ func (o *Owner) acquire(ctx context.Context, p int) {
 	ttl := strconv.FormatInt(o.cfg.LeaseTTL.Milliseconds(), 10)
 	keys := []string{o.cfg.Keys.Owner(p), o.cfg.Keys.PartitionMeta(p)}
 	token, err := acquireScript.Run(ctx, o.cfg.Redis, keys, o.cfg.Node, ttl).Int64()
-	if errors.Is(err, redis.Nil) {
+	if classify(err) == kindNil {
 		return // another node holds it still
 	}
 	if err != nil {
@@ -279,18 +279,16 @@ func (o *Owner) renew(ctx context.Context) {
 	_, _ = pipe.Exec(ctx)
 	for i, l := range leases {
 		n, err := cmds[i].Int64()
-		if err == nil && n == 1 {
-			continue
-		}
-		if err != nil && isNoScript(err) {
+		switch classify(err) {
+		case kindNone:
+			if n != 1 {
+				o.cfg.Logger.Warn("partition lease lost", "partition", l.p)
+				o.stats.lost.Add(1)
+				l.cancel()
+			}
+		case kindNoScript:
 			// EVALSHA in a pipeline does not fall back to EVAL; load it once.
 			_ = renewScript.Load(ctx, o.cfg.Redis).Err()
-			continue
-		}
-		if err == nil {
-			o.cfg.Logger.Warn("partition lease lost", "partition", l.p)
-			o.stats.lost.Add(1)
-			l.cancel()
 		}
 	}
 }
@@ -362,12 +360,4 @@ func (o *Owner) Stats() OwnerStats {
 		Epochs:       o.stats.epochs.Load(),
 		Escalations:  o.stats.escalations.Load(),
 	}
-}
-
-func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
-}
-
-func isLeaseLost(err error) bool {
-	return errors.Is(err, ErrLeaseLost) || err != nil && strings.Contains(err.Error(), "WSBUSLEASE")
 }
