@@ -41,6 +41,7 @@ type httpAPI struct {
 	keys        streams.Keys
 	partitions  int          // of the bus
 	redisErrors *redisErrors // counts the failed commands of rdb
+	observed    *observed    // histograms recorded by the owner and gateway
 }
 
 func (h *httpAPI) mux() *http.ServeMux {

@@ -8,6 +8,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// observed holds the node's histograms: the packages below app record
+// into them through the hooks of their configs, one observation per
+// event or batch, never per socket.
+type observed struct {
+	apply prometheus.Histogram
+}
+
+func newObserved() *observed {
+	return &observed{
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wsbus_bus_apply_seconds",
+			Help:    "Time to apply one batch of a partition's ingress entries (to history, live pub/sub, dead letters and deadlines) in one Redis script.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+	}
+}
+
+func (o *observed) collectors() []prometheus.Collector { return []prometheus.Collector{o.apply} }
+
 // metrics builds the node's registry: the standard Go and process
 // collectors beside gauges and counters read from each package's Stats.
 func (h *httpAPI) metrics() http.Handler {
@@ -49,5 +68,6 @@ func (h *httpAPI) metrics() http.Handler {
 	gauge("wsbus_bus_partitions", "Partitions of the bus: every one has an owner in a healthy fleet.", func() float64 { return float64(h.partitions) })
 	counter("wsbus_redis_errors_total", "Redis commands that failed for the connection or the server's state (timeouts, refused connections, LOADING, READONLY, CLUSTERDOWN...), not the replies the bus expects.", func() float64 { return float64(h.redisErrors.n.Load()) })
 	reg.MustRegister(newIngressLag(h.rdb, h.keys, h.owner.Partitions))
+	reg.MustRegister(h.observed.collectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

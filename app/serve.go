@@ -212,10 +212,12 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		host, _ := os.Hostname()
 		c.NodeID = host + ":" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	}
+	obs := newObserved()
 	owner, err := bus.NewOwner(bus.OwnerConfig{
 		Redis: rdb, Keys: keys, Partitions: n, Node: c.NodeID,
 		LeaseTTL: c.LeaseTTL, MaxData: c.MaxData, HistoryLen: c.HistoryLen,
 		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
+		ApplyTime: func(d time.Duration) { obs.apply.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return err
@@ -238,7 +240,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	defer gw.Close()
 	errs := &redisErrors{}
 	rdb.AddHook(errs)
-	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs,
+	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs, observed: obs,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
 		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),

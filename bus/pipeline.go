@@ -316,6 +316,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	if len(msgs) == 0 {
 		return nil
 	}
+	start := time.Now()
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p), o.cfg.Keys.Deadlines(l.p)}
 	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), after, msgs[len(msgs)-1].ID, o.cfg.Node}
 	nextDue := l.nextDue
@@ -369,6 +370,9 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 		return err
 	}
 	l.nextDue = nextDue
+	if o.cfg.ApplyTime != nil {
+		o.cfg.ApplyTime(time.Since(start))
+	}
 	o.stats.delivered.Add(added)
 	o.stats.deadLettered.Add(dead)
 	o.stats.forwarded.Add(forwarded)
