@@ -13,7 +13,7 @@ import (
 // arrives meanwhile waits for the next read, which then serves them all. A
 // request never joins a read that started before it, so a subscriber's
 // read always begins after its subscription to the live channel, which is
-// what makes history + live gap-free (see subscribe). The answer is
+// what makes history + live gap-free (see resume.go). The answer is
 // encoded once: every subscriber is sent the same frames.
 //
 // Subscribers with a subject are also told their acknowledged cursor. A

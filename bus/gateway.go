@@ -113,7 +113,7 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 // Locks and goroutines: see the package documentation (doc.go).
 type Gateway struct {
 	cfg      GatewayConfig
-	hist     *streams.History
+	hist     historyReader // see resume.go
 	reads    *coalescer
 	expiries *expiries
 	acks     *acker

@@ -10,7 +10,8 @@ import (
 
 // subscribe serves one subscribe request: live channel first, then
 // history after the cursor, then the live events held meanwhile, so there
-// is no gap and no duplicate between history and live.
+// is no gap and no duplicate between history and live (resume.go says
+// why).
 func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 	if err := streams.ValidateTopic(m.Topic); err != nil {
 		g.sendError(c, codeBadTopic, m.Topic, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
@@ -79,26 +80,6 @@ func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event
 		}
 	}
 	return nil, err
-}
-
-// noteEpoch records the epoch a subscriber of t was told: the first is
-// t's; one that differs means Redis lost data under t, which a catch-up
-// from history sorts out (catchUpTopic closes the subscribers told the
-// old one).
-func (g *Gateway) noteEpoch(t *topic, epoch string) {
-	t.mu.Lock()
-	check := false
-	switch {
-	case t.epoch == "":
-		t.epoch = epoch
-	case epoch != "" && epoch != t.epoch:
-		t.holdLocked() // a catch-up already running does not end the hold
-		check = true
-	}
-	t.mu.Unlock()
-	if check {
-		g.checkTopic(t)
-	}
 }
 
 func (g *Gateway) unavailable(c *ws.Conn, cl *client, s *subscription) {
