@@ -189,9 +189,9 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		for i, cand := range call.cands {
 			switch {
 			case cerr != nil:
-				a.g.sendError(cand.cl.conn, codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
+				a.g.sendError(cand.cl.conn(), codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
 			case i < len(statuses) && statuses[i] == 1:
-				a.g.sendError(cand.cl.conn, codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head (or it was trimmed from history before this acknowledgement: ack a retained event)")
+				a.g.sendError(cand.cl.conn(), codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head (or it was trimmed from history before this acknowledgement: ack a retained event)")
 			}
 		}
 	}

@@ -193,7 +193,7 @@ func (e *expiries) run(done <-chan struct{}) {
 		}
 		e.mu.Unlock()
 		for _, cl := range due {
-			cl.conn.Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
+			cl.conn().Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
 		}
 		timer.Reset(next)
 		select {

@@ -134,7 +134,6 @@ type client struct {
 	mu     sync.Mutex
 	subs   []*subscription // few per connection: a slice is smaller than a map
 	claims *auth.Claims    // nil without authentication
-	conn   *ws.Conn
 
 	// subjectp is who acknowledges for this connection: its first
 	// token's sub (a refresh keeps the subject), or ?user= without
@@ -154,9 +153,30 @@ type client struct {
 
 	// Most connections hold one topic: its subscription and the array of
 	// subs live in the client's own memory, one heap object for the three.
+	// first.conn is the connection's from newClient on, handed out or
+	// not (see conn).
 	first subscription
 	one   [1]*subscription
 }
+
+// clientConn is what the Gateway does with a client's connection: a
+// *ws.Conn; in the resume unit tests (resume_test.go), a fake that keeps
+// what it is sent.
+type clientConn interface {
+	Send(frame []byte) error
+	SendWait(frame []byte) error
+	SendWaitIf(frame []byte, ok func() bool) error
+	Offer(frame []byte) error
+	Recover(fn func(dropped [][]byte)) bool
+	Close(code uint16, reason string)
+}
+
+var _ clientConn = (*ws.Conn)(nil)
+
+// conn returns the client's connection. It is kept in the first
+// subscription, set once by newClient, rather than in a field of its own:
+// the client stays in the 144-byte size class.
+func (cl *client) conn() clientConn { return cl.first.conn }
 
 // subject returns who acknowledges for the connection; "" for none.
 func (cl *client) subject() string {
@@ -167,24 +187,26 @@ func (cl *client) subject() string {
 }
 
 // newClient returns the state of connection c.
-func newClient(c *ws.Conn) *client {
-	cl := &client{conn: c, expIdx: expOut}
+func newClient(c clientConn) *client {
+	cl := &client{expIdx: expOut}
+	cl.first.conn = c
 	cl.subs = cl.one[:0]
 	return cl
 }
 
-// newSubscription returns a subscription of c to t: the client's own first
-// one, or a new one after it. first is handed out once only, so a
-// subscription never changes meaning while a history read holds it.
-func (cl *client) newSubscription(c *ws.Conn, t *topic) *subscription {
+// newSubscription returns a subscription of the client's connection to t:
+// the client's own first one, or a new one after it. first is handed out
+// once only, so a subscription never changes meaning while a history read
+// holds it.
+func (cl *client) newSubscription(t *topic) *subscription {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	s := &cl.first
 	if cl.firstUsed {
-		s = &subscription{}
+		s = &subscription{conn: cl.conn()}
 	}
 	cl.firstUsed = true
-	s.conn, s.topic = c, t
+	s.topic = t
 	s.idx.Store(-1)
 	return s
 }
@@ -356,7 +378,7 @@ func (g *Gateway) unsubscribe(c *ws.Conn, cl *client, topic string) {
 	_ = c.Send(ws.TextFrame(appendUnsubscribed(nil, topic)))
 }
 
-func (g *Gateway) sendError(c *ws.Conn, code, topic, message string) {
+func (g *Gateway) sendError(c clientConn, code, topic, message string) {
 	_ = c.Send(ws.TextFrame(appendError(nil, code, topic, message)))
 }
 

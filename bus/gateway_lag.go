@@ -93,7 +93,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 			}
 			continue
 		}
-		err := g.catchUpSub(cl.conn, s, next[s])
+		err := g.catchUpSub(cl.conn(), s, next[s])
 		delete(next, s)
 		if err != nil {
 			return
@@ -112,7 +112,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 // marked for, has been taken and its drops recorded, and it has offered
 // nothing since, so no later overflow holds frames of it.
 func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) bool {
-	return cl.conn.Recover(func(dropped [][]byte) {
+	return cl.conn().Recover(func(dropped [][]byte) {
 		subs := cl.snapshot()
 		for _, s := range subs {
 			s.topic.mu.Lock()
@@ -209,7 +209,7 @@ func eventOfTopic(payload, quoted []byte) bool {
 
 // catchUpSub sends a lagging subscription its topic's history from its
 // cursor (or from next, its first dropped event) and makes it live again.
-func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error {
+func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) error {
 	t := s.topic
 	t.mu.Lock()
 	from, lagging := s.last, s.lagging && s.idx.Load() >= 0

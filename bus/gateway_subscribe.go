@@ -12,7 +12,7 @@ import (
 // history after the cursor, then the live events held meanwhile, so there
 // is no gap and no duplicate between history and live (resume.go says
 // why).
-func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
+func (g *Gateway) subscribe(c clientConn, cl *client, m clientMessage) {
 	if err := streams.ValidateTopic(m.Topic); err != nil {
 		g.sendError(c, codeBadTopic, m.Topic, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
@@ -41,7 +41,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	t := g.refTopic(m.Topic)
-	s := cl.newSubscription(c, t)
+	s := cl.newSubscription(t)
 	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
 		g.unrefTopic(t)
 		g.sendError(c, code, m.Topic, msg)
@@ -82,7 +82,7 @@ func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event
 	return nil, err
 }
 
-func (g *Gateway) unavailable(c *ws.Conn, cl *client, s *subscription) {
+func (g *Gateway) unavailable(c clientConn, cl *client, s *subscription) {
 	cl.remove(s)
 	g.removeSub(s)
 	g.sendError(c, codeUnavailable, s.topic.name, "the bus is unavailable; retry")
@@ -110,7 +110,7 @@ func (g *Gateway) waitReady(t *topic) bool {
 // subscriptions from the same cursor share one read (see coalescer). It
 // reports false when the client is to be told unavailable: nothing was
 // sent.
-func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) bool {
+func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clientMessage) bool {
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since

@@ -52,7 +52,7 @@ type liveEvent struct {
 
 // subscription is one connection's subscription to one topic.
 type subscription struct {
-	conn    *ws.Conn
+	conn    clientConn // the client's connection (client.conn)
 	topic   *topic
 	last    streams.ID   // newest event sent; guarded by topic.mu once live
 	pending []liveEvent  // live events held until live; guarded by topic.mu
