@@ -214,7 +214,7 @@ func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) err
 	t.mu.Lock()
 	from, lagging := s.last, s.lagging && s.idx.Load() >= 0
 	t.mu.Unlock()
-	if !lagging || next.IsZero() && g.handOver(s, from, true) {
+	if !lagging || next.IsZero() && g.goLiveAgain(s, from, true) {
 		// Nothing of its topic was dropped or refused since its last
 		// event: it reads no history (most topics of a lagging client).
 		return nil
@@ -249,7 +249,7 @@ func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) err
 			}
 			p.from, p.sent = streams.MustParseID(e.ID), true
 		}
-		if g.handOver(s, p.from, p.end) {
+		if g.goLiveAgain(s, p.from, p.end) {
 			return nil
 		}
 		if !p.end || len(events) > 0 {
@@ -282,11 +282,11 @@ func (s *subscription) subscribed() bool {
 	return s.idx.Load() >= 0
 }
 
-// handOver makes s live again once from, the last event sent to it, has
+// goLiveAgain makes s live again once from, the last event sent to it, has
 // reached the newest event its topic delivered; end says history had
 // nothing after from when it was read. It reports whether the catch-up of
 // s is over: live again, or s removed.
-func (g *Gateway) handOver(s *subscription, from streams.ID, end bool) bool {
+func (g *Gateway) goLiveAgain(s *subscription, from streams.ID, end bool) bool {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -184,7 +184,7 @@ func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, erro
 	g.mu.RUnlock()
 	for _, t := range ready {
 		if t.markReady() {
-			lc.catchUp(t)
+			lc.queueCatchUp(t)
 		}
 	}
 	if len(sub) > 0 {
@@ -221,7 +221,7 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 			return nil
 		}
 		if t.markReady() {
-			lc.catchUp(t)
+			lc.queueCatchUp(t)
 		}
 	case "sunsubscribe":
 		switch lc.asked[name] {

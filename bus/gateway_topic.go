@@ -269,6 +269,6 @@ func (g *Gateway) fanOut(channel, payload string) {
 	}
 	t.mu.Unlock()
 	if check {
-		g.checkTopic(t)
+		g.queueCatchUp(t)
 	}
 }

@@ -131,7 +131,7 @@ func (g *Gateway) noteEpoch(t *topic, epoch string) {
 	}
 	t.mu.Unlock()
 	if check {
-		g.checkTopic(t)
+		g.queueCatchUp(t)
 	}
 }
 
@@ -198,14 +198,14 @@ func (t *topic) holdLocked() bool {
 	return !was
 }
 
-// checkTopic queues t to be caught up from history by its connection's
+// queueCatchUp queues t to be caught up from history by its connection's
 // catch-up worker.
-func (g *Gateway) checkTopic(t *topic) {
+func (g *Gateway) queueCatchUp(t *topic) {
 	g.mu.RLock()
 	lc := g.parts[t.p]
 	g.mu.RUnlock()
 	if lc != nil {
-		lc.catchUp(t)
+		lc.queueCatchUp(t)
 	}
 }
 
@@ -391,8 +391,8 @@ func (g *Gateway) resetLocked(t *topic, head streams.Head) {
 	t.epoch, t.seen, t.seq = head.Epoch, head.ID, head.Seq
 }
 
-// catchUp queues t to be caught up from history by catchUps.
-func (lc *liveConn) catchUp(t *topic) {
+// queueCatchUp queues t to be caught up from history by catchUps.
+func (lc *liveConn) queueCatchUp(t *topic) {
 	lc.mu.Lock()
 	if !lc.queued[t] {
 		lc.queued[t] = true

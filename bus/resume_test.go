@@ -425,7 +425,7 @@ func TestResumeConnectionLostDuringResume(t *testing.T) {
 				synctest.Wait()
 
 				b.lose()
-				b.g.checkTopic(tp)   // as a subscriber told a new epoch asks: the catch-up must not end the hold yet
+				b.g.queueCatchUp(tp) // as a subscriber told a new epoch asks: the catch-up must not end the hold yet
 				e3 := b.publish("a") // on no connection: history only
 				b.subscribeChannel("a")
 				e4 := b.publish("a") // live, on the new connection, before its confirmation
