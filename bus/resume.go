@@ -9,100 +9,111 @@ import (
 	"github.com/wsbus/wsbus/ws"
 )
 
-// Why a subscriber gets every event after its cursor once, in order: the
-// resume argument, stated here once. Other files point here.
+// The resume argument: why a subscriber gets every event after its
+// cursor, once and in order, across history, live pub/sub and lost
+// connections. It is stated here once; the files it names point here.
 //
 // # What Redis gives
 //
 // The owner writes an event to its topic's history stream and publishes
-// it on the topic's live channel in one script (lua/apply.lua): whoever
-// reads history after that script has the event, and it is on the live
-// channel of every connection subscribed then. Redis confirms an
-// SSUBSCRIBE before it sends any message of that channel on that
-// connection, and sends a channel's messages in order; nothing is
-// published on a connection that is lost. Each event has an ID (which
-// orders it) and a seq, 1, 2, 3, … per topic: the next event of a topic
-// has the next seq, which is how a gap on the live channel shows.
+// it on the topic's live channel in one script (lua/apply.lua): a history
+// read after that script has the event, and every connection subscribed
+// to the channel then is sent it. Redis confirms an SSUBSCRIBE on a
+// connection before it sends that channel's messages there, and sends them
+// in order; what was published to a connection that is lost and not yet
+// read is gone. Each event has an ID, which orders a topic's events, and a
+// seq, 1, 2, 3, … per topic: the next event has the next seq, which is how
+// a gap on the live channel shows.
 //
 // # The state
 //
-// A topic (gateway_topic.go; guarded by topic.mu) keeps:
+// A topic (gateway_topic.go; under topic.mu) keeps:
 //
 //   - ready: its live channel was confirmed once; a subscribe waits for it.
 //   - live: ... and on the current pub/sub connection.
-//   - seen, seq: the newest event delivered to its subscribers, and its
-//     seq (0 when not known).
+//   - seen, seq: the newest event delivered to its subscribers (by ID),
+//     and its seq (0 when not known). A catch-up reads history after seen.
 //   - epoch: the partition epoch its subscribers were served under.
 //   - catching, lost, backlog: while a catch-up from history is due, live
-//     events wait in backlog; lost counts the losses since, so that a
-//     catch-up begun before the last one does not end the hold.
+//     events wait in backlog; lost counts the connections lost, so that a
+//     catch-up begun before the last loss does not end the hold.
 //
-// A subscription keeps last, the newest event ID sent to it; pending, the
-// live events that came while its history was being sent; and live, once
-// they were.
+// A subscription keeps last, the ID of the newest event sent to it;
+// pending, the live events that came while its history was being sent;
+// and live, set once pending is sent.
 //
 // # Subscribe: history, then live (gateway_subscribe.go)
 //
-// subscribe adds the subscription to its topic (not live), waits until
-// the topic is ready, and only then reads history after the cursor (a
-// coalesced read joins only a read that starts after it asked:
-// coalesce.go). Take any event E after the cursor. If E was written before
-// the read, the read (or its next pages, read until one is short) has it.
-// If after, E was published while the channel was confirmed: it comes
-// live, and fan-out holds it in pending, or, when the connection was lost
-// meanwhile, the catch-up below reads it from history and does. goLive
-// then sends pending, under topic.mu, so no live event passes it. What
-// fan-out handled before the subscription joined was written before the
-// read: history has it.
+// subscribe adds the subscription to its topic (not yet live), waits until
+// the topic is ready, and only then reads history after the cursor; a
+// coalesced read serves only requests made before it started
+// (coalesce.go). Take any event E after the cursor. If E was written
+// before the read, the read (or its next pages, read until one is short)
+// has it. If after, E was published while the channel was confirmed: it
+// comes live, and fan-out puts it in pending; or the connection was lost
+// meanwhile, and the catch-up below reads it from history and does. goLive
+// then sends pending and makes the subscription live, under topic.mu, so
+// no live event gets past it. What fan-out handled before the
+// subscription joined its topic was written before the read: history has
+// it. A cursor that cannot be trusted (another epoch, recovered:false)
+// starts last at zero: the subscriber is sent everything retained.
 //
 // # Fan-out: the seq check (gateway_topic.go)
 //
-// A live event that is neither older than seen nor the next seq (nor of a
-// topic whose seq is not known) means live events went missing, a topic's
-// sequence started again, or Redis lost data: fanOut holds the topic and
-// lets a catch-up read history and decide.
+// A live event is delivered when it follows what the topic delivered: it
+// is not newer than seen, or it has the next seq, or the topic's seq is not
+// known. Any other means live events went missing, the topic's sequence
+// started again, or Redis lost data: fanOut holds the topic and queues a
+// catch-up, which reads history and decides.
 //
 // # A lost pub/sub connection (gateway_pubsub.go)
 //
-// lose makes every topic on the lost connection catch up (startCatching):
-// it is no longer live, and live events wait in its backlog. The new
-// connection subscribes every wanted channel, and a topic is caught up
-// only once its own channel is confirmed there (markReady): a history
-// read before that could miss events published between the read and the
-// subscription, which would be in neither.
+// lose makes every topic on the lost connection hold its live events
+// (startCatching): it is no longer live, and what comes live waits in its
+// backlog. The new connection subscribes every wanted channel, and a
+// topic is caught up only once its own channel is confirmed there
+// (markReady): a history read before that could miss an event published
+// between the read and the subscription, which would then be in neither.
 //
 // # Catch-up (catchUpTopic, below)
 //
 // It reads history after seen, page by page, and delivers it; then the
-// backlog. An event in both is dropped by the ID check below. History read
-// after the channel was confirmed, plus what came live since, is
-// everything: a backlog event that does not follow by seq makes it read
-// history once more. It ends the hold only if its topic is live and no
-// connection was lost since it began; otherwise the next confirmation
+// backlog. History read after the channel was confirmed, and what came
+// live since, is everything; an event in both is delivered once (see the
+// last section). A backlog event that does not follow by seq makes it
+// read history once more. It ends the hold only while its topic is live
+// and no connection was lost since it began; else the next confirmation
 // queues another. A backlog past maxBacklog is dropped and read from
 // history instead.
 //
-// # Epochs: 4001 and recovered:false
+// # Epochs: 4001, then recovered:false
 //
 // An owner renews a partition's epoch when it finds Redis lost data
-// (DESIGN.md). Each page of a catch-up is checked against the epoch read
-// after it; a subscribe that is told a new epoch holds the topic for a
-// catch-up too (noteEpoch). When the epoch is not the one the topic's
-// subscribers were served under, what follows their cursors is not what
-// history holds: each is closed with 4001, and its resume, under the new
-// epoch, is answered recovered:false. A seq that skips ahead means
-// history was trimmed past it: the subscribers not that far are closed
-// with 4001 (their resume reports missed). A seq that goes back means
-// Redis lost data no owner saw: the gateway renews the epoch itself.
+// (DESIGN.md), before it writes anything more, so a page of history read
+// before a read that finds the epoch unchanged holds only events of that
+// epoch: a catch-up reads the epoch after each page. When it is not the
+// epoch the topic's subscribers were served under, what follows their
+// cursors is not what history holds: each is closed with 4001 and its
+// resume, under the new epoch, is answered recovered:false (resetLocked).
+// A subscribe told a new epoch holds the topic for a catch-up too
+// (noteEpoch). A seq that skips ahead means history was trimmed past it:
+// the subscribers not that far are closed with 4001, and their resume
+// reports missed (skipLocked). A seq that goes back means Redis lost data
+// no owner saw: the gateway renews the epoch itself (renewEpoch).
 //
-// # Never twice, never out of order
+// # Never twice, never out of order: the ID filter
 //
 // Every path that sends an event to a subscription (a history page,
-// goLive, fan-out, a catch-up, gateway_lag.go's catch-up of a lagging
-// client) sends only an event whose ID is above its last, and moves last
-// to it. So each subscriber's events are in ID order, each at most once;
-// and by the above, none after its cursor is skipped without a 4001 that
-// tells it so on resume.
+// goLive, fan-out, a catch-up) sends it only if its ID is above the
+// subscription's last, and then moves last to it. A lagging client's
+// catch-up (gateway_lag.go) sends again from the first event its
+// connection dropped unsent, and fan-out passes the subscription by until
+// that is done. So each subscriber's events are in ID order, each at most
+// once; and by the above, no event after its cursor is left out without a
+// 4001 that makes it resume and be told so.
+//
+// The tests of these steps, on a history in memory and without Redis, are
+// in resume_test.go.
 
 // historyReader is the topic history the gateway reads: a
 // *streams.History on Redis; in the resume unit tests, a fake in memory.
