@@ -22,7 +22,7 @@ import (
 	"github.com/wsbus/wsbus/ws"
 )
 
-// TestRenewedConnectionCatchesUpOnlyConfirmedChannels: Redis Cluster moves
+// TestReplacedConnectionCatchesUpOnlyConfirmedChannels: Redis Cluster moves
 // the slot of topic a's partition, so the gateway replaces a's pub/sub
 // connection; a subscribe to b (same partition) comes while the old
 // connection is being closed, and the SSUBSCRIBE of a's channel on the new
@@ -30,15 +30,16 @@ import (
 // go live before its own channel is confirmed: an event published in
 // between would be neither in the catch-up nor delivered live.
 //
-// It catches the gateway before issue 12 (9abe4de): its renew published
-// the new connection before sending it the bulk SSUBSCRIBE, b's own
-// SSUBSCRIBE went first, and b's confirmation started a catch-up of every
-// topic, a included; event 3 below was lost (the client got 2, then 4).
+// It catches the gateway before issue 12 (9abe4de): its liveConn.renew,
+// which replaced the connection then, published the new connection before
+// sending it the bulk SSUBSCRIBE, b's own SSUBSCRIBE went first, and b's
+// confirmation started a catch-up of every topic, a included; event 3
+// below was lost (the client got 2, then 4).
 //
 // Nothing here uses the gateway's internals: the faults are the cluster's
 // own slot move and a Dialer (user configuration) whose connections hold
 // what the test says.
-func TestRenewedConnectionCatchesUpOnlyConfirmedChannels(t *testing.T) {
+func TestReplacedConnectionCatchesUpOnlyConfirmedChannels(t *testing.T) {
 	const partitions = 4
 	keys := streams.Keys{Prefix: redistest.Prefix(t)}
 	a := "a"
