@@ -12,7 +12,7 @@ import (
 // into them through the hooks of their configs, one observation per
 // event or batch, never per socket.
 type observed struct {
-	apply prometheus.Histogram
+	apply, delivery prometheus.Histogram
 }
 
 func newObserved() *observed {
@@ -22,10 +22,17 @@ func newObserved() *observed {
 			Help:    "Time to apply one batch of a partition's ingress entries (to history, live pub/sub, dead letters and deadlines) in one Redis script.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
+		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wsbus_delivery_latency_seconds",
+			Help:    "From an event's XADD (the time in its ID) to its frame handed to every subscriber's connection on this gateway: one observation per event and gateway, not per socket.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
 	}
 }
 
-func (o *observed) collectors() []prometheus.Collector { return []prometheus.Collector{o.apply} }
+func (o *observed) collectors() []prometheus.Collector {
+	return []prometheus.Collector{o.apply, o.delivery}
+}
 
 // metrics builds the node's registry: the standard Go and process
 // collectors beside gauges and counters read from each package's Stats.

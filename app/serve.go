@@ -233,6 +233,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		// A lagging client's history page and its queue together stay
 		// near --max-queue.
 		HistoryBytes: c.MaxQueue / 4, MaxData: c.MaxData,
+		DeliveryLatency: func(d time.Duration) { obs.delivery.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return fmt.Errorf("starting the gateway: %w", err)

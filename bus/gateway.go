@@ -68,6 +68,12 @@ type GatewayConfig struct {
 	MaxAcks int
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
+	// DeliveryLatency, when set, is called once for each event a topic
+	// delivers to its subscribers (not once per subscriber), with the time
+	// from the event's XADD (the time in its ID, on Redis's clock) to its
+	// frame handed to every subscriber's connection. It runs under the
+	// topic's lock: keep it quick (a histogram's Observe).
+	DeliveryLatency func(time.Duration)
 }
 
 func (c GatewayConfig) withDefaults() (GatewayConfig, error) {

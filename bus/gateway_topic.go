@@ -69,6 +69,12 @@ func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	if t.seen.Less(ev.id) {
 		t.seen, t.seq = ev.id, ev.seq
 	}
+	if len(t.subs) == 0 {
+		return
+	}
+	if g.cfg.DeliveryLatency != nil {
+		defer observeLatency(g.cfg.DeliveryLatency, ev.id)
+	}
 	parts := runtime.GOMAXPROCS(0)
 	if len(t.subs) < parallelFanOut || parts < 2 {
 		deliverTo(g, t.subs, ev)
@@ -85,6 +91,12 @@ func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	}
 	deliverTo(g, t.subs[:chunk], ev)
 	wg.Wait()
+}
+
+// observeLatency reports the time from id's XADD (the milliseconds in
+// it, on Redis's clock) to now; a clock behind Redis's reports zero.
+func observeLatency(observe func(time.Duration), id streams.ID) {
+	observe(max(0, time.Since(time.UnixMilli(int64(id.Ms)))))
 }
 
 // parallelFanOut is the subscriber count from which a live event is
