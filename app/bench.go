@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -41,6 +42,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
 	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	report := fs.String("report", "", "also write the result to this directory: index.html, a page with the figures, memory per connection and every server's latency CDF that needs no other file, and result.json, the result as --json prints it with the command line and build")
 	var soak soakFlags
 	soak.register(fs)
 	if err := parseOrUsage(fs, args); err != nil {
@@ -83,6 +85,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		},
 	}
 	if soak.on {
+		if *report != "" {
+			fmt.Fprintln(stderr, "wsbus bench: --report is for the measurements, not --soak")
+			return errUsage
+		}
 		return runSoak(cfg, soak, *asJSON, stdout)
 	}
 	res, err := bench.Run(context.Background(), cfg)
@@ -90,9 +96,25 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return printJSON(stdout, res)
+		err = printJSON(stdout, res)
+	} else {
+		printBench(stdout, res)
 	}
-	printBench(stdout, res)
+	if err != nil || *report == "" {
+		return err
+	}
+	return writeReport(*report, res, append([]string{os.Args[0], "bench"}, args...), stderr)
+}
+
+// writeReport writes the run's report to dir and says where on stderr.
+func writeReport(dir string, res *bench.Comparison, command []string, stderr io.Writer) error {
+	if err := bench.WriteReport(dir, bench.NewRunReport(res, command)); err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	fmt.Fprintf(stderr, "bench: report in %s\n", filepath.Join(dir, "index.html"))
 	return nil
 }
 
