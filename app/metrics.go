@@ -62,6 +62,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_gateway_live_events_total", "Events received from pub/sub.", func() float64 { return float64(h.gw.Stats().LiveEvents) })
 	counter("wsbus_gateway_resumes_total", "Subscriptions that sent a cursor.", func() float64 { return float64(h.gw.Stats().Resumes) })
 	counter("wsbus_gateway_not_recovered_total", "Resumes answered recovered:false.", func() float64 { return float64(h.gw.Stats().NotRecovered) })
+	counter("wsbus_gateway_resume_missed_total", "Events that resumes answered recovered:false reported missed (their \"missed\"), where history could tell.", func() float64 { return float64(h.gw.Stats().Missed) })
 	counter("wsbus_gateway_lag_catchups_total", "Times a client fell more than --max-queue behind and was caught up from history (--slow-consumer lag).", func() float64 { return float64(h.gw.Stats().LagCatchUps) })
 	counter("wsbus_gateway_catchups_total", "Topics caught up from history after a pub/sub loss.", func() float64 { return float64(h.gw.Stats().CatchUps) })
 	counter("wsbus_gateway_resets_total", "Topics whose subscribers a catch-up closed with 4001 to resume: Redis lost data under them (a new epoch) or trimmed it before it was sent.", func() float64 { return float64(h.gw.Stats().Resets) })

@@ -1,8 +1,11 @@
 package app
 
 import (
+	"fmt"
+	"strconv"
 	"testing"
 
+	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
@@ -30,5 +33,37 @@ func TestDeliveryLatencyOncePerEvent(t *testing.T) {
 	}
 	if n := gatewayMetric(t, b, "wsbus_bus_apply_seconds_count"); n < 1 {
 		t.Errorf("%d applied batches timed after 3 events", n)
+	}
+}
+
+// TestResumeMissedCounted resumes from a cursor whose events history has
+// trimmed: the answer, recovered:false with "missed", is counted in
+// wsbus_gateway_not_recovered_total and its missed events in
+// wsbus_gateway_resume_missed_total.
+func TestResumeMissedCounted(t *testing.T) {
+	b := newTestBus(t, "--history-len", "10")
+	var ids []string
+	for i := range 500 { // trimming keeps whole nodes of ~100 entries
+		ids = append(ids, b.xadd(t, "gone", strconv.Itoa(i)))
+	}
+	redistest.Eventually(t, wait, func() error {
+		if h := b.historyIDs(t, "gone"); len(h) == 0 || h[0] == ids[0] || h[len(h)-1] != ids[499] {
+			return fmt.Errorf("history of %d events, not yet trimmed to end at the last", len(h))
+		}
+		return nil
+	})
+	ctl := wstest.Dial(t, b.node.url+"?topic=gone&since="+ids[499])
+	epoch := ctl.Expect("subscribed", wait).Epoch
+	c := wstest.Dial(t, b.node.url)
+	c.Send(map[string]any{"type": "subscribe", "topic": "gone", "since": ids[0], "seq": 1, "epoch": epoch})
+	sub := c.Expect("subscribed", wait)
+	if sub.Recovered || sub.Missed == nil || *sub.Missed == 0 {
+		t.Fatalf("resume from seq 1 of 500 with about 10 kept: recovered %v, missed %v; want recovered:false with a count", sub.Recovered, sub.Missed)
+	}
+	if n := gatewayMetric(t, b, "wsbus_gateway_not_recovered_total"); n != 1 {
+		t.Errorf("wsbus_gateway_not_recovered_total %d, want 1", n)
+	}
+	if n := gatewayMetric(t, b, "wsbus_gateway_resume_missed_total"); n != int(*sub.Missed) {
+		t.Errorf("wsbus_gateway_resume_missed_total %d, want the %d the client was told", n, *sub.Missed)
 	}
 }

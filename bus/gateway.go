@@ -398,6 +398,7 @@ type GatewayStats struct {
 	LiveEvents    uint64 // events received from pub/sub
 	Resumes       uint64 // subscriptions that sent a cursor
 	NotRecovered  uint64 // of them, answered recovered:false
+	Missed        uint64 // events those answers reported missed, where known
 	CatchUps      uint64 // topics caught up from history after a pub/sub loss
 	Acks          uint64 // cursor moves written, after coalescing
 	LagCatchUps   uint64 // overflows of lagging clients caught up from history
@@ -408,6 +409,7 @@ type GatewayStats struct {
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
+	missed                            atomic.Uint64
 	catchUps, acks, lagCatchUps       atomic.Uint64
 	resets, epochs                    atomic.Uint64
 }
@@ -424,6 +426,7 @@ func (g *Gateway) Stats() GatewayStats {
 		LiveEvents:    g.stats.liveEvents.Load(),
 		Resumes:       g.stats.resumes.Load(),
 		NotRecovered:  g.stats.notRecovered.Load(),
+		Missed:        g.stats.missed.Load(),
 		CatchUps:      g.stats.catchUps.Load(),
 		Acks:          g.stats.acks.Load(),
 		LagCatchUps:   g.stats.lagCatchUps.Load(),

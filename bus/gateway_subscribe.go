@@ -137,6 +137,9 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 	}
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
+		if h.info.MissedKnown {
+			g.stats.missed.Add(h.info.Missed)
+		}
 	}
 	g.noteEpoch(s.topic, h.info.Epoch)
 	if a, ok := h.acked[cl.subject()]; ok && cl.subject() != "" {
