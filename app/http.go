@@ -54,6 +54,8 @@ func (h *httpAPI) mux() *http.ServeMux {
 	m.Handle("GET /metrics", h.metrics())
 	m.HandleFunc("GET /{$}", h.demo)
 	m.HandleFunc("GET /wsbus-client.js", h.demoClient)
+	m.HandleFunc("GET /status", h.statusPage)
+	m.HandleFunc("GET /status.json", h.statusJSON)
 	return m
 }
 

@@ -70,7 +70,7 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RS256/ES256 public key of client tokens")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "when set, tokens must carry this aud")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "when set, tokens must carry this iss")
-	fs.StringVar(&c.PublishKey, "publish-key", "", "API key for POST /v1/publish (Authorization: Bearer KEY); without one, HTTP publishing is open in --insecure mode and off otherwise")
+	fs.StringVar(&c.PublishKey, "publish-key", "", "API key for POST /v1/publish (Authorization: Bearer KEY), also the operator key of the status page GET /status; without one, HTTP publishing and the status page are open in --insecure mode and off otherwise")
 	fs.Var(&c.AllowedOrigins, "allowed-origins", "Origin a browser may connect from, e.g. https://app.example (repeat or comma-separate; \"*\" for any); default: the gateway's own host, or any with --insecure")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "WebSocket connections per node; more are refused with 503 (0: only the fd limit)")
 	fs.Float64Var(&c.UpgradeRate, "upgrade-rate", 2000, "WebSocket upgrades admitted per second; a storm waits its turn or gets 503")
