@@ -169,11 +169,11 @@ type client struct {
 // *ws.Conn; in the resume unit tests (resume_test.go), a fake that keeps
 // what it is sent.
 type clientConn interface {
-	Send(frame []byte) error
-	SendWait(frame []byte) error
-	SendWaitIf(frame []byte, ok func() bool) error
-	Offer(frame []byte) error
-	Recover(fn func(dropped [][]byte)) bool
+	Send(f ws.Frame) error
+	SendWait(f ws.Frame) error
+	SendWaitIf(f ws.Frame, ok func() bool) error
+	Offer(f ws.Frame) error
+	Recover(fn func(dropped []ws.Frame)) bool
 	Close(code uint16, reason string)
 }
 

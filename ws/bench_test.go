@@ -29,7 +29,7 @@ func BenchmarkAppendFrameReused(b *testing.B) {
 	b.ReportAllocs()
 	buf := make([]byte, 0, 256)
 	for b.Loop() {
-		buf = AppendFrame(buf[:0], opText, event)
+		buf = appendFrame(buf[:0], opText, event)
 	}
 }
 

@@ -386,18 +386,6 @@ func TestKeepalive(t *testing.T) {
 	}
 }
 
-func TestAppendFrame(t *testing.T) {
-	for _, n := range []int{0, 125, 126, 65535, 65536, 70000} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			payload := bytes.Repeat([]byte{'a'}, n)
-			f, err := ws.ReadFrame(bytes.NewReader(TextFrame(payload)))
-			if err != nil || !f.Header.Fin || f.Header.OpCode != ws.OpText || !bytes.Equal(f.Payload, payload) {
-				t.Fatalf("decoded %v %v, want a final text frame of %d bytes", f.Header, err, n)
-			}
-		})
-	}
-}
-
 func TestHandshakeLimits(t *testing.T) {
 	t.Run("headers too large", func(t *testing.T) {
 		_, addr := startServer(t, &echoHandler{}, Config{MaxHandshakeBytes: 1024})
