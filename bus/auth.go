@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/ws"
 )
 
@@ -193,7 +194,7 @@ func (e *expiries) run(done <-chan struct{}) {
 		}
 		e.mu.Unlock()
 		for _, cl := range due {
-			cl.conn().Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
+			cl.conn().Close(wsbus.CloseTokenExpired, "token expired: reconnect with a new one")
 		}
 		timer.Reset(next)
 		select {
