@@ -229,12 +229,16 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return err
 	}
 	verifier := c.auth
+	var tokens bus.TokenVerifier // nil without a key (a nil *auth.Verifier in it would not be nil)
+	if verifier != nil {
+		tokens = verifier
+	}
 	origins := c.AllowedOrigins.split()
 	if len(origins) == 0 && c.Insecure {
 		origins = []string{"*"}
 	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
-		Redis: rdb, Keys: keys, Partitions: n, Auth: verifier, AllowedOrigins: origins,
+		Redis: rdb, Keys: keys, Partitions: n, Auth: tokens, AllowedOrigins: origins,
 		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
 		// A lagging client's history page and its queue together stay
 		// near --max-queue.

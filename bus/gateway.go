@@ -51,8 +51,9 @@ type GatewayConfig struct {
 	// subscription. Zero value means 5 s.
 	ReadyTimeout time.Duration
 	// Auth verifies client tokens. Nil means no authentication: every
-	// client may read every topic.
-	Auth *auth.Verifier
+	// client may read every topic. (A nil *auth.Verifier stored in it is
+	// not a nil Auth: leave the field unset instead.)
+	Auth TokenVerifier
 	// AllowedOrigins lists the Origins browsers may connect from; "*"
 	// allows all. Empty means only the gateway's own host. Clients that
 	// send no Origin (not browsers) are not checked.
