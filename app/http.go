@@ -26,7 +26,7 @@ import (
 //go:embed demo.html
 var demoPage []byte
 
-// httpAPI serves every path but /v1/ws.
+// httpAPI serves every path but wsPath.
 type httpAPI struct {
 	cfg     ServeConfig
 	rdb     redis.UniversalClient

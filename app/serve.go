@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/bus"
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
@@ -169,6 +171,10 @@ func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.l.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "from", "go-redis")
 }
 
+// wsPath is the gateway's WebSocket endpoint; every other path is the
+// HTTP API's.
+const wsPath = "/v1/ws"
+
 // Serve runs a gateway node until ctx is done, then drains it: leases are
 // released first, then clients are closed with 4002. ready is called with
 // the listening address once the node serves.
@@ -223,12 +229,16 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		return err
 	}
 	verifier := c.auth
+	var tokens bus.TokenVerifier // nil without a key (a nil *auth.Verifier in it would not be nil)
+	if verifier != nil {
+		tokens = verifier
+	}
 	origins := c.AllowedOrigins.split()
 	if len(origins) == 0 && c.Insecure {
 		origins = []string{"*"}
 	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
-		Redis: rdb, Keys: keys, Partitions: n, Auth: verifier, AllowedOrigins: origins,
+		Redis: rdb, Keys: keys, Partitions: n, Auth: tokens, AllowedOrigins: origins,
 		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
 		// A lagging client's history page and its queue together stay
 		// near --max-queue.
@@ -244,10 +254,15 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs, observed: obs,
 		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
 	srv, err := ws.New(ws.Config{
-		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
+		Handler: gw, HTTP: h.mux(), Path: wsPath, MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
 		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
 		UpgradeRate: c.UpgradeRate, UpgradeBurst: c.UpgradeBurst,
 		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,
+		// Return memory to the system once a burst of upgrades is over:
+		// the buffers and garbage of thousands of handshakes otherwise sit
+		// in the heap's headroom, and an idle node would hold about twice
+		// what its connections need.
+		AfterUpgradeBurst: debug.FreeOSMemory,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the WebSocket server: %w", err)
@@ -266,7 +281,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.started.Store(true)
 	addr := ln.Addr().String()
-	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws", "partitions", n)
+	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+wsPath, "partitions", n)
 	if verifier == nil {
 		logger.Warn("insecure mode: no authentication; demo page at http://" + addr + "/")
 	}
@@ -283,7 +298,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	<-ownerDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
-	_ = srv.Drain(drainCtx, ws.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
+	_ = srv.Drain(drainCtx, wsbus.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
 	if !served {
 		err = <-serveErr // Serve returns once Drain has closed its listener
 	}

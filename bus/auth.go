@@ -9,8 +9,18 @@ import (
 	"sync"
 	"time"
 
+	wsbus "github.com/wsbus/wsbus/clients/go"
+	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/ws"
 )
+
+// TokenVerifier checks a client's token and returns what it grants: the
+// one thing the Gateway needs of authentication (*auth.Verifier is one).
+// Verify is called on the WebSocket workers, once per handshake and per
+// refresh, so it must be safe for concurrent use and should not block.
+type TokenVerifier interface {
+	Verify(token string) (*auth.Claims, error)
+}
 
 // Accept checks a handshake's Origin and, when authentication is on, its
 // token (Authorization: Bearer, or ?token=), before the upgrade.
@@ -193,7 +203,7 @@ func (e *expiries) run(done <-chan struct{}) {
 		}
 		e.mu.Unlock()
 		for _, cl := range due {
-			cl.conn().Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
+			cl.conn().Close(wsbus.CloseTokenExpired, "token expired: reconnect with a new one")
 		}
 		timer.Reset(next)
 		select {

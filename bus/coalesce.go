@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
 )
 
 // When thousands of clients reconnect at once they mostly resume the same
@@ -33,10 +34,10 @@ type readKey struct {
 // history is one read's answer, ready to send.
 type history struct {
 	err        error
-	subscribed []byte                   // the "subscribed" frame, without acked and unread
+	subscribed ws.Frame                 // the "subscribed" frame, without acked and unread
 	info       Subscribed               // what it says, for a subscriber's own frame with them
 	acked      map[string]streams.Acked // cursors of the subjects the read was asked for
-	frames     [][]byte                 // event frames, oldest first
+	frames     []ws.Frame               // event frames, oldest first
 	ids        []streams.ID             // their IDs
 	last       streams.ID               // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool

@@ -13,7 +13,7 @@
 //	owner, _ := bus.NewOwner(bus.OwnerConfig{Redis: rdb, Keys: keys, Partitions: n, Node: "gw1"})
 //	go owner.Run(ctx)
 //	gw, _ := bus.NewGateway(bus.GatewayConfig{Redis: rdb, Keys: keys, Partitions: n})
-//	srv, _ := ws.New(ws.Config{Handler: gw})
+//	srv, _ := ws.New(ws.Config{Handler: gw, Path: "/v1/ws"})
 //
 // # Locks
 //

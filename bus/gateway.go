@@ -51,8 +51,9 @@ type GatewayConfig struct {
 	// subscription. Zero value means 5 s.
 	ReadyTimeout time.Duration
 	// Auth verifies client tokens. Nil means no authentication: every
-	// client may read every topic.
-	Auth *auth.Verifier
+	// client may read every topic. (A nil *auth.Verifier stored in it is
+	// not a nil Auth: leave the field unset instead.)
+	Auth TokenVerifier
 	// AllowedOrigins lists the Origins browsers may connect from; "*"
 	// allows all. Empty means only the gateway's own host. Clients that
 	// send no Origin (not browsers) are not checked.
@@ -169,11 +170,11 @@ type client struct {
 // *ws.Conn; in the resume unit tests (resume_test.go), a fake that keeps
 // what it is sent.
 type clientConn interface {
-	Send(frame []byte) error
-	SendWait(frame []byte) error
-	SendWaitIf(frame []byte, ok func() bool) error
-	Offer(frame []byte) error
-	Recover(fn func(dropped [][]byte)) bool
+	Send(f ws.Frame) error
+	SendWait(f ws.Frame) error
+	SendWaitIf(f ws.Frame, ok func() bool) error
+	Offer(f ws.Frame) error
+	Recover(fn func(dropped []ws.Frame)) bool
 	Close(code uint16, reason string)
 }
 

@@ -112,7 +112,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 // marked for, has been taken and its drops recorded, and it has offered
 // nothing since, so no later overflow holds frames of it.
 func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) bool {
-	return cl.conn().Recover(func(dropped [][]byte) {
+	return cl.conn().Recover(func(dropped []ws.Frame) {
 		subs := cl.snapshot()
 		for _, s := range subs {
 			s.topic.mu.Lock()
@@ -166,7 +166,7 @@ func (cl *client) snapshot() []*subscription {
 
 // firstDropped returns, for each subscription, the ID of the first
 // dropped event of its topic (zero when none was dropped).
-func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
+func firstDropped(dropped []ws.Frame, subs []*subscription) []streams.ID {
 	next := make([]streams.ID, len(subs))
 	if len(dropped) == 0 {
 		return next
@@ -176,7 +176,7 @@ func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
 		quoted[i] = streams.AppendJSONString(nil, s.topic.name)
 	}
 	for _, f := range dropped {
-		payload := ws.FramePayload(f)
+		payload := f.Payload()
 		idText, ok := streams.EventID(string(payload[:min(len(payload), eventIDPrefix)]))
 		if !ok {
 			continue

@@ -277,7 +277,7 @@ func serveGateway(tb testing.TB, rdb redis.UniversalClient, keys streams.Keys, p
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = g.Close() })
-	srv, err := ws.New(ws.Config{Handler: g})
+	srv, err := ws.New(ws.Config{Handler: g, Path: "/v1/ws"})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 		acked:      r.Acked,
 		recovered:  r.Recovered,
 		more:       r.More,
-		frames:     make([][]byte, len(r.Events)),
+		frames:     make([]ws.Frame, len(r.Events)),
 		ids:        make([]streams.ID, len(r.Events)),
 	}
 	if r.Recovered {

@@ -47,7 +47,7 @@ const maxBacklog = 10000
 type liveEvent struct {
 	id    streams.ID
 	seq   uint64
-	frame []byte
+	frame ws.Frame
 }
 
 // subscription is one connection's subscription to one topic.

@@ -192,7 +192,7 @@ var pongMessage = []byte(`{"type":"pong"}`)
 // eventFrame encodes a history event as a frame with one allocation, the
 // frame's own: the data and the event JSON are built in a pooled scratch
 // buffer (data first, the event after it).
-func eventFrame(topic string, e streams.Event) []byte {
+func eventFrame(topic string, e streams.Event) ws.Frame {
 	bp := scratch.Get().(*[]byte)
 	buf := append((*bp)[:0], e.Data...)
 	n := len(buf)

@@ -158,13 +158,13 @@ func (f *fakeHistory) Acked(context.Context, string, string) (streams.Acked, err
 // fakeConn is a client's connection that keeps the messages it is sent.
 type fakeConn struct {
 	mu     sync.Mutex
-	frames [][]byte
+	frames []ws.Frame
 	closed uint16 // the close code; 0 while open
 }
 
 var _ clientConn = (*fakeConn)(nil)
 
-func (c *fakeConn) Send(frame []byte) error {
+func (c *fakeConn) Send(frame ws.Frame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed != 0 {
@@ -174,10 +174,10 @@ func (c *fakeConn) Send(frame []byte) error {
 	return nil
 }
 
-func (c *fakeConn) SendWait(frame []byte) error                   { return c.Send(frame) }
-func (c *fakeConn) SendWaitIf(frame []byte, ok func() bool) error { return c.Send(frame) }
-func (c *fakeConn) Offer(frame []byte) error                      { return c.Send(frame) }
-func (c *fakeConn) Recover(func(dropped [][]byte)) bool           { return false }
+func (c *fakeConn) SendWait(frame ws.Frame) error                   { return c.Send(frame) }
+func (c *fakeConn) SendWaitIf(frame ws.Frame, ok func() bool) error { return c.Send(frame) }
+func (c *fakeConn) Offer(frame ws.Frame) error                      { return c.Send(frame) }
+func (c *fakeConn) Recover(func(dropped []ws.Frame)) bool           { return false }
 
 func (c *fakeConn) Close(code uint16, reason string) {
 	c.mu.Lock()
@@ -194,7 +194,7 @@ func (c *fakeConn) messages(tb testing.TB) []ServerMessage {
 	defer c.mu.Unlock()
 	msgs := make([]ServerMessage, len(c.frames))
 	for i, f := range c.frames {
-		if err := json.Unmarshal(ws.FramePayload(f), &msgs[i]); err != nil {
+		if err := json.Unmarshal(f.Payload(), &msgs[i]); err != nil {
 			tb.Fatalf("frame %d: %v", i, err)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -333,7 +332,8 @@ func (s *Server) forget(c *Conn) {
 
 // keepalive pings silent connections, closes idle ones and cuts those
 // whose unfinished frame or stalled write outlived its timeout: one
-// goroutine for the whole server instead of timers per connection.
+// goroutine for the whole server instead of timers per connection. It
+// also calls Config.AfterUpgradeBurst when a burst of upgrades is over.
 func (s *Server) keepalive() {
 	tick := time.NewTicker(min(sweepEvery, s.cfg.PingInterval/2))
 	defer tick.Stop()
@@ -356,13 +356,9 @@ func (s *Server) keepalive() {
 				continue
 			}
 			lastSettle = now
-			// Return memory to the system once a burst of upgrades is
-			// over: the buffers and garbage of thousands of handshakes
-			// otherwise sit in the heap's headroom, and an idle node would
-			// hold about twice what its connections need.
 			up := s.stats.upgraded.Load()
-			if up == last && up-settled >= settleBurst {
-				debug.FreeOSMemory()
+			if up == last && up-settled >= settleBurst && s.cfg.AfterUpgradeBurst != nil {
+				s.cfg.AfterUpgradeBurst()
 				settled = up
 			}
 			last = up
