@@ -54,6 +54,15 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_bus_epochs_renewed_total", "Partition epochs renewed: the partition's data found lost or gone back in time (by its owner, or by a gateway that saw a topic's seq go back).", func() float64 { return float64(h.owner.Stats().Epochs + h.gw.Stats().Epochs) })
 	counter("wsbus_ws_messages_in_total", "Client messages received.", func() float64 { return float64(h.ws.Stats().MessagesIn) })
 	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
+	counter("wsbus_ws_frames_queued_total", "Frames that waited in a connection's queue (its socket was full, or earlier frames waited) rather than being written through at once.", func() float64 { return float64(h.ws.Stats().FramesQueued) })
+	gauge("wsbus_ws_queued_bytes", "Bytes waiting in the connections' queues, summed.", func() float64 {
+		b, _ := h.ws.Queued()
+		return float64(b)
+	})
+	gauge("wsbus_ws_queued_connections", "Connections with bytes waiting in their queue: clients not keeping up.", func() float64 {
+		_, n := h.ws.Queued()
+		return float64(n)
+	})
 	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })
 	counter("wsbus_ws_slow_consumers_total", "Clients closed with 4001.", func() float64 { return float64(h.ws.Stats().SlowConsumers) })
 	counter("wsbus_ws_pool_overflow_total", "Tasks run past the worker bound.", func() float64 { return float64(h.ws.Stats().PoolOverflow) })

@@ -328,6 +328,7 @@ func (c *Conn) writeThroughLocked(frame []byte, offered bool) {
 	// that says so schedules the writer.
 	b := c.backlogLocked()
 	b.push(frame[n:], offered && n == 0) // a frame begun on the wire goes out whole
+	c.srv.stats.framesQueued.Add(1)
 	b.partial = n > 0
 	c.writing = true
 	c.waitOut = true
@@ -390,6 +391,7 @@ func (c *Conn) SendWaitIf(f Frame, ok func() bool) error {
 // writer (none owns the queue yet).
 func (c *Conn) pushLocked(frame []byte, offered bool) bool {
 	c.backlogLocked().push(frame, offered)
+	c.srv.stats.framesQueued.Add(1)
 	start := !c.writing
 	c.writing = true
 	return start

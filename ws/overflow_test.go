@@ -317,3 +317,29 @@ func TestSteadySlowReaderIsNotCut(t *testing.T) {
 		t.Fatalf("read all %d bytes within a second: the reader was not slow", got)
 	}
 }
+
+// TestQueuedCountsWhatWaits: frames sent to a client that reads nothing
+// wait in its queue, counted by Queued and Stats.FramesQueued; once the
+// client has read them, nothing waits.
+func TestQueuedCountsWhatWaits(t *testing.T) {
+	h := newOverflowHandler()
+	s, c, conn, br := stalledConn(t, h, Config{})
+	if b, n := s.Queued(); b != 0 || n != 0 {
+		t.Fatalf("Queued() = %d bytes on %d connections before anything was sent", b, n)
+	}
+	sent := 0
+	for s.Stats().FramesQueued == 0 {
+		if err := c.Send(numbered(uint64(sent), 4096)); err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+		sent++
+	}
+	if b, n := s.Queued(); b <= 0 || n != 1 {
+		t.Fatalf("Queued() = %d bytes on %d connections with the socket full, want some on 1", b, n)
+	}
+	readNumbers(t, conn, br, sent)
+	eventually(t, "the queue did not empty once the client read everything", func() bool {
+		b, n := s.Queued()
+		return b == 0 && n == 0
+	})
+}
