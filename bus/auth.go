@@ -79,10 +79,12 @@ func (g *Gateway) Accept(r *ws.Request) error {
 	return nil
 }
 
-// canaryKey returns the key of an "Authorization: Wsbus-Canary KEY" value.
-func canaryKey(header string) (string, bool) {
-	scheme, key, ok := strings.Cut(header, " ")
-	if !ok || !strings.EqualFold(scheme, CanaryScheme) {
+// canaryKey returns the key of an "Authorization: Wsbus-Canary KEY" value;
+// ok for the scheme without a key too, which is refused, not taken for a
+// client without one.
+func canaryKey(header string) (key string, ok bool) {
+	scheme, key, _ := strings.Cut(header, " ")
+	if !strings.EqualFold(scheme, CanaryScheme) {
 		return "", false
 	}
 	return strings.TrimSpace(key), true

@@ -83,6 +83,7 @@ func TestCanaryKeyAdmitsToCanaryTopicsOnly(t *testing.T) {
 		{"scheme in other case", "k3y", true, "wsbus-canary k3y", 0, true},
 		{"wrong key", "k3y", false, "Wsbus-Canary k3z", http.StatusUnauthorized, false},
 		{"empty key", "k3y", false, "Wsbus-Canary ", http.StatusUnauthorized, false},
+		{"scheme alone", "k3y", false, "Wsbus-Canary", http.StatusUnauthorized, false},
 		{"key of a gateway without one", "", false, "Wsbus-Canary k3y", http.StatusUnauthorized, false},
 		{"no key, insecure", "k3y", false, "", 0, false},
 		{"a token allowing every topic", "k3y", true, "Bearer " + everything, 0, false},
