@@ -107,7 +107,8 @@ type canary struct {
 	// skipped: this node's events overtaken at the next arrival may be
 	// among them, and count only beyond it.
 	credit []uint64
-	open   int // connections open
+	views  []canaryStatus // by partition, for the status page
+	open   int            // connections open
 
 	cancel  context.CancelFunc
 	clients []*wsbus.Client
@@ -156,6 +157,7 @@ func newCanary(cfg canaryConfig) *canary {
 		overdue: make([][]sentEvent, n),
 		early:   map[sentKey]time.Time{},
 		credit:  make([]uint64, n),
+		views:   make([]canaryStatus, n),
 	}
 	for p, topic := range c.topics {
 		c.part[topic] = p
@@ -171,6 +173,23 @@ func newCanary(cfg canaryConfig) *canary {
 // collectors returns the canary's metrics.
 func (c *canary) collectors() []prometheus.Collector {
 	return []prometheus.Collector{c.latency, c.received, c.lost, c.late}
+}
+
+// view returns the canary's view of partition p: events lost, and the
+// latency and arrival of its last event.
+func (c *canary) view(p int) canaryStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p < 0 || p >= len(c.views) {
+		return canaryStatus{}
+	}
+	return c.views[p]
+}
+
+// addLostLocked counts n events of partition p as lost.
+func (c *canary) addLostLocked(p int, n uint64) {
+	c.lostBy[p].Add(float64(n))
+	c.views[p].Lost += n
 }
 
 // connections returns how many of the node's WebSocket connections are
@@ -277,8 +296,8 @@ func (c *canary) gap(g wsbus.Gap) {
 		c.cfg.Logger.Warn("canary resumed with a loss of unknown size", "partition", p)
 		return
 	}
-	c.lostBy[p].Add(float64(n))
 	c.mu.Lock()
+	c.addLostLocked(p, n)
 	c.credit[p] += n
 	c.mu.Unlock()
 	c.cfg.Logger.Warn("canary events lost: a hole in the sequence", "partition", p, "lost", n)
@@ -293,7 +312,8 @@ func (c *canary) event(e wsbus.Event) {
 	if !ok || err != nil {
 		return
 	}
-	c.latency.Observe(max(now.Sub(time.UnixMilli(int64(id.Ms))), 0).Seconds())
+	latency := max(now.Sub(time.UnixMilli(int64(id.Ms))), 0)
+	c.latency.Observe(latency.Seconds())
 	c.receivedBy[p].Inc()
 	var from struct {
 		Node string `json:"node"`
@@ -301,13 +321,14 @@ func (c *canary) event(e wsbus.Event) {
 	mine := json.Unmarshal(e.Data, &from) == nil && from.Node == c.cfg.Node
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.views[p].LatencyMS, c.views[p].Last = float64(latency)/float64(time.Millisecond), now
 	// A topic's events arrive in ID order: those of this node's before
 	// this one that have not come never will.
 	rest, found, overtaken := settle(c.pending[p], id)
 	c.pending[p] = rest
 	if overtaken > c.credit[p] {
 		n := overtaken - c.credit[p]
-		c.lostBy[p].Add(float64(n))
+		c.addLostLocked(p, n)
 		c.cfg.Logger.Warn("canary events lost: overtaken by a later one", "partition", p, "lost", n)
 	}
 	c.credit[p] = 0
@@ -405,7 +426,7 @@ func (c *canary) expire(now time.Time) {
 		}
 		c.overdue[p] = append(c.overdue[p], sent[:i]...)
 		c.pending[p] = sent[i:]
-		c.lostBy[p].Add(float64(i))
+		c.addLostLocked(p, uint64(i))
 		lost = append(lost, p)
 	}
 	for p, old := range c.overdue {

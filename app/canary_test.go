@@ -2,8 +2,10 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -11,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
@@ -71,10 +76,11 @@ func TestCanaryTopicsHashToEveryPartition(t *testing.T) {
 
 // TestCanaryReceivesEveryPartition: a node's canary reads its events back
 // from every partition through its own WebSocket path, with nothing lost,
-// and its connection is not counted as a client's.
+// on as many connections as --max-subscriptions makes it take, and they
+// are not counted as clients'.
 func TestCanaryReceivesEveryPartition(t *testing.T) {
 	const n = 16
-	b := newTestBus(t, "--partitions", strconv.Itoa(n), "--canary-interval", "200ms")
+	b := newTestBus(t, "--partitions", strconv.Itoa(n), "--canary-interval", "200ms", "--max-subscriptions", "6")
 	redistest.Eventually(t, 20*time.Second, func() error {
 		return everyPartition(canaryMetric(t, b.node.addr, "wsbus_canary_received_total"), n, "wsbus_canary_received_total",
 			func(v float64) bool { return v >= 3 })
@@ -87,8 +93,28 @@ func TestCanaryReceivesEveryPartition(t *testing.T) {
 	if got := gatewayMetric(t, b, "wsbus_canary_latency_seconds_count"); got < 3*n {
 		t.Fatalf("wsbus_canary_latency_seconds_count = %d, want at least %d", got, 3*n)
 	}
+	if got := gatewayMetric(t, b, "wsbus_ws_upgrades_total"); got < 3 {
+		t.Fatalf("wsbus_ws_upgrades_total = %d, want the canary's 3 connections at least (16 topics, 6 each)", got)
+	}
 	if got := gatewayMetric(t, b, "wsbus_ws_connections"); got != 0 {
-		t.Fatalf("wsbus_ws_connections = %d with only the canary connected, want 0", got)
+		t.Fatalf("wsbus_ws_connections = %d with only the canary's three connected, want 0", got)
+	}
+	if got := gatewayMetric(t, b, "wsbus_gateway_subscriptions"); got != n {
+		t.Fatalf("wsbus_gateway_subscriptions = %d, want the canary's %d", got, n)
+	}
+	// The status page shows the canary's view of each partition.
+	code, _, body := getStatus(t, b.node, "/status.json", nil)
+	var st statusAnswer
+	if err := json.Unmarshal(body, &st); code != http.StatusOK || err != nil || len(st.Partition) != n {
+		t.Fatalf("/status.json: %d %v, %d partitions: %s", code, err, len(st.Partition), body)
+	}
+	for _, p := range st.Partition {
+		if cn := p.Canary; cn == nil || cn.Lost == nil || *cn.Lost != 0 || cn.Last == nil || cn.Last.IsZero() || cn.LatencyMS == nil {
+			t.Fatalf("/status.json: partition %d has canary %+v, want an arrival and nothing lost", p.P, cn)
+		}
+	}
+	if conns := *st.Nodes[0].Connections; conns != 0 {
+		t.Fatalf("/status.json: %d connections with only the canary connected, want 0", conns)
 	}
 }
 
@@ -207,5 +233,96 @@ func TestCanaryWrongKeyRefused(t *testing.T) {
 	c.Subscribe("$canary.0", "", "")
 	if m := c.Next(wait); m.Code != "forbidden" {
 		t.Fatalf("subscribe $canary.0 without the key = %+v, want forbidden", m)
+	}
+}
+
+// TestCanaryCounts drives a canary's bookkeeping by hand: an event that
+// arrives is not lost, nor one that arrives before its publish returned;
+// one overtaken by a later event is, unless a hole just reported covers
+// it; one overdue is lost, and late too if it arrives after all; while a
+// partition's subscription is not in effect its events' clocks stop.
+func TestCanaryCounts(t *testing.T) {
+	var next string // the ID Publish returns
+	c := newCanary(canaryConfig{
+		Interval: time.Second, Timeout: time.Second, Node: "n1", Partitions: 2, MaxSubscriptions: 1,
+		Logger: slog.New(slog.DiscardHandler),
+		Owned:  func() []int { return []int{0} },
+		Publish: func(context.Context, string, []byte) (string, error) {
+			return next, nil
+		},
+	})
+	topic := c.topics[0]
+	mine := []byte(`{"node":"n1"}`)
+	publish := func(ids ...string) {
+		for _, id := range ids {
+			next = id
+			c.publish(context.Background())
+		}
+	}
+	arrive := func(id string) { c.event(wsbus.Event{Topic: topic, ID: id, Data: mine}) }
+	check := func(step string, lost, late float64) {
+		t.Helper()
+		if got := testutil.ToFloat64(c.lostBy[0]); got != lost {
+			t.Fatalf("%s: lost %v, want %v", step, got, lost)
+		}
+		if got := testutil.ToFloat64(c.lateBy[0]); got != late {
+			t.Fatalf("%s: late %v, want %v", step, got, late)
+		}
+	}
+	soon := func() time.Time { return time.Now().Add(500 * time.Millisecond) }
+	overdue := func() time.Time { return time.Now().Add(2 * time.Second) }
+
+	publish("1-0")
+	if len(c.pending[0]) != 0 {
+		t.Fatal("published to a partition whose subscription is not in effect")
+	}
+	open := false
+	c.state([]int{0}, &open, wsbus.Open, nil)
+	c.subscribed(wsbus.Subscribed{Topic: topic})
+	publish("1000-0")
+	arrive("1000-0")
+	c.expire(overdue())
+	check("arrived", 0, 0)
+
+	arrive("2000-0")
+	publish("2000-0")
+	c.expire(overdue())
+	check("arrived before its publish returned", 0, 0)
+
+	publish("3000-0", "4000-0")
+	arrive("4000-0")
+	check("overtaken", 1, 0)
+
+	publish("5000-0", "6000-0", "7000-0")
+	c.gap(wsbus.Gap{Topic: topic, After: 10, Seq: 13})
+	check("a hole of two", 3, 0)
+	arrive("7000-0")
+	check("overtaken within the hole", 3, 0)
+
+	publish("8000-0")
+	c.expire(soon())
+	check("not yet overdue", 3, 0)
+	c.expire(overdue())
+	check("overdue", 4, 0)
+	arrive("8000-0")
+	check("late", 4, 1)
+
+	publish("9000-0")
+	c.state([]int{0}, &open, wsbus.Closed, io.EOF)
+	if got := c.connections(); got != 0 {
+		t.Fatalf("%d connections after Closed", got)
+	}
+	publish("9500-0")
+	c.expire(overdue())
+	check("clock stopped", 4, 1)
+	c.state([]int{0}, &open, wsbus.Open, nil)
+	c.subscribed(wsbus.Subscribed{Topic: topic})
+	c.expire(soon())
+	check("clock restarted", 4, 1)
+	arrive("9000-0")
+	c.expire(overdue())
+	check("resumed", 4, 1)
+	if got := testutil.ToFloat64(c.receivedBy[0]); got != 6 {
+		t.Fatalf("received %v, want 6", got)
 	}
 }

@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,4 +121,30 @@ func TestCanaryKeyAdmitsToCanaryTopicsOnly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzCanaryAuthorization: whatever Authorization header a handshake
+// sends, Accept admits it as the canary only when it carries the canary
+// scheme and the gateway's very key, and it never panics.
+func FuzzCanaryAuthorization(f *testing.F) {
+	const key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+	for _, seed := range []string{
+		"Wsbus-Canary " + key, "wsbus-canary  " + key + " ", "Wsbus-Canary", "Wsbus-Canary ", "Wsbus-Canary " + key + "x",
+		"Bearer " + key, "", " ", "Wsbus-Canary\t" + key, "Wsbus-CanaryX " + key, "Wsbus-Canary " + key[:31],
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		g := &Gateway{cfg: GatewayConfig{CanaryKey: key}}
+		r := &ws.Request{URI: []byte("/v1/ws"), Authorization: []byte(header)}
+		err := g.Accept(r)
+		scheme, rest, _ := strings.Cut(header, " ")
+		want := strings.EqualFold(scheme, CanaryScheme) && strings.TrimSpace(rest) == key
+		if got := err == nil && r.State == canaryClaims; got != want {
+			t.Fatalf("Authorization %q: admitted as the canary %v (err %v), want %v", header, got, err, want)
+		}
+		if strings.EqualFold(scheme, CanaryScheme) && !want && err == nil {
+			t.Fatalf("Authorization %q with a wrong canary key was admitted", header)
+		}
+	})
 }
