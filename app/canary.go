@@ -121,6 +121,7 @@ type sentEvent struct {
 	at time.Time
 }
 
+// sentKey names an event of partition p.
 type sentKey struct {
 	p  int
 	id streams.ID
@@ -294,6 +295,9 @@ func (c *canary) gap(g wsbus.Gap) {
 		n = g.Seq - g.After - 1
 	default:
 		c.cfg.Logger.Warn("canary resumed with a loss of unknown size", "partition", p)
+		return
+	}
+	if n == 0 {
 		return
 	}
 	c.mu.Lock()
