@@ -45,7 +45,9 @@ func (h *httpAPI) metrics() http.Handler {
 	counter := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 	}
-	gauge("wsbus_ws_connections", "Open WebSocket connections.", func() float64 { return float64(h.ws.Stats().Connections) })
+	gauge("wsbus_ws_connections", "Open WebSocket connections of clients (the node's own canary not counted).", func() float64 {
+		return float64(max(h.ws.Stats().Connections-int64(h.canary.connections()), 0))
+	})
 	counter("wsbus_ws_upgrades_total", "Successful WebSocket upgrades.", func() float64 { return float64(h.ws.Stats().Upgraded) })
 	counter("wsbus_ws_handshake_errors_total", "Refused or failed WebSocket upgrades.", func() float64 { return float64(h.ws.Stats().HandshakeErrors) })
 	counter("wsbus_ws_refused_total", "Upgrades refused for the connection or rate limit (503).", func() float64 { return float64(h.ws.Stats().Refused) })
@@ -86,5 +88,6 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_redis_errors_total", "Redis commands that failed for the connection or the server's state (timeouts, refused connections, LOADING, READONLY, CLUSTERDOWN...), not the replies the bus expects.", func() float64 { return float64(h.redisErrors.n.Load()) })
 	reg.MustRegister(newIngressLag(h.rdb, h.keys, h.owner.Partitions))
 	reg.MustRegister(h.observed.collectors()...)
+	reg.MustRegister(h.canary.collectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

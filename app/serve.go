@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,6 +62,8 @@ type ServeConfig struct {
 	DrainRate        int
 	LogLevel         string
 	DebugAddr        string
+	CanaryInterval   time.Duration
+	CanaryTimeout    time.Duration
 }
 
 func (c *ServeConfig) register(fs *flag.FlagSet) {
@@ -93,6 +97,8 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long the drain may take before the remaining clients are cut")
 	fs.IntVar(&c.DrainRate, "drain-rate", 1000, "on SIGTERM, clients closed with 4002 per second, so their reconnects do not storm the fleet (0: all at once)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.CanaryInterval, "canary-interval", 2*time.Second, "publish a canary event to each partition this node owns this often, and read every partition's canary back through this node's own WebSocket path (the wsbus_canary_* metrics; topics starting with $canary. are reserved for it); 0 turns the canary off")
+	fs.DurationVar(&c.CanaryTimeout, "canary-timeout", 5*time.Second, "a canary event of this node's that has not arrived this long after it was published counts as lost")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (off by default: never expose it)")
 }
 
@@ -106,6 +112,9 @@ func (c *ServeConfig) check() error {
 	var err error
 	if c.auth, err = c.verifier(); err != nil {
 		return err
+	}
+	if c.CanaryInterval < 0 || c.CanaryInterval > 0 && c.CanaryTimeout <= 0 {
+		return errors.New("--canary-interval must not be negative, and --canary-timeout must be positive when the canary is on")
 	}
 	if strings.ContainsAny(c.NodeID, " \t\r\n") {
 		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
@@ -237,9 +246,13 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	if len(origins) == 0 && c.Insecure {
 		origins = []string{"*"}
 	}
+	canaryKey, err := newCanaryKey()
+	if err != nil {
+		return err
+	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
 		Redis: rdb, Keys: keys, Partitions: n, Auth: tokens, AllowedOrigins: origins,
-		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
+		MaxSubscriptions: c.MaxSubscriptions, Logger: logger, CanaryKey: canaryKey,
 		// A lagging client's history page and its queue together stay
 		// near --max-queue.
 		HistoryBytes: c.MaxQueue / 4, MaxData: c.MaxData,
@@ -251,8 +264,14 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	defer gw.Close()
 	errs := &redisErrors{}
 	rdb.AddHook(errs)
+	pub := streams.NewPublisher(rdb, keys, c.MaxData)
+	canary := newCanary(canaryConfig{
+		Interval: c.CanaryInterval, Timeout: c.CanaryTimeout, Node: c.NodeID,
+		URL: "ws://" + ln.Addr().String() + "/v1/ws", Key: canaryKey, Partitions: n,
+		MaxSubscriptions: c.MaxSubscriptions, Publish: pub.Publish, Owned: owner.Partitions, Logger: logger,
+	})
 	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs, observed: obs,
-		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
+		pub: pub, hist: streams.NewHistory(rdb, keys, n), canary: canary}
 	srv, err := ws.New(ws.Config{
 		Handler: gw, HTTP: h.mux(), Path: wsPath, MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
 		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
@@ -286,6 +305,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		logger.Warn("insecure mode: no authentication; demo page at http://" + addr + "/")
 	}
 	ready(addr)
+	canary.start()
 
 	served := false
 	select {
@@ -293,6 +313,9 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	case err = <-serveErr:
 		served = true
 	}
+	// The canary first: its connection is not one to drain, and its
+	// events, published no more, are awaited no more.
+	canary.stop()
 	logger.Info("draining: releasing leases, then closing clients with 4002")
 	stopOwner()
 	<-ownerDone
@@ -326,4 +349,14 @@ func (c *ServeConfig) verifier() (*auth.Verifier, error) {
 		return nil, nil
 	}
 	return auth.New(cfg)
+}
+
+// newCanaryKey returns a random key that admits this process's own canary
+// client (bus.GatewayConfig.CanaryKey): 32 random bytes, in hex.
+func newCanaryKey() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("making the canary key: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }

@@ -49,10 +49,10 @@ type partitionView struct {
 	Canary canaryStatus `json:"canary"`
 }
 
-// canaryStatus is the continuity canary's view of a partition: events
-// lost (holes in the canary's seq), the latency of the last canary event
-// and when it arrived. It is filled once the canary lands (issue 14);
-// until then every field is zero, and the page shows "-".
+// canaryStatus is the continuity canary's view of a partition (canary.go):
+// events lost (wsbus_canary_lost_total), the latency of the last canary
+// event and when it arrived. Every field is zero while the canary is off
+// or has seen nothing of the partition, and the page shows "-".
 type canaryStatus struct {
 	Lost      uint64    `json:"lost"`
 	LatencyMS float64   `json:"latency_ms"`
@@ -93,12 +93,13 @@ func (h *httpAPI) fleetStatus(st Status) fleetStatus {
 	for i, n := range st.Nodes {
 		f.Nodes[i].NodeStatus = n
 		if n.ID == h.cfg.NodeID {
-			conns, subs := h.ws.Stats().Connections, h.gw.Stats().Subscriptions
+			conns, subs := max(h.ws.Stats().Connections-int64(h.canary.connections()), 0), h.gw.Stats().Subscriptions
 			f.Nodes[i].Connections, f.Nodes[i].Subscriptions = &conns, &subs
 		}
 	}
 	for i, p := range st.Partition {
 		f.Partition[i].PartitionStatus = p
+		f.Partition[i].Canary = h.canary.view(p.P)
 	}
 	return f
 }

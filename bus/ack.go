@@ -75,7 +75,7 @@ func (g *Gateway) ack(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	if !cl.allows(m.Topic) {
-		g.sendError(c, codeForbidden, m.Topic, "token does not allow this topic")
+		g.sendError(c, codeForbidden, m.Topic, forbiddenText(m.Topic))
 		return
 	}
 	if !g.acks.add(cl, m.Topic, id) {

@@ -67,6 +67,11 @@ type GatewayConfig struct {
 	// not answer cannot make acks pile up without bound. Zero value means
 	// 256.
 	MaxAcks int
+	// CanaryKey admits the node's own canary client (app/canary.go): a
+	// connection presenting it ("Authorization: Wsbus-Canary KEY") needs no
+	// token and may subscribe to the canary topics, and only to them (see
+	// CanaryPrefix). Empty means no connection is admitted as the canary.
+	CanaryKey string
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
 	// DeliveryLatency, when set, is called once for each event a topic
@@ -269,7 +274,9 @@ func (g *Gateway) Close() error {
 // Open starts a connection, subscribing it when its URL names a topic.
 func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	cl := newClient(c)
-	if claims, ok := r.State.(*auth.Claims); ok {
+	if r.State == canaryClaims {
+		cl.claims = canaryClaims // the node's canary: no subject, no expiry (auth.go)
+	} else if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
 		if claims.Subject != "" {
 			cl.subjectp = &claims.Subject
