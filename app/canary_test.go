@@ -121,11 +121,10 @@ func TestCanaryReceivesEveryPartition(t *testing.T) {
 // TestCanaryReportsAStalledPartition stops one partition's pipeline from
 // outside and sees the canary report that partition's losses within 10 s,
 // and no other partition's. The pipeline is stopped by two poisoned keys:
-// the partition's canary topic history is a string, so the owner's apply
-// of its next canary event fails; after a failure the pipeline checks the
-// partition before it reads on, and with the partition's meta a string
-// too, that check fails again and again: nothing of the partition is
-// applied any more while its lease holds.
+// the partition's canary topic history is a string, so its events must be
+// dead-lettered, and the dead-letter stream is a string too, so the
+// owner's apply refuses the batch (WSBUSKEY) and tries again and again:
+// nothing of the partition is applied any more while its lease holds.
 func TestCanaryReportsAStalledPartition(t *testing.T) {
 	const n, stalled = 16, 5
 	b := newTestBus(t, "--partitions", strconv.Itoa(n), "--canary-interval", "200ms", "--canary-timeout", "3s")
@@ -135,7 +134,7 @@ func TestCanaryReportsAStalledPartition(t *testing.T) {
 	})
 	ctx := context.Background()
 	topic := canaryTopics(n)[stalled]
-	for _, key := range []string{b.keys.PartitionMeta(stalled), b.keys.Topic(stalled, topic)} {
+	for _, key := range []string{b.keys.Dead(stalled), b.keys.Topic(stalled, topic)} {
 		if err := b.rdb.Set(ctx, key, "x", 0).Err(); err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -409,5 +410,68 @@ func TestTrimKeepsWhatWasNotRead(t *testing.T) {
 	}
 	if n := rdb.XLen(ctx, keys.Ingress(0)).Val(); n >= 600 {
 		t.Fatalf("ingress holds %d entries after trimming, want the read ones (some) gone", n)
+	}
+}
+
+// TestApplyDeadLettersAWrongTypeKey: a topic whose history key holds a
+// string gets its events dead-lettered with the reason, and the other
+// events of the batch, before and after them, are applied; no entry is
+// lost. With the dead-letter stream a string too, nothing of the batch is
+// done and it stays unread for the next try.
+func TestApplyDeadLettersAWrongTypeKey(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, _ := heldPartition(t, 0)
+	rdb.Set(ctx, keys.Topic(0, "bad"), "x", 0)
+	var ids []string
+	for i, topic := range []string{"good", "bad", "good", "bad", "good"} {
+		ids = append(ids, rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", strconv.Itoa(i)}}).Val())
+	}
+	read := func() ([]redis.XMessage, string) {
+		t.Helper()
+		_, after, err := o.readPending(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := o.readNew(ctx, 0, after, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msgs, after
+	}
+
+	rdb.Set(ctx, keys.Dead(0), "x", 0)
+	msgs, after := read()
+	if err := o.apply(ctx, l, msgs, after); err == nil || !strings.Contains(err.Error(), "WSBUSKEY") {
+		t.Fatalf("apply with the dead-letter stream a string: %v, want WSBUSKEY", err)
+	}
+	if h := rdb.XLen(ctx, keys.Topic(0, "good")).Val(); h != 0 {
+		t.Fatalf("%d events applied from a batch refused", h)
+	}
+
+	rdb.Del(ctx, keys.Dead(0))
+	msgs, after = read()
+	if len(msgs) != len(ids) {
+		t.Fatalf("the refused batch reads back as %d entries, want %d", len(msgs), len(ids))
+	}
+	if err := o.apply(ctx, l, msgs, after); err != nil {
+		t.Fatal(err)
+	}
+	var good []string
+	for _, m := range rdb.XRange(ctx, keys.Topic(0, "good"), "-", "+").Val() {
+		good = append(good, m.ID)
+	}
+	if want := []string{ids[0], ids[2], ids[4]}; !slices.Equal(good, want) {
+		t.Errorf("history of good = %v, want %v", good, want)
+	}
+	dead := rdb.XRange(ctx, keys.Dead(0), "-", "+").Val()
+	if len(dead) != 2 || dead[0].Values["id"] != ids[1] || dead[1].Values["id"] != ids[3] ||
+		dead[0].Values["topic"] != "bad" || !strings.Contains(dead[0].Values["reason"].(string), "holds a string") {
+		t.Fatalf("dead letters %v, want %s and %s of topic bad, with the reason", dead, ids[1], ids[3])
+	}
+	if n := o.Stats().DeadLettered; n != 2 {
+		t.Errorf("%d dead letters counted, want 2", n)
+	}
+	if msgs, _ := read(); len(msgs) != 0 {
+		t.Errorf("%d entries left unread after the batch was applied", len(msgs))
 	}
 }

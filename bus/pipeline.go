@@ -365,9 +365,14 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 		args[sp.arg] = buf[sp.from:sp.to]
 	}
 	l.scratch = buf
-	added, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Uint64()
+	counts, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Int64Slice()
 	if err != nil {
 		return err
+	}
+	added, refused := uint64(counts[0]), uint64(counts[1])
+	if refused > 0 {
+		o.cfg.Logger.Warn("events dead-lettered: a key they go to holds another type", "partition", l.p, "events", refused, "dead", o.cfg.Keys.Dead(l.p))
+		dead += refused
 	}
 	l.nextDue = nextDue
 	if o.cfg.ApplyTime != nil {
