@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wsbus/wsbus/ws"
 )
 
 // observed holds the node's histograms: the packages below app record
@@ -57,14 +59,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_ws_messages_in_total", "Client messages received.", func() float64 { return float64(h.ws.Stats().MessagesIn) })
 	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
 	counter("wsbus_ws_frames_queued_total", "Frames that waited in a connection's queue (its socket was full, or earlier frames waited) rather than being written through at once.", func() float64 { return float64(h.ws.Stats().FramesQueued) })
-	gauge("wsbus_ws_queued_bytes", "Bytes waiting in the connections' queues, summed.", func() float64 {
-		b, _ := h.ws.Queued()
-		return float64(b)
-	})
-	gauge("wsbus_ws_queued_connections", "Connections with bytes waiting in their queue: clients not keeping up.", func() float64 {
-		_, n := h.ws.Queued()
-		return float64(n)
-	})
+	reg.MustRegister(queued{h.ws})
 	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })
 	counter("wsbus_ws_slow_consumers_total", "Clients closed with 4001.", func() float64 { return float64(h.ws.Stats().SlowConsumers) })
 	counter("wsbus_ws_pool_overflow_total", "Tasks run past the worker bound.", func() float64 { return float64(h.ws.Stats().PoolOverflow) })
@@ -90,4 +85,20 @@ func (h *httpAPI) metrics() http.Handler {
 	reg.MustRegister(h.observed.collectors()...)
 	reg.MustRegister(h.canary.collectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// queued reports the connections' queues from one walk of them per scrape.
+type queued struct{ ws *ws.Server }
+
+var (
+	queuedBytesDesc = prometheus.NewDesc("wsbus_ws_queued_bytes", "Bytes waiting in the connections' queues, summed.", nil, nil)
+	queuedConnsDesc = prometheus.NewDesc("wsbus_ws_queued_connections", "Connections with bytes waiting in their queue: clients not keeping up.", nil, nil)
+)
+
+func (q queued) Describe(ch chan<- *prometheus.Desc) { ch <- queuedBytesDesc; ch <- queuedConnsDesc }
+
+func (q queued) Collect(ch chan<- prometheus.Metric) {
+	b, n := q.ws.Queued()
+	ch <- prometheus.MustNewConstMetric(queuedBytesDesc, prometheus.GaugeValue, float64(b))
+	ch <- prometheus.MustNewConstMetric(queuedConnsDesc, prometheus.GaugeValue, float64(n))
 }

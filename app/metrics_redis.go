@@ -85,7 +85,8 @@ func failed(err error) bool {
 // ingressLag is the gauge vector wsbus_bus_ingress_lag: for each partition
 // this node owns, the ingress entries not applied yet: those its consumer
 // group has not read (XINFO GROUPS lag, Redis 7) and those read and not
-// acknowledged (pending), read from Redis at each scrape.
+// acknowledged (pending), read from Redis at each scrape. A partition
+// whose lag Redis cannot tell has no sample.
 type ingressLag struct {
 	rdb   redis.UniversalClient
 	keys  streams.Keys
@@ -120,7 +121,9 @@ func (l *ingressLag) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		for _, g := range groups {
-			if g.Name == streams.Group {
+			// Lag is -1 when Redis cannot tell (entries were deleted
+			// from the stream): no sample rather than a wrong one.
+			if g.Name == streams.Group && g.Lag >= 0 {
 				ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(g.Lag+g.Pending), strconv.Itoa(p))
 			}
 		}

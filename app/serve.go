@@ -267,7 +267,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	pub := streams.NewPublisher(rdb, keys, c.MaxData)
 	canary := newCanary(canaryConfig{
 		Interval: c.CanaryInterval, Timeout: c.CanaryTimeout, Node: c.NodeID,
-		URL: "ws://" + ln.Addr().String() + "/v1/ws", Key: canaryKey, Partitions: n,
+		URL: "ws://" + ln.Addr().String() + wsPath, Key: canaryKey, Partitions: n,
 		MaxSubscriptions: c.MaxSubscriptions, Publish: pub.Publish, Owned: owner.Partitions, Logger: logger,
 	})
 	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs, observed: obs,

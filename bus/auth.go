@@ -18,7 +18,8 @@ import (
 // TokenVerifier checks a client's token and returns what it grants: the
 // one thing the Gateway needs of authentication (*auth.Verifier is one).
 // Verify is called on the WebSocket workers, once per handshake and per
-// refresh, so it must be safe for concurrent use and should not block.
+// refresh, so it must be safe for concurrent use and should not block. A
+// token with nil claims is refused.
 type TokenVerifier interface {
 	Verify(token string) (*auth.Claims, error)
 }
@@ -81,7 +82,7 @@ func (g *Gateway) Accept(r *ws.Request) error {
 		return ws.Reject(http.StatusUnauthorized, "a token is required (Authorization: Bearer, or ?token=)")
 	}
 	claims, err := g.cfg.Auth.Verify(token)
-	if err != nil {
+	if err != nil || claims == nil { // no claims would grant everything
 		return ws.Reject(http.StatusUnauthorized, "invalid token")
 	}
 	r.State = claims
@@ -134,7 +135,7 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 		return
 	}
 	claims, err := g.cfg.Auth.Verify(token)
-	if err != nil {
+	if err != nil || claims == nil {
 		g.sendError(c, codeUnauthorized, "", "invalid token")
 		return
 	}

@@ -32,7 +32,7 @@ var _ TokenVerifier = (*auth.Verifier)(nil)
 // hands its claims to Open; without one every handshake passes.
 func TestAcceptVerifiesTheToken(t *testing.T) {
 	alice := &auth.Claims{Subject: "alice"}
-	tokens := fakeVerifier{"good": alice}
+	tokens := fakeVerifier{"good": alice, "empty": nil}
 	tests := []struct {
 		name          string
 		verifier      TokenVerifier
@@ -44,6 +44,7 @@ func TestAcceptVerifiesTheToken(t *testing.T) {
 		{"query", tokens, "/v1/ws?topic=a&token=good", "", 0, false},
 		{"no token", tokens, "/v1/ws", "", http.StatusUnauthorized, false},
 		{"bad token", tokens, "/v1/ws", "Bearer bad", http.StatusUnauthorized, false},
+		{"a token without claims", tokens, "/v1/ws", "Bearer empty", http.StatusUnauthorized, false},
 		{"no verifier", nil, "/v1/ws", "", 0, true},
 	}
 	for _, tt := range tests {

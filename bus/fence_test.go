@@ -475,3 +475,79 @@ func TestApplyDeadLettersAWrongTypeKey(t *testing.T) {
 		t.Errorf("%d entries left unread after the batch was applied", len(msgs))
 	}
 }
+
+// TestRefusedBatchForwardsOnce: a batch holding a misrouted entry and one
+// to dead-letter is refused while the dead-letter stream is unwritable
+// (WSBUSKEY), twice; the misrouted entry reaches its partition once, not
+// once per try.
+func TestRefusedBatchForwardsOnce(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys := testBus(t, 2)
+	o := testOwner(t, rdb, keys, 2, "n", 0)
+	l := &lease{p: 0, value: "n 1"}
+	rdb.Set(ctx, keys.Owner(0), l.value, 0)
+	if err := o.ensure(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	misrouted := "m"
+	for streams.Partition(misrouted, 2) != 1 {
+		misrouted += "m"
+	}
+	rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", misrouted, "data", "1"}})
+	rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"data", "no topic"}})
+	rdb.Set(ctx, keys.Dead(0), "x", 0)
+	apply := func() error {
+		_, after, err := o.readPending(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := o.readNew(ctx, 0, after, 10*time.Millisecond)
+		if err != nil || len(msgs) != 2 {
+			t.Fatalf("read %d entries, %v; want 2", len(msgs), err)
+		}
+		return o.apply(ctx, l, msgs, after)
+	}
+	for range 2 {
+		if err := apply(); err == nil || !strings.Contains(err.Error(), "WSBUSKEY") {
+			t.Fatalf("apply with the dead-letter stream a string: %v, want WSBUSKEY", err)
+		}
+	}
+	rdb.Del(ctx, keys.Dead(0))
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.XLen(ctx, keys.Ingress(1)).Val(); n != 1 {
+		t.Fatalf("the misrouted entry reached its partition %d times over 3 tries, want once", n)
+	}
+}
+
+// TestOutOfMemoryTakesNothing: with Redis out of memory (maxmemory reached,
+// noeviction), a batch of pending entries is refused, not acknowledged
+// with nothing written; once memory is back it is applied.
+func TestOutOfMemoryTakesNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, ids := heldPartition(t, 2)
+	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: streams.Group, Consumer: "n", Streams: []string{keys.Ingress(0), ">"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, _, err := o.readPending(ctx, l)
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("readPending = %d entries, %v; want 2", len(msgs), err)
+	}
+	rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction")
+	rdb.ConfigSet(ctx, "maxmemory", "1")
+	err = o.apply(ctx, l, msgs, "")
+	rdb.ConfigSet(ctx, "maxmemory", "0")
+	if err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("apply out of memory: %v, want the OOM refusal", err)
+	}
+	if n := rdb.XPending(ctx, keys.Ingress(0), streams.Group).Val().Count; n != 2 {
+		t.Fatalf("%d entries pending after the refused batch, want the 2 still there", n)
+	}
+	if err := o.apply(ctx, l, msgs, ""); err != nil {
+		t.Fatal(err)
+	}
+	if h := rdb.XRange(ctx, keys.Topic(0, "t"), "-", "+").Val(); len(h) != 2 || h[1].ID != ids[1] {
+		t.Fatalf("history %v after memory came back, want %v", h, ids)
+	}
+}

@@ -66,13 +66,16 @@ type subscription struct {
 // topic is split over the cores: each subscriber is touched by one
 // goroutine, and all are done before deliverLocked returns.
 func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
-	if t.seen.Less(ev.id) {
+	fresh := t.seen.Less(ev.id)
+	if fresh {
 		t.seen, t.seq = ev.id, ev.seq
 	}
 	if len(t.subs) == 0 {
 		return
 	}
-	if g.cfg.DeliveryLatency != nil {
+	if fresh && g.cfg.DeliveryLatency != nil {
+		// Once per event: a catch-up hands on again the held events that
+		// its history page had delivered already.
 		defer observeLatency(g.cfg.DeliveryLatency, ev.id)
 	}
 	parts := runtime.GOMAXPROCS(0)

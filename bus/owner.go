@@ -136,6 +136,11 @@ type lease struct {
 	nextDue int64
 
 	scratch []byte // event encoding buffer of the partition's pipeline, reused per batch
+	// forwarded holds the IDs of the entries of the batch being applied
+	// that were forwarded to their partition, so that a batch the apply
+	// script refused (and that is read again) does not forward them twice.
+	// Only the partition's pipeline touches it.
+	forwarded map[string]struct{}
 }
 
 // NewOwner returns an Owner; Run starts it.

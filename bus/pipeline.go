@@ -337,8 +337,16 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 			args = append(args, "d", m.ID, strings.TrimPrefix(err.Error(), "streams: "), topic, data)
 			dead++
 		case streams.Partition(e.Topic, o.cfg.Partitions) != l.p:
-			if err := o.forward(ctx, l, e); err != nil {
-				return err
+			// A batch the script refused comes back; what it forwarded
+			// already is not forwarded again.
+			if _, done := l.forwarded[m.ID]; !done {
+				if err := o.forward(ctx, l, e); err != nil {
+					return err
+				}
+				if l.forwarded == nil {
+					l.forwarded = make(map[string]struct{})
+				}
+				l.forwarded[m.ID] = struct{}{}
 			}
 			args = append(args, "a", m.ID)
 			forwarded++
@@ -369,6 +377,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	if err != nil {
 		return err
 	}
+	clear(l.forwarded) // the batch is taken: its entries are not read again
 	added, refused := uint64(counts[0]), uint64(counts[1])
 	if refused > 0 {
 		o.cfg.Logger.Warn("events dead-lettered: a key they go to holds another type", "partition", l.p, "events", refused, "dead", o.cfg.Keys.Dead(l.p))

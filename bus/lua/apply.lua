@@ -14,7 +14,8 @@
 --
 -- A batch of new entries, read with a plain XREAD after an ID, moves the
 -- consumer group past it here, in the same step as it is applied (so it is
--- never pending): the group must have delivered up to that ID and no
+-- never pending; the move is the script's last write, so a script that
+-- fails on the way leaves the batch to be read again): the group must have delivered up to that ID and no
 -- further, and the first entry after it must be the batch's first, or
 -- nothing is done (WSBUSTAKE; a group behind that ID can mean the
 -- partition's data went back in time, which ensureScript checks). Owners
@@ -103,15 +104,15 @@ if mustdead then
   end
 end
 
+local setread -- the group's count of entries read, when the batch moves it
 if after ~= '' then
   local last, read = delivered(ingress, group)
   local first = redis.call('XRANGE', ingress, '(' .. after, '+', 'COUNT', 1)[1]
   if last ~= after or not first or first[1] ~= batchfirst then
     return redis.error_reply('WSBUSTAKE the group is at ' .. tostring(last) .. ', the batch was read after ' .. after)
   end
-  if read then
-    redis.call('XGROUP', 'SETID', ingress, group, batchlast, 'ENTRIESREAD', read + n)
-  else
+  setread = read
+  if not read then
     -- Redis does not know how many entries the group has read (a new
     -- group): XREADGROUP works it out, and the batch is acknowledged below.
     local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', ingress, '>')
@@ -122,6 +123,10 @@ if after ~= '' then
     after = ''
   end
 end
+-- The group is moved past the batch (at the end), once everything else is
+-- written: an error on the way aborts the script with the group where it
+-- was, and the batch is read again; what was written before the error is
+-- then skipped as replayed.
 local k, a, added, deadkeys = 5, 9, 0, 0
 local acks, seqs, cursors = {}, {}, {}
 for i = 1, n do
@@ -138,6 +143,12 @@ for i = 1, n do
     local data, tail = ARGV[a + 2], ARGV[a + 3]
     local seq = string.format('%d', (seqs[hist] or topseq(hist)) + 1)
     local ok = redis.pcall('XADD', hist, 'MAXLEN', '~', maxlen, id, 'data', data, 'seq', seq)
+    if type(ok) == 'table' and ok.err and not string.find(ok.err, 'equal or smaller', 1, true) then
+      -- Not a replay (an ID at or below the stream's top): Redis refused
+      -- the write (out of memory before anything was written, say). The
+      -- batch is not taken: it is read and applied again later.
+      return redis.error_reply(ok.err)
+    end
     if type(ok) == 'string' then
       seqs[hist] = tonumber(seq)
       if seq == '1' then
@@ -168,7 +179,9 @@ for i = 1, n do
   end
   acks[i] = id
 end
-if after == '' and n > 0 then
+if setread then
+  redis.call('XGROUP', 'SETID', ingress, group, batchlast, 'ENTRIESREAD', setread + n)
+elseif after == '' and n > 0 then
   redis.call('XACK', ingress, group, unpack(acks))
 end
 -- Once per topic of the batch, not per event: the history lives for its

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -145,9 +146,36 @@ func phaseHist[T any](p *T, h func(*T) *Histogram) *Histogram {
 }
 
 // shellJoin quotes args for a POSIX shell where they need it.
+// redact hides what an argument may carry that a shared report must not:
+// a URL's password and its token query parameter.
+func redact(arg string) string {
+	name, value, flag := strings.Cut(arg, "=")
+	if !flag {
+		value, name = arg, ""
+	}
+	u, err := url.Parse(value)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return arg
+	}
+	q := u.Query()
+	if q.Has("token") {
+		q.Set("token", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	r := u.Redacted()
+	if r == value {
+		return arg
+	}
+	if flag {
+		return name + "=" + r
+	}
+	return r
+}
+
 func shellJoin(args []string) string {
 	out := make([]string, len(args))
 	for i, a := range args {
+		a = redact(a)
 		out[i] = a
 		if a == "" || strings.ContainsFunc(a, func(c rune) bool {
 			return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:=,@%+", c))

@@ -305,3 +305,18 @@ func TestWriteReport(t *testing.T) {
 		t.Fatalf("result.json read back: command %q, %d results", back.Command, len(back.Results))
 	}
 }
+
+// TestCommandRedacted: a report's command line keeps no password of a
+// Redis URL and no token of a WebSocket URL.
+func TestCommandRedacted(t *testing.T) {
+	got := shellJoin([]string{"wsbus", "bench", "--redis", "redis://:s3cret@127.0.0.1:6379/0",
+		"--url=ws://127.0.0.1:8080/v1/ws?topic=a&token=eyJhbGc", "--conns", "10"})
+	if strings.Contains(got, "s3cret") || strings.Contains(got, "eyJhbGc") {
+		t.Fatalf("command line %q keeps a secret", got)
+	}
+	for _, keep := range []string{"127.0.0.1:6379/0", "topic=a", "--conns 10"} {
+		if !strings.Contains(got, keep) {
+			t.Errorf("command line %q lost %q", got, keep)
+		}
+	}
+}
