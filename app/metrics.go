@@ -6,8 +6,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/wsbus/wsbus/ws"
 )
 
 // observed holds the node's histograms: the packages below app record
@@ -59,7 +57,7 @@ func (h *httpAPI) metrics() http.Handler {
 	counter("wsbus_ws_messages_in_total", "Client messages received.", func() float64 { return float64(h.ws.Stats().MessagesIn) })
 	counter("wsbus_ws_frames_out_total", "Frames written to clients.", func() float64 { return float64(h.ws.Stats().FramesOut) })
 	counter("wsbus_ws_frames_queued_total", "Frames that waited in a connection's queue (its socket was full, or earlier frames waited) rather than being written through at once.", func() float64 { return float64(h.ws.Stats().FramesQueued) })
-	reg.MustRegister(queued{h.ws})
+	reg.MustRegister(queued{h})
 	counter("wsbus_ws_bytes_out_total", "Bytes written to clients.", func() float64 { return float64(h.ws.Stats().BytesOut) })
 	counter("wsbus_ws_slow_consumers_total", "Clients closed with 4001.", func() float64 { return float64(h.ws.Stats().SlowConsumers) })
 	counter("wsbus_ws_pool_overflow_total", "Tasks run past the worker bound.", func() float64 { return float64(h.ws.Stats().PoolOverflow) })
@@ -87,8 +85,9 @@ func (h *httpAPI) metrics() http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 
-// queued reports the connections' queues from one walk of them per scrape.
-type queued struct{ ws *ws.Server }
+// queued reports the connections' queues from one walk of them per scrape
+// (h.ws is set once the server is made, after the registry).
+type queued struct{ h *httpAPI }
 
 var (
 	queuedBytesDesc = prometheus.NewDesc("wsbus_ws_queued_bytes", "Bytes waiting in the connections' queues, summed.", nil, nil)
@@ -98,7 +97,7 @@ var (
 func (q queued) Describe(ch chan<- *prometheus.Desc) { ch <- queuedBytesDesc; ch <- queuedConnsDesc }
 
 func (q queued) Collect(ch chan<- prometheus.Metric) {
-	b, n := q.ws.Queued()
+	b, n := q.h.ws.Queued()
 	ch <- prometheus.MustNewConstMetric(queuedBytesDesc, prometheus.GaugeValue, float64(b))
 	ch <- prometheus.MustNewConstMetric(queuedConnsDesc, prometheus.GaugeValue, float64(n))
 }
