@@ -30,6 +30,9 @@ type Job struct {
 	// Soak, when set, makes the worker a soak client (soak_worker.go):
 	// Topics are then soak topics.
 	Soak *SoakJob `json:"soak,omitempty"`
+	// Protocol is the servers' client protocol: "" for wsbus's (the
+	// gateway's and the baselines'), Centrifugo for Centrifugo's JSON one.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // Report is what a worker tells the parent.
@@ -78,6 +81,7 @@ type wconn struct {
 	hdr     bytes.Reader
 	resumed bool         // connected by "resume": its events count as since
 	cursor  wsbus.Cursor // where it stands: the last event received, or the head
+	cf      cfCursor     // where it stands with Centrifugo
 	soak    *soakConn    // a soak client's subscriptions; nil outside a soak
 }
 
@@ -271,6 +275,9 @@ func (w *worker) connectAll(resume bool) {
 
 // connect dials wc, waits for its subscription and starts its reader.
 func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
+	if w.job.Protocol == Centrifugo {
+		return w.connectCentrifugo(wc, resume)
+	}
 	target := w.job.URL + "?topic=" + url.QueryEscape(wc.topic)
 	wc.mu.Lock()
 	if since, seq, hasSeq, epoch := wc.cursor.Resume(); resume && since != "" {
@@ -327,6 +334,10 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 		w.soakRecord(wc, p, now)
 		return
 	}
+	if w.job.Protocol == Centrifugo {
+		w.recordCentrifugo(wc, p, now)
+		return
+	}
 	id, seq, t, k, ok := parseEvent(p)
 	if !ok {
 		return
@@ -334,6 +345,12 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 	if fresh, _ := wc.cursor.Event(id, seq); !fresh {
 		w.dups.Add(1)
 	}
+	w.tally(wc, t, k, now)
+}
+
+// tally counts the receipt at now of an event sent at t, of kind or
+// broadcast number k. It runs with wc.mu held.
+func (w *worker) tally(wc *wconn, t, k, now int64) {
 	d := time.Duration(now - t)
 	w.received.Add(1)
 	if wc.resumed {
