@@ -74,11 +74,11 @@ type cfPub struct {
 
 // event decodes the bench's own data of p; ok is false for other data.
 func (p *cfPub) event() (t, k int64, ok bool) {
-	var d eventData
-	if json.Unmarshal(p.Data, &d) != nil || d.T == 0 {
+	var d struct{ T, K *int64 }
+	if json.Unmarshal(p.Data, &d) != nil || d.T == nil || d.K == nil {
 		return 0, 0, false
 	}
-	return d.T, d.K, true
+	return *d.T, *d.K, true
 }
 
 // cfLines splits a frame of Centrifugo's JSON protocol into its messages,
