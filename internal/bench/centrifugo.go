@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -184,20 +183,10 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 	wc.mu.Lock()
 	cmds := cfCommands(wc.topic, resume, wc.cf)
 	wc.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, br, _, err := wc.dialer.Dial(ctx, w.job.URL)
+	conn, br, rw, err := dial(wc, w.job.URL)
 	if err != nil {
 		return false, err
 	}
-	if br == nil {
-		br = bufio.NewReaderSize(conn, 1024)
-	}
-	rw := struct {
-		io.Reader
-		io.Writer
-	}{br, conn}
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := wsutil.WriteClientText(rw, cmds); err != nil {
 		_ = conn.Close()
 		return false, err
@@ -234,7 +223,6 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 			return false, bad
 		}
 	}
-	_ = conn.SetDeadline(time.Time{})
 	now := time.Now().UnixNano()
 	wc.mu.Lock()
 	wc.resumed = resume

@@ -287,20 +287,10 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		}
 	}
 	wc.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, br, _, err := wc.dialer.Dial(ctx, target)
+	conn, br, rw, err := dial(wc, target)
 	if err != nil {
 		return false, err
 	}
-	if br == nil {
-		br = bufio.NewReaderSize(conn, 1024)
-	}
-	rw := struct {
-		io.Reader
-		io.Writer
-	}{br, conn}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	first, err := wsutil.ReadServerText(rw)
 	if err != nil {
 		_ = conn.Close()
@@ -322,6 +312,26 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		return false, err
 	}
 	return m.Recovered, nil
+}
+
+// dial opens a WebSocket to target from wc's source address, with 30 s
+// for the handshake and for the server's first answer: rw reads through
+// br, which holds what the handshake read past its response.
+func dial(wc *wconn, target string) (conn net.Conn, br *bufio.Reader, rw io.ReadWriter, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, br, _, err = wc.dialer.Dial(ctx, target)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if br == nil {
+		br = bufio.NewReaderSize(conn, 1024)
+	}
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	return conn, br, struct {
+		io.Reader
+		io.Writer
+	}{br, conn}, nil
 }
 
 // record takes the delay from XADD to receipt of an event and checks IDs
