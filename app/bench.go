@@ -28,7 +28,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	baselineServer := fs.String("baseline-server", "", "serve a baseline (naive or floor) on --listen instead of running a bench; the bench starts these itself")
 	listen := fs.String("listen", "127.0.0.1:0", "with --baseline-server: address to listen on")
-	baselines := fs.String("baselines", "naive,floor", "baselines to measure after the gateway, with the same phases (empty: none); they need the gateway's bus on a single Redis")
+	baselines := fs.String("baselines", "naive,floor", "baselines to measure after the gateway, with the same phases (empty: none); they need the gateway's bus on a single Redis; centrifugo measures the Centrifugo v6 at --centrifugo-url")
+	centrifugoURL := fs.String("centrifugo-url", "", "with centrifugo in --baselines: the WebSocket endpoint of a running Centrifugo v6 (e.g. ws://127.0.0.1:8000/connection/websocket) with history and recovery on in the namespace bench, anonymous subscribes allowed there, and Prometheus metrics on")
+	centrifugoKey := fs.String("centrifugo-api-key", "", "with centrifugo in --baselines: the key of its HTTP server API, which the bench publishes through")
 	var urls stringList
 	fs.Var(&urls, "url", "WebSocket endpoint of the gateway under test (start it with a high --upgrade-rate); repeat it, or separate with commas, to spread the connections over several gateways of one bus (default ws://127.0.0.1:8080/v1/ws)")
 	conns := fs.Int("conns", 1000, "connections to open")
@@ -53,8 +55,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		kinds = strings.Split(*baselines, ",")
 	}
 	for _, k := range append(kinds, *baselineServer) {
-		if k != "" && k != bench.Naive && k != bench.Floor {
-			fmt.Fprintf(stderr, "wsbus bench: unknown baseline %q: want %s or %s\n", k, bench.Naive, bench.Floor)
+		if k != "" && k != bench.Naive && k != bench.Floor && (k != bench.Centrifugo || k == *baselineServer) {
+			fmt.Fprintf(stderr, "wsbus bench: unknown baseline %q: want %s, %s or (in --baselines) %s\n", k, bench.Naive, bench.Floor, bench.Centrifugo)
+			return errUsage
+		}
+		if k == bench.Centrifugo && *centrifugoURL == "" {
+			fmt.Fprintln(stderr, "wsbus bench: the centrifugo baseline needs --centrifugo-url")
 			return errUsage
 		}
 	}
@@ -83,6 +89,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		Baselines: kinds, BaselineArgs: func(kind string) []string {
 			return append([]string{"bench", "--baseline-server", kind}, c.args()...)
 		},
+		CentrifugoURL: *centrifugoURL, CentrifugoAPIKey: *centrifugoKey,
 	}
 	if soak.on {
 		if *report != "" {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -178,6 +179,24 @@ func TestBenchSoak(t *testing.T) {
 	for i, g := range res.Gateways {
 		if g.Start.Conns != 50 || g.End.Conns != 50 {
 			t.Errorf("gateway %d: %v connections at the start, %v at the end, want 50", i+1, g.Start.Conns, g.End.Conns)
+		}
+	}
+}
+
+// TestBenchCentrifugoFlags: centrifugo is a server for --baselines only,
+// and only with the URL of the Centrifugo to measure.
+func TestBenchCentrifugoFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{[]string{"bench", "--baselines", "naive,centrifugo"}, "the centrifugo baseline needs --centrifugo-url"},
+		{[]string{"bench", "--baseline-server", "centrifugo", "--centrifugo-url", "ws://127.0.0.1:1/connection/websocket"}, `unknown baseline "centrifugo"`},
+		{[]string{"bench", "--baselines", "nginx"}, `unknown baseline "nginx"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := Main(tt.args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%q: exit %d, stderr %q; want exit 2 and %q", tt.args, code, stderr.String(), tt.want)
 		}
 	}
 }

@@ -61,6 +61,10 @@ type Config struct {
 	// as Executable BaselineArgs(kind)... that prints its address.
 	Baselines    []string
 	BaselineArgs func(kind string) []string
+	// CentrifugoURL is the WebSocket endpoint of the Centrifugo measured
+	// when Baselines holds Centrifugo, and CentrifugoAPIKey the key of its
+	// HTTP server API.
+	CentrifugoURL, CentrifugoAPIKey string
 	// Progress receives one line per step.
 	Progress io.Writer
 }
@@ -176,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 		return cmp, nil
 	}
 	for _, kind := range cfg.Baselines {
-		res, err := measureBaseline(ctx, cfg, kind)
+		res, err := measureOther(ctx, cfg, kind)
 		if err != nil {
 			return nil, fmt.Errorf("baseline %s: %w", kind, err)
 		}
@@ -262,6 +266,10 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, cfg.Mix, cfg.Topics)
+	publish, err := publisherFor(ctx, cfg, server, urls[0])
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var workers []*workerProc
 	defer func() {
@@ -276,7 +284,7 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	n = (n + len(urls) - 1) / len(urls) * len(urls)
 	for i := range n {
 		share := topics[i*cfg.Conns/n : (i+1)*cfg.Conns/n]
-		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share})
+		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share, Protocol: protocol(server)})
 		if err != nil {
 			return nil, err
 		}
@@ -304,34 +312,30 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / open
 	progress(cfg, "idle: %.0f B RSS, %.0f B heap in %.1f objects, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.HeapObjects, res.PerConn.Goroutines, res.PerConn.FDs)
 	if cfg.Broadcasts > 0 && cfg.Mix == "shared" {
-		if res.Broadcast, err = broadcast(ctx, cfg, workers, int64(cfg.Conns-res.Failed)); err != nil {
+		if res.Broadcast, err = broadcast(ctx, cfg, publish, workers, int64(cfg.Conns-res.Failed)); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.UnicastRate > 0 && cfg.Mix == "own" {
+	if cfg.UnicastRate > 0 && cfg.Mix == "own" && server != Centrifugo {
 		if res.Unicast, err = unicast(ctx, cfg, workers); err != nil {
 			return nil, err
 		}
 	}
 	if cfg.Storm > 0 && cfg.Mix == "shared" && canResume {
-		if res.Storm, err = storm(ctx, cfg, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
+		if res.Storm, err = storm(ctx, cfg, publish, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
 		}
 	}
 	return res, nil
 }
 
-// broadcast XADDs timestamped events to the shared topic and gathers
+// broadcast publishes timestamped events to the shared topic and gathers
 // every receipt's delay.
-func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribers int64) (*Latency, error) {
-	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
-	if err != nil {
-		return nil, err
-	}
-	stream := cfg.Keys.Ingress(streams.Partition(sharedTopic, n))
+func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*workerProc, subscribers int64) (*Latency, error) {
+	var err error
 	for k := range cfg.Broadcasts {
 		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: int64(k)})
-		if err := cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", sharedTopic, "data", data}}).Err(); err != nil {
+		if err := publish(ctx, sharedTopic, data); err != nil {
 			return nil, fmt.Errorf("publishing broadcast %d: %w", k, err)
 		}
 		time.Sleep(cfg.Gap)
@@ -427,18 +431,13 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 
 // storm drops every client, publishes cfg.Storm events, and times the
 // reconnect of all of them until each has every missed event.
-func storm(ctx context.Context, cfg Config, workers []*workerProc, clients, failedBefore int) (*Storm, error) {
+func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*workerProc, clients, failedBefore int) (*Storm, error) {
 	if err := command(workers, "drop"); err != nil {
 		return nil, err
 	}
-	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
-	if err != nil {
-		return nil, err
-	}
-	stream := cfg.Keys.Ingress(streams.Partition(sharedTopic, n))
 	for range cfg.Storm {
 		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: kindStorm})
-		if err := cfg.Redis.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", sharedTopic, "data", data}}).Err(); err != nil {
+		if err := publish(ctx, sharedTopic, data); err != nil {
 			return nil, fmt.Errorf("publishing while clients are away: %w", err)
 		}
 	}

@@ -3,6 +3,10 @@
 # on its own Redis: CONNS (default 19000, the size of issue 3's targets)
 # connections on one topic, then the same against the two baselines.
 # GATEWAY_BIN runs another build's gateway under the same bench client.
+# Centrifugo (CENTRIFUGO_BIN, default bin/centrifugo-v6.9.1/centrifugo from
+# go tool task centrifugo) is measured third when it is there, on the same
+# Redis with its Redis engine, history and recovery on in the namespace
+# bench; CENTRIFUGO_BIN= (empty) leaves it out.
 # The report (figures, memory and latency plots) goes to REPORT
 # (.run/bench-report; empty: none), its path printed at the end.
 set -euo pipefail
@@ -18,8 +22,41 @@ gw=$((port + 1))
 "${GATEWAY_BIN:-./bin/wsbus}" serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
   --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-60s}" --log-level warn &
 gateway=$!
-cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"; }
+centrifugo=
+cleanup() {
+  kill "$gateway" $centrifugo 2>/dev/null; wait "$gateway" $centrifugo 2>/dev/null
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"
+}
 trap cleanup EXIT
+peer=()
+cf_bin="${CENTRIFUGO_BIN-./bin/centrifugo-v6.9.1/centrifugo}"
+if [ -n "$cf_bin" ] && [ -x "$cf_bin" ]; then
+  cf=$((port + 2))
+  key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  # Its pings too start after the measured phases, as the gateway's do.
+  cat >"$dir/centrifugo.json" <<EOF
+{
+  "http_server": {"address": "127.0.0.1", "port": $cf},
+  "log": {"level": "warn"},
+  "engine": {"type": "redis", "redis": {"address": ["redis://127.0.0.1:$port"]}},
+  "client": {"allow_anonymous_connect_without_token": true, "ping_interval": "${PING_INTERVAL:-60s}", "pong_timeout": "8s"},
+  "channel": {"namespaces": [{
+    "name": "bench", "history_size": 1000, "history_ttl": "300s", "force_recovery": true,
+    "allow_subscribe_for_anonymous": true, "allow_subscribe_for_client": true
+  }]},
+  "http_api": {"key": "$key"},
+  "prometheus": {"enabled": true},
+  "health": {"enabled": true},
+  "usage_stats": {"disabled": true}
+}
+EOF
+  "$cf_bin" --config "$dir/centrifugo.json" &
+  centrifugo=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$cf/health" >/dev/null && break; sleep 0.1; done
+  peer=(--baselines naive,floor,centrifugo --centrifugo-url "ws://127.0.0.1:$cf/connection/websocket" --centrifugo-api-key "$key")
+else
+  echo "bench: no Centrifugo at ${cf_bin:-(none)}: go tool task centrifugo builds it" >&2
+fi
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
-  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} "$@"
+  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} "${peer[@]}" "$@"

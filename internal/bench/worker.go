@@ -30,6 +30,9 @@ type Job struct {
 	// Soak, when set, makes the worker a soak client (soak_worker.go):
 	// Topics are then soak topics.
 	Soak *SoakJob `json:"soak,omitempty"`
+	// Protocol is the servers' client protocol: "" for wsbus's (the
+	// gateway's and the baselines'), Centrifugo for Centrifugo's JSON one.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // Report is what a worker tells the parent.
@@ -78,6 +81,7 @@ type wconn struct {
 	hdr     bytes.Reader
 	resumed bool         // connected by "resume": its events count as since
 	cursor  wsbus.Cursor // where it stands: the last event received, or the head
+	cf      cfCursor     // where it stands with Centrifugo
 	soak    *soakConn    // a soak client's subscriptions; nil outside a soak
 }
 
@@ -271,6 +275,9 @@ func (w *worker) connectAll(resume bool) {
 
 // connect dials wc, waits for its subscription and starts its reader.
 func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
+	if w.job.Protocol == Centrifugo {
+		return w.connectCentrifugo(wc, resume)
+	}
 	target := w.job.URL + "?topic=" + url.QueryEscape(wc.topic)
 	wc.mu.Lock()
 	if since, seq, hasSeq, epoch := wc.cursor.Resume(); resume && since != "" {
@@ -280,20 +287,10 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		}
 	}
 	wc.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, br, _, err := wc.dialer.Dial(ctx, target)
+	conn, br, rw, err := dial(wc, target)
 	if err != nil {
 		return false, err
 	}
-	if br == nil {
-		br = bufio.NewReaderSize(conn, 1024)
-	}
-	rw := struct {
-		io.Reader
-		io.Writer
-	}{br, conn}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	first, err := wsutil.ReadServerText(rw)
 	if err != nil {
 		_ = conn.Close()
@@ -317,6 +314,26 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	return m.Recovered, nil
 }
 
+// dial opens a WebSocket to target from wc's source address, with 30 s
+// for the handshake and for the server's first answer: rw reads through
+// br, which holds what the handshake read past its response.
+func dial(wc *wconn, target string) (conn net.Conn, br *bufio.Reader, rw io.ReadWriter, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, br, _, err = wc.dialer.Dial(ctx, target)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if br == nil {
+		br = bufio.NewReaderSize(conn, 1024)
+	}
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	return conn, br, struct {
+		io.Reader
+		io.Writer
+	}{br, conn}, nil
+}
+
 // record takes the delay from XADD to receipt of an event and checks IDs
 // only ever grow on the connection's cursor. It picks the fields out of the
 // event without a JSON decoder: the client is the same for every server
@@ -327,6 +344,10 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 		w.soakRecord(wc, p, now)
 		return
 	}
+	if w.job.Protocol == Centrifugo {
+		w.recordCentrifugo(wc, p, now)
+		return
+	}
 	id, seq, t, k, ok := parseEvent(p)
 	if !ok {
 		return
@@ -334,6 +355,12 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 	if fresh, _ := wc.cursor.Event(id, seq); !fresh {
 		w.dups.Add(1)
 	}
+	w.tally(wc, t, k, now)
+}
+
+// tally counts the receipt at now of an event sent at t, of kind or
+// broadcast number k. It runs with wc.mu held.
+func (w *worker) tally(wc *wconn, t, k, now int64) {
 	d := time.Duration(now - t)
 	w.received.Add(1)
 	if wc.resumed {
