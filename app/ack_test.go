@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -29,7 +30,7 @@ func (b *testBus) cursor(tb testing.TB, topic, sub string) string {
 // waitCursor polls until sub's cursor on topic is want.
 func (b *testBus) waitCursor(tb testing.TB, topic, sub, want string) {
 	tb.Helper()
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, wait, func() error {
 		if got := b.cursor(tb, topic, sub); got != want {
 			return fmt.Errorf("cursor of %s on %s = %q, want %q", sub, topic, got, want)
 		}
@@ -44,7 +45,7 @@ func (b *testBus) published(tb testing.TB, topic string, n int) []string {
 	for i := range n {
 		ids = append(ids, b.xadd(tb, topic, fmt.Sprintf(`{"n":%d}`, i)))
 	}
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, wait, func() error {
 		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
 			return fmt.Errorf("history of %s not at %s yet", topic, ids[n-1])
 		}
@@ -316,13 +317,13 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 	seen := b.xaddTo(t, p, "topic", "alarm", "data", `"seen"`, "deadline", "1500")
 	late := b.xaddTo(t, p, "topic", "alarm", "data", `"late"`, "deadline", "1500")
 	c := wstest.Dial(t, first.url+"?user=ann")
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if h := b.historyIDs(t, "alarm"); len(h) != 3 {
 			return fmt.Errorf("history holds %d events", len(h))
 		}
 		return nil
 	})
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != early {
 			return fmt.Errorf("escalations %v, want the early event", e)
 		}
@@ -334,7 +335,7 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 	// The first node hands its partitions over before late falls due.
 	first.stop()
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if e := b.escalations(t); len(e) != 2 {
 			return fmt.Errorf("escalations %v, want early and late", e)
 		}
@@ -369,7 +370,7 @@ func TestPublishWithDeadline(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("publish = %d %v", status, res)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != res["id"] || e[0]["data"] != `{"x":1}` || e[0]["deadline"] != "1" {
 			return fmt.Errorf("escalations %v, want the published event", e)
 		}
@@ -390,7 +391,7 @@ func TestPublishWithDeadline(t *testing.T) {
 		t.Fatalf("wsbus publish --deadline exited %d: %s", code, errs.String())
 	}
 	cli := strings.TrimSpace(out.String())
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if e := b.escalations(t); len(e) != 2 || e[1]["id"] != cli {
 			return fmt.Errorf("escalations %v, want the one published by wsbus publish, %s", e, cli)
 		}
@@ -402,7 +403,7 @@ func TestPublishWithDeadline(t *testing.T) {
 	// An invalid deadline in a plain XADD is dead-lettered with a reason.
 	p := streams.Partition("call", b.n)
 	id := b.xaddTo(t, p, "topic", "call", "data", "1", "deadline", "soon")
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		dead := b.rdb.XRange(context.Background(), b.keys.Dead(p), "-", "+").Val()
 		if len(dead) != 1 || dead[0].Values["id"] != id || dead[0].Values["reason"] != "invalid deadline" {
 			return fmt.Errorf("dead letters %v, want %s with reason invalid deadline", dead, id)

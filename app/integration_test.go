@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -102,7 +103,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 		ids = append(ids, b.xadd(t, "feed", "x"))
 	}
 	// A client's cursor is an ID it was sent, so it is in history already.
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := len(b.historyIDs(t, "feed")); n < 100 {
 			return fmt.Errorf("history holds %d of 100 events", n)
 		}
@@ -141,7 +142,7 @@ func TestNotRecovered(t *testing.T) {
 		ids = append(ids, b.xadd(t, "trim", strconv.Itoa(i)))
 	}
 	var retained []string
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if retained = b.historyIDs(t, "trim"); len(retained) == 0 || retained[len(retained)-1] != ids[499] {
 			return fmt.Errorf("history holds %d events, want it to end at %s", len(retained), ids[499])
 		}
@@ -379,7 +380,7 @@ func TestOwnerRestartMidStream(t *testing.T) {
 
 	for _, topic := range topics {
 		want := published[topic]
-		redistest.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, func() error {
 			if got := b.historyIDs(t, topic); !slices.Equal(got, want) {
 				return fmt.Errorf("history of %s holds %d IDs, want the %d published, once each and in order", topic, len(got), len(want))
 			}

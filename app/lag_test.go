@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -42,7 +42,7 @@ func TestLaggingClientKeepsEveryTopic(t *testing.T) {
 			c.Send(map[string]string{"type": "ping"})
 		}
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("no lag catch-up yet")
 		}
@@ -221,7 +221,7 @@ func unsubscribeWhileLagging(t *testing.T, b *testBus, topic string) {
 			ids = append(ids, cmd.Val())
 		}
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n <= lags {
 			return fmt.Errorf("no lag catch-up yet")
 		}

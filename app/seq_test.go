@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -45,7 +45,7 @@ func (b *testBus) publishSeen(tb testing.TB, topic string, n int) []string {
 	for i := range ids {
 		ids[i] = b.xadd(tb, topic, strconv.Itoa(i))
 	}
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, wait, func() error {
 		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
 			return fmt.Errorf("history of %s does not end at %s yet", topic, ids[n-1])
 		}
@@ -350,7 +350,7 @@ func TestResumeAfterHistoryWentBack(t *testing.T) {
 	for i := range 3 {
 		fresh = append(fresh, b.xadd(t, "back", "new"+strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if h := b.historyIDs(t, "back"); h[len(h)-1] != fresh[2] {
 			return fmt.Errorf("history of back does not end at %s yet", fresh[2])
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -67,7 +68,7 @@ func TestServeLeavesNoGoroutine(t *testing.T) {
 	if code := c.CloseCode(wait); code != 4002 {
 		t.Fatalf("close code %d, want 4002", code)
 	}
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if now := runtime.NumGoroutine(); now > before {
 			var stacks strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -119,7 +120,7 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 	owner := func(node string) *Owner { return testOwner(t, rdb, keys, 4, node, 10*time.Second) }
 	waiting := func(n int) {
 		t.Helper()
-		redistest.Eventually(t, 5*time.Second, func() error {
+		testutil.Eventually(t, 5*time.Second, func() error {
 			info := rdb.Info(ctx, "clients").Val()
 			if !strings.Contains(info, "blocked_clients:"+strconv.Itoa(n)+"\r\n") {
 				return fmt.Errorf("want %d readers waiting: %s", n, info)
@@ -146,7 +147,7 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 	waiting(2)
 
 	id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(p), Values: []any{"topic", topic, "data", "1"}}).Val()
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		got, err := rdb.XRange(ctx, keys.Topic(p, topic), "-", "+").Result()
 		if err != nil || len(got) != 1 || got[0].ID != id {
 			pending := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: keys.Ingress(p), Group: streams.Group, Start: "-", End: "+", Count: 10}).Val()

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -86,7 +87,7 @@ func TestClusterMasterFailover(t *testing.T) {
 
 	cl.Masters[1].Kill()
 	promoted := cl.Replicas[1][0].Client(t)
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		role, err := promoted.Do(ctx, "ROLE").Slice()
 		if err != nil || len(role) == 0 || role[0] != "master" {
 			return fmt.Errorf("replica %s not promoted yet: %v %v", cl.Replicas[1][0].Addr, role, err)
@@ -165,7 +166,7 @@ func TestClusterSlotMoved(t *testing.T) {
 			t.Fatalf("CLUSTER SETSLOT %d NODE on %s: %v", slot, c.Options().Addr, err)
 		}
 	}
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		rdb.ReloadState(ctx)
 		node, err := rdb.MasterForKey(ctx, key)
 		if err != nil || node.Options().Addr != dst.Options().Addr {

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -66,7 +67,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	seen := add("seen", "4000")
 	late := add("late", "4000")
 
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if e := escalated(); len(e) != 1 || e[0].Values["id"] != early {
 			return fmt.Errorf("escalations %v, want the early event", e)
 		}
@@ -78,7 +79,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	c.Expect("subscribed", wait)
 	c.Events(3, wait)
 	c.Send(map[string]string{"type": "ack", "topic": topic, "id": seen})
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		v, _ := f.pub.rdb.HGet(ctx, f.pub.keys.Acked(streams.Partition(topic, fleetPartitions), topic), "max").Result()
 		if v != seen {
 			return fmt.Errorf("highest acknowledged %q, want %s", v, seen)
@@ -95,7 +96,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	}
 	f.nodes["a"].kill(t)
 	f.waitTakenOver(owners, "a")
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if e := escalated(); len(e) < 2 {
 			return fmt.Errorf("escalations %v, want the late event too", e)
 		}

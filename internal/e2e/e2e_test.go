@@ -22,6 +22,7 @@ import (
 
 	wsbusclient "github.com/wsbus/wsbus/clients/js"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -308,7 +309,7 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	for _, c := range clients {
 		_ = c.Conn.Close()
 	}
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if fd := openFDs(t, g.pid()); fd > baseFD+64 {
 			return fmt.Errorf("%d fds open after the clients left, baseline %d", fd, baseFD)
 		}
@@ -367,7 +368,7 @@ func TestTailResumesAcrossRestart(t *testing.T) {
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if !strings.Contains(logs.String(), "# subscribed alerts") {
 			return fmt.Errorf("tail has not subscribed; it said %q", logs.String())
 		}
@@ -377,7 +378,7 @@ func TestTailResumesAcrossRestart(t *testing.T) {
 	for i := range 3 {
 		ids = append(ids, pub.xadd(t, "alerts", strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if strings.Count(out.String(), "\n") < 3 {
 			return fmt.Errorf("tail printed %q", out.String())
 		}
@@ -439,7 +440,7 @@ func TestSIGTERMDrains(t *testing.T) {
 		}
 		return n
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := owners(); n != pub.n {
 			return fmt.Errorf("%d of %d partitions have an owner", n, pub.n)
 		}

@@ -15,6 +15,7 @@ import (
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -342,7 +343,7 @@ func (s *goSubscriber) verifyLoss(tb testing.TB, i int, topics []string, before,
 		}
 		return out
 	}
-	redistest.Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, t := range topics {
 			if n := len(sinceLastGap(t)); n < len(after[t]) {
 				return fmt.Errorf("Go client %d has %d of the %d events of %s since the restart", i, n, len(after[t]), t)

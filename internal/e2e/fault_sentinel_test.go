@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -94,7 +95,7 @@ func (sb *sentinelBus) awaitWrites(pb *tolerantPublishing, master string) int {
 	sb.tb.Helper()
 	c := sb.st.Server(master).Client(sb.tb)
 	from, at := 0, -1
-	redistest.Eventually(sb.tb, 20*time.Second, func() error {
+	testutil.Eventually(sb.tb, 20*time.Second, func() error {
 		pb.mu.Lock()
 		sends := pb.sent[from:]
 		pb.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // The fault tests break what lies between the gateways and Redis while
@@ -292,7 +293,7 @@ func (s *goSubscriber) count() int {
 // error.
 func (s *goSubscriber) verify(tb testing.TB, i int, topics []string, published map[string][]string) {
 	tb.Helper()
-	redistest.Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, t := range topics {
 			if n := len(s.events(t)); n < len(published[t]) {
 				s.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -122,7 +123,7 @@ func (f *fleet) owners() []string {
 func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
 	f.tb.Helper()
 	var owners []string
-	redistest.Eventually(f.tb, timeout, func() error {
+	testutil.Eventually(f.tb, timeout, func() error {
 		owners = f.owners()
 		count := map[string]int{}
 		for _, o := range owners {
@@ -144,7 +145,7 @@ func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
 // held in before.
 func (f *fleet) waitTakenOver(before []string, gone string) {
 	f.tb.Helper()
-	redistest.Eventually(f.tb, 3*fleetTTL, func() error {
+	testutil.Eventually(f.tb, 3*fleetTTL, func() error {
 		for p, o := range f.owners() {
 			if before[p] == gone && (o == "" || o == gone) {
 				return fmt.Errorf("partition %d not taken over yet", p)
@@ -350,7 +351,7 @@ func (r *resumer) session(c *wstest.Client) {
 func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 	f.tb.Helper()
 	for i, r := range clients {
-		redistest.Eventually(f.tb, 30*time.Second, func() error {
+		testutil.Eventually(f.tb, 30*time.Second, func() error {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			for _, t := range f.topics {
@@ -418,7 +419,7 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Its leases run out and the others take its partitions.
-	redistest.Eventually(t, 3*fleetTTL, func() error {
+	testutil.Eventually(t, 3*fleetTTL, func() error {
 		for p, o := range f.owners() {
 			if o == "b" || o == "" {
 				return fmt.Errorf("partition %d still held by %q", p, o)

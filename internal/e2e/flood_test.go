@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
@@ -34,7 +35,7 @@ func measure(tb testing.TB, g *gateway) baseline {
 // CLOSE-WAIT.
 func expectBaseline(tb testing.TB, g *gateway, b baseline) {
 	tb.Helper()
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		now := measure(tb, g)
 		if now.fds > b.fds+2 || now.goroutines > b.goroutines+10 {
 			return fmt.Errorf("fds %d (baseline %d), goroutines %d (baseline %d)", now.fds, b.fds, now.goroutines, b.goroutines)

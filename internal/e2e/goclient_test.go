@@ -17,6 +17,7 @@ import (
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -48,7 +49,7 @@ func (h *handler) onState(s wsbus.State, _ error) {
 // the IDs want, once each, in order, with seq contiguous from firstSeq.
 func (h *handler) waitEvents(tb testing.TB, want []string, firstSeq uint64) {
 	tb.Helper()
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if len(h.events) < len(want) {
@@ -96,7 +97,7 @@ func startClient(tb testing.TB, c *wsbus.Client) (stop func()) {
 func (h *handler) waitSubscribed(tb testing.TB, n int) wsbus.Subscribed {
 	tb.Helper()
 	var s wsbus.Subscribed
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if len(h.subs) < n {
@@ -302,7 +303,7 @@ func TestGoClientGapWithMissed(t *testing.T) {
 		ids = append(ids, pub.xadd(t, "trim", strconv.Itoa(i)))
 	}
 	key := pub.keys.Topic(streams.Partition("trim", pub.n), "trim")
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := pub.rdb.XLen(context.Background(), key).Val(); n != 31 {
 			return fmt.Errorf("history holds %d of 31", n)
 		}
@@ -319,7 +320,7 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	if s.Recovered || s.Missed == nil || *s.Missed != 20 {
 		t.Fatalf("subscribed = %+v, want not recovered with missed 20", s)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		second.mu.Lock()
 		defer second.mu.Unlock()
 		if len(second.gaps) != 1 || second.gaps[0].Missed == nil || *second.gaps[0].Missed != 20 {
@@ -356,7 +357,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	}
 	var laptop handler
 	var s wsbus.Subscribed
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		// Acks reach Redis in batches: a laptop that opens too early sees
 		// the cursor before it.
 		laptop = handler{}
@@ -399,7 +400,7 @@ func TestGoClientResumesA4001(t *testing.T) {
 	runClient(t, c)
 	h.waitSubscribed(t, 1)
 	ids := pub.xaddMany(t, "flood", strings.Repeat("z", 4<<10), 3000) // 12 MiB: past the socket buffers and the queue
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if n := metric(t, g, "wsbus_ws_slow_consumers_total"); n < 1 {
 			return fmt.Errorf("not cut yet (slow consumers %d)", n)
 		}

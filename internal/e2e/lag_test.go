@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -45,7 +46,7 @@ func TestSlowReaderLags(t *testing.T) {
 	// Stop reading; publish more than the kernel's socket buffers on both
 	// sides and the 1 MiB queue hold.
 	ids := pub.xaddMany(t, "flood", strings.Repeat("x", size), events)
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
 		}
@@ -101,7 +102,7 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	}
 	epoch := c.Expect("subscribed", wait).Epoch
 	ids := pub.xaddMany(t, "short", strings.Repeat("y", 4<<10), 3000) // 12 MiB
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
 		}
@@ -135,7 +136,7 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	last := got[len(got)-1]
 	key := pub.keys.Topic(streams.Partition("short", pub.n), "short")
 	var first []redis.XMessage
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, wait, func() error {
 		first = pub.rdb.XRangeN(context.Background(), key, "-", "+", 1).Val()
 		if info := pub.rdb.XInfoStream(context.Background(), key).Val(); info == nil || info.EntriesAdded != int64(len(ids)) {
 			return fmt.Errorf("history has not taken all %d events yet", len(ids))

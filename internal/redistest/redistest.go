@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // Server is a running redis-server.
@@ -235,10 +236,10 @@ func StartClusterWith(tb testing.TB, masters, replicas int, o Options) *Cluster 
 		}
 		for _, r := range cl.Replicas[i] {
 			// The replica must have heard of its master by gossip first.
-			Eventually(tb, 20*time.Second, func() error { return clients[r].ClusterReplicate(ctx, id).Err() })
+			testutil.Eventually(tb, 20*time.Second, func() error { return clients[r].ClusterReplicate(ctx, id).Err() })
 		}
 	}
-	Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, s := range all {
 			info, err := clients[s].ClusterInfo(ctx).Result()
 			if err != nil {
@@ -390,21 +391,4 @@ func NonEmptyLua(tb testing.TB, name, src string) {
 		}
 	}
 	tb.Fatalf("%s has no Lua code", name)
-}
-
-// Eventually polls fn every 10 ms until it returns nil or timeout passes,
-// then fails the test with fn's last error.
-func Eventually(tb testing.TB, timeout time.Duration, fn func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

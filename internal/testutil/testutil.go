@@ -1,0 +1,34 @@
+// Package testutil holds the test helpers every package shares and that
+// need nothing but the standard library: ws tests use it without pulling
+// in Redis.
+//
+//	testutil.Eventually(t, 5*time.Second, func() error {
+//		if n := s.Len(); n != 0 {
+//			return fmt.Errorf("%d connections left", n)
+//		}
+//		return nil
+//	})
+package testutil
+
+import (
+	"testing"
+	"time"
+)
+
+// Eventually polls fn every 10 ms until it returns nil, and fails the test
+// with fn's last error once timeout has passed. It is how a test waits for
+// something another goroutine or process does: never a bare time.Sleep.
+func Eventually(tb testing.TB, timeout time.Duration, fn func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
