@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 func benchConfig(b *testBus) bench.Config {
 	self := []string{"-test.run=^$", "--"}
 	return bench.Config{
-		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
+		URL: b.node.url, Redis: b.Redis, Keys: streams.Keys{Prefix: b.prefix},
 		Executable: os.Args[0], Env: []string{"WSBUS_TEST_MAIN=1"},
 		WorkerArgs: append(self, "bench", "--worker"),
 		BaselineArgs: func(kind string) []string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/migrations"
@@ -21,12 +22,8 @@ import (
 // testBus migrates a bus of n partitions on a redis-server of its own.
 func testBus(tb testing.TB, n int) (*redis.Client, streams.Keys) {
 	tb.Helper()
-	rdb := redistest.Start(tb).Client(tb)
-	keys := streams.Keys{Prefix: "test"}
-	if _, err := migrations.Run(context.Background(), rdb, keys, n); err != nil {
-		tb.Fatal(err)
-	}
-	return rdb, keys
+	b := bustest.Start(tb, n)
+	return b.Redis.(*redis.Client), b.Keys
 }
 
 // testOwner returns an Owner of node on the bus, logging nowhere.

@@ -24,7 +24,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	ctx := f.ctx
 	shards := map[string]bool{}
 	for p := range fleetPartitions {
-		node, err := rdb.MasterForKey(ctx, f.pub.keys.Ingress(p))
+		node, err := rdb.MasterForKey(ctx, f.pub.Keys.Ingress(p))
 		if err != nil {
 			t.Fatalf("shard of partition %d: %v", p, err)
 		}
@@ -67,7 +67,7 @@ func TestClusterMasterFailover(t *testing.T) {
 	// replica, before a master dies.
 	f.verify(published, clients)
 	for p := range fleetPartitions {
-		node, err := rdb.MasterForKey(ctx, f.pub.keys.Ingress(p))
+		node, err := rdb.MasterForKey(ctx, f.pub.Keys.Ingress(p))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestClusterSlotMoved(t *testing.T) {
 	pb := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
 	time.Sleep(time.Second)
 
-	key := f.pub.keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
+	key := f.pub.Keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
 	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
 	if err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func (f *fleet) ingress() map[string][]entry {
 	f.tb.Helper()
 	out := map[string][]entry{}
 	for p := range fleetPartitions {
-		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Ingress(p), "-", "+").Result()
+		msgs, err := f.pub.Redis.XRange(context.Background(), f.pub.Keys.Ingress(p), "-", "+").Result()
 		if err != nil {
 			f.tb.Fatalf("reading the ingress of partition %d: %v", p, err)
 		}
@@ -121,7 +121,7 @@ func (f *fleet) epochs() []string {
 	f.tb.Helper()
 	out := make([]string, fleetPartitions)
 	for p := range out {
-		v, err := f.pub.rdb.HGet(context.Background(), f.pub.keys.PartitionMeta(p), "epoch").Result()
+		v, err := f.pub.Redis.HGet(context.Background(), f.pub.Keys.PartitionMeta(p), "epoch").Result()
 		if err != nil {
 			f.tb.Fatalf("reading the epoch of partition %d: %v", p, err)
 		}
@@ -188,7 +188,7 @@ func TestFaultRedisRestartWithAOF(t *testing.T) {
 	fb := newFaultBus(t, srv, false)
 	fb.startClients()
 	epochs := fb.epochs()
-	pb := startTolerantPublishing(t, srv.Addr, fb.pub.keys, fleetPartitions, fb.topics)
+	pb := startTolerantPublishing(t, srv.Addr, fb.pub.Keys, fleetPartitions, fb.topics)
 	time.Sleep(time.Second) // load before the restart
 	down := time.Now()
 	srv.Shutdown(t)
@@ -222,7 +222,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 	for i := range 4 {
 		subs = append(subs, newGoSubscriber(t, fb.fleet, i))
 	}
-	pb := startTolerantPublishing(t, srv.Addr, fb.pub.keys, fleetPartitions, fb.topics)
+	pb := startTolerantPublishing(t, srv.Addr, fb.pub.Keys, fleetPartitions, fb.topics)
 	time.Sleep(time.Second) // load before the restart
 	oldEpochs := fb.epochs()
 	gateways := []*gateway{fb.nodes["a"], fb.nodes["b"]}
@@ -304,7 +304,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 func (f *fleet) checkHistory(want map[string][]string) {
 	f.tb.Helper()
 	for _, t := range f.topics {
-		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
+		msgs, err := f.pub.Redis.XRange(context.Background(), f.pub.Keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
 		if err != nil {
 			f.tb.Fatal(err)
 		}

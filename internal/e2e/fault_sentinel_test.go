@@ -85,7 +85,7 @@ func (sb *sentinelBus) failoverClient(maxRetries int) *redis.Client {
 // publish starts publishing over every partition through a failover
 // client of its own that never sends an XADD twice.
 func (sb *sentinelBus) publish() *tolerantPublishing {
-	return publishTolerantly(sb.failoverClient(-1), sb.pub.keys, fleetPartitions, sb.topics)
+	return publishTolerantly(sb.failoverClient(-1), sb.pub.Keys, fleetPartitions, sb.topics)
 }
 
 // awaitWrites waits until an XADD that pb sent in phase 2 or later, and
@@ -103,7 +103,7 @@ func (sb *sentinelBus) awaitWrites(pb *tolerantPublishing, master string) int {
 			if s.phase < 2 || s.err != nil {
 				continue
 			}
-			n, err := c.XRange(context.Background(), sb.pub.keys.Ingress(streams.Partition(s.topic, fleetPartitions)), s.id, s.id).Result()
+			n, err := c.XRange(context.Background(), sb.pub.Keys.Ingress(streams.Partition(s.topic, fleetPartitions)), s.id, s.id).Result()
 			if err != nil {
 				return fmt.Errorf("reading the new master %s: %w", master, err)
 			}

@@ -110,7 +110,7 @@ func (f *fleet) urls() []string {
 func (f *fleet) owners() []string {
 	out := make([]string, fleetPartitions)
 	for p := range out {
-		v, err := f.pub.rdb.Get(context.Background(), f.pub.keys.Owner(p)).Result()
+		v, err := f.pub.Redis.Get(context.Background(), f.pub.Keys.Owner(p)).Result()
 		if i := strings.LastIndexByte(v, ' '); err == nil && i > 0 {
 			out[p] = v[:i]
 		}
@@ -181,8 +181,8 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			default:
 			}
 			topic := topics[i%len(topics)]
-			id, err := pub.rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: pub.keys.Ingress(streams.Partition(topic, pub.n)),
+			id, err := pub.Redis.XAdd(context.Background(), &redis.XAddArgs{
+				Stream: pub.Keys.Ingress(streams.Partition(topic, pub.N)),
 				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
 			}).Result()
 			if err != nil && retry {
@@ -501,7 +501,7 @@ func TestDrainIsPaced(t *testing.T) {
 	conns := make([]*wstest.Client, clients)
 	for i := range conns {
 		conns[i] = wstest.Dial(t, g.url+"?topic=d")
-		conns[i].Expect("subscribed", wait)
+		conns[i].Expect("subscribed", testutil.Wait)
 	}
 	start := time.Now()
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -542,7 +542,7 @@ func TestStatusShowsTheFleet(t *testing.T) {
 	f := newFleet(t, "a", "b")
 	owners := f.waitBalanced(10*time.Second, "a", "b")
 	for range 30 {
-		f.pub.xadd(t, f.topics[0], "x")
+		f.pub.XAdd(t, f.topics[0], "x")
 	}
 	out, err := exec.Command(wsbusBin, "status", "--json", "--redis", f.redis, "--prefix", f.prefix).Output()
 	if err != nil {

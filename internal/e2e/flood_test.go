@@ -74,7 +74,7 @@ func TestHalfSentHandshakes(t *testing.T) {
 	srv := redistest.Start(t)
 	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--handshake-timeout", "2s")
 	warm := wstest.Dial(t, g.url+"?topic=w")
-	warm.Expect("subscribed", wait)
+	warm.Expect("subscribed", testutil.Wait)
 	_ = warm.Conn.Close()
 	time.Sleep(11 * time.Second) // idle workers gone
 	base := measure(t, g)
@@ -91,7 +91,7 @@ func TestHalfSentHandshakes(t *testing.T) {
 	}
 	start := time.Now()
 	real := wstest.Dial(t, g.url+"?topic=real")
-	real.Expect("subscribed", wait)
+	real.Expect("subscribed", testutil.Wait)
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("a real client needed %v to connect beside %d half-sent handshakes", d, n)
 	}
@@ -205,7 +205,7 @@ func TestSlowReaderIsCut(t *testing.T) {
 	payload := strings.Repeat("x", 4096)
 	var ids []string
 	for range 6000 {
-		ids = append(ids, pub.xadd(t, "firehose", payload))
+		ids = append(ids, pub.XAdd(t, "firehose", payload))
 	}
 	peak := rss(t, g.pid())
 	t.Logf("gateway RSS %d KiB before, %d KiB after 24 MiB were published to a stalled client", rssBefore>>10, peak>>10)
@@ -246,10 +246,10 @@ func TestSlowReaderIsCut(t *testing.T) {
 		since = got[len(got)-1]
 	}
 	c := wstest.Dial(t, g.url+"?topic=firehose&since="+since)
-	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+	if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered {
 		t.Fatalf("resume after 4001 not recovered")
 	}
-	for _, ev := range c.Events(len(ids)-len(got), wait) {
+	for _, ev := range c.Events(len(ids)-len(got), testutil.Wait) {
 		got = append(got, ev.ID)
 	}
 	for i := range ids {

@@ -125,19 +125,19 @@ func TestGoClientResumesAcrossKill(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	g.kill(t)
 	for i := 5; i < 10; i++ {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	startGateway(t, srv.URL(), prefix, "--listen", listen, "--node-id", "b", "--lease-ttl", "1s")
 	if s := h.waitSubscribed(t, 2); !s.Recovered {
 		t.Fatalf("resumed = %+v, want recovered", s)
 	}
 	for i := 10; i < 15; i++ {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 }
@@ -172,7 +172,7 @@ func TestGoClientFollowsADrain(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "moves", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "moves", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	mu.Lock()
@@ -182,7 +182,7 @@ func TestGoClientFollowsADrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 5; i < 20; i++ {
-		ids = append(ids, pub.xadd(t, "moves", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "moves", strconv.Itoa(i)))
 		time.Sleep(5 * time.Millisecond)
 	}
 	if s := h.waitSubscribed(t, 2); !s.Recovered {
@@ -220,7 +220,7 @@ func TestGoClientTokenFunction(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 3 {
-		ids = append(ids, pub.xadd(t, "secure:1", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "secure:1", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	// The token expires (4003); the client comes back with a new one.
@@ -228,7 +228,7 @@ func TestGoClientTokenFunction(t *testing.T) {
 		t.Fatalf("resumed = %+v, want recovered", s)
 	}
 	for i := 3; i < 6; i++ {
-		ids = append(ids, pub.xadd(t, "secure:1", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "secure:1", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	mu.Lock()
@@ -267,11 +267,11 @@ func TestGoClientStoreResumesARestart(t *testing.T) {
 	c.Subscribe("saved", first.options(""))
 	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "saved", "0"), pub.xadd(t, "saved", "1")}
+	ids := []string{pub.XAdd(t, "saved", "0"), pub.XAdd(t, "saved", "1")}
 	first.waitEvents(t, ids, 1)
 	stop()
 
-	missed := []string{pub.xadd(t, "saved", "2"), pub.xadd(t, "saved", "3")}
+	missed := []string{pub.XAdd(t, "saved", "2"), pub.XAdd(t, "saved", "3")}
 	var second handler
 	c = wsbus.New(g.url, wsbus.Options{Store: store})
 	c.Subscribe("saved", second.options("")) // the store's cursor wins over Since
@@ -295,21 +295,21 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	c.Subscribe("trim", first.options(""))
 	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "trim", "0")}
+	ids := []string{pub.XAdd(t, "trim", "0")}
 	first.waitEvents(t, ids, 1)
 	stop()
 
 	for i := 1; i <= 30; i++ {
-		ids = append(ids, pub.xadd(t, "trim", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "trim", strconv.Itoa(i)))
 	}
-	key := pub.keys.Topic(streams.Partition("trim", pub.n), "trim")
-	testutil.Eventually(t, wait, func() error {
-		if n := pub.rdb.XLen(context.Background(), key).Val(); n != 31 {
+	key := pub.Keys.Topic(streams.Partition("trim", pub.N), "trim")
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if n := pub.Redis.XLen(context.Background(), key).Val(); n != 31 {
 			return fmt.Errorf("history holds %d of 31", n)
 		}
 		return nil
 	})
-	if err := pub.rdb.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
+	if err := pub.Redis.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
 		t.Fatal(err)
 	}
 	var second handler
@@ -320,7 +320,7 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	if s.Recovered || s.Missed == nil || *s.Missed != 20 {
 		t.Fatalf("subscribed = %+v, want not recovered with missed 20", s)
 	}
-	testutil.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		second.mu.Lock()
 		defer second.mu.Unlock()
 		if len(second.gaps) != 1 || second.gaps[0].Missed == nil || *second.gaps[0].Missed != 20 {
@@ -349,7 +349,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	phone.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "inbox:ann", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "inbox:ann", strconv.Itoa(i)))
 	}
 	phone.waitEvents(t, ids, 1)
 	if err := c.Ack("inbox:ann", ids[2]); err != nil {
@@ -357,7 +357,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	}
 	var laptop handler
 	var s wsbus.Subscribed
-	testutil.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		// Acks reach Redis in batches: a laptop that opens too early sees
 		// the cursor before it.
 		laptop = handler{}
@@ -426,13 +426,13 @@ func TestGoClientSubscribesAgain(t *testing.T) {
 	sub := c.Subscribe("again", first.options(""))
 	runClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "again", "0"), pub.xadd(t, "again", "1")}
+	ids := []string{pub.XAdd(t, "again", "0"), pub.XAdd(t, "again", "1")}
 	first.waitEvents(t, ids, 1)
 
 	var second handler
 	replaced := c.Subscribe("again", second.options("0")) // replaces the first: everything retained
 	second.waitSubscribed(t, 1)
-	ids = append(ids, pub.xadd(t, "again", "2"))
+	ids = append(ids, pub.XAdd(t, "again", "2"))
 	second.waitEvents(t, ids, 1)
 	first.waitEvents(t, ids[:2], 1) // the replaced one gets nothing more
 

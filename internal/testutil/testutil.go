@@ -32,3 +32,8 @@ func Eventually(tb testing.TB, timeout time.Duration, fn func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Wait bounds how long a test waits for what should come at once (an
+// event, a reply, a close): a bound that only a failing test reaches,
+// never a delay.
+const Wait = 10 * time.Second
