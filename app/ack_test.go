@@ -68,7 +68,7 @@ func TestAckMovesTheSubjectsCursorForwardOnly(t *testing.T) {
 	ack(phone, "inbox", ids[0])
 	ping(phone)
 	phone.Expect("pong", testutil.Wait)
-	time.Sleep(50 * time.Millisecond) // several flushes
+	time.Sleep(50 * time.Millisecond) // under test: the cursor stays put through several flushes
 	if got := b.cursor(t, "inbox", "ann"); got != ids[3] {
 		t.Fatalf("cursor = %s after an older ack, want it still %s", got, ids[3])
 	}
@@ -341,7 +341,7 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond) // nothing more comes
+	time.Sleep(500 * time.Millisecond) // under test: nothing more comes
 	e := b.escalations(t)
 	want := []map[string]any{
 		{"topic": "alarm", "id": early, "seq": "1", "data": `"early"`, "deadline": "50"},

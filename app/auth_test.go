@@ -171,7 +171,7 @@ func TestAuthTopicsAndRefresh(t *testing.T) {
 			t.Fatalf("refresh without topic b = %+v, want b dropped as forbidden", m)
 		}
 		c.Expect("refreshed", testutil.Wait)
-		time.Sleep(2500 * time.Millisecond) // past the first token's expiry
+		time.Sleep(2500 * time.Millisecond) // under test: the connection outlives the first token's expiry
 		c.Send(map[string]string{"type": "ping"})
 		c.Expect("pong", testutil.Wait)
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsbus/wsbus/internal/bench"
 	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // TestMain lets this test binary serve as the wsbus command for the bench's
@@ -120,10 +121,11 @@ func TestBenchSoak(t *testing.T) {
 	restarted := make(chan func(), 1) // stops the node served again
 	go func() {
 		defer close(restarted)
-		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if _, err := os.Stat(ready); err == nil {
-				break
-			}
+		if err := testutil.Poll(time.Minute, func() error {
+			_, err := os.Stat(ready)
+			return err
+		}); err != nil {
+			t.Errorf("the soak's steady phase did not begin: %v", err)
 		}
 		node2.stop()
 		cfg := cfg2

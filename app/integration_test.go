@@ -119,7 +119,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 			mu.Lock()
 			ids = append(ids, id)
 			mu.Unlock()
-			time.Sleep(200 * time.Microsecond)
+			time.Sleep(200 * time.Microsecond) // paced, so that the resume happens while it publishes
 		}
 	}()
 	c := wstest.Dial(t, b.node.url+"?topic=feed&since="+since)
@@ -366,14 +366,47 @@ func TestOwnerRestartMidStream(t *testing.T) {
 			mu.Lock()
 			published[topic] = append(published[topic], id)
 			mu.Unlock()
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // paced, so that the owner change falls mid-stream
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// publishedOf returns how many events of topic were published, and the
+	// nth (the last when n is -1; "" when there is none).
+	publishedOf := func(topic string, n int) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		ids := published[topic]
+		if n < 0 {
+			n = len(ids) - 1
+		}
+		if n < 0 || n >= len(ids) {
+			return len(ids), ""
+		}
+		return len(ids), ids[n]
+	}
+	// applied waits until the history of t0 holds its nth event.
+	applied := func(by string, n int) {
+		t.Helper()
+		testutil.Eventually(t, testutil.Wait, func() error {
+			_, id := publishedOf("t0", n)
+			if id == "" || !slices.Contains(b.historyIDs(t, "t0"), id) {
+				return fmt.Errorf("%s has not applied event %d of t0 yet", by, n)
+			}
+			return nil
+		})
+	}
+	applied("the first node", 20)
 	first.stop()
-	time.Sleep(300 * time.Millisecond) // events pile up with no owner
+	// Events pile up with no owner.
+	stopped, _ := publishedOf("t0", -1)
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if n, _ := publishedOf("t0", -1); n < stopped+20 {
+			return fmt.Errorf("%d events of t0 published since the first node stopped, want 20", n-stopped)
+		}
+		return nil
+	})
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
-	time.Sleep(300 * time.Millisecond)
+	started, _ := publishedOf("t0", -1)
+	applied("the second node", started+20)
 	close(stop)
 	<-done
 

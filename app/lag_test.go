@@ -128,7 +128,7 @@ func TestLaggingClientInBursts(t *testing.T) {
 				}))
 			}
 			_, _ = pipe.Exec(ctx)
-			time.Sleep(20 * time.Millisecond) // about 6 MiB/s, for 2 s
+			time.Sleep(20 * time.Millisecond) // paced: about 6 MiB/s for 2 s, the load under test
 			for topic, cs := range cmds {
 				for _, cmd := range cs {
 					ids[topic] = append(ids[topic], cmd.Val())
