@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/bench"
-	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/internal/testutil"
+	"github.com/wsbus/wsbus/streams"
 )
 
 // TestMain lets this test binary serve as the wsbus command for the bench's
