@@ -254,12 +254,12 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	const conns = 2000
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	g := startGateway(t, srv.URL(), prefix)
+	g := startGateway(t, srv.URL(), prefix, idleArgs...)
 	// Warm up: one subscribed connection creates the worker pool, the
 	// pub/sub connections and the HTTP server's goroutines.
 	warm := wstest.Dial(t, g.url+"?topic=shared")
 	warm.Expect("subscribed", testutil.Wait)
-	time.Sleep(12 * time.Second) // let idle workers exit
+	g.atRest(t)
 	baseG, baseFD := goroutines(t, g), openFDs(t, g.pid())
 
 	clients := make([]*wstest.Client, conns)
@@ -271,7 +271,7 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 		clients[i] = wstest.Dial(t, g.url+"?topic="+topic)
 		clients[i].Expect("subscribed", testutil.Wait)
 	}
-	time.Sleep(12 * time.Second) // every worker that served them is idle and gone
+	g.atRest(t) // every worker that served them is idle and gone
 	nowG, nowFD := goroutines(t, g), openFDs(t, g.pid())
 	t.Logf("goroutines %d -> %d, fds %d -> %d with %d idle connections", baseG, nowG, baseFD, nowFD, conns)
 	if nowG-baseG > 40 {

@@ -72,11 +72,11 @@ func closeWait(tb testing.TB, addr string) int {
 // handshake timeout, and nothing leaks.
 func TestHalfSentHandshakes(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--handshake-timeout", "2s")
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), append(idleArgs, "--handshake-timeout", "2s")...)
 	warm := wstest.Dial(t, g.url+"?topic=w")
 	warm.Expect("subscribed", testutil.Wait)
 	_ = warm.Conn.Close()
-	time.Sleep(11 * time.Second) // idle workers gone
+	g.atRest(t)
 	base := measure(t, g)
 
 	const n = 1000
@@ -125,8 +125,8 @@ func TestHalfSentHandshakes(t *testing.T) {
 func TestUpgradeBurstIsPaced(t *testing.T) {
 	const n, rate, burst = 5000, 2000, 100
 	srv := redistest.Start(t)
-	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--upgrade-rate", strconv.Itoa(rate), "--upgrade-burst", strconv.Itoa(burst))
-	time.Sleep(11 * time.Second)
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), append(idleArgs, "--upgrade-rate", strconv.Itoa(rate), "--upgrade-burst", strconv.Itoa(burst))...)
+	g.atRest(t)
 	base := measure(t, g)
 
 	conns := make([]net.Conn, n)
