@@ -36,11 +36,11 @@ func TestClusterNodeKilled(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the kill
 
 	f.nodes["b"].kill(t)
 	f.waitTakenOver(before, "b")
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the take-over
 	f.verify(pb.finish(), clients)
 }
 
@@ -61,7 +61,7 @@ func TestClusterMasterFailover(t *testing.T) {
 	ctx := f.ctx
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the failover
 	published := pb.finish()
 	// Every event delivered and in history, and every write so far on a
 	// replica, before a master dies.
@@ -97,7 +97,7 @@ func TestClusterMasterFailover(t *testing.T) {
 	f.waitBalanced(20*time.Second, "a", "b")
 
 	after := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
-	time.Sleep(2 * time.Second)
+	after.more(t, 1000) // load after the failover
 	for topic, ids := range after.finish() {
 		published[topic] = append(published[topic], ids...)
 	}
@@ -117,7 +117,7 @@ func TestClusterSlotMoved(t *testing.T) {
 	ctx := f.ctx
 	clients := f.clients(2)
 	pb := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the move
 
 	key := f.pub.Keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
 	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
@@ -174,6 +174,6 @@ func TestClusterSlotMoved(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(2 * time.Second)
+	pb.more(t, 1000) // load after the move
 	f.verify(pb.finish(), clients)
 }

@@ -102,7 +102,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 		}
 		return nil
 	})
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // under test: nothing more comes
 	e := escalated()
 	if len(e) != 2 || e[0].Values["id"] != early || e[1].Values["id"] != late || e[1].Values["data"] != "late" || e[1].Values["seq"] != "3" {
 		t.Fatalf("escalations = %v, want early (%s) and late (%s, seq 3) once each", e, early, late)

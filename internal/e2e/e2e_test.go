@@ -187,7 +187,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 
 	// Read what arrives before the kill, as a client would.
 	got := make(map[string][]string)
-	time.Sleep(300 * time.Millisecond)
+	pb.more(t, 300) // load before the kill
 	first.kill(t)
 	for _, topic := range topics {
 		for {
@@ -200,9 +200,9 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 500) // events pile up with no owner
 	second := startGateway(t, srv.URL(), prefix, "--node-id", "second", "--lease-ttl", "1s")
-	time.Sleep(300 * time.Millisecond)
+	pb.more(t, 300) // load after the new owner started
 	published := pb.finish()
 
 	for _, topic := range topics {

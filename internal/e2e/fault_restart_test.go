@@ -248,7 +248,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 	for _, s := range subs {
 		s.drop()
 	}
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load while they resume
 	all := pb.finish()
 
 	newEpochs := fb.epochs()

@@ -258,7 +258,7 @@ func (sb *sentinelBus) check(fo *failover) (handedLost int) {
 // master lost.
 func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo *failover) (handedLost int) {
 	tb.Helper()
-	err := poll(30*time.Second, func() error {
+	err := testutil.Poll(30*time.Second, func() error {
 		for _, t := range topics {
 			es := s.events(t)
 			if n := len(fo.kept[t]); n > 0 && (len(es) == 0 || es[len(es)-1].ID != fo.kept[t][n-1]) {
@@ -271,7 +271,7 @@ func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo 
 		return nil
 	})
 	if err != nil {
-		tb.Errorf("after 30s: %v", err)
+		tb.Error(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -293,19 +293,6 @@ func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo 
 		tb.Errorf("Go client %d: problems on %d of %d topics: %v", i, len(failed), len(topics), failed)
 	}
 	return handedLost
-}
-
-// poll calls fn every 10 ms until it returns nil or timeout passes, and
-// returns its last error.
-func poll(timeout time.Duration, fn func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // checkFailover checks the client's log of topic t against fo:
@@ -401,7 +388,7 @@ func around(rs []record, j int) []record { return rs[max(0, j-3):min(len(rs), j+
 // (the Go clients check the rest).
 func (r *resumer) verifyFailover(tb testing.TB, i int, topics []string, fo *failover) {
 	tb.Helper()
-	err := poll(30*time.Second, func() error {
+	err := testutil.Poll(30*time.Second, func() error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, t := range topics {
@@ -412,7 +399,7 @@ func (r *resumer) verifyFailover(tb testing.TB, i int, topics []string, fo *fail
 		return nil
 	})
 	if err != nil {
-		tb.Errorf("after 30s: %v", err)
+		tb.Error(err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -477,9 +464,9 @@ func TestFaultSentinelFailover(t *testing.T) {
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the failover began", time.Since(begun).Round(10*time.Millisecond))
 	sb.waitBalanced(20*time.Second, "a", "b")
-	time.Sleep(2 * time.Second) // load after the failover
-	sb.dropClients()            // every client resumes against the new master's data
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second)        // load after the failover
+	sb.dropClients()                   // every client resumes against the new master's data
+	time.Sleep(500 * time.Millisecond) // load while they resume
 	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
 	sb.check(fo)
 }
@@ -525,9 +512,9 @@ func TestFaultSentinelMasterKilled(t *testing.T) {
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the crash", time.Since(begun).Round(10*time.Millisecond))
 	sb.waitBalanced(20*time.Second, "a", "b")
-	time.Sleep(2 * time.Second) // load after the failover
-	sb.dropClients()            // every client resumes against the new master's data
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second)        // load after the failover
+	sb.dropClients()                   // every client resumes against the new master's data
+	time.Sleep(500 * time.Millisecond) // load while they resume
 	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
 	if sb.check(fo) == 0 {
 		t.Errorf("no client had been handed an event that the crash lost: the test did not test the loss")

@@ -160,6 +160,7 @@ type publishing struct {
 	stop, done chan struct{}
 	mu         sync.Mutex
 	ids        map[string][]string
+	n          int // events published, of every topic
 }
 
 func (f *fleet) publish() *publishing {
@@ -187,7 +188,7 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			}).Result()
 			if err != nil && retry {
 				i--
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // a pause before the retry, not a wait
 				continue
 			}
 			if err != nil {
@@ -196,11 +197,30 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			}
 			pb.mu.Lock()
 			pb.ids[topic] = append(pb.ids[topic], id)
+			pb.n++
 			pb.mu.Unlock()
-			time.Sleep(interval)
+			time.Sleep(interval) // the publishing rate
 		}
 	}()
 	return pb
+}
+
+// more waits until n more events have been published: the load a test
+// runs under before, during or after a fault, counted rather than timed,
+// so a slow machine runs the same test.
+func (pb *publishing) more(tb testing.TB, n int) {
+	tb.Helper()
+	pb.mu.Lock()
+	from := pb.n
+	pb.mu.Unlock()
+	testutil.Eventually(tb, testutil.Wait, func() error {
+		pb.mu.Lock()
+		defer pb.mu.Unlock()
+		if pb.n < from+n {
+			return fmt.Errorf("%d of %d more events published", pb.n-from, n)
+		}
+		return nil
+	})
 }
 
 func (pb *publishing) finish() map[string][]string {
@@ -249,7 +269,7 @@ func (r *resumer) run(ctx context.Context) {
 		r.next++
 		c, err := wstest.TryDial(url)
 		if err != nil {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // a pause before dialling again, as a client does
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { _ = c.Conn.Close() })
@@ -393,7 +413,7 @@ func TestFleetNodeKilled(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b", "c")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the kill
 
 	killed := time.Now()
 	f.nodes["b"].kill(t)
@@ -403,7 +423,7 @@ func TestFleetNodeKilled(t *testing.T) {
 	if took > fleetTTL+time.Second {
 		t.Errorf("take-over took %v, want at most the lease TTL %v plus 1s", took, fleetTTL)
 	}
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the take-over
 	f.verify(pb.finish(), clients)
 	f.waitBalanced(10*time.Second, "a", "c")
 }
@@ -413,7 +433,7 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 	f.waitBalanced(10*time.Second, "a", "b", "c")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the pause
 	b := f.nodes["b"]
 	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -427,12 +447,12 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load while b, paused, has lost its partitions
 	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	f.waitBalanced(15*time.Second, "a", "b", "c")
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load after b is back
 	f.verify(pb.finish(), clients)
 }
 
@@ -441,7 +461,7 @@ func TestFleetNodeAdded(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load before the join
 	f.start("c")
 	after := f.waitBalanced(15*time.Second, "a", "b", "c")
 	moved, toC := 0, 0
@@ -459,7 +479,7 @@ func TestFleetNodeAdded(t *testing.T) {
 	}
 	// Clients on the new node too.
 	clients = append(clients, f.clients(1)...)
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the join
 	f.verify(pb.finish(), clients)
 }
 
@@ -469,7 +489,7 @@ func TestFleetRollingRestart(t *testing.T) {
 	clients := f.clients(2)
 	pb := f.publish()
 	for _, name := range []string{"a", "b", "c"} {
-		time.Sleep(500 * time.Millisecond)
+		pb.more(t, 250) // load before each restart
 		g := f.nodes[name]
 		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -480,7 +500,7 @@ func TestFleetRollingRestart(t *testing.T) {
 		f.start(name)
 		f.waitBalanced(15*time.Second, "a", "b", "c")
 	}
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load after the last restart
 	f.verify(pb.finish(), clients)
 	for i, r := range clients {
 		r.mu.Lock()

@@ -183,7 +183,7 @@ func TestGoClientFollowsADrain(t *testing.T) {
 	}
 	for i := 5; i < 20; i++ {
 		ids = append(ids, pub.XAdd(t, "moves", strconv.Itoa(i)))
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // paced, so that the events straddle the drain
 	}
 	if s := h.waitSubscribed(t, 2); !s.Recovered {
 		t.Fatalf("resumed = %+v, want recovered", s)
