@@ -5,9 +5,11 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -392,3 +394,48 @@ func NonEmptyLua(tb testing.TB, name, src string) {
 	}
 	tb.Fatalf("%s has no Lua code", name)
 }
+
+// StartMain is Start for a TestMain, which has no testing.TB (say, for a
+// package's runnable Examples): it returns the server and the function
+// that stops it and removes its directory, or why it could not start.
+func StartMain(args ...string) (s *Server, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "redistest")
+	if err != nil {
+		return nil, nil, err
+	}
+	tb := &mainTB{dir: dir}
+	stop = func() {
+		for i := len(tb.cleanups) - 1; i >= 0; i-- {
+			tb.cleanups[i]()
+		}
+		_ = os.RemoveAll(dir)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(mainFailure)
+			if !ok {
+				panic(r)
+			}
+			stop()
+			s, stop, err = nil, nil, errors.New(string(f))
+		}
+	}()
+	return Start(tb, args...), stop, nil
+}
+
+// mainTB is the testing.TB of StartMain: its Fatal panics with a
+// mainFailure, which StartMain turns into an error. Only the methods
+// Start calls are implemented; the embedded nil TB panics on the others.
+type mainTB struct {
+	testing.TB
+	dir      string
+	cleanups []func()
+}
+
+type mainFailure string
+
+func (tb *mainTB) Helper()                      {}
+func (tb *mainTB) Cleanup(f func())             { tb.cleanups = append(tb.cleanups, f) }
+func (tb *mainTB) TempDir() string              { return tb.dir }
+func (tb *mainTB) Fatal(args ...any)            { panic(mainFailure(fmt.Sprint(args...))) }
+func (tb *mainTB) Fatalf(f string, args ...any) { panic(mainFailure(fmt.Sprintf(f, args...))) }
