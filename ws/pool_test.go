@@ -62,7 +62,7 @@ func TestPoolWorkersExitWhenIdle(t *testing.T) {
 			p.schedule(task{fn: wg.Done})
 		}
 		wg.Wait()
-		time.Sleep(idle - time.Millisecond)
+		time.Sleep(idle - time.Millisecond) // synctest's clock: no real wait
 		synctest.Wait()
 		if len(p.sem) == 0 {
 			t.Fatal("every worker exited before the idle time")

@@ -133,13 +133,12 @@ func (s *Server) run(tb testing.TB) {
 	s.mu.Unlock()
 	c := redis.NewClient(s.options())
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s/redis.log)", s.Addr, s.dir)
+	testutil.Eventually(tb, 10*time.Second, func() error {
+		if err := c.Ping(context.Background()).Err(); err != nil {
+			return fmt.Errorf("redis-server on %s does not answer (log: %s/redis.log): %w", s.Addr, s.dir, err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Shutdown stops the server with SHUTDOWN, as an operator would: it
