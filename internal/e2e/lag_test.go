@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -235,12 +233,10 @@ func rssOf(pid int) int {
 // metric reads one counter or gauge without labels from /metrics.
 func metric(tb testing.TB, g *gateway, name string) int {
 	tb.Helper()
-	resp, err := http.Get("http://" + g.addr + "/metrics")
+	body, err := get("http://" + g.addr + "/metrics")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
 	if m == nil {
 		tb.Fatalf("no %s in /metrics", name)

@@ -97,6 +97,16 @@ func (g *gateway) kill(tb testing.TB) {
 
 func (g *gateway) pid() int { return g.cmd.Process.Pid }
 
+// get returns the body of a GET of url.
+func get(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
 // idleArgs start a gateway whose idle pool workers exit within 100 ms
 // (instead of 10 s) and that serves pprof, for atRest.
 var idleArgs = []string{"--worker-idle", "100ms", "--debug-addr", "127.0.0.1:0"}
@@ -119,12 +129,7 @@ func (g *gateway) atRest(tb testing.TB) {
 		if owned := strconv.Itoa(metric(tb, g, "wsbus_bus_partitions_owned")); owned != n[1] {
 			return fmt.Errorf("%s of %s partitions owned", owned, n[1])
 		}
-		resp, err := http.Get(pprof[1] + "goroutine?debug=2")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		stacks, err := io.ReadAll(resp.Body)
+		stacks, err := get(pprof[1] + "goroutine?debug=2")
 		if err != nil {
 			return err
 		}

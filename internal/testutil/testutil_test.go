@@ -7,32 +7,29 @@ import (
 	"time"
 )
 
-// TestPoll: Poll returns as soon as fn holds, and fn's last error once the
-// timeout has passed, not before. The clock is synctest's.
-func TestPoll(t *testing.T) {
+var errNotYet = errors.New("not yet")
+
+func TestPollReturnsOnceFnHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		calls := 0
-		start := time.Now()
-		if err := Poll(time.Second, func() error {
+		calls, start := 0, time.Now()
+		err := Poll(time.Second, func() error {
 			if calls++; calls < 3 {
-				return errors.New("not yet")
+				return errNotYet
 			}
 			return nil
-		}); err != nil || calls != 3 {
-			t.Fatalf("Poll = %v after %d calls, want nil after 3", err, calls)
+		})
+		if took := time.Since(start); err != nil || calls != 3 || took != 20*time.Millisecond {
+			t.Fatalf("Poll = %v after %d calls and %v, want nil after 3 calls and two 10 ms pauses", err, calls, took)
 		}
-		if d := time.Since(start); d != 20*time.Millisecond {
-			t.Fatalf("Poll took %v, want two 10 ms pauses", d)
-		}
+	})
+}
 
-		never := errors.New("never")
-		start = time.Now()
+func TestPollGivesUpWithFnsError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		never, start := errors.New("never"), time.Now()
 		err := Poll(time.Second, func() error { return never })
-		if !errors.Is(err, never) {
-			t.Fatalf("Poll = %v, want it to wrap fn's error", err)
-		}
-		if d := time.Since(start); d <= time.Second {
-			t.Fatalf("Poll gave up after %v, before its timeout", d)
+		if took := time.Since(start); !errors.Is(err, never) || took <= time.Second {
+			t.Fatalf("Poll = %v after %v, want fn's error after the 1s timeout", err, took)
 		}
 	})
 }
