@@ -54,7 +54,20 @@ func On(tb testing.TB, rdb redis.UniversalClient, prefix string) *Bus {
 // entry's ID.
 func (b *Bus) XAdd(tb testing.TB, topic, data string) string {
 	tb.Helper()
-	return b.XAddTo(tb, streams.Partition(topic, b.N), "topic", topic, "data", data)
+	id, err := b.Add(context.Background(), topic, data)
+	if err != nil {
+		tb.Fatalf("XADD to %s: %v", topic, err)
+	}
+	return id
+}
+
+// Add is XAdd for a goroutine other than the test's, or a test that
+// expects Redis to fail: it returns Redis's error.
+func (b *Bus) Add(ctx context.Context, topic, data string) (string, error) {
+	return b.Redis.XAdd(ctx, &redis.XAddArgs{
+		Stream: b.Keys.Ingress(streams.Partition(topic, b.N)),
+		Values: []any{"topic", topic, "data", data},
+	}).Result()
 }
 
 // XAddTo adds an entry with fields to partition p's ingress, and returns

@@ -46,14 +46,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	ctx := context.Background()
 	add := func(data, deadline string) string {
 		t.Helper()
-		id, err := f.pub.Redis.XAdd(ctx, &redis.XAddArgs{
-			Stream: f.pub.Keys.Ingress(streams.Partition(topic, fleetPartitions)),
-			Values: []any{"topic", topic, "data", data, "deadline", deadline},
-		}).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
+		return f.pub.XAddTo(t, streams.Partition(topic, f.pub.N), "topic", topic, "data", data, "deadline", deadline)
 	}
 	escalated := func() []redis.XMessage {
 		t.Helper()

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
@@ -57,6 +58,7 @@ func startTolerantPublishing(tb testing.TB, addr string, keys streams.Keys, part
 // failover client that follows Sentinel to whichever is master.
 func publishTolerantly(rdb redis.UniversalClient, keys streams.Keys, partitions int, topics []string) *tolerantPublishing {
 	pb := &tolerantPublishing{stop: make(chan struct{}), done: make(chan struct{})}
+	bus := &bustest.Bus{Redis: rdb, Keys: keys, N: partitions}
 	go func() {
 		defer close(pb.done)
 		for i := 0; ; i++ {
@@ -67,10 +69,7 @@ func publishTolerantly(rdb redis.UniversalClient, keys streams.Keys, partitions 
 			}
 			topic := topics[i%len(topics)]
 			s := sent{topic: topic, data: strconv.Itoa(i), phase: pb.phase.Load()}
-			s.id, s.err = rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: keys.Ingress(streams.Partition(topic, partitions)),
-				Values: []any{"topic", topic, "data", s.data},
-			}).Result()
+			s.id, s.err = bus.Add(context.Background(), topic, s.data)
 			s.at = time.Now()
 			pb.mu.Lock()
 			pb.sent = append(pb.sent, s)

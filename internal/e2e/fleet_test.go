@@ -182,10 +182,7 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			default:
 			}
 			topic := topics[i%len(topics)]
-			id, err := pub.Redis.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: pub.Keys.Ingress(streams.Partition(topic, pub.N)),
-				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
-			}).Result()
+			id, err := pub.Add(context.Background(), topic, strconv.Itoa(i))
 			if err != nil && retry {
 				i--
 				time.Sleep(20 * time.Millisecond) // a pause before the retry, not a wait
