@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -41,6 +42,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
 	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	report := fs.String("report", "", "also write the result to this directory: index.html, a page with the figures, memory per connection and every server's latency CDF that needs no other file, and result.json, the result as --json prints it with the command line and build")
 	var soak soakFlags
 	soak.register(fs)
 	if err := parseOrUsage(fs, args); err != nil {
@@ -83,6 +85,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		},
 	}
 	if soak.on {
+		if *report != "" {
+			fmt.Fprintln(stderr, "wsbus bench: --report is for the measurements, not --soak")
+			return errUsage
+		}
 		return runSoak(cfg, soak, *asJSON, stdout)
 	}
 	res, err := bench.Run(context.Background(), cfg)
@@ -90,9 +96,25 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return printJSON(stdout, res)
+		err = printJSON(stdout, res)
+	} else {
+		printBench(stdout, res)
 	}
-	printBench(stdout, res)
+	if err != nil || *report == "" {
+		return err
+	}
+	return writeReport(*report, res, append([]string{os.Args[0], "bench"}, args...), stderr)
+}
+
+// writeReport writes the run's report to dir and says where on stderr.
+func writeReport(dir string, res *bench.Comparison, command []string, stderr io.Writer) error {
+	if err := bench.WriteReport(dir, bench.NewRunReport(res, command)); err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	fmt.Fprintf(stderr, "bench: report in %s\n", filepath.Join(dir, "index.html"))
 	return nil
 }
 
@@ -111,89 +133,14 @@ func serveBaseline(kind, listen string, rdb redis.UniversalClient, prefix string
 	})
 }
 
+// printBench prints the comparison's table of figures.
 func printBench(w io.Writer, cmp *bench.Comparison) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	gw := cmp.Results[0]
-	head := "\t"
-	for _, r := range cmp.Results {
-		head += r.Server + "\t"
-	}
-	for _, r := range cmp.Results[1:] {
-		head += "wsbus/" + r.Server + "\t"
-	}
-	fmt.Fprintln(tw, head)
-	if gw.Gateways > 1 {
-		fmt.Fprintf(tw, "gateways\t%d\t\n", gw.Gateways)
-	}
-	row := func(name, ratio string, value func(*bench.Result) string) {
-		line := name + "\t"
-		for _, r := range cmp.Results {
-			line += value(r) + "\t"
-		}
-		for _, r := range cmp.Results[1:] {
-			if v, ok := cmp.Ratios[r.Server][ratio]; ok {
-				line += fmt.Sprintf("%.2f", v)
-			} else {
-				line += "-"
-			}
-			line += "\t"
-		}
-		fmt.Fprintln(tw, line)
-	}
-	row("connections (failed)", "", func(r *bench.Result) string { return fmt.Sprintf("%d (%d)", r.Conns, r.Failed) })
-	row("upgrades/s", "", func(r *bench.Result) string { return fmt.Sprintf("%.0f", r.UpgradesSec) })
-	row("RSS per connection", "rss_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.RSSBytes) })
-	row("heap per connection", "heap_per_conn", func(r *bench.Result) string { return fmt.Sprintf("%.0f B", r.PerConn.HeapBytes) })
-	row("heap objects per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.1f", r.PerConn.HeapObjects) })
-	row("goroutines per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.4f", r.PerConn.Goroutines) })
-	row("fds per connection", "", func(r *bench.Result) string { return fmt.Sprintf("%.3f", r.PerConn.FDs) })
-	if gw.Broadcast != nil {
-		bc := func(f func(*bench.Latency) string) func(*bench.Result) string {
-			return phase(func(r *bench.Result) *bench.Latency { return r.Broadcast }, f)
-		}
-		row("broadcast last receipt p50", "broadcast_last_p50", bc(func(b *bench.Latency) string { return ms(b.LastP50) }))
-		row("broadcast last receipt p99", "broadcast_last_p99", bc(func(b *bench.Latency) string { return ms(b.LastP99) }))
-		row("broadcast last receipt max", "", bc(func(b *bench.Latency) string { return ms(b.LastMax) }))
-		row("broadcast all receipts p50", "", bc(func(b *bench.Latency) string { return ms(b.AllP50) }))
-		row("broadcast all receipts p99", "broadcast_all_p99", bc(func(b *bench.Latency) string { return ms(b.AllP99) }))
-		row("broadcast lost", "", bc(func(b *bench.Latency) string { return fmt.Sprintf("%d of %d", b.Lost, int64(b.Receipts)+b.Lost) }))
-	}
-	if gw.Unicast != nil {
-		uc := func(f func(*bench.Unicast) string) func(*bench.Result) string {
-			return phase(func(r *bench.Result) *bench.Unicast { return r.Unicast }, f)
-		}
-		row("unicast events", "", uc(func(u *bench.Unicast) string { return fmt.Sprintf("%d at %d/s", u.Sent, u.Rate) }))
-		row("unicast p50", "unicast_p50", uc(func(u *bench.Unicast) string { return ms(u.P50) }))
-		row("unicast p99", "unicast_p99", uc(func(u *bench.Unicast) string { return ms(u.P99) }))
-		row("unicast max", "", uc(func(u *bench.Unicast) string { return ms(u.Max) }))
-		row("unicast lost", "", uc(func(u *bench.Unicast) string { return fmt.Sprintf("%d of %d", u.Lost, u.Sent) }))
-	}
-	if gw.Storm != nil {
-		st := func(f func(*bench.Storm) string) func(*bench.Result) string {
-			return phase(func(r *bench.Result) *bench.Storm { return r.Storm }, f)
-		}
-		row("resume storm, all caught up", "storm_took", st(func(s *bench.Storm) string {
-			if !s.Done {
-				return "not within 30s"
-			}
-			return ms(s.Took)
-		}))
-		row("resume storm not recovered/lost/dup", "", st(func(s *bench.Storm) string {
-			return fmt.Sprintf("%d/%d/%d", s.NotRecovered, s.Lost, s.Duplicates)
-		}))
+	t := cmp.Table()
+	for _, line := range append([][]string{t.Head}, t.Rows...) {
+		fmt.Fprintln(tw, strings.Join(line, "\t")+"\t")
 	}
 	tw.Flush()
-}
-
-// phase formats a figure of one phase of a result, "-" where the server
-// did not run that phase.
-func phase[T any](of func(*bench.Result) *T, f func(*T) string) func(*bench.Result) string {
-	return func(r *bench.Result) string {
-		if p := of(r); p != nil {
-			return f(p)
-		}
-		return "-"
-	}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +78,17 @@ func TestBenchRun(t *testing.T) {
 		if st == nil || !st.Done || st.NotRecovered != 0 || st.Lost != 0 || st.Duplicates != 0 || st.Failed != 0 {
 			t.Fatalf("%s: resume storm = %+v, want every client recovered with its 5 missed events, nothing lost or twice", server, st)
 		}
+	}
+	dir := filepath.Join(t.TempDir(), "report")
+	if err := writeReport(dir, cmp, []string{"wsbus", "bench"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	page, err := os.ReadFile(filepath.Join(dir, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(page), `<path class="cdf"`); n != 6 {
+		t.Errorf("the report has %d latency lines, want one per server in each of the two broadcast plots", n)
 	}
 	for _, kind := range []string{bench.Naive, bench.Floor} {
 		r := cmp.Ratios[kind]

@@ -130,19 +130,25 @@ func lean(sizes ...*int) {
 }
 
 // withRedis runs fn with a client of the bus and a context that ends
-// after timeout: the shape of every one-shot command. go-redis's own
-// messages (a line on stderr per failed dial) are dropped: the command's
-// error says once what failed.
+// after timeout: the shape of every one-shot command.
 func (c *common) withRedis(timeout time.Duration, fn func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error) error {
-	redis.SetLogger(redisLogger{slog.New(slog.DiscardHandler)})
-	rdb, err := c.client(0)
+	rdb, keys, err := c.open()
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return fn(ctx, rdb, streams.Keys{Prefix: c.prefix})
+	return fn(ctx, rdb, keys)
+}
+
+// open returns a client of the bus for a command, which closes it.
+// go-redis's own messages (a line on stderr per failed dial) are dropped:
+// the command's error says once what failed.
+func (c *common) open() (redis.UniversalClient, streams.Keys, error) {
+	redis.SetLogger(redisLogger{slog.New(slog.DiscardHandler)})
+	rdb, err := c.client(0)
+	return rdb, streams.Keys{Prefix: c.prefix}, err
 }
 
 // printJSON writes v indented, for --json output.

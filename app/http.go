@@ -26,7 +26,7 @@ import (
 //go:embed demo.html
 var demoPage []byte
 
-// httpAPI serves every path but /v1/ws.
+// httpAPI serves every path but wsPath.
 type httpAPI struct {
 	cfg     ServeConfig
 	rdb     redis.UniversalClient
@@ -37,6 +37,12 @@ type httpAPI struct {
 	pub     *streams.Publisher
 	hist    *streams.History
 	started atomic.Bool
+
+	keys        streams.Keys
+	partitions  int          // of the bus
+	redisErrors *redisErrors // counts the failed commands of rdb
+	observed    *observed    // histograms recorded by the owner and gateway
+	canary      *canary      // the node's continuity canary (canary.go)
 }
 
 func (h *httpAPI) mux() *http.ServeMux {
@@ -49,6 +55,8 @@ func (h *httpAPI) mux() *http.ServeMux {
 	m.Handle("GET /metrics", h.metrics())
 	m.HandleFunc("GET /{$}", h.demo)
 	m.HandleFunc("GET /wsbus-client.js", h.demoClient)
+	m.HandleFunc("GET /status", h.statusPage)
+	m.HandleFunc("GET /status.json", h.statusJSON)
 	return m
 }
 
@@ -104,6 +112,10 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(body.Data) == 0 {
 		writeError(w, http.StatusBadRequest, "data is missing")
+		return
+	}
+	if bus.IsCanaryTopic(body.Topic) {
+		writeError(w, http.StatusForbidden, canaryRefusal)
 		return
 	}
 	var deadline time.Duration
@@ -194,6 +206,9 @@ func (h *httpAPI) unread(w http.ResponseWriter, r *http.Request) {
 		return
 	case sub == "" || len(sub) > maxSubject:
 		writeError(w, http.StatusBadRequest, "sub must be a subject of 1-"+strconv.Itoa(maxSubject)+" bytes")
+		return
+	case bus.IsCanaryTopic(topic):
+		writeError(w, http.StatusForbidden, canaryRefusal)
 		return
 	}
 	c, err := h.hist.Acked(r.Context(), topic, sub)
@@ -298,9 +313,17 @@ func newHistoryAnswer(topic string, res streams.Resume) historyAnswer {
 	return a
 }
 
+// canaryRefusal answers a request for a canary topic.
+const canaryRefusal = "topics starting with " + bus.CanaryPrefix + " are reserved for the bus's own canary"
+
 // mayRead checks the request's token (Authorization: Bearer, or ?token=)
 // for topic when authentication is on, answering 401 or 403 when it fails.
+// A canary topic is refused to every request.
 func (h *httpAPI) mayRead(w http.ResponseWriter, r *http.Request, topic string) bool {
+	if bus.IsCanaryTopic(topic) {
+		writeError(w, http.StatusForbidden, canaryRefusal)
+		return false
+	}
 	if h.auth == nil {
 		return true
 	}

@@ -15,7 +15,7 @@ Usage:
   wsbus migrate  [flags]               create or upgrade the bus's Redis keys
   wsbus publish  [flags] TOPIC DATA    append one event ("-" reads DATA from stdin)
   wsbus tail     [flags] TOPIC...      subscribe and print events, resuming on reconnect
-  wsbus status   [flags]               nodes, partitions per node, owners, consumer lag
+  wsbus status   [flags]               nodes, partitions per node, owners, consumer lag (--watch: redraw)
   wsbus bench    [flags]               open many connections to a gateway and measure it
 
 Run 'wsbus COMMAND --help' for a command's flags. Every flag can also be set

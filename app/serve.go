@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/bus"
+	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
@@ -59,6 +63,8 @@ type ServeConfig struct {
 	DrainRate        int
 	LogLevel         string
 	DebugAddr        string
+	CanaryInterval   time.Duration
+	CanaryTimeout    time.Duration
 }
 
 func (c *ServeConfig) register(fs *flag.FlagSet) {
@@ -71,7 +77,7 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file of the RS256/ES256 public key of client tokens")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "when set, tokens must carry this aud")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "when set, tokens must carry this iss")
-	fs.StringVar(&c.PublishKey, "publish-key", "", "API key for POST /v1/publish (Authorization: Bearer KEY); without one, HTTP publishing is open in --insecure mode and off otherwise")
+	fs.StringVar(&c.PublishKey, "publish-key", "", "API key for POST /v1/publish (Authorization: Bearer KEY), also the operator key of the status page GET /status; without one, HTTP publishing and the status page are open in --insecure mode and off otherwise")
 	fs.Var(&c.AllowedOrigins, "allowed-origins", "Origin a browser may connect from, e.g. https://app.example (repeat or comma-separate; \"*\" for any); default: the gateway's own host, or any with --insecure")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "WebSocket connections per node; more are refused with 503 (0: only the fd limit)")
 	fs.Float64Var(&c.UpgradeRate, "upgrade-rate", 2000, "WebSocket upgrades admitted per second; a storm waits its turn or gets 503")
@@ -93,6 +99,8 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long the drain may take before the remaining clients are cut")
 	fs.IntVar(&c.DrainRate, "drain-rate", 1000, "on SIGTERM, clients closed with 4002 per second, so their reconnects do not storm the fleet (0: all at once)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.CanaryInterval, "canary-interval", 2*time.Second, "publish a canary event to each partition this node owns this often, and read every partition's canary back through this node's own WebSocket path (the wsbus_canary_* metrics; topics starting with $canary. are reserved for it); 0 turns the canary off")
+	fs.DurationVar(&c.CanaryTimeout, "canary-timeout", 5*time.Second, "a canary event of this node's that has not arrived this long after it was published counts as lost")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (off by default: never expose it)")
 }
 
@@ -106,6 +114,9 @@ func (c *ServeConfig) check() error {
 	var err error
 	if c.auth, err = c.verifier(); err != nil {
 		return err
+	}
+	if c.CanaryInterval < 0 || c.CanaryInterval > 0 && c.CanaryTimeout <= 0 {
+		return errors.New("--canary-interval must not be negative, and --canary-timeout must be positive when the canary is on")
 	}
 	if strings.ContainsAny(c.NodeID, " \t\r\n") {
 		return fmt.Errorf("--node-id %q must not contain spaces", c.NodeID)
@@ -171,6 +182,10 @@ func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.l.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "from", "go-redis")
 }
 
+// wsPath is the gateway's WebSocket endpoint; every other path is the
+// HTTP API's.
+const wsPath = "/v1/ws"
+
 // Serve runs a gateway node until ctx is done, then drains it: leases are
 // released first, then clients are closed with 4002. ready is called with
 // the listening address once the node serves.
@@ -214,38 +229,62 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		host, _ := os.Hostname()
 		c.NodeID = host + ":" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	}
+	obs := newObserved()
 	owner, err := bus.NewOwner(bus.OwnerConfig{
 		Redis: rdb, Keys: keys, Partitions: n, Node: c.NodeID,
 		LeaseTTL: c.LeaseTTL, MaxData: c.MaxData, HistoryLen: c.HistoryLen,
 		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
+		ApplyTime: func(d time.Duration) { obs.apply.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return err
 	}
 	verifier := c.auth
+	var tokens bus.TokenVerifier // nil without a key (a nil *auth.Verifier in it would not be nil)
+	if verifier != nil {
+		tokens = verifier
+	}
 	origins := c.AllowedOrigins.split()
 	if len(origins) == 0 && c.Insecure {
 		origins = []string{"*"}
 	}
+	canaryKey, err := newCanaryKey()
+	if err != nil {
+		return err
+	}
 	gw, err := bus.NewGateway(bus.GatewayConfig{
-		Redis: rdb, Keys: keys, Partitions: n, Auth: verifier, AllowedOrigins: origins,
-		MaxSubscriptions: c.MaxSubscriptions, Logger: logger,
+		Redis: rdb, Keys: keys, Partitions: n, Auth: tokens, AllowedOrigins: origins,
+		MaxSubscriptions: c.MaxSubscriptions, Logger: logger, CanaryKey: canaryKey,
 		// A lagging client's history page and its queue together stay
 		// near --max-queue.
 		HistoryBytes: c.MaxQueue / 4, MaxData: c.MaxData,
+		DeliveryLatency: func(d time.Duration) { obs.delivery.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return fmt.Errorf("starting the gateway: %w", err)
 	}
 	defer gw.Close()
-	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier,
-		pub: streams.NewPublisher(rdb, keys, c.MaxData), hist: streams.NewHistory(rdb, keys, n)}
+	errs := &redisErrors{}
+	rdb.AddHook(errs)
+	pub := streams.NewPublisher(rdb, keys, c.MaxData)
+	canary := newCanary(canaryConfig{
+		Interval: c.CanaryInterval, Timeout: c.CanaryTimeout, Node: c.NodeID,
+		URL: "ws://" + ln.Addr().String() + "/v1/ws", Key: canaryKey, Partitions: n,
+		MaxSubscriptions: c.MaxSubscriptions, Publish: pub.Publish, Owned: owner.Partitions, Logger: logger,
+	})
+	h := &httpAPI{cfg: c, rdb: rdb, owner: owner, gw: gw, auth: verifier, keys: keys, partitions: n, redisErrors: errs, observed: obs,
+		pub: pub, hist: streams.NewHistory(rdb, keys, n), canary: canary}
 	srv, err := ws.New(ws.Config{
-		Handler: gw, HTTP: h.mux(), MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
+		Handler: gw, HTTP: h.mux(), Path: wsPath, MaxMessage: c.MaxMessage, MaxQueue: c.MaxQueue, Overflow: ws.Overflow(c.SlowConsumer),
 		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
 		UpgradeRate: c.UpgradeRate, UpgradeBurst: c.UpgradeBurst,
 		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,
 		WorkerIdle: c.WorkerIdle,
+		// Return memory to the system once a burst of upgrades is over:
+		// the buffers and garbage of thousands of handshakes otherwise sit
+		// in the heap's headroom, and an idle node would hold about twice
+		// what its connections need.
+		AfterUpgradeBurst: debug.FreeOSMemory,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the WebSocket server: %w", err)
@@ -264,11 +303,12 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.started.Store(true)
 	addr := ln.Addr().String()
-	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+"/v1/ws", "partitions", n)
+	logger.Info("wsbus serving", "addr", addr, "node", c.NodeID, "websocket", "ws://"+addr+wsPath, "partitions", n)
 	if verifier == nil {
 		logger.Warn("insecure mode: no authentication; demo page at http://" + addr + "/")
 	}
 	ready(addr)
+	canary.start()
 
 	served := false
 	select {
@@ -276,12 +316,15 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	case err = <-serveErr:
 		served = true
 	}
+	// The canary first: its connection is not one to drain, and its
+	// events, published no more, are awaited no more.
+	canary.stop()
 	logger.Info("draining: releasing leases, then closing clients with 4002")
 	stopOwner()
 	<-ownerDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
-	_ = srv.Drain(drainCtx, ws.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
+	_ = srv.Drain(drainCtx, wsbus.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
 	if !served {
 		err = <-serveErr // Serve returns once Drain has closed its listener
 	}
@@ -309,4 +352,14 @@ func (c *ServeConfig) verifier() (*auth.Verifier, error) {
 		return nil, nil
 	}
 	return auth.New(cfg)
+}
+
+// newCanaryKey returns a random key that admits this process's own canary
+// client (bus.GatewayConfig.CanaryKey): 32 random bytes, in hex.
+func newCanaryKey() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("making the canary key: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }

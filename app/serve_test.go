@@ -39,10 +39,11 @@ func TestServeReleasesItsPortOnError(t *testing.T) {
 }
 
 // TestServeLeavesNoGoroutine: a node that served clients (a subscription,
-// live events, a lagging catch-up's worth of pub/sub, the pprof listener)
-// and was stopped has ended every goroutine it started: the owner's
-// pipelines, the gateway's pub/sub owners and catch-ups, the WebSocket
-// server's workers, epoll loop and HTTP server.
+// live events, a lagging catch-up's worth of pub/sub, the pprof listener,
+// its canary) and was stopped has ended every goroutine it started: the
+// owner's pipelines, the gateway's pub/sub owners and catch-ups, the
+// WebSocket server's workers, epoll loop and HTTP server, the canary's
+// client and publisher.
 func TestServeLeavesNoGoroutine(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
@@ -51,7 +52,7 @@ func TestServeLeavesNoGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := runtime.NumGoroutine()
-	node := startNode(t, testConfig(t, srv, prefix, "--debug-addr", "127.0.0.1:0"))
+	node := startNode(t, testConfig(t, srv, prefix, "--debug-addr", "127.0.0.1:0", "--canary-interval", "100ms"))
 	b := &testBus{Bus: bustest.On(t, rdb, prefix), srv: srv, prefix: prefix, node: node}
 	c := wstest.Dial(t, node.url+"?topic=news")
 	c.Expect("subscribed", testutil.Wait)
@@ -59,6 +60,12 @@ func TestServeLeavesNoGoroutine(t *testing.T) {
 		b.XAdd(t, "news", strconv.Itoa(i))
 	}
 	c.Events(5, testutil.Wait)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if got := sumOf(canaryMetric(t, node.addr, "wsbus_canary_received_total")); got == 0 {
+			return fmt.Errorf("the canary received nothing yet")
+		}
+		return nil
+	})
 	node.stop() // drains c with 4002
 	if code := c.CloseCode(testutil.Wait); code != 4002 {
 		t.Fatalf("close code %d, want 4002", code)

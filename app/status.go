@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"sort"
 	"strconv"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -47,12 +50,22 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("status", "status [flags]", stderr)
 	var c common
 	c.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	asJSON := fs.Bool("json", false, "print JSON instead of tables (with --watch: one JSON object per line)")
+	watch := fs.Bool("watch", false, "redraw the status every --interval until Ctrl-C (on a terminal the screen is cleared; otherwise each frame follows the last after a blank line)")
+	interval := fs.Duration("interval", 2*time.Second, "how often --watch reads the status again")
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
+	if *watch {
+		if *interval <= 0 {
+			return fmt.Errorf("--interval %v must be positive", *interval)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		return c.watchStatus(ctx, stdout, statusFrames{every: *interval, json: *asJSON, clear: isTerminal(stdout)})
+	}
 	var st Status
-	err := c.withRedis(10*time.Second, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
+	err := c.withRedis(statusReadTimeout, func(ctx context.Context, rdb redis.UniversalClient, keys streams.Keys) error {
 		var err error
 		st, err = ReadStatus(ctx, rdb, keys)
 		return err

@@ -24,7 +24,6 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -76,7 +75,7 @@ func (g *Gateway) ack(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	if !cl.allows(m.Topic) {
-		g.sendError(c, codeForbidden, m.Topic, "token does not allow this topic")
+		g.sendError(c, codeForbidden, m.Topic, forbiddenText(m.Topic))
 		return
 	}
 	if !g.acks.add(cl, m.Topic, id) {
@@ -180,7 +179,7 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 	}
 	calls := a.calls(batch)
 	err := a.exec(ctx, calls)
-	if isNoScript(err) {
+	if classify(err) == kindNoScript {
 		_ = ackScript.Load(ctx, a.g.cfg.Redis).Err()
 		err = a.exec(ctx, calls)
 	}
@@ -190,9 +189,9 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		for i, cand := range call.cands {
 			switch {
 			case cerr != nil:
-				a.g.sendError(cand.cl.conn, codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
+				a.g.sendError(cand.cl.conn(), codeUnavailable, call.topic, "the acknowledgement was not written: the bus is unavailable; retry")
 			case i < len(statuses) && statuses[i] == 1:
-				a.g.sendError(cand.cl.conn, codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head (or it was trimmed from history before this acknowledgement: ack a retained event)")
+				a.g.sendError(cand.cl.conn(), codeBadID, call.topic, "id "+cand.id.String()+" is not an event of this topic at or below its head (or it was trimmed from history before this acknowledgement: ack a retained event)")
 			}
 		}
 	}
@@ -251,9 +250,9 @@ func (a *acker) exec(ctx context.Context, calls []*ackCall) error {
 		call.cmd = ackScript.EvalSha(ctx, pipe, call.keys, call.args...)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil && classify(err) != kindNil {
 		for _, call := range calls {
-			if isNoScript(call.cmd.Err()) {
+			if classify(call.cmd.Err()) == kindNoScript {
 				return call.cmd.Err()
 			}
 		}

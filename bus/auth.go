@@ -2,6 +2,7 @@ package bus
 
 import (
 	"container/heap"
+	"crypto/subtle"
 	"net/http"
 	"net/url"
 	"slices"
@@ -9,14 +10,65 @@ import (
 	"sync"
 	"time"
 
+	wsbus "github.com/wsbus/wsbus/clients/go"
+	"github.com/wsbus/wsbus/internal/auth"
 	"github.com/wsbus/wsbus/ws"
 )
 
+// TokenVerifier checks a client's token and returns what it grants: the
+// one thing the Gateway needs of authentication (*auth.Verifier is one).
+// Verify is called on the WebSocket workers, once per handshake and per
+// refresh, so it must be safe for concurrent use and should not block.
+type TokenVerifier interface {
+	Verify(token string) (*auth.Claims, error)
+}
+
+// CanaryPrefix starts the topics the bus keeps for itself: each node's
+// continuity canary (app/canary.go) publishes to one of them per partition
+// and reads them all back through its own gateway. No client may
+// subscribe to them, acknowledge them, or read or publish them over HTTP;
+// only a connection that presents the node's canary key may subscribe,
+// and to them only.
+const CanaryPrefix = "$canary."
+
+// IsCanaryTopic reports whether topic is one of the bus's own canary
+// topics.
+func IsCanaryTopic(topic string) bool { return strings.HasPrefix(topic, CanaryPrefix) }
+
+// CanaryScheme is the Authorization scheme of the node's own canary client:
+// "Authorization: Wsbus-Canary KEY", KEY being GatewayConfig.CanaryKey. The
+// Authorization header, not one of its own, because it is the one the
+// WebSocket edge hands the Gateway (ws.Request).
+const CanaryScheme = "Wsbus-Canary"
+
+// canaryClaims are the rights of the node's canary client: the canary
+// topics, no subject and no expiry. A client holds this very pointer when
+// it was admitted by the canary key (see client.allows).
+var canaryClaims = &auth.Claims{Topics: []string{CanaryPrefix + "*"}}
+
+// forbiddenText explains a refused topic.
+func forbiddenText(topic string) string {
+	if IsCanaryTopic(topic) {
+		return "topics starting with " + CanaryPrefix + " are reserved for the bus's own canary"
+	}
+	return "token does not allow this topic"
+}
+
 // Accept checks a handshake's Origin and, when authentication is on, its
-// token (Authorization: Bearer, or ?token=), before the upgrade.
+// token (Authorization: Bearer, or ?token=), before the upgrade. The
+// node's own canary presents its key instead of a token (CanaryScheme).
 func (g *Gateway) Accept(r *ws.Request) error {
 	if !g.originAllowed(r.Origin, r.Host) {
 		return ws.Reject(http.StatusForbidden, "origin not allowed")
+	}
+	if key, ok := canaryKey(string(r.Authorization)); ok {
+		// Compared in constant time: the key admits to the canary
+		// topics without a token.
+		if g.cfg.CanaryKey == "" || subtle.ConstantTimeCompare([]byte(key), []byte(g.cfg.CanaryKey)) != 1 {
+			return ws.Reject(http.StatusUnauthorized, "invalid canary key")
+		}
+		r.State = canaryClaims
+		return nil
 	}
 	if g.cfg.Auth == nil {
 		return nil
@@ -34,6 +86,17 @@ func (g *Gateway) Accept(r *ws.Request) error {
 	}
 	r.State = claims
 	return nil
+}
+
+// canaryKey returns the key of an "Authorization: Wsbus-Canary KEY" value;
+// ok for the scheme without a key too, which is refused, not taken for a
+// client without one.
+func canaryKey(header string) (key string, ok bool) {
+	scheme, key, _ := strings.Cut(header, " ")
+	if !strings.EqualFold(scheme, CanaryScheme) {
+		return "", false
+	}
+	return strings.TrimSpace(key), true
 }
 
 // BearerToken returns the token of an "Authorization: Bearer" value.
@@ -76,6 +139,11 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 		return
 	}
 	cl.mu.Lock()
+	if cl.claims == canaryClaims {
+		cl.mu.Unlock()
+		g.sendError(c, codeUnauthorized, "", "the canary's connection takes no token")
+		return
+	}
 	if cl.claims != nil && claims.Subject != cl.claims.Subject {
 		cl.mu.Unlock()
 		g.sendError(c, codeUnauthorized, "", "the new token is for another subject")
@@ -193,7 +261,7 @@ func (e *expiries) run(done <-chan struct{}) {
 		}
 		e.mu.Unlock()
 		for _, cl := range due {
-			cl.conn.Close(ws.CloseTokenExpired, "token expired: reconnect with a new one")
+			cl.conn().Close(wsbus.CloseTokenExpired, "token expired: reconnect with a new one")
 		}
 		timer.Reset(next)
 		select {

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
 )
 
 // When thousands of clients reconnect at once they mostly resume the same
@@ -13,7 +14,7 @@ import (
 // arrives meanwhile waits for the next read, which then serves them all. A
 // request never joins a read that started before it, so a subscriber's
 // read always begins after its subscription to the live channel, which is
-// what makes history + live gap-free (see subscribe). The answer is
+// what makes history + live gap-free (see resume.go). The answer is
 // encoded once: every subscriber is sent the same frames.
 //
 // Subscribers with a subject are also told their acknowledged cursor. A
@@ -33,10 +34,10 @@ type readKey struct {
 // history is one read's answer, ready to send.
 type history struct {
 	err        error
-	subscribed []byte                   // the "subscribed" frame, without acked and unread
+	subscribed ws.Frame                 // the "subscribed" frame, without acked and unread
 	info       Subscribed               // what it says, for a subscriber's own frame with them
 	acked      map[string]streams.Acked // cursors of the subjects the read was asked for
-	frames     [][]byte                 // event frames, oldest first
+	frames     []ws.Frame               // event frames, oldest first
 	ids        []streams.ID             // their IDs
 	last       streams.ID               // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+
+	"github.com/wsbus/wsbus/ws"
 )
 
 // TestCoalescerSharesOnlyLaterReads: requests arriving while a read runs
@@ -27,7 +29,7 @@ func TestCoalescerSharesOnlyLaterReads(t *testing.T) {
 			if n == 1 {
 				<-release // the first read runs while the others arrive
 			}
-			return history{frames: make([][]byte, n)} // len(frames) tells which read answered
+			return history{frames: make([]ws.Frame, n)} // len(frames) tells which read answered
 		}
 		first := make(chan history)
 		go func() { first <- co.do(key, "first", read) }()

@@ -197,7 +197,7 @@ func (o *Owner) escalateOnce(ctx context.Context, l *lease, members []dueMember)
 // fencedErr is ErrLeaseLost for a fenced script's refusal, else err
 // wrapped with what was being done.
 func fencedErr(err error, format string, args ...any) error {
-	if isLeaseLost(err) {
+	if classify(err) == kindLeaseLost {
 		return ErrLeaseLost
 	}
 	if err == nil {

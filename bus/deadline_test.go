@@ -95,7 +95,7 @@ func TestDeadlineEscalatesOnceAcrossOwners(t *testing.T) {
 			}
 			// Another node takes the partition: the old owner writes nothing.
 			rdb.Set(ctx, keys.Owner(0), "m 2", 0)
-			if err := escalate(o, l); !isLeaseLost(err) {
+			if err := escalate(o, l); classify(err) != kindLeaseLost {
 				t.Fatalf("escalation by a stale owner = %v, want lease lost", err)
 			}
 			if got := escalated(t, rdb, keys); len(got) != 0 {

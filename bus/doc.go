@@ -3,10 +3,17 @@
 // and the Gateway serves WebSocket clients (a ws.Handler) from that history
 // and pub/sub.
 //
+// The Gateway's files: gateway.go (the ws.Handler), gateway_subscribe.go
+// (a subscription: history, then live), gateway_topic.go (topics and
+// fan-out), gateway_pubsub.go (the pub/sub connections), resume.go (why
+// history + live has no gap and no duplicate, and the catch-up that keeps
+// it after a lost connection), gateway_lag.go (lagging clients), and
+// protocol.go (the messages and their frames).
+//
 //	owner, _ := bus.NewOwner(bus.OwnerConfig{Redis: rdb, Keys: keys, Partitions: n, Node: "gw1"})
 //	go owner.Run(ctx)
 //	gw, _ := bus.NewGateway(bus.GatewayConfig{Redis: rdb, Keys: keys, Partitions: n})
-//	srv, _ := ws.New(ws.Config{Handler: gw})
+//	srv, _ := ws.New(ws.Config{Handler: gw, Path: "/v1/ws"})
 //
 // # Locks
 //

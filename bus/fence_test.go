@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -74,14 +75,14 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	rdb.Set(ctx, keys.Owner(wrong), "new 2", 0)
 
 	msgs := []redis.XMessage{{ID: id, Values: map[string]any{"topic": topic, "data": "1"}}}
-	if err := o.apply(ctx, stale, msgs, ""); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, ""); classify(err) != kindLeaseLost {
 		t.Fatalf("apply by a stale owner = %v, want lease lost", err)
 	}
 	other := []redis.XMessage{{ID: misrouted, Values: map[string]any{"topic": topic, "data": "2"}}}
-	if err := o.apply(ctx, staleWrong, other, ""); !isLeaseLost(err) {
+	if err := o.apply(ctx, staleWrong, other, ""); classify(err) != kindLeaseLost {
 		t.Fatalf("forward by a stale owner = %v, want lease lost", err)
 	}
-	if err := o.trim(ctx, stale); !isLeaseLost(err) {
+	if err := o.trim(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("trim by a stale owner = %v, want lease lost", err)
 	}
 	if n := rdb.Exists(ctx, keys.Topic(p, topic)).Val(); n != 0 {
@@ -90,16 +91,16 @@ func TestFencedWritesOfAStaleOwner(t *testing.T) {
 	if n := rdb.XLen(ctx, keys.Ingress(p)).Val(); n != 1 {
 		t.Fatalf("ingress of %d holds %d entries, want only the original (no forward)", p, n)
 	}
-	if err := o.ensure(ctx, stale); !isLeaseLost(err) {
+	if err := o.ensure(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("ensure by a stale owner = %v, want lease lost", err)
 	}
-	if msgs, _, err := o.readPending(ctx, stale); !isLeaseLost(err) || len(msgs) > 0 {
+	if msgs, _, err := o.readPending(ctx, stale); classify(err) != kindLeaseLost || len(msgs) > 0 {
 		t.Fatalf("read by a stale owner = %v, %v; want lease lost", msgs, err)
 	}
-	if err := o.apply(ctx, stale, msgs, "0-0"); !isLeaseLost(err) {
+	if err := o.apply(ctx, stale, msgs, "0-0"); classify(err) != kindLeaseLost {
 		t.Fatalf("apply of new entries by a stale owner = %v, want lease lost", err)
 	}
-	if err := o.claim(ctx, stale); !isLeaseLost(err) {
+	if err := o.claim(ctx, stale); classify(err) != kindLeaseLost {
 		t.Fatalf("claim by a stale owner = %v, want lease lost", err)
 	}
 	if n := rdb.XPending(ctx, keys.Ingress(p), streams.Group).Val().Count; n != 0 {
@@ -167,11 +168,11 @@ func TestTakeChecksTheEntries(t *testing.T) {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
 	// Read after the first, but the group has delivered nothing yet.
-	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); classify(err) != kindTakeRefused {
 		t.Fatalf("apply of entries read after %s = %v, want refused", msgs[0].ID, err)
 	}
 	// The group's next entry is the first, not the second.
-	if err := o.apply(ctx, l, msgs[1:], "0-0"); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs[1:], "0-0"); classify(err) != kindTakeRefused {
 		t.Fatalf("apply of the second entry alone = %v, want refused", err)
 	}
 	if n := rdb.XLen(ctx, keys.Topic(0, "t")).Val(); n != 0 {
@@ -273,7 +274,7 @@ func TestTakeOfAGroupWithoutCount(t *testing.T) {
 		t.Fatalf("readNew = %v, %v; want the three entries", msgs, err)
 	}
 	rdb.XDel(ctx, keys.Ingress(0), ids[1])
-	if err := o.apply(ctx, l, msgs, "0-0"); !isTakeRefused(err) {
+	if err := o.apply(ctx, l, msgs, "0-0"); classify(err) != kindTakeRefused {
 		t.Fatalf("apply with an entry deleted after the read = %v, want refused", err)
 	}
 	pending, _, err := o.readPending(ctx, l)
@@ -407,5 +408,68 @@ func TestTrimKeepsWhatWasNotRead(t *testing.T) {
 	}
 	if n := rdb.XLen(ctx, keys.Ingress(0)).Val(); n >= 600 {
 		t.Fatalf("ingress holds %d entries after trimming, want the read ones (some) gone", n)
+	}
+}
+
+// TestApplyDeadLettersAWrongTypeKey: a topic whose history key holds a
+// string gets its events dead-lettered with the reason, and the other
+// events of the batch, before and after them, are applied; no entry is
+// lost. With the dead-letter stream a string too, nothing of the batch is
+// done and it stays unread for the next try.
+func TestApplyDeadLettersAWrongTypeKey(t *testing.T) {
+	ctx := context.Background()
+	rdb, keys, o, l, _ := heldPartition(t, 0)
+	rdb.Set(ctx, keys.Topic(0, "bad"), "x", 0)
+	var ids []string
+	for i, topic := range []string{"good", "bad", "good", "bad", "good"} {
+		ids = append(ids, rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", topic, "data", strconv.Itoa(i)}}).Val())
+	}
+	read := func() ([]redis.XMessage, string) {
+		t.Helper()
+		_, after, err := o.readPending(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := o.readNew(ctx, 0, after, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msgs, after
+	}
+
+	rdb.Set(ctx, keys.Dead(0), "x", 0)
+	msgs, after := read()
+	if err := o.apply(ctx, l, msgs, after); err == nil || !strings.Contains(err.Error(), "WSBUSKEY") {
+		t.Fatalf("apply with the dead-letter stream a string: %v, want WSBUSKEY", err)
+	}
+	if h := rdb.XLen(ctx, keys.Topic(0, "good")).Val(); h != 0 {
+		t.Fatalf("%d events applied from a batch refused", h)
+	}
+
+	rdb.Del(ctx, keys.Dead(0))
+	msgs, after = read()
+	if len(msgs) != len(ids) {
+		t.Fatalf("the refused batch reads back as %d entries, want %d", len(msgs), len(ids))
+	}
+	if err := o.apply(ctx, l, msgs, after); err != nil {
+		t.Fatal(err)
+	}
+	var good []string
+	for _, m := range rdb.XRange(ctx, keys.Topic(0, "good"), "-", "+").Val() {
+		good = append(good, m.ID)
+	}
+	if want := []string{ids[0], ids[2], ids[4]}; !slices.Equal(good, want) {
+		t.Errorf("history of good = %v, want %v", good, want)
+	}
+	dead := rdb.XRange(ctx, keys.Dead(0), "-", "+").Val()
+	if len(dead) != 2 || dead[0].Values["id"] != ids[1] || dead[1].Values["id"] != ids[3] ||
+		dead[0].Values["topic"] != "bad" || !strings.Contains(dead[0].Values["reason"].(string), "holds a string") {
+		t.Fatalf("dead letters %v, want %s and %s of topic bad, with the reason", dead, ids[1], ids[3])
+	}
+	if n := o.Stats().DeadLettered; n != 2 {
+		t.Errorf("%d dead letters counted, want 2", n)
+	}
+	if msgs, _ := read(); len(msgs) != 0 {
+		t.Errorf("%d entries left unread after the batch was applied", len(msgs))
 	}
 }

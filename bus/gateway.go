@@ -51,8 +51,9 @@ type GatewayConfig struct {
 	// subscription. Zero value means 5 s.
 	ReadyTimeout time.Duration
 	// Auth verifies client tokens. Nil means no authentication: every
-	// client may read every topic.
-	Auth *auth.Verifier
+	// client may read every topic. (A nil *auth.Verifier stored in it is
+	// not a nil Auth: leave the field unset instead.)
+	Auth TokenVerifier
 	// AllowedOrigins lists the Origins browsers may connect from; "*"
 	// allows all. Empty means only the gateway's own host. Clients that
 	// send no Origin (not browsers) are not checked.
@@ -66,8 +67,19 @@ type GatewayConfig struct {
 	// not answer cannot make acks pile up without bound. Zero value means
 	// 256.
 	MaxAcks int
+	// CanaryKey admits the node's own canary client (app/canary.go): a
+	// connection presenting it ("Authorization: Wsbus-Canary KEY") needs no
+	// token and may subscribe to the canary topics, and only to them (see
+	// CanaryPrefix). Empty means no connection is admitted as the canary.
+	CanaryKey string
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
+	// DeliveryLatency, when set, is called once for each event a topic
+	// delivers to its subscribers (not once per subscriber), with the time
+	// from the event's XADD (the time in its ID, on Redis's clock) to its
+	// frame handed to every subscriber's connection. It runs under the
+	// topic's lock: keep it quick (a histogram's Observe).
+	DeliveryLatency func(time.Duration)
 }
 
 func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
@@ -113,7 +125,7 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 // Locks and goroutines: see the package documentation (doc.go).
 type Gateway struct {
 	cfg      GatewayConfig
-	hist     *streams.History
+	hist     historyReader // see resume.go
 	reads    *coalescer
 	expiries *expiries
 	acks     *acker
@@ -134,7 +146,6 @@ type client struct {
 	mu     sync.Mutex
 	subs   []*subscription // few per connection: a slice is smaller than a map
 	claims *auth.Claims    // nil without authentication
-	conn   *ws.Conn
 
 	// subjectp is who acknowledges for this connection: its first
 	// token's sub (a refresh keeps the subject), or ?user= without
@@ -154,9 +165,30 @@ type client struct {
 
 	// Most connections hold one topic: its subscription and the array of
 	// subs live in the client's own memory, one heap object for the three.
+	// first.conn is the connection's from newClient on, handed out or
+	// not (see conn).
 	first subscription
 	one   [1]*subscription
 }
+
+// clientConn is what the Gateway does with a client's connection: a
+// *ws.Conn; in the resume unit tests (resume_test.go), a fake that keeps
+// what it is sent.
+type clientConn interface {
+	Send(f ws.Frame) error
+	SendWait(f ws.Frame) error
+	SendWaitIf(f ws.Frame, ok func() bool) error
+	Offer(f ws.Frame) error
+	Recover(fn func(dropped []ws.Frame)) bool
+	Close(code uint16, reason string)
+}
+
+var _ clientConn = (*ws.Conn)(nil)
+
+// conn returns the client's connection. It is kept in the first
+// subscription, set once by newClient, rather than in a field of its own:
+// the client stays in the 144-byte size class.
+func (cl *client) conn() clientConn { return cl.first.conn }
 
 // subject returns who acknowledges for the connection; "" for none.
 func (cl *client) subject() string {
@@ -167,24 +199,26 @@ func (cl *client) subject() string {
 }
 
 // newClient returns the state of connection c.
-func newClient(c *ws.Conn) *client {
-	cl := &client{conn: c, expIdx: expOut}
+func newClient(c clientConn) *client {
+	cl := &client{expIdx: expOut}
+	cl.first.conn = c
 	cl.subs = cl.one[:0]
 	return cl
 }
 
-// newSubscription returns a subscription of c to t: the client's own first
-// one, or a new one after it. first is handed out once only, so a
-// subscription never changes meaning while a history read holds it.
-func (cl *client) newSubscription(c *ws.Conn, t *topic) *subscription {
+// newSubscription returns a subscription of the client's connection to t:
+// the client's own first one, or a new one after it. first is handed out
+// once only, so a subscription never changes meaning while a history read
+// holds it.
+func (cl *client) newSubscription(t *topic) *subscription {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	s := &cl.first
 	if cl.firstUsed {
-		s = &subscription{}
+		s = &subscription{conn: cl.conn()}
 	}
 	cl.firstUsed = true
-	s.conn, s.topic = c, t
+	s.topic = t
 	s.idx.Store(-1)
 	return s
 }
@@ -240,7 +274,9 @@ func (g *Gateway) Close() error {
 // Open starts a connection, subscribing it when its URL names a topic.
 func (g *Gateway) Open(c *ws.Conn, r *ws.Request) {
 	cl := newClient(c)
-	if claims, ok := r.State.(*auth.Claims); ok {
+	if r.State == canaryClaims {
+		cl.claims = canaryClaims // the node's canary: no subject, no expiry (auth.go)
+	} else if claims, ok := r.State.(*auth.Claims); ok {
 		cl.claims = claims
 		if claims.Subject != "" {
 			cl.subjectp = &claims.Subject
@@ -356,7 +392,7 @@ func (g *Gateway) unsubscribe(c *ws.Conn, cl *client, topic string) {
 	_ = c.Send(ws.TextFrame(appendUnsubscribed(nil, topic)))
 }
 
-func (g *Gateway) sendError(c *ws.Conn, code, topic, message string) {
+func (g *Gateway) sendError(c clientConn, code, topic, message string) {
 	_ = c.Send(ws.TextFrame(appendError(nil, code, topic, message)))
 }
 
@@ -370,6 +406,7 @@ type GatewayStats struct {
 	LiveEvents    uint64 // events received from pub/sub
 	Resumes       uint64 // subscriptions that sent a cursor
 	NotRecovered  uint64 // of them, answered recovered:false
+	Missed        uint64 // events those answers reported missed, where known
 	CatchUps      uint64 // topics caught up from history after a pub/sub loss
 	Acks          uint64 // cursor moves written, after coalescing
 	LagCatchUps   uint64 // overflows of lagging clients caught up from history
@@ -380,6 +417,7 @@ type GatewayStats struct {
 type gatewayCounters struct {
 	connections, subscriptions        atomic.Int64
 	liveEvents, resumes, notRecovered atomic.Uint64
+	missed                            atomic.Uint64
 	catchUps, acks, lagCatchUps       atomic.Uint64
 	resets, epochs                    atomic.Uint64
 }
@@ -396,6 +434,7 @@ func (g *Gateway) Stats() GatewayStats {
 		LiveEvents:    g.stats.liveEvents.Load(),
 		Resumes:       g.stats.resumes.Load(),
 		NotRecovered:  g.stats.notRecovered.Load(),
+		Missed:        g.stats.missed.Load(),
 		CatchUps:      g.stats.catchUps.Load(),
 		Acks:          g.stats.acks.Load(),
 		LagCatchUps:   g.stats.lagCatchUps.Load(),

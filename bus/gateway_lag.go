@@ -93,7 +93,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 			}
 			continue
 		}
-		err := g.catchUpSub(cl.conn, s, next[s])
+		err := g.catchUpSub(cl.conn(), s, next[s])
 		delete(next, s)
 		if err != nil {
 			return
@@ -112,7 +112,7 @@ func (g *Gateway) catchUpClient(cl *client) {
 // marked for, has been taken and its drops recorded, and it has offered
 // nothing since, so no later overflow holds frames of it.
 func (g *Gateway) recoverDropped(cl *client, next map[*subscription]streams.ID) bool {
-	return cl.conn.Recover(func(dropped [][]byte) {
+	return cl.conn().Recover(func(dropped []ws.Frame) {
 		subs := cl.snapshot()
 		for _, s := range subs {
 			s.topic.mu.Lock()
@@ -166,7 +166,7 @@ func (cl *client) snapshot() []*subscription {
 
 // firstDropped returns, for each subscription, the ID of the first
 // dropped event of its topic (zero when none was dropped).
-func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
+func firstDropped(dropped []ws.Frame, subs []*subscription) []streams.ID {
 	next := make([]streams.ID, len(subs))
 	if len(dropped) == 0 {
 		return next
@@ -176,7 +176,7 @@ func firstDropped(dropped [][]byte, subs []*subscription) []streams.ID {
 		quoted[i] = streams.AppendJSONString(nil, s.topic.name)
 	}
 	for _, f := range dropped {
-		payload := ws.FramePayload(f)
+		payload := f.Payload()
 		idText, ok := streams.EventID(string(payload[:min(len(payload), eventIDPrefix)]))
 		if !ok {
 			continue
@@ -209,12 +209,12 @@ func eventOfTopic(payload, quoted []byte) bool {
 
 // catchUpSub sends a lagging subscription its topic's history from its
 // cursor (or from next, its first dropped event) and makes it live again.
-func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error {
+func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) error {
 	t := s.topic
 	t.mu.Lock()
 	from, lagging := s.last, s.lagging && s.idx.Load() >= 0
 	t.mu.Unlock()
-	if !lagging || next.IsZero() && g.handOver(s, from, true) {
+	if !lagging || next.IsZero() && g.goLiveAgain(s, from, true) {
 		// Nothing of its topic was dropped or refused since its last
 		// event: it reads no history (most topics of a lagging client).
 		return nil
@@ -249,7 +249,7 @@ func (g *Gateway) catchUpSub(c *ws.Conn, s *subscription, next streams.ID) error
 			}
 			p.from, p.sent = streams.MustParseID(e.ID), true
 		}
-		if g.handOver(s, p.from, p.end) {
+		if g.goLiveAgain(s, p.from, p.end) {
 			return nil
 		}
 		if !p.end || len(events) > 0 {
@@ -282,11 +282,11 @@ func (s *subscription) subscribed() bool {
 	return s.idx.Load() >= 0
 }
 
-// handOver makes s live again once from, the last event sent to it, has
+// goLiveAgain makes s live again once from, the last event sent to it, has
 // reached the newest event its topic delivered; end says history had
 // nothing after from when it was read. It reports whether the catch-up of
 // s is over: live again, or s removed.
-func (g *Gateway) handOver(s *subscription, from streams.ID, end bool) bool {
+func (g *Gateway) goLiveAgain(s *subscription, from streams.ID, end bool) bool {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -33,11 +33,11 @@ func TestEventOfTopic(t *testing.T) {
 // TestFirstDropped: each subscription learns the first dropped event of
 // its own topic; other frames and topics are passed over.
 func TestFirstDropped(t *testing.T) {
-	frame := func(topic, id string) []byte {
+	frame := func(topic, id string) ws.Frame {
 		return ws.TextFrame(streams.AppendEvent(nil, topic, id, 1, []byte(`"x"`)))
 	}
 	subs := []*subscription{{topic: &topic{name: "a"}}, {topic: &topic{name: "b"}}, {topic: &topic{name: "c"}}}
-	dropped := [][]byte{
+	dropped := []ws.Frame{
 		ws.TextFrame([]byte(`{"type":"pong"}`)),
 		frame("b", "5-1"),
 		frame("a", "5-2"),

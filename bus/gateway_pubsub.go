@@ -32,7 +32,7 @@ import (
 // its backlog), a new connection subscribes every wanted channel, and each
 // topic is caught up from history once its own channel is confirmed on
 // the new connection, never before, so no event falls between the history
-// read and the live channel.
+// read and the live channel (resume.go).
 type liveConn struct {
 	g *Gateway
 
@@ -184,7 +184,7 @@ func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, erro
 	g.mu.RUnlock()
 	for _, t := range ready {
 		if t.markReady() {
-			lc.catchUp(t)
+			lc.queueCatchUp(t)
 		}
 	}
 	if len(sub) > 0 {
@@ -221,7 +221,7 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 			return nil
 		}
 		if t.markReady() {
-			lc.catchUp(t)
+			lc.queueCatchUp(t)
 		}
 	case "sunsubscribe":
 		switch lc.asked[name] {
@@ -288,53 +288,6 @@ func (lc *liveConn) lose(err error) {
 	}
 	if n > 0 {
 		lc.g.cfg.Logger.Warn("live pub/sub connection lost; will catch up from history", "topics", n, "err", err)
-	}
-}
-
-// catchUp queues t to be caught up from history by catchUps.
-func (lc *liveConn) catchUp(t *topic) {
-	lc.mu.Lock()
-	if !lc.queued[t] {
-		lc.queued[t] = true
-		lc.catch = append(lc.catch, t)
-	}
-	lc.mu.Unlock()
-	wake(lc.woken)
-}
-
-// catchUps catches topics up from history, one at a time, until the
-// Gateway closes.
-func (lc *liveConn) catchUps() {
-	g := lc.g
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-lc.woken:
-		}
-		for {
-			lc.mu.Lock()
-			var t *topic
-			if len(lc.catch) > 0 {
-				t = lc.catch[0]
-				lc.catch = lc.catch[1:]
-				delete(lc.queued, t)
-			}
-			lc.mu.Unlock()
-			if t == nil {
-				break
-			}
-			for pause := 50 * time.Millisecond; ; pause = min(2*pause, 2*time.Second) {
-				err := g.catchUpTopic(t)
-				if err == nil {
-					break
-				}
-				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
-				if !g.sleep(pause) {
-					return
-				}
-			}
-		}
 	}
 }
 

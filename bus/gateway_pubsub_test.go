@@ -388,7 +388,7 @@ func TestCatchUpEndsOnlyOnAConfirmedChannel(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTopic(t, tp, "catching, its channel lost", func(tp *topic) bool { return tp.catching && !tp.live })
-	g.checkTopic(tp)
+	g.queueCatchUp(tp)
 	if n := add("2-1", 2); n != 0 {
 		t.Fatalf("published to %d subscribers while the gateway's connection was down", n)
 	}

@@ -10,8 +10,9 @@ import (
 
 // subscribe serves one subscribe request: live channel first, then
 // history after the cursor, then the live events held meanwhile, so there
-// is no gap and no duplicate between history and live.
-func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
+// is no gap and no duplicate between history and live (resume.go says
+// why).
+func (g *Gateway) subscribe(c clientConn, cl *client, m clientMessage) {
 	if err := streams.ValidateTopic(m.Topic); err != nil {
 		g.sendError(c, codeBadTopic, m.Topic, "topic must be 1-256 bytes of UTF-8 without spaces or control characters")
 		return
@@ -32,7 +33,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	if !cl.allows(m.Topic) {
-		g.sendError(c, codeForbidden, m.Topic, "token does not allow this topic")
+		g.sendError(c, codeForbidden, m.Topic, forbiddenText(m.Topic))
 		return
 	}
 	if code, msg := cl.admit(m.Topic, g.cfg.MaxSubscriptions); code != "" {
@@ -40,7 +41,7 @@ func (g *Gateway) subscribe(c *ws.Conn, cl *client, m clientMessage) {
 		return
 	}
 	t := g.refTopic(m.Topic)
-	s := cl.newSubscription(c, t)
+	s := cl.newSubscription(t)
 	if code, msg := cl.add(m.Topic, s, g.cfg.MaxSubscriptions); code != "" {
 		g.unrefTopic(t)
 		g.sendError(c, code, m.Topic, msg)
@@ -81,27 +82,7 @@ func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event
 	return nil, err
 }
 
-// noteEpoch records the epoch a subscriber of t was told: the first is
-// t's; one that differs means Redis lost data under t, which a catch-up
-// from history sorts out (catchUpTopic closes the subscribers told the
-// old one).
-func (g *Gateway) noteEpoch(t *topic, epoch string) {
-	t.mu.Lock()
-	check := false
-	switch {
-	case t.epoch == "":
-		t.epoch = epoch
-	case epoch != "" && epoch != t.epoch:
-		t.holdLocked() // a catch-up already running does not end the hold
-		check = true
-	}
-	t.mu.Unlock()
-	if check {
-		g.checkTopic(t)
-	}
-}
-
-func (g *Gateway) unavailable(c *ws.Conn, cl *client, s *subscription) {
+func (g *Gateway) unavailable(c clientConn, cl *client, s *subscription) {
 	cl.remove(s)
 	g.removeSub(s)
 	g.sendError(c, codeUnavailable, s.topic.name, "the bus is unavailable; retry")
@@ -129,7 +110,7 @@ func (g *Gateway) waitReady(t *topic) bool {
 // subscriptions from the same cursor share one read (see coalescer). It
 // reports false when the client is to be told unavailable: nothing was
 // sent.
-func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientMessage) bool {
+func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clientMessage) bool {
 	key := readKey{topic: m.Topic, epoch: m.Epoch, head: m.Since == nil}
 	if !key.head {
 		key.since = *m.Since
@@ -156,6 +137,9 @@ func (g *Gateway) sendHistory(c *ws.Conn, cl *client, s *subscription, m clientM
 	}
 	if !key.head && !h.recovered {
 		g.stats.notRecovered.Add(1)
+		if h.info.MissedKnown {
+			g.stats.missed.Add(h.info.Missed)
+		}
 	}
 	g.noteEpoch(s.topic, h.info.Epoch)
 	if a, ok := h.acked[cl.subject()]; ok && cl.subject() != "" {
@@ -217,7 +201,7 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 		acked:      r.Acked,
 		recovered:  r.Recovered,
 		more:       r.More,
-		frames:     make([][]byte, len(r.Events)),
+		frames:     make([]ws.Frame, len(r.Events)),
 		ids:        make([]streams.ID, len(r.Events)),
 	}
 	if r.Recovered {
@@ -293,10 +277,14 @@ func (cl *client) removeLocked(s *subscription) {
 	}
 }
 
-// allows reports whether the client's token lets it read topic.
+// allows reports whether the client's token lets it read topic. The
+// canary topics are the node's canary client's alone (auth.go).
 func (cl *client) allows(topic string) bool {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	if IsCanaryTopic(topic) {
+		return cl.claims == canaryClaims
+	}
 	return cl.claims == nil || cl.claims.Allows(topic)
 }
 

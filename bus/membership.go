@@ -94,7 +94,7 @@ func ReadFleet(ctx context.Context, rdb redis.UniversalClient, nodesKey string, 
 	leases := make(map[int]Lease)
 	for p := range n {
 		v, err := gets[p].Result()
-		if err == redis.Nil {
+		if classify(err) == kindNil {
 			continue
 		}
 		if err != nil {

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -18,10 +17,11 @@ import (
 const trimEvery = time.Minute
 
 // runPartition moves partition p's ingress into history and pub/sub while
-// the lease holds: first the entries pending in the consumer group (left
-// by earlier owners, or an earlier run of this node), then new ones. No
-// entry enters this node's pending list but through a script that checks
-// the lease (see readScript and applyScript).
+// the lease holds: it checks the partition and claims what earlier owners
+// left pending, then runs one step after another (see partitionRun.next)
+// until the lease is lost or ctx is done. No entry enters this node's
+// pending list but through a script that checks the lease (see readScript
+// and applyScript).
 func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	if err := o.ensure(ctx, l); err != nil {
 		return err
@@ -29,78 +29,144 @@ func (o *Owner) runPartition(ctx context.Context, l *lease) error {
 	if err := o.claim(ctx, l); err != nil {
 		return err
 	}
-	l.nextDue = 0 // read by the first check below
-	// after is the ID new entries come after; "" while the pending ones
-	// are read first.
-	after := ""
-	// check: the partition's data may have changed under the pipeline (an
-	// error from Redis, the group not where it was left): ensure first.
-	check := false
-	// Partitions taken together (a node starting) trim at different
-	// seconds of the minute, not all in one.
-	lastTrim := time.Now().Add(-rand.N(trimEvery))
-	var backoff time.Duration
+	l.nextDue = 0 // unknown: the first step reads it
+	r := &partitionRun{
+		o: o,
+		l: l,
+		// Partitions taken together (a node starting) trim at different
+		// seconds of the minute, not all in one.
+		lastTrim: time.Now().Add(-rand.N(trimEvery)),
+	}
 	for ctx.Err() == nil {
-		var msgs []redis.XMessage
-		var err error
-		switch {
-		case l.nextDue == 0 || l.nextDue > 0 && time.Now().UnixMilli() >= l.nextDue:
-			// A deadline is due (or, first, when the next is, unknown).
-			err = o.escalateDue(ctx, l)
-		case check:
-			err = o.ensure(ctx, l)
-			check = err != nil
-		case after == "":
-			msgs, after, err = o.readPending(ctx, l)
-			if err == nil && after != "" && o.behind(l, after) {
-				after, check = "", true
-				continue
-			}
-			if err == nil {
-				err = o.apply(ctx, l, msgs, "")
-			}
-		default:
-			msgs, err = o.readNew(ctx, l.p, after, o.block(l))
-			if err == nil {
-				err = o.apply(ctx, l, msgs, after)
-			}
-			switch {
-			case err == nil && len(msgs) > 0:
-				after = msgs[len(msgs)-1].ID
-			case err == nil:
-				// Idle for a Block: read on from the group's position,
-				// which checks it is where it was left (an entry under an
-				// ID at or below after, added after Redis went back in
-				// time, would wait here unseen).
-				after = ""
-			}
+		if err := r.settle(ctx, r.next(ctx)); err != nil {
+			return err
 		}
-		if time.Since(lastTrim) > trimEvery && err == nil {
-			lastTrim = time.Now()
-			err = o.trim(ctx, l)
-		}
-		if err != nil {
-			after = "" // read on from the group's position, pending entries first
-			check = true
-		}
-		switch {
-		case err == nil || isTakeRefused(err):
-			backoff = 0
-		case ctx.Err() != nil:
-			return nil
-		case isLeaseLost(err):
-			o.stats.lost.Add(1)
-			return ErrLeaseLost
-		case strings.HasPrefix(err.Error(), "NOGROUP"):
-			// The stream or group vanished: the partition's data was lost,
-			// and ensure (next) recreates them under a new epoch.
-		default:
-			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
-			o.cfg.Logger.Warn("partition pipeline", "partition", l.p, "err", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff):
-			}
+	}
+	return nil
+}
+
+// partitionRun is where one run of a partition's pipeline is. Only that
+// pipeline's goroutine touches it.
+type partitionRun struct {
+	o *Owner
+	l *lease
+	// after is the ID new entries come after, once the pipeline has
+	// recovered; "" while it recovers (reads the pending entries, then
+	// the group's position).
+	after string
+	// recheck: the partition's data may have changed under the pipeline
+	// (an error from Redis, the group not where it was left): check it
+	// before reading on.
+	recheck  bool
+	lastTrim time.Time
+	backoff  time.Duration // before retrying a failed step; 0 after a success
+}
+
+// next runs the pipeline's next step, the first of these that applies:
+// escalate the deadlines due, check the partition, trim the ingress,
+// recover (apply the entries left pending, then find where the group is),
+// follow the ingress (apply new entries).
+func (r *partitionRun) next(ctx context.Context) error {
+	switch {
+	case r.deadlineDue():
+		return r.o.escalateDue(ctx, r.l)
+	case r.recheck:
+		return r.check(ctx)
+	case time.Since(r.lastTrim) > trimEvery:
+		return r.trim(ctx)
+	case r.after == "":
+		return r.recover(ctx)
+	default:
+		return r.follow(ctx)
+	}
+}
+
+// deadlineDue reports whether a deadline of the partition is due, or when
+// the next one is is not known yet.
+func (r *partitionRun) deadlineDue() bool {
+	due := r.l.nextDue
+	return due == 0 || due > 0 && time.Now().UnixMilli() >= due
+}
+
+// check makes sure the partition's stream, group and epoch are there and
+// its data has not gone back in time (see ensure).
+func (r *partitionRun) check(ctx context.Context) error {
+	if err := r.o.ensure(ctx, r.l); err != nil {
+		return err
+	}
+	r.recheck = false
+	return nil
+}
+
+// trim drops the ingress entries older than the retention (see
+// Owner.trim); it is due again in trimEvery, whether it failed or not.
+func (r *partitionRun) trim(ctx context.Context) error {
+	r.lastTrim = time.Now()
+	return r.o.trim(ctx, r.l)
+}
+
+// recover applies a batch of the entries pending under this node. With
+// none left it takes the group's position as where new entries come
+// after, unless the group has delivered less than this node applied: then
+// the partition is checked first.
+func (r *partitionRun) recover(ctx context.Context) error {
+	msgs, after, err := r.o.readPending(ctx, r.l)
+	if err != nil {
+		return err
+	}
+	if after != "" && r.o.behind(r.l, after) {
+		r.recheck = true
+		return nil
+	}
+	r.after = after
+	return r.o.apply(ctx, r.l, msgs, "")
+}
+
+// follow waits for entries after r.after and applies them, which moves
+// the group past them. Idle for a whole wait, it recovers next: reading on
+// from the group's position checks the group is where it was left (an
+// entry under an ID at or below after, added after Redis went back in
+// time, would wait here unseen).
+func (r *partitionRun) follow(ctx context.Context) error {
+	msgs, err := r.o.readNew(ctx, r.l.p, r.after, r.o.block(r.l))
+	if err == nil {
+		err = r.o.apply(ctx, r.l, msgs, r.after)
+	}
+	switch {
+	case err != nil:
+		return err
+	case len(msgs) == 0:
+		r.after = ""
+	default:
+		r.after = msgs[len(msgs)-1].ID
+	}
+	return nil
+}
+
+// settle deals with a step's error: after any, the pipeline checks the
+// partition and recovers before it reads on. It returns ErrLeaseLost when
+// the pipeline must stop; a failing Redis is retried after a backoff.
+func (r *partitionRun) settle(ctx context.Context, err error) error {
+	if err != nil {
+		r.after, r.recheck = "", true
+	}
+	switch kind := classify(err); {
+	case kind == kindNone || kind == kindTakeRefused:
+		r.backoff = 0
+	case ctx.Err() != nil:
+		// Stopping: the error is the stop's, and the run ends.
+	case kind == kindLeaseLost:
+		r.o.stats.lost.Add(1)
+		return ErrLeaseLost
+	case kind == kindNoGroup:
+		// The stream or group vanished: the partition's data was lost,
+		// and the check (next) recreates them under a new epoch.
+	default:
+		r.backoff = min(max(2*r.backoff, 50*time.Millisecond), 2*time.Second)
+		r.o.cfg.Logger.Warn("partition pipeline", "partition", r.l.p, "err", err, "retry_in", r.backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(r.backoff):
 		}
 	}
 	return nil
@@ -149,13 +215,13 @@ func (o *Owner) readNew(ctx context.Context, p int, after string, block time.Dur
 		Count:   int64(o.cfg.Batch),
 		Block:   block,
 	}).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	switch classify(err) {
+	case kindNone:
+		return res[0].Messages, nil
+	case kindNil:
+		return nil, nil // nothing new within block
 	}
-	if err != nil {
-		return nil, err
-	}
-	return res[0].Messages, nil
+	return nil, err
 }
 
 // xMessages converts entries as a script returns them, each {id, {field,
@@ -197,7 +263,7 @@ func (o *Owner) ensure(ctx context.Context, l *lease) error {
 	}
 	res, err := ensureScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, streams.NewEpoch(), m.epoch, last).Slice()
 	if err != nil {
-		if isLeaseLost(err) {
+		if classify(err) == kindLeaseLost {
 			return ErrLeaseLost
 		}
 		return fmt.Errorf("checking partition %d: %w", l.p, err)
@@ -227,7 +293,7 @@ func (o *Owner) claim(ctx context.Context, l *lease) error {
 	start := "0-0"
 	for {
 		next, err := claimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, o.cfg.Node, start, o.cfg.Batch).Text()
-		if isLeaseLost(err) {
+		if classify(err) == kindLeaseLost {
 			return ErrLeaseLost
 		}
 		if err != nil {
@@ -250,6 +316,7 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 	if len(msgs) == 0 {
 		return nil
 	}
+	start := time.Now()
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p), o.cfg.Keys.Dead(l.p), o.cfg.Keys.Deadlines(l.p)}
 	args := []any{l.value, streams.Group, o.cfg.HistoryLen, o.cfg.HistoryTTL.Milliseconds(), len(msgs), after, msgs[len(msgs)-1].ID, o.cfg.Node}
 	nextDue := l.nextDue
@@ -298,11 +365,19 @@ func (o *Owner) apply(ctx context.Context, l *lease, msgs []redis.XMessage, afte
 		args[sp.arg] = buf[sp.from:sp.to]
 	}
 	l.scratch = buf
-	added, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Uint64()
+	counts, err := applyScript.Run(ctx, o.cfg.Redis, keys, args...).Int64Slice()
 	if err != nil {
 		return err
 	}
+	added, refused := uint64(counts[0]), uint64(counts[1])
+	if refused > 0 {
+		o.cfg.Logger.Warn("events dead-lettered: a key they go to holds another type", "partition", l.p, "events", refused, "dead", o.cfg.Keys.Dead(l.p))
+		dead += refused
+	}
 	l.nextDue = nextDue
+	if o.cfg.ApplyTime != nil {
+		o.cfg.ApplyTime(time.Since(start))
+	}
 	o.stats.delivered.Add(added)
 	o.stats.deadLettered.Add(dead)
 	o.stats.forwarded.Add(forwarded)
@@ -340,7 +415,7 @@ func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 		keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(to)}
 		err = forwardScript.Run(ctx, o.cfg.Redis, keys, l.value, e.Topic, e.Data, origin, deadline).Err()
 	}
-	if err != nil && !isLeaseLost(err) {
+	if err != nil && classify(err) != kindLeaseLost {
 		return fmt.Errorf("forwarding %s from partition %d to %d: %w", e.ID, l.p, to, err)
 	}
 	return err
@@ -349,8 +424,8 @@ func (o *Owner) forward(ctx context.Context, l *lease, e streams.Entry) error {
 // checkLease fails with a lease-lost error when l is no longer held.
 func (o *Owner) checkLease(ctx context.Context, l *lease) error {
 	v, err := o.cfg.Redis.Get(ctx, o.cfg.Keys.Owner(l.p)).Result()
-	if errors.Is(err, redis.Nil) || err == nil && v != l.value {
-		return ErrLeaseLost
+	if classify(err) == kindNil || err == nil && v != l.value {
+		return ErrLeaseLost // no owner, or another
 	}
 	return err
 }
@@ -360,11 +435,4 @@ func (o *Owner) trim(ctx context.Context, l *lease) error {
 	minID := strconv.FormatInt(time.Now().Add(-o.cfg.Retention).UnixMilli(), 10) + "-0"
 	keys := []string{o.cfg.Keys.Owner(l.p), o.cfg.Keys.Ingress(l.p)}
 	return trimScript.Run(ctx, o.cfg.Redis, keys, l.value, streams.Group, minID).Err()
-}
-
-// isTakeRefused reports an apply refused because the consumer group was
-// not where the batch was read from (see applyScript): nothing was done,
-// and reading goes on from the group's position.
-func isTakeRefused(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "WSBUSTAKE")
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/streams"
+	"github.com/wsbus/wsbus/ws"
 )
 
 // clientMessage is a message from a client; unknown fields are ignored.
@@ -186,3 +188,19 @@ func appendRefreshed(dst []byte, expires time.Time) []byte {
 }
 
 var pongMessage = []byte(`{"type":"pong"}`)
+
+// eventFrame encodes a history event as a frame with one allocation, the
+// frame's own: the data and the event JSON are built in a pooled scratch
+// buffer (data first, the event after it).
+func eventFrame(topic string, e streams.Event) ws.Frame {
+	bp := scratch.Get().(*[]byte)
+	buf := append((*bp)[:0], e.Data...)
+	n := len(buf)
+	buf = streams.AppendEvent(buf, topic, e.ID, e.Seq, buf[:n])
+	frame := ws.TextFrame(buf[n:])
+	*bp = buf
+	scratch.Put(bp)
+	return frame
+}
+
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}

@@ -148,7 +148,7 @@ func TestEventFrame(t *testing.T) {
 	for _, data := range []string{`{"a":1}`, "plain", "", strings.Repeat("x", 5000)} {
 		f := eventFrame("t", streams.Event{ID: "1-2", Seq: 9, Data: data})
 		want := streams.AppendEvent(nil, "t", "1-2", 9, []byte(data))
-		if got := f[len(f)-len(want):]; string(got) != string(want) {
+		if got := f.Payload(); string(got) != string(want) {
 			t.Fatalf("frame payload %q, want %q", got, want)
 		}
 	}

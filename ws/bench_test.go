@@ -29,11 +29,11 @@ func BenchmarkAppendFrameReused(b *testing.B) {
 	b.ReportAllocs()
 	buf := make([]byte, 0, 256)
 	for b.Loop() {
-		buf = AppendFrame(buf[:0], opText, event)
+		buf = appendFrame(buf[:0], opText, event)
 	}
 }
 
-var upgradeRequest = []byte("GET /v1/ws?topic=user:42 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n" +
+var upgradeRequest = []byte("GET /ws?topic=user:42 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n" +
 	"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
 	"Origin: https://example.com\r\n\r\n")
 
@@ -42,7 +42,7 @@ var upgradeRequest = []byte("GET /v1/ws?topic=user:42 HTTP/1.1\r\nHost: example.
 // size-limited reader, parsed by gobwas/ws with wsbus's callbacks, 101
 // written. The article's figure: 973 ns/op, 0 allocs.
 func BenchmarkUpgrade(b *testing.B) {
-	s, err := New(Config{Handler: nopHandler{}, UpgradeRate: 1e12, UpgradeBurst: 1 << 30})
+	s, err := New(Config{Handler: nopHandler{}, Path: testPath, UpgradeRate: 1e12, UpgradeBurst: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}

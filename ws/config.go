@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// Close codes sent by the server (RFC 6455 and wsbus's own 4xxx).
+// Close codes sent by the server: those of RFC 6455, and the one of this
+// package's own queue limit. An application's own codes (4000-4999) are
+// its to define and pass to Conn.Close and Server.Drain.
 const (
 	CloseNormal         = 1000
 	CloseGoingAway      = 1001
@@ -15,9 +17,9 @@ const (
 	CloseInvalidPayload = 1007
 	ClosePolicy         = 1008
 	CloseMessageTooBig  = 1009
-	CloseSlowConsumer   = 4001
-	CloseDraining       = 4002
-	CloseTokenExpired   = 4003
+	// CloseSlowConsumer closes a connection whose queue would pass
+	// Config.MaxQueue: the client reconnects and resumes.
+	CloseSlowConsumer = 4001
 )
 
 // Overflow is what a Server does when a connection's queue would pass
@@ -43,7 +45,8 @@ type Config struct {
 	// HTTP serves every request that is not a WebSocket upgrade of Path.
 	// Nil means 404 for all of them.
 	HTTP http.Handler
-	// Path is the WebSocket endpoint. Zero value means "/v1/ws".
+	// Path is the WebSocket endpoint, matched exactly (a query string
+	// may follow). Zero value means "/".
 	Path string
 	// MaxMessage is the largest client message, in bytes, after
 	// reassembling fragments; bigger ones are closed with 1009.
@@ -104,11 +107,19 @@ type Config struct {
 	// Logger receives connection errors at debug level. Zero value means
 	// slog.Default().
 	Logger *slog.Logger
+	// AfterUpgradeBurst is called on the keepalive goroutine when a burst
+	// of upgrades is over: at least 1000 since the last call, then none
+	// for about 5 s. The buffers and garbage of thousands of handshakes sit
+	// in the heap's headroom until the next collection, so a process that
+	// holds mostly idle connections may want to return them to the system
+	// here (debug.FreeOSMemory), at the cost of a collection. Nil means
+	// nothing is done.
+	AfterUpgradeBurst func()
 }
 
 func (c Config) withDefaults() Config {
 	if c.Path == "" {
-		c.Path = "/v1/ws"
+		c.Path = "/"
 	}
 	if c.MaxMessage <= 0 {
 		c.MaxMessage = 64 << 10
@@ -162,7 +173,7 @@ func (c Config) withDefaults() Config {
 // byte slices are only valid until Handler.Open returns (they are reused
 // by the next handshake): copy what must be kept.
 type Request struct {
-	// URI is the request target, e.g. "/v1/ws?topic=a&since=0".
+	// URI is the request target, e.g. "/ws?topic=a&since=0".
 	URI []byte
 	// Host, Origin and Authorization are the request headers of those
 	// names (empty when absent).

@@ -55,7 +55,7 @@ type Conn struct {
 // it drains and no overflow waits for the Handler: a connection that keeps
 // up never has one.
 type backlog struct {
-	frames  [][]byte      // shared with other connections
+	frames  [][]byte      // Frame bytes, shared with other connections
 	offered []bool        // by frame: queued by Offer, may be dropped; nil while none was
 	queued  int           // bytes in frames
 	partial bool          // frames[0] is the unsent rest of a frame already begun on the wire
@@ -65,7 +65,7 @@ type backlog struct {
 	// wait in dropped until the Handler takes them (Conn.Recover); Offer
 	// refuses frames meanwhile.
 	overflowed bool
-	dropped    [][]byte
+	dropped    []Frame
 }
 
 // push queues frame; offered marks a frame Offer may drop.
@@ -106,7 +106,7 @@ func (b *backlog) dropOffered() {
 	}
 	for i := n; i < len(b.frames); i++ {
 		if b.offered[i] {
-			b.dropped = append(b.dropped, b.frames[i])
+			b.dropped = append(b.dropped, Frame{b.frames[i]})
 			continue
 		}
 		b.frames[n], b.offered[n] = b.frames[i], false
@@ -174,13 +174,12 @@ func (c *Conn) RemoteAddr() net.Addr {
 	return peerAddr(c.fd)
 }
 
-// Send queues a complete frame (see TextFrame) that must not be lost, such
-// as a reply. frame is shared, not copied: never modify it afterwards.
-// When the queue would pass Config.MaxQueue the connection is closed with
-// 4001 and ErrSlowConsumer returned; under OverflowDrop the frames queued
-// by Offer are dropped first (an overflow, see Offer), and only what Send
-// and SendWait queued can make it close.
-func (c *Conn) Send(frame []byte) error { return c.send(frame, nil) }
+// Send queues f, a frame that must not be lost such as a reply; its bytes
+// are shared, not copied. When the queue would pass Config.MaxQueue the
+// connection is closed with 4001 and ErrSlowConsumer returned; under
+// OverflowDrop the frames queued by Offer are dropped first (an overflow,
+// see Offer), and only what Send and SendWait queued can make it close.
+func (c *Conn) Send(f Frame) error { return c.send(f.b, nil) }
 
 // send is Send; a frame that ok, when set, refuses is not queued.
 func (c *Conn) send(frame []byte, ok func() bool) error {
@@ -205,7 +204,7 @@ func (c *Conn) send(frame []byte, ok func() bool) error {
 	return nil
 }
 
-// Offer queues a frame the Handler can send again later, such as a live
+// Offer queues f, a frame the Handler can send again later, such as a live
 // event it can read back from a log. Under OverflowClose it is Send.
 // Under OverflowDrop, a frame that would fill the queue past the room
 // Send keeps for replies (see bulkRoom) is an overflow: it is refused, the
@@ -213,9 +212,10 @@ func (c *Conn) send(frame []byte, ok func() bool) error {
 // the Handler's Overflow is called on a worker; Offer then refuses every
 // frame with ErrOverflow until the Handler takes the dropped ones with
 // Recover. What Send and SendWait queued is never dropped.
-func (c *Conn) Offer(frame []byte) error {
+func (c *Conn) Offer(f Frame) error {
+	frame := f.b
 	if c.srv.cfg.Overflow != OverflowDrop {
-		return c.Send(frame)
+		return c.send(frame, nil)
 	}
 	c.mu.Lock()
 	if c.state != stateOpen {
@@ -241,7 +241,7 @@ func (c *Conn) Offer(frame []byte) error {
 // frames until fn has returned, so fn can stop offering whatever must
 // follow the dropped frames before any new frame gets past them; no other
 // overflow can happen meanwhile. fn runs without the connection's lock.
-func (c *Conn) Recover(fn func(dropped [][]byte)) bool {
+func (c *Conn) Recover(fn func(dropped []Frame)) bool {
 	c.mu.Lock()
 	b := c.out
 	if b == nil || !b.overflowed {
@@ -284,8 +284,13 @@ func (c *Conn) overflowed() {
 }
 
 // queueLocked writes frame through when nothing waits, else queues it for
-// the writer. It runs with c.mu held on an open connection and unlocks it.
+// the writer; an empty frame (the zero Frame) is dropped. It runs with
+// c.mu held on an open connection and unlocks it.
 func (c *Conn) queueLocked(frame []byte, offered bool) {
+	if len(frame) == 0 {
+		c.mu.Unlock()
+		return
+	}
 	if c.idleLocked() {
 		c.writeThroughLocked(frame, offered)
 		return
@@ -323,6 +328,7 @@ func (c *Conn) writeThroughLocked(frame []byte, offered bool) {
 	// that says so schedules the writer.
 	b := c.backlogLocked()
 	b.push(frame[n:], offered && n == 0) // a frame begun on the wire goes out whole
+	c.srv.stats.framesQueued.Add(1)
 	b.partial = n > 0
 	c.writing = true
 	c.waitOut = true
@@ -332,20 +338,21 @@ func (c *Conn) writeThroughLocked(frame []byte, offered bool) {
 }
 
 // SendWait is Send for a sender that can wait, such as a replay of
-// history: when the queue is too full for frame it waits, up to
+// history: when the queue is too full for f it waits, up to
 // Config.WriteTimeout, for the writer to drain it instead of closing the
 // connection at once. It fills the queue only up to the room Send keeps
 // for replies (see bulkRoom), and what it queues is never dropped.
-func (c *Conn) SendWait(frame []byte) error { return c.SendWaitIf(frame, nil) }
+func (c *Conn) SendWait(f Frame) error { return c.SendWaitIf(f, nil) }
 
 // SendWaitIf is SendWait for a frame that may stop being wanted while it
 // waits for room, such as history of a topic the client unsubscribes
 // from: ok, when not nil, is asked under the connection's lock right
-// before frame would be queued, and frame is dropped (nil returned) when
-// it says no. So whatever is queued after ok turned false, a reply
-// saying so, follows frame or replaces it. ok must be quick and must take
+// before f would be queued, and f is dropped (nil returned) when it says
+// no. So whatever is queued after ok turned false, a reply saying so,
+// follows f or replaces it. ok must be quick and must take
 // no lock held while frames are queued (an atomic load, say).
-func (c *Conn) SendWaitIf(frame []byte, ok func() bool) error {
+func (c *Conn) SendWaitIf(f Frame, ok func() bool) error {
+	frame := f.b
 	deadline := timeNow().Add(c.srv.cfg.WriteTimeout)
 	for {
 		c.mu.Lock()
@@ -384,6 +391,7 @@ func (c *Conn) SendWaitIf(frame []byte, ok func() bool) error {
 // writer (none owns the queue yet).
 func (c *Conn) pushLocked(frame []byte, offered bool) bool {
 	c.backlogLocked().push(frame, offered)
+	c.srv.stats.framesQueued.Add(1)
 	start := !c.writing
 	c.writing = true
 	return start

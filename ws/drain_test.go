@@ -31,7 +31,7 @@ func drainAsync(s *Server, timeout time.Duration) (<-chan error, context.Context
 	done := make(chan error, 1)
 	go func() {
 		defer cancel()
-		done <- s.Drain(ctx, CloseDraining, "draining", 0)
+		done <- s.Drain(ctx, closeByApp, "draining", 0)
 	}()
 	return done, ctx
 }

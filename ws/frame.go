@@ -13,24 +13,51 @@ const (
 	finBit         = 0x80
 )
 
-// TextFrame returns a complete unmasked text frame carrying payload: the
-// bytes that Conn.Send queues. Encode an event once and send the same frame
-// to every connection.
-func TextFrame(payload []byte) []byte {
-	return AppendFrame(make([]byte, 0, headerSize(len(payload))+len(payload)), opText, payload)
+// Frame is one complete unmasked server frame, header and payload: what
+// Conn.Send, Offer and SendWait queue. Only this package encodes one
+// (TextFrame, TextFrameString), so a payload cannot reach the wire
+// unframed. Encode an event once and send the same Frame to every
+// connection: a Frame is a slice header, so passing it copies no bytes,
+// and every connection shares its bytes. The zero Frame is empty: sending
+// it writes nothing.
+type Frame struct{ b []byte }
+
+// TextFrame returns a text frame carrying payload, copied once.
+func TextFrame(payload []byte) Frame {
+	return Frame{appendFrame(make([]byte, 0, headerSize(len(payload))+len(payload)), opText, payload)}
 }
 
 // TextFrameString is TextFrame for a payload held in a string (as pub/sub
 // messages are), copied once.
-func TextFrameString(payload string) []byte {
+func TextFrameString(payload string) Frame {
 	n := len(payload)
 	dst := make([]byte, 0, headerSize(n)+n)
 	dst = appendHeader(dst, opText, n)
-	return append(dst, payload...)
+	return Frame{append(dst, payload...)}
 }
 
-// AppendFrame appends one unmasked frame with the FIN bit to dst.
-func AppendFrame(dst []byte, op byte, payload []byte) []byte {
+// Payload returns the frame's payload, such as that of a frame
+// Conn.Recover hands back. It shares the frame's bytes: never modify it.
+func (f Frame) Payload() []byte {
+	if len(f.b) < 2 {
+		return nil
+	}
+	switch f.b[1] & 0x7F {
+	case 126:
+		return f.b[4:]
+	case 127:
+		return f.b[10:]
+	}
+	return f.b[2:]
+}
+
+// Bytes returns the frame as it goes on the wire, for a writer that is
+// not a Conn (a baseline server writing its own sockets, say). It shares
+// the frame's bytes: never modify it.
+func (f Frame) Bytes() []byte { return f.b }
+
+// appendFrame appends one unmasked frame with the FIN bit to dst.
+func appendFrame(dst []byte, op byte, payload []byte) []byte {
 	return append(appendHeader(dst, op, len(payload)), payload...)
 }
 
@@ -62,23 +89,8 @@ func closeFrame(code uint16, reason string) []byte {
 		reason = reason[:123]
 	}
 	p := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reason)), code)
-	return AppendFrame(nil, opClose, append(p, reason...))
+	return appendFrame(nil, opClose, append(p, reason...))
 }
 
 // pingFrame is shared by every keepalive ping.
-var pingFrame = AppendFrame(nil, opPing, nil)
-
-// FramePayload returns the payload of a complete unmasked frame built by
-// TextFrame or AppendFrame, such as one Conn.Recover hands back.
-func FramePayload(frame []byte) []byte {
-	if len(frame) < 2 {
-		return nil
-	}
-	switch frame[1] & 0x7F {
-	case 126:
-		return frame[min(4, len(frame)):]
-	case 127:
-		return frame[min(10, len(frame)):]
-	}
-	return frame[2:]
-}
+var pingFrame = appendFrame(nil, opPing, nil)

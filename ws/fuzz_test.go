@@ -112,11 +112,11 @@ func (h *recordHandler) Message(_ *Conn, msg []byte) {
 // FuzzHandshake sends arbitrary bytes as the start of a connection: the
 // server answers or cuts it and keeps serving real clients.
 func FuzzHandshake(f *testing.F) {
-	f.Add([]byte("GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
-	f.Add([]byte("GET /v1/ws?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f.Add([]byte("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+	f.Add([]byte("GET /ws?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 	f.Add([]byte("POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"))
-	f.Add([]byte("GET /v1/ws\n"))
+	f.Add([]byte("GET /ws\n"))
 	f.Add([]byte("\x00\x01\x02"))
 	_, addr := startServer(f, &echoHandler{}, Config{HandshakeTimeout: 200 * time.Millisecond})
 	f.Fuzz(func(t *testing.T, input []byte) {

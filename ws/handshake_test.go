@@ -30,7 +30,7 @@ func TestHandshakeRefusals(t *testing.T) {
 	}{
 		{name: "good", status: 101},
 		{name: "lower-case names, LF only", line: "lf", status: 101},
-		{name: "HTTP/1.0", line: "GET /v1/ws HTTP/1.0", status: 505},
+		{name: "HTTP/1.0", line: "GET /ws HTTP/1.0", status: 505},
 		{name: "no Host", drop: "Host", status: 400},
 		{name: "no Upgrade", drop: "Upgrade", status: 400},
 		{name: "Upgrade: h2c", header: "Upgrade", value: "h2c", status: 400},
@@ -40,10 +40,10 @@ func TestHandshakeRefusals(t *testing.T) {
 		{name: "key not base64", header: "Sec-WebSocket-Key", value: "!!!!!!!!!!!!!!!!!!!!!!==", status: 400},
 		{name: "no version", drop: "Sec-WebSocket-Version", status: 400},
 		{name: "version 8", header: "Sec-WebSocket-Version", value: "8", status: 426, answer: "Sec-Websocket-Version: 13"},
-		{name: "refused by Accept", line: "GET /v1/ws?refuse HTTP/1.1", status: 403},
+		{name: "refused by Accept", line: "GET /ws?refuse HTTP/1.1", status: 403},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			line := "GET /v1/ws?topic=a HTTP/1.1"
+			line := "GET /ws?topic=a HTTP/1.1"
 			if tc.line != "" && tc.line != "lf" {
 				line = tc.line
 			}

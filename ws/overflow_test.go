@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"syscall"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // overflowHandler records the connections whose queue overflowed.
@@ -28,7 +31,7 @@ func (h *overflowHandler) Open(c *Conn, _ *Request) { h.opened <- c }
 func (h *overflowHandler) Overflow(c *Conn)         { h.overflows <- c }
 
 // numbered returns a text frame of size bytes whose payload starts with n.
-func numbered(n uint64, size int) []byte {
+func numbered(n uint64, size int) Frame {
 	p := make([]byte, size)
 	binary.BigEndian.PutUint64(p, n)
 	return TextFrame(p)
@@ -125,7 +128,7 @@ func TestOverflowDropsOfferedFrames(t *testing.T) {
 	written := len(accepted) - len(dropped)
 	got := readNumbers(t, conn, br, written)
 	for _, f := range dropped {
-		got = append(got, frameNumber(FramePayload(f)))
+		got = append(got, frameNumber(f.Payload()))
 	}
 	if !slices.Equal(got, accepted) {
 		t.Fatalf("written then dropped = %d frames, want the %d accepted in order", len(got), len(accepted))
@@ -133,16 +136,16 @@ func TestOverflowDropsOfferedFrames(t *testing.T) {
 	if st := s.Stats(); st.SlowConsumers != 0 || st.Overflows != 1 {
 		t.Fatalf("slow consumers %d, overflows %d; want 0 and 1", st.SlowConsumers, st.Overflows)
 	}
-	if c.Recover(func([][]byte) { t.Fatal("Recover called its function without an overflow") }) {
+	if c.Recover(func([]Frame) { t.Fatal("Recover called its function without an overflow") }) {
 		t.Fatal("Recover reported a second overflow")
 	}
 }
 
 // recovered returns what Recover hands back.
-func recovered(t *testing.T, c *Conn) [][]byte {
+func recovered(t *testing.T, c *Conn) []Frame {
 	t.Helper()
-	var dropped [][]byte
-	if !c.Recover(func(d [][]byte) { dropped = d }) {
+	var dropped []Frame
+	if !c.Recover(func(d []Frame) { dropped = d }) {
 		t.Fatal("Recover found no overflow")
 	}
 	return dropped
@@ -163,8 +166,8 @@ func TestOfferRefusesUntilRecovered(t *testing.T) {
 		}
 	}
 	refused("before Recover")
-	var dropped [][]byte
-	c.Recover(func(d [][]byte) {
+	var dropped []Frame
+	c.Recover(func(d []Frame) {
 		dropped = d
 		refused("while Recover's function runs")
 	})
@@ -210,7 +213,7 @@ func TestSendKeepsItsFrames(t *testing.T) {
 	expectOverflow(t, h, c)
 	dropped := make(map[uint64]bool)
 	for _, f := range recovered(t, c) {
-		n := frameNumber(FramePayload(f))
+		n := frameNumber(f.Payload())
 		if n%4 == 0 {
 			t.Fatalf("frame %d, queued with Send, was dropped", n)
 		}
@@ -318,14 +321,30 @@ func TestSteadySlowReaderIsNotCut(t *testing.T) {
 	}
 }
 
-func TestFramePayload(t *testing.T) {
-	for _, n := range []int{0, 125, 126, 65535, 65536} {
-		p := make([]byte, n)
-		if len(p) > 0 {
-			p[len(p)-1] = 'x'
-		}
-		if got := FramePayload(TextFrame(p)); len(got) != n || n > 0 && got[n-1] != 'x' {
-			t.Fatalf("payload of a %d-byte frame has %d bytes", n, len(got))
-		}
+// TestQueuedCountsWhatWaits: frames sent to a client that reads nothing
+// wait in its queue, counted by Queued and Stats.FramesQueued; once the
+// client has read them, nothing waits.
+func TestQueuedCountsWhatWaits(t *testing.T) {
+	h := newOverflowHandler()
+	s, c, conn, br := stalledConn(t, h, Config{})
+	if b, n := s.Queued(); b != 0 || n != 0 {
+		t.Fatalf("Queued() = %d bytes on %d connections before anything was sent", b, n)
 	}
+	sent := 0
+	for s.Stats().FramesQueued == 0 {
+		if err := c.Send(numbered(uint64(sent), 4096)); err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+		sent++
+	}
+	if b, n := s.Queued(); b <= 0 || n != 1 {
+		t.Fatalf("Queued() = %d bytes on %d connections with the socket full, want some on 1", b, n)
+	}
+	readNumbers(t, conn, br, sent)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if b, n := s.Queued(); b != 0 || n != 0 {
+			return fmt.Errorf("the queue did not empty once the client read everything: %d bytes on %d connections", b, n)
+		}
+		return nil
+	})
 }

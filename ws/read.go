@@ -282,7 +282,7 @@ func (c *Conn) check(h header) error {
 func (c *Conn) handle(h header, payload []byte) error {
 	switch h.op {
 	case opPing:
-		c.sendControl(AppendFrame(nil, opPong, payload))
+		c.sendControl(appendFrame(nil, opPong, payload))
 		return nil
 	case opPong:
 		return nil

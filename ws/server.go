@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -333,7 +332,8 @@ func (s *Server) forget(c *Conn) {
 
 // keepalive pings silent connections, closes idle ones and cuts those
 // whose unfinished frame or stalled write outlived its timeout: one
-// goroutine for the whole server instead of timers per connection.
+// goroutine for the whole server instead of timers per connection. It
+// also calls Config.AfterUpgradeBurst when a burst of upgrades is over.
 func (s *Server) keepalive() {
 	tick := time.NewTicker(min(sweepEvery, s.cfg.PingInterval/2))
 	defer tick.Stop()
@@ -356,13 +356,9 @@ func (s *Server) keepalive() {
 				continue
 			}
 			lastSettle = now
-			// Return memory to the system once a burst of upgrades is
-			// over: the buffers and garbage of thousands of handshakes
-			// otherwise sit in the heap's headroom, and an idle node would
-			// hold about twice what its connections need.
 			up := s.stats.upgraded.Load()
-			if up == last && up-settled >= settleBurst {
-				debug.FreeOSMemory()
+			if up == last && up-settled >= settleBurst && s.cfg.AfterUpgradeBurst != nil {
+				s.cfg.AfterUpgradeBurst()
 				settled = up
 			}
 			last = up
@@ -389,6 +385,7 @@ type Stats struct {
 	HandshakeErrors uint64 // refused or failed upgrades
 	MessagesIn      uint64 // client messages delivered to the Handler
 	FramesOut       uint64 // frames written
+	FramesQueued    uint64 // frames that waited in a connection's queue rather than going straight to the socket
 	BytesOut        uint64 // bytes written
 	SlowConsumers   uint64 // connections closed with 4001
 	Overflows       uint64 // queues that overflowed under OverflowDrop: offered frames dropped
@@ -401,6 +398,7 @@ type counters struct {
 	connections                                     atomic.Int64
 	accepted, upgraded, handshakeErrors, messagesIn atomic.Uint64
 	framesOut, bytesOut, slowConsumers, overflows   atomic.Uint64
+	framesQueued                                    atomic.Uint64
 	refused, cooldowns                              atomic.Uint64
 }
 
@@ -413,6 +411,7 @@ func (s *Server) Stats() Stats {
 		HandshakeErrors: s.stats.handshakeErrors.Load(),
 		MessagesIn:      s.stats.messagesIn.Load(),
 		FramesOut:       s.stats.framesOut.Load(),
+		FramesQueued:    s.stats.framesQueued.Load(),
 		BytesOut:        s.stats.bytesOut.Load(),
 		SlowConsumers:   s.stats.slowConsumers.Load(),
 		Overflows:       s.stats.overflows.Load(),
@@ -420,6 +419,21 @@ func (s *Server) Stats() Stats {
 		Cooldowns:       s.stats.cooldowns.Load(),
 		PoolOverflow:    s.pool.overflow.Load(),
 	}
+}
+
+// Queued returns the bytes waiting in the connections' queues, summed, and
+// how many connections have some waiting. It visits every connection, one
+// lock at a time: for a metrics scrape, not a hot path.
+func (s *Server) Queued() (bytes int64, conns int) {
+	for _, c := range s.appendConns(nil) {
+		c.mu.Lock()
+		if q := c.queuedLocked(); q > 0 {
+			bytes += int64(q)
+			conns++
+		}
+		c.mu.Unlock()
+	}
+	return bytes, conns
 }
 
 // shuttingDown reports whether Drain has begun.

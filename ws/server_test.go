@@ -13,8 +13,10 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -56,9 +58,19 @@ func (h *echoHandler) Closed(*Conn) {
 	h.mu.Unlock()
 }
 
+// testPath is where the tests' servers upgrade: any path but the default.
+const testPath = "/ws"
+
+// closeByApp is a close code of the application's own range (4000-4999),
+// as one passes to Drain.
+const closeByApp = 4000
+
 func startServer(tb testing.TB, h Handler, cfg Config) (*Server, string) {
 	tb.Helper()
 	cfg.Handler = h
+	if cfg.Path == "" {
+		cfg.Path = testPath
+	}
 	if cfg.HTTP == nil {
 		cfg.HTTP = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "http %s", r.URL.Path)
@@ -86,7 +98,7 @@ func dialRaw(tb testing.TB, addr string) (net.Conn, *bufio.Reader) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws")
+	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+testPath)
 	if err != nil {
 		tb.Fatalf("dialing: %v", err)
 	}
@@ -256,7 +268,7 @@ func TestProtocol(t *testing.T) {
 
 func TestHTTPOnTheSamePort(t *testing.T) {
 	_, addr := startServer(t, &echoHandler{}, Config{})
-	for _, path := range []string{"/", "/healthz", "/v1/wsx", "/v1/publish"} {
+	for _, path := range []string{"/", "/healthz", "/wsx", "/v1/publish"} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
 			t.Fatal(err)
@@ -267,14 +279,14 @@ func TestHTTPOnTheSamePort(t *testing.T) {
 			t.Errorf("GET %s = %q, want the HTTP handler", path, body)
 		}
 	}
-	// /v1/ws without an upgrade is refused by the WebSocket side.
-	resp, err := http.Get("http://" + addr + "/v1/ws")
+	// /ws without an upgrade is refused by the WebSocket side.
+	resp, err := http.Get("http://" + addr + testPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode < 400 {
-		t.Errorf("GET /v1/ws without upgrade = %d, want a 4xx", resp.StatusCode)
+		t.Errorf("GET /ws without upgrade = %d, want a 4xx", resp.StatusCode)
 	}
 }
 
@@ -282,7 +294,7 @@ func TestAcceptRefuses(t *testing.T) {
 	_, addr := startServer(t, &echoHandler{}, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, _, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws?refuse=1")
+	_, _, _, err := ws.Dial(ctx, "ws://"+addr+"/ws?refuse=1")
 	var status ws.StatusError
 	if !errorAs(err, &status) || int(status) != http.StatusForbidden {
 		t.Fatalf("dial = %v, want status 403", err)
@@ -349,14 +361,14 @@ func TestShutdownClosesWithCode(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		done <- s.Shutdown(ctx, CloseDraining, "draining")
+		done <- s.Shutdown(ctx, closeByApp, "draining")
 	}()
 	for _, c := range conns {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, _, err := wsutil.ReadServerData(c)
 		var closed wsutil.ClosedError
-		if !errorsAsClosed(err, &closed) || closed.Code != CloseDraining {
-			t.Fatalf("read = %v, want close 4002", err)
+		if !errorsAsClosed(err, &closed) || closed.Code != closeByApp {
+			t.Fatalf("read = %v, want close %d", err, closeByApp)
 		}
 	}
 	if err := <-done; err != nil {
@@ -395,18 +407,6 @@ func TestKeepalive(t *testing.T) {
 	}
 }
 
-func TestAppendFrame(t *testing.T) {
-	for _, n := range []int{0, 125, 126, 65535, 65536, 70000} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			payload := bytes.Repeat([]byte{'a'}, n)
-			f, err := ws.ReadFrame(bytes.NewReader(TextFrame(payload)))
-			if err != nil || !f.Header.Fin || f.Header.OpCode != ws.OpText || !bytes.Equal(f.Payload, payload) {
-				t.Fatalf("decoded %v %v, want a final text frame of %d bytes", f.Header, err, n)
-			}
-		})
-	}
-}
-
 func TestHandshakeLimits(t *testing.T) {
 	t.Run("headers too large", func(t *testing.T) {
 		_, addr := startServer(t, &echoHandler{}, Config{MaxHandshakeBytes: 1024})
@@ -415,7 +415,7 @@ func TestHandshakeLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		fmt.Fprintf(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 4000))
+		fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 4000))
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("response %v, %v: want 431", resp, err)
@@ -427,7 +427,7 @@ func TestHandshakeLimits(t *testing.T) {
 		for range 3 { // the second and third reuse the first's state
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			d := ws.Dialer{Header: ws.HandshakeHeaderHTTP(http.Header{"Cookie": {strings.Repeat("c", 12<<10)}})}
-			conn, _, _, err := d.Dial(ctx, "ws://"+addr+"/v1/ws")
+			conn, _, _, err := d.Dial(ctx, "ws://"+addr+testPath)
 			cancel()
 			if err != nil {
 				t.Fatalf("a 12 KB handshake under a 16 KB limit: %v", err)
@@ -445,7 +445,7 @@ func TestHandshakeLimits(t *testing.T) {
 		dialRaw(t, addr)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_, _, _, err := ws.Dial(ctx, "ws://"+addr+"/v1/ws")
+		_, _, _, err := ws.Dial(ctx, "ws://"+addr+testPath)
 		var status ws.StatusError
 		if !errorAs(err, &status) || int(status) != http.StatusServiceUnavailable {
 			t.Fatalf("third dial = %v, want 503", err)
@@ -461,7 +461,7 @@ func TestHandshakeLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		fmt.Fprint(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\n") // and nothing more
+		fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\n") // and nothing more
 		start := time.Now()
 		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, err = io.ReadAll(conn)
@@ -514,7 +514,7 @@ func TestDeflateOfferIsDeclined(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	fmt.Fprint(conn, "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
 		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -691,4 +691,39 @@ func TestUpgradedSocketFlags(t *testing.T) {
 	if flFlags&syscall.O_NONBLOCK == 0 {
 		t.Error("upgraded socket is blocking")
 	}
+}
+
+// TestAfterUpgradeBurst: the callback runs once a burst of upgrades is
+// over (a settle check finds none since the last), not while upgrades
+// still come, and not for fewer than settleBurst since its last call.
+func TestAfterUpgradeBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		cfg := Config{Handler: nopHandler{}, AfterUpgradeBurst: func() { calls.Add(1) }}
+		s := &Server{cfg: cfg.withDefaults(), done: make(chan struct{})}
+		go s.keepalive()
+		defer close(s.done)
+		// Settle checks fall at 1 s, 6 s, 11 s, …; each step ends half a
+		// second after one.
+		steps := []struct {
+			upgrades uint64
+			until    time.Duration
+			want     int32
+		}{
+			{settleBurst, 5500 * time.Millisecond, 0},      // the 1 s check saw them arrive
+			{settleBurst / 2, 10500 * time.Millisecond, 0}, // more came before the 6 s check
+			{0, 11500 * time.Millisecond, 1},               // none before the 11 s check
+			{settleBurst - 1, 21500 * time.Millisecond, 1}, // a burst too small to settle after
+			{1, 31500 * time.Millisecond, 2},               // now it is big enough
+		}
+		start := time.Now()
+		for i, st := range steps {
+			s.stats.upgraded.Add(st.upgrades)
+			time.Sleep(time.Until(start.Add(st.until)))
+			synctest.Wait()
+			if got := calls.Load(); got != st.want {
+				t.Fatalf("step %d, at %v: %d calls, want %d", i, st.until, got, st.want)
+			}
+		}
+	})
 }

@@ -35,13 +35,23 @@
 -- acked hash (creating it, field "due") until the history TTL after it is
 -- due, so an ack is still there when the deadline is checked.
 --
+-- A key the batch writes that holds another type (a topic's history
+-- taken by a string, say) would fail its op halfway, after the group has
+-- moved past the batch, and lose the rest of it. So every key is checked
+-- before anything is written: an event whose history, acked hash or
+-- deadlines set has the wrong type is dead-lettered with the reason, the
+-- others are applied; when the dead-letter stream itself has the wrong
+-- type and something must go there, nothing is done (WSBUSKEY) and the
+-- batch stays in the ingress until the key is mended.
+--
 -- KEYS: owner, ingress, dead, deadlines, then a topic stream, live channel
 -- and acked hash per history op. ARGV: lease value, group, max history
 -- length, history ttl ms, op count, the ID the batch was read after (""
 -- for pending entries), the batch's last ID, consumer, then per op: "h" id
 -- data event-tail | "H" id data event-tail due-ms member-tail (the
 -- deadlines member after "<id> <seq>") | "d" id reason topic data | "a" id.
--- Returns the number of entries added to history.
+-- Returns the number of entries added to history and the number
+-- dead-lettered for a key of the wrong type.
 
 local owner, ingress, dead, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local lease, group, maxlen, ttl, count, after, batchlast, consumer =
@@ -53,6 +63,46 @@ if redis.call('GET', owner) ~= lease then
   return redis.error_reply('WSBUSLEASE lease lost')
 end
 local n = tonumber(count)
+
+-- The check of every key's type, before anything is written.
+local types = {}
+local function wrongtype(key, want)
+  local t = types[key]
+  if not t then
+    t = redis.call('TYPE', key)['ok']
+    types[key] = t
+  end
+  if t ~= 'none' and t ~= want then
+    return 'the key ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+  end
+end
+local broken = {} -- by op: why its event is dead-lettered instead
+local mustdead = false
+do
+  local k, a = 5, 9
+  for i = 1, n do
+    local kind = ARGV[a]
+    if kind == 'h' or kind == 'H' then
+      broken[i] = wrongtype(KEYS[k], 'stream') or wrongtype(KEYS[k + 2], 'hash') or
+        (kind == 'H' and wrongtype(deadlines, 'zset')) or nil
+      mustdead = mustdead or broken[i] ~= nil
+      k = k + 3
+      if kind == 'H' then a = a + 6 else a = a + 4 end
+    elseif kind == 'd' then
+      mustdead = true
+      a = a + 5
+    else
+      a = a + 2
+    end
+  end
+end
+if mustdead then
+  local why = wrongtype(dead, 'stream')
+  if why then
+    return redis.error_reply('WSBUSKEY cannot dead-letter: ' .. why)
+  end
+end
+
 if after ~= '' then
   local last, read = delivered(ingress, group)
   local first = redis.call('XRANGE', ingress, '(' .. after, '+', 'COUNT', 1)[1]
@@ -72,11 +122,18 @@ if after ~= '' then
     after = ''
   end
 end
-local k, a, added = 5, 9, 0
+local k, a, added, deadkeys = 5, 9, 0, 0
 local acks, seqs, cursors = {}, {}, {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
-  if kind == 'h' or kind == 'H' then
+  if broken[i] then
+    local topic = string.match(KEYS[k], '^.-}:topic:(.*)$') or ''
+    redis.call('XADD', dead, 'MAXLEN', '~', '10000', '*',
+      'id', id, 'reason', broken[i], 'topic', topic, 'data', ARGV[a + 2])
+    deadkeys = deadkeys + 1
+    k = k + 3
+    if kind == 'H' then a = a + 6 else a = a + 4 end
+  elseif kind == 'h' or kind == 'H' then
     local hist, live, acked = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local data, tail = ARGV[a + 2], ARGV[a + 3]
     local seq = string.format('%d', (seqs[hist] or topseq(hist)) + 1)
@@ -127,4 +184,4 @@ for hist, acked in pairs(cursors) do
   redis.call('PEXPIRE', hist, ttl)
   keepuntil(acked, now + tonumber(ttl))
 end
-return added
+return {added, deadkeys}

@@ -163,7 +163,7 @@ func (s *baseline) deliver(ctx context.Context) {
 			s.mu.Unlock()
 			continue
 		}
-		frame := wsbusws.TextFrameString(m.Payload) // encoded once, as the gateway does
+		frame := wsbusws.TextFrameString(m.Payload).Bytes() // encoded once, as the gateway does
 		kept := t.fds[:0]
 		for _, fd := range t.fds {
 			if _, err := syscall.Write(fd, frame); err != nil {
@@ -195,7 +195,7 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, bus.Subscribed{Topic: topic}))
+	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, bus.Subscribed{Topic: topic})).Bytes()
 	if _, err := conn.Write(hello); err != nil {
 		return
 	}

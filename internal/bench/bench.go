@@ -98,6 +98,7 @@ type Unicast struct {
 	P50      time.Duration `json:"p50_ns"`
 	P99      time.Duration `json:"p99_ns"`
 	Max      time.Duration `json:"max_ns"`
+	Hist     *Histogram    `json:"hist,omitempty"` // every receipt's delay
 }
 
 // Storm is what a resume storm measured.
@@ -123,6 +124,11 @@ type Latency struct {
 	AllP50   time.Duration `json:"all_p50_ns"`
 	AllP99   time.Duration `json:"all_p99_ns"`
 	AllMax   time.Duration `json:"all_max_ns"`
+	// LastHist holds each event's slowest receipt, AllHist every receipt:
+	// the distributions the figures above are read from, which the
+	// report plots.
+	LastHist *Histogram `json:"last_hist,omitempty"`
+	AllHist  *Histogram `json:"all_hist,omitempty"`
 }
 
 // Metrics is the gateway's own view of itself, read from /metrics.
@@ -363,6 +369,7 @@ func broadcast(ctx context.Context, cfg Config, workers []*workerProc, subscribe
 	lat.Lost = want - int64(lat.Receipts)
 	lat.LastP50, lat.LastP99, lat.LastMax = lastReceipts.Quantile(0.5), lastReceipts.Quantile(0.99), lastReceipts.Quantile(1)
 	lat.AllP50, lat.AllP99, lat.AllMax = all.Quantile(0.5), all.Quantile(0.99), all.Quantile(1)
+	lat.LastHist, lat.AllHist = &lastReceipts, &all
 	progress(cfg, "broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
 		lat.Events, subscribers, lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
 	return lat, nil
@@ -413,6 +420,7 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 	u.Received = h.N
 	u.Lost = u.Sent - int64(h.N)
 	u.P50, u.P99, u.Max = h.Quantile(0.5), h.Quantile(0.99), h.Quantile(1)
+	u.Hist = &h
 	progress(cfg, "unicast: %d events at %d/s over %d topics: p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.P50, u.P99, u.Max, u.Lost)
 	return u, nil
 }

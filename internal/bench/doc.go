@@ -11,4 +11,8 @@
 // for a long time instead, with steady publishing, topic switches and
 // gateway restarts, and checks every event at every client
 // (soak_check.go).
+//
+// `wsbus bench --report DIR` writes a run as a page of plots that needs no
+// other file (report.go, report.html; the SVG in report_plots.go) and as
+// result.json.
 package bench

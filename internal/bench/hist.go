@@ -67,16 +67,48 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 		return time.Duration(h.MaxUS) * time.Microsecond
 	}
 	want := uint64(q*float64(h.N)) + 1
-	idx := make([]int, 0, len(h.Counts))
-	for i := range h.Counts {
-		idx = append(idx, i)
-	}
-	slices.Sort(idx)
 	var seen uint64
-	for _, i := range idx {
+	for _, i := range h.buckets() {
 		if seen += h.Counts[i]; seen >= want {
 			return time.Duration(min(lower(i), h.MaxUS)) * time.Microsecond
 		}
 	}
 	return time.Duration(h.MaxUS) * time.Microsecond
+}
+
+// CDFPoint is one step of a cumulative distribution: a fraction F of the
+// samples are below X or in X's bucket.
+type CDFPoint struct {
+	X time.Duration
+	F float64
+}
+
+// CDF returns h's cumulative distribution, one point per non-empty bucket
+// at the bucket's lowest value (as Quantile reports it), X increasing, but
+// the last at the maximum with F 1. It is empty when h is.
+func (h *Histogram) CDF() []CDFPoint {
+	if h.N == 0 {
+		return nil
+	}
+	var out []CDFPoint
+	var seen uint64
+	for _, i := range h.buckets() {
+		seen += h.Counts[i]
+		x := time.Duration(min(lower(i), h.MaxUS)) * time.Microsecond
+		out = append(out, CDFPoint{X: x, F: float64(seen) / float64(h.N)})
+	}
+	out[len(out)-1].X = time.Duration(h.MaxUS) * time.Microsecond
+	return out
+}
+
+// buckets returns the indexes of h's non-empty buckets in increasing order.
+func (h *Histogram) buckets() []int {
+	idx := make([]int, 0, len(h.Counts))
+	for i, c := range h.Counts {
+		if c > 0 {
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx)
+	return idx
 }

@@ -3,9 +3,12 @@
 # on its own Redis: CONNS (default 19000, the size of the benchmark targets)
 # connections on one topic, then the same against the two baselines.
 # GATEWAY_BIN runs another build's gateway under the same bench client.
+# The report (figures, memory and latency plots) goes to REPORT
+# (.run/bench-report; empty: none), its path printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns="${CONNS:-19000}"
+report="${REPORT-.run/bench-report}"
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 10000))
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
@@ -19,4 +22,4 @@ cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli 
 trap cleanup EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
-  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms "$@"
+  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} "$@"

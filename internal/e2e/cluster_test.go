@@ -2,11 +2,8 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/testutil"
@@ -124,48 +121,7 @@ func TestClusterSlotMoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := rdb.MasterForKey(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := cl.Masters[0].Client(t)
-	if src.Options().Addr == cl.Masters[0].Addr {
-		dst = cl.Masters[1].Client(t)
-	}
-	srcID, dstID := src.ClusterMyID(ctx).Val(), dst.ClusterMyID(ctx).Val()
-	host, port, _ := net.SplitHostPort(dst.Options().Addr)
-	for _, step := range []struct {
-		c    *redis.Client
-		args []any
-	}{
-		{dst, []any{"CLUSTER", "SETSLOT", slot, "IMPORTING", srcID}},
-		{src, []any{"CLUSTER", "SETSLOT", slot, "MIGRATING", dstID}},
-	} {
-		if err := step.c.Do(ctx, step.args...).Err(); err != nil {
-			t.Fatalf("%v: %v", step.args, err)
-		}
-	}
-	for {
-		keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(keys) == 0 {
-			break
-		}
-		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
-		for _, k := range keys {
-			args = append(args, k)
-		}
-		if err := src.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("MIGRATE %v: %v", keys, err)
-		}
-	}
-	for _, c := range []*redis.Client{dst, src} {
-		if err := c.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err(); err != nil {
-			t.Fatalf("CLUSTER SETSLOT %d NODE on %s: %v", slot, c.Options().Addr, err)
-		}
-	}
+	dst := cl.MoveSlot(t, key)
 	testutil.Eventually(t, 10*time.Second, func() error {
 		rdb.ReloadState(ctx)
 		node, err := rdb.MasterForKey(ctx, key)

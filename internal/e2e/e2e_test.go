@@ -301,12 +301,7 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 // comes back by itself, a reload resumes from localStorage, and its publish
 // form works.
 func TestDemoPageInChromium(t *testing.T) {
-	if _, err := exec.LookPath("chromium"); err != nil {
-		t.Fatalf("chromium not found: install it with `go tool task chromium` (apt-get install chromium): %v", err)
-	}
-	if _, err := os.Stat("node/node_modules/playwright-core"); err != nil {
-		t.Fatalf("playwright-core is missing: run `go tool task test` (it runs npm ci in internal/e2e/node): %v", err)
-	}
+	needChromium(t)
 	srv := redistest.Start(t)
 	g := startGateway(t, srv.URL(), "wsbus")
 	_, port, _ := strings.Cut(srv.Addr, ":")

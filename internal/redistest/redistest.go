@@ -299,6 +299,63 @@ func (cl *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 	return c
 }
 
+// MoveSlot moves the slot of key to another master, with its keys, as
+// redis-cli --cluster reshard does, and returns a client of that master.
+// The old master drops the slot's sharded pub/sub subscribers then (each
+// gets an SUNSUBSCRIBE).
+func (cl *Cluster) MoveSlot(tb testing.TB, key string) *redis.Client {
+	tb.Helper()
+	ctx := context.Background()
+	rdb := cl.Client(tb)
+	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	src, err := rdb.MasterForKey(ctx, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dst := cl.Masters[0].Client(tb)
+	if src.Options().Addr == cl.Masters[0].Addr {
+		dst = cl.Masters[1].Client(tb)
+	}
+	srcID, dstID := src.ClusterMyID(ctx).Val(), dst.ClusterMyID(ctx).Val()
+	host, port, _ := net.SplitHostPort(dst.Options().Addr)
+	for _, step := range []struct {
+		c    *redis.Client
+		args []any
+	}{
+		{dst, []any{"CLUSTER", "SETSLOT", slot, "IMPORTING", srcID}},
+		{src, []any{"CLUSTER", "SETSLOT", slot, "MIGRATING", dstID}},
+	} {
+		if err := step.c.Do(ctx, step.args...).Err(); err != nil {
+			tb.Fatalf("%v: %v", step.args, err)
+		}
+	}
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		if err := src.Do(ctx, args...).Err(); err != nil {
+			tb.Fatalf("MIGRATE %v: %v", keys, err)
+		}
+	}
+	for _, c := range []*redis.Client{dst, src} {
+		if err := c.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err(); err != nil {
+			tb.Fatalf("CLUSTER SETSLOT %d NODE on %s: %v", slot, c.Options().Addr, err)
+		}
+	}
+	return dst
+}
+
 // Kill stops the server at once, as a crash would (SIGKILL). Killing a
 // killed server does nothing.
 func (s *Server) Kill() {

@@ -1,64 +1,149 @@
 package bus
 
 import (
-	"errors"
+	"context"
 	"fmt"
-	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
 )
 
-// topicLinger keeps a topic's live channel subscribed this long after its
-// last subscriber left, so churn does not cost a SUBSCRIBE each time.
-const topicLinger = 30 * time.Second
+// The resume argument: why a subscriber gets every event after its
+// cursor, once and in order, across history, live pub/sub and lost
+// connections. It is stated here once; the files it names point here.
+//
+// # What Redis gives
+//
+// The owner writes an event to its topic's history stream and publishes
+// it on the topic's live channel in one script (lua/apply.lua): a history
+// read after that script has the event, and every connection subscribed
+// to the channel then is sent it. Redis confirms an SSUBSCRIBE on a
+// connection before it sends that channel's messages there, and sends them
+// in order; what was published to a connection that is lost and not yet
+// read is gone. Each event has an ID, which orders a topic's events, and a
+// seq, 1, 2, 3, … per topic: the next event has the next seq, which is how
+// a gap on the live channel shows.
+//
+// # The state
+//
+// A topic (gateway_topic.go; under topic.mu) keeps:
+//
+//   - ready: its live channel was confirmed once; a subscribe waits for it.
+//   - live: ... and on the current pub/sub connection.
+//   - seen, seq: the newest event delivered to its subscribers (by ID),
+//     and its seq (0 when not known). A catch-up reads history after seen.
+//   - epoch: the partition epoch its subscribers were served under.
+//   - catching, lost, backlog: while a catch-up from history is due, live
+//     events wait in backlog; lost counts the connections lost, so that a
+//     catch-up begun before the last loss does not end the hold.
+//
+// A subscription keeps last, the ID of the newest event sent to it;
+// pending, the live events that came while its history was being sent;
+// and live, set once pending is sent.
+//
+// # Subscribe: history, then live (gateway_subscribe.go)
+//
+// subscribe adds the subscription to its topic (not yet live), waits until
+// the topic is ready, and only then reads history after the cursor; a
+// coalesced read serves only requests made before it started
+// (coalesce.go). Take any event E after the cursor. If E was written
+// before the read, the read (or its next pages, read until one is short)
+// has it. If after, E was published while the channel was confirmed: it
+// comes live, and fan-out puts it in pending; or the connection was lost
+// meanwhile, and the catch-up below reads it from history and does. goLive
+// then sends pending and makes the subscription live, under topic.mu, so
+// no live event gets past it. What fan-out handled before the
+// subscription joined its topic was written before the read: history has
+// it. A cursor that cannot be trusted (another epoch, recovered:false)
+// starts last at zero: the subscriber is sent everything retained.
+//
+// # Fan-out: the seq check (gateway_topic.go)
+//
+// A live event is delivered when it follows what the topic delivered: it
+// is not newer than seen, or it has the next seq, or the topic's seq is not
+// known. Any other means live events went missing, the topic's sequence
+// started again, or Redis lost data: fanOut holds the topic and queues a
+// catch-up, which reads history and decides.
+//
+// # A lost pub/sub connection (gateway_pubsub.go)
+//
+// lose makes every topic on the lost connection hold its live events
+// (startCatching): it is no longer live, and what comes live waits in its
+// backlog. The new connection subscribes every wanted channel, and a
+// topic is caught up only once its own channel is confirmed there
+// (markReady): a history read before that could miss an event published
+// between the read and the subscription, which would then be in neither.
+//
+// # Catch-up (catchUpTopic, below)
+//
+// It reads history after seen, page by page, and delivers it; then the
+// backlog. History read after the channel was confirmed, and what came
+// live since, is everything; an event in both is delivered once (see the
+// last section). A backlog event that does not follow by seq makes it
+// read history once more. It ends the hold only while its topic is live
+// and no connection was lost since it began; else the next confirmation
+// queues another. A backlog past maxBacklog is dropped and read from
+// history instead.
+//
+// # Epochs: 4001, then recovered:false
+//
+// An owner renews a partition's epoch when it finds Redis lost data
+// (DESIGN.md), before it writes anything more, so a page of history read
+// before a read that finds the epoch unchanged holds only events of that
+// epoch: a catch-up reads the epoch after each page. When it is not the
+// epoch the topic's subscribers were served under, what follows their
+// cursors is not what history holds: each is closed with 4001 and its
+// resume, under the new epoch, is answered recovered:false (resetLocked).
+// A subscribe told a new epoch holds the topic for a catch-up too
+// (noteEpoch). A seq that skips ahead means history was trimmed past it:
+// the subscribers not that far are closed with 4001, and their resume
+// reports missed (skipLocked). A seq that goes back means Redis lost data
+// no owner saw: the gateway renews the epoch itself (renewEpoch).
+//
+// # Never twice, never out of order: the ID filter
+//
+// Every path that sends an event to a subscription (a history page,
+// goLive, fan-out, a catch-up) sends it only if its ID is above the
+// subscription's last, and then moves last to it. A lagging client's
+// catch-up (gateway_lag.go) sends again from the first event its
+// connection dropped unsent, and fan-out passes the subscription by until
+// that is done. So each subscriber's events are in ID order, each at most
+// once; and by the above, no event after its cursor is left out without a
+// 4001 that makes it resume and be told so.
+//
+// The tests of these steps, on a history in memory and without Redis, are
+// in resume_test.go.
 
-// topic is one topic with local subscribers.
-type topic struct {
-	name string
-	p    int
-
-	// Guarded by Gateway.mu.
-	refs      int
-	idleSince int64 // unix nanoseconds when refs fell to 0
-
-	mu       sync.Mutex
-	ready    bool            // Redis confirmed the live channel's subscription once
-	live     bool            // ... and on the current connection: a catch-up may end
-	waiting  chan struct{}   // made by the first subscriber to wait for ready, closed then
-	subs     []*subscription // each knows its index (subscription.idx)
-	seen     streams.ID      // newest event delivered to this topic's subscribers
-	seq      uint64          // seen's seq; 0 when not known
-	epoch    string          // the partition's epoch its subscribers were served under; "" until known
-	catching bool            // pub/sub was lost: live events wait in backlog
-	lost     int             // connections lost under this topic: a catch-up ends catching only if none since it began
-	backlog  []liveEvent     // live events received while catching up
-	dropped  bool            // backlog went past maxBacklog and was dropped: history has it
+// historyReader is the topic history the gateway reads: a
+// *streams.History on Redis; in the resume unit tests, a fake in memory.
+type historyReader interface {
+	Head(ctx context.Context, topic string, subjects ...string) (streams.Head, error)
+	Resume(ctx context.Context, topic string, c streams.Cursor, page int, subjects ...string) (streams.Resume, error)
+	Range(ctx context.Context, topic string, after streams.ID, count int) ([]streams.Event, error)
+	Acked(ctx context.Context, topic, subject string) (streams.Acked, error)
 }
 
-// maxBacklog bounds the live events a catching topic holds; past it they
-// are dropped and its catch-up reads them from history instead.
-const maxBacklog = 10000
+var _ historyReader = (*streams.History)(nil)
 
-// liveEvent is one event with its frame, encoded once for every subscriber.
-type liveEvent struct {
-	id    streams.ID
-	seq   uint64
-	frame []byte
-}
-
-// subscription is one connection's subscription to one topic.
-type subscription struct {
-	conn    *ws.Conn
-	topic   *topic
-	last    streams.ID   // newest event sent; guarded by topic.mu once live
-	pending []liveEvent  // live events held until live; guarded by topic.mu
-	idx     atomic.Int32 // position in topic.subs, -1 when not in it; stored under topic.mu, loaded without it (see catchUpSub)
-	live    bool         // history sent; guarded by topic.mu
-	lagging bool         // live, but caught up from history: fan-out skips it; guarded by topic.mu
+// noteEpoch records the epoch a subscriber of t was told: the first is
+// t's; one that differs means Redis lost data under t, which a catch-up
+// from history sorts out (catchUpTopic closes the subscribers told the
+// old one).
+func (g *Gateway) noteEpoch(t *topic, epoch string) {
+	t.mu.Lock()
+	check := false
+	switch {
+	case t.epoch == "":
+		t.epoch = epoch
+	case epoch != "" && epoch != t.epoch:
+		t.holdLocked() // a catch-up already running does not end the hold
+		check = true
+	}
+	t.mu.Unlock()
+	if check {
+		g.queueCatchUp(t)
+	}
 }
 
 // markReady records that the live channel is subscribed and wakes the
@@ -103,217 +188,6 @@ func (t *topic) readyOrWait() (bool, <-chan struct{}) {
 	return false, t.waiting
 }
 
-// deliverLocked sends ev to every subscriber that has not had it, in ID
-// order; subscriptions still sending history hold it for later. A large
-// topic is split over the cores: each subscriber is touched by one
-// goroutine, and all are done before deliverLocked returns.
-func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
-	if t.seen.Less(ev.id) {
-		t.seen, t.seq = ev.id, ev.seq
-	}
-	parts := runtime.GOMAXPROCS(0)
-	if len(t.subs) < parallelFanOut || parts < 2 {
-		deliverTo(g, t.subs, ev)
-		return
-	}
-	var wg sync.WaitGroup
-	chunk := (len(t.subs) + parts - 1) / parts
-	for i := chunk; i < len(t.subs); i += chunk {
-		wg.Add(1)
-		go func(subs []*subscription) {
-			defer wg.Done()
-			deliverTo(g, subs, ev)
-		}(t.subs[i:min(i+chunk, len(t.subs))])
-	}
-	deliverTo(g, t.subs[:chunk], ev)
-	wg.Wait()
-}
-
-// parallelFanOut is the subscriber count from which a live event is
-// written from several goroutines at once: below it the goroutines cost
-// more than the writes.
-const parallelFanOut = 1024
-
-func deliverTo(g *Gateway, subs []*subscription, ev liveEvent) {
-	for _, s := range subs {
-		switch {
-		case s.lagging:
-			// Caught up from history (gateway_lag.go).
-		case !s.live:
-			if len(s.pending) >= g.cfg.MaxPending {
-				s.conn.Close(ws.CloseSlowConsumer, "slow consumer: reconnect and resume")
-				continue
-			}
-			s.pending = append(s.pending, ev)
-		case s.last.Less(ev.id):
-			s.offer(ev)
-		}
-	}
-}
-
-// offer queues ev to s, which is live and has not had it. An overflow
-// leaves s.last at the last event queued and makes s lag.
-func (s *subscription) offer(ev liveEvent) bool {
-	err := s.conn.Offer(ev.frame)
-	switch {
-	case err == nil:
-		s.last = ev.id
-	case errors.Is(err, ws.ErrOverflow):
-		s.lagging = true
-	default:
-		s.last = ev.id // closed: nothing more matters
-	}
-	return err == nil
-}
-
-// addLocked and removeLocked keep t.subs a dense slice.
-func (t *topic) addLocked(s *subscription) {
-	s.idx.Store(int32(len(t.subs)))
-	t.subs = append(t.subs, s)
-}
-
-func (t *topic) removeLocked(s *subscription) bool {
-	i := int(s.idx.Load())
-	if i < 0 || i >= len(t.subs) || t.subs[i] != s {
-		return false
-	}
-	last := t.subs[len(t.subs)-1]
-	t.subs[i] = last
-	last.idx.Store(int32(i))
-	t.subs[len(t.subs)-1] = nil
-	t.subs = t.subs[:len(t.subs)-1]
-	s.idx.Store(-1)
-	if len(t.subs) == 0 {
-		t.subs = nil // a topic left idle keeps no array
-	}
-	return true
-}
-
-// refTopic returns the topic, counting a reference to it, and asks for
-// its live channel when it is new. Nothing under g.mu waits on Redis: the
-// channel's connection is asked after, by its own goroutine
-// (gateway_pubsub.go).
-func (g *Gateway) refTopic(name string) *topic {
-	var lc *liveConn
-	g.mu.Lock()
-	t, ok := g.topics[name]
-	if !ok {
-		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions)}
-		g.topics[name] = t
-		lc = g.liveLocked(t.p)
-	}
-	t.refs++
-	g.mu.Unlock()
-	if lc != nil {
-		lc.poke(name)
-	}
-	return t
-}
-
-// unrefTopic drops a reference to t; sweep drops t once it lingered.
-func (g *Gateway) unrefTopic(t *topic) {
-	g.mu.Lock()
-	t.refs--
-	if t.refs == 0 {
-		t.idleSince = time.Now().UnixNano()
-	}
-	g.mu.Unlock()
-}
-
-// removeSub detaches s from its topic, once.
-func (g *Gateway) removeSub(s *subscription) {
-	t := s.topic
-	t.mu.Lock()
-	ok := t.removeLocked(s)
-	s.pending = nil
-	t.mu.Unlock()
-	if ok {
-		g.stats.subscriptions.Add(-1)
-		g.unrefTopic(t)
-	}
-}
-
-// sweep drops topics nobody has wanted for topicLinger.
-func (g *Gateway) sweep() {
-	tick := time.NewTicker(topicLinger / 3)
-	defer tick.Stop()
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case now := <-tick.C:
-			g.sweepIdle(now.UnixNano())
-		}
-	}
-}
-
-// sweepIdle drops the topics idle since before now - topicLinger; their
-// connections' goroutines unsubscribe them.
-func (g *Gateway) sweepIdle(now int64) {
-	type gone struct {
-		lc   *liveConn
-		name string
-	}
-	var swept []gone
-	g.mu.Lock()
-	for name, t := range g.topics {
-		if t.refs == 0 && now-t.idleSince > int64(topicLinger) {
-			delete(g.topics, name)
-			swept = append(swept, gone{g.parts[t.p], name})
-		}
-	}
-	g.mu.Unlock()
-	for _, s := range swept {
-		if s.lc != nil {
-			s.lc.poke(s.name)
-		}
-	}
-}
-
-func (g *Gateway) topicOf(channel string) *topic {
-	_, name, ok := g.cfg.Keys.LiveTopic(channel)
-	if !ok {
-		return nil
-	}
-	return g.topicNamed(name)
-}
-
-// fanOut encodes a live event's frame once and queues it to every
-// subscriber of its topic.
-func (g *Gateway) fanOut(channel, payload string) {
-	g.stats.liveEvents.Add(1)
-	t := g.topicOf(channel)
-	if t == nil {
-		return
-	}
-	idText, seq, ok := streams.EventSeq(payload)
-	if !ok {
-		g.cfg.Logger.Warn("ignoring a live message that is not a wsbus event", "channel", channel)
-		return
-	}
-	id, err := streams.ParseID(idText)
-	if err != nil {
-		return
-	}
-	ev := liveEvent{id: id, seq: seq, frame: ws.TextFrameString(payload)}
-	t.mu.Lock()
-	check := !t.catching && !t.followsLocked(ev)
-	if check {
-		// Not the next event: live events were lost, the topic's sequence
-		// restarted, or Redis lost data (a new epoch). History decides.
-		t.holdLocked()
-	}
-	if t.catching {
-		t.holdEventLocked(ev)
-	} else {
-		t.deliverLocked(g, ev)
-	}
-	t.mu.Unlock()
-	if check {
-		g.checkTopic(t)
-	}
-}
-
 // holdEventLocked keeps a live event for the end of t's catch-up, or
 // drops it when too many wait: the catch-up then reads history again.
 func (t *topic) holdEventLocked(ev liveEvent) {
@@ -335,14 +209,14 @@ func (t *topic) holdLocked() bool {
 	return !was
 }
 
-// checkTopic queues t to be caught up from history by its connection's
+// queueCatchUp queues t to be caught up from history by its connection's
 // catch-up worker.
-func (g *Gateway) checkTopic(t *topic) {
+func (g *Gateway) queueCatchUp(t *topic) {
 	g.mu.RLock()
 	lc := g.parts[t.p]
 	g.mu.RUnlock()
 	if lc != nil {
-		lc.catchUp(t)
+		lc.queueCatchUp(t)
 	}
 }
 
@@ -528,18 +402,49 @@ func (g *Gateway) resetLocked(t *topic, head streams.Head) {
 	t.epoch, t.seen, t.seq = head.Epoch, head.ID, head.Seq
 }
 
-// eventFrame encodes a history event as a frame with one allocation, the
-// frame's own: the data and the event JSON are built in a pooled scratch
-// buffer (data first, the event after it).
-func eventFrame(topic string, e streams.Event) []byte {
-	bp := scratch.Get().(*[]byte)
-	buf := append((*bp)[:0], e.Data...)
-	n := len(buf)
-	buf = streams.AppendEvent(buf, topic, e.ID, e.Seq, buf[:n])
-	frame := ws.TextFrame(buf[n:])
-	*bp = buf
-	scratch.Put(bp)
-	return frame
+// queueCatchUp queues t to be caught up from history by catchUps.
+func (lc *liveConn) queueCatchUp(t *topic) {
+	lc.mu.Lock()
+	if !lc.queued[t] {
+		lc.queued[t] = true
+		lc.catch = append(lc.catch, t)
+	}
+	lc.mu.Unlock()
+	wake(lc.woken)
 }
 
-var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+// catchUps catches topics up from history, one at a time, until the
+// Gateway closes.
+func (lc *liveConn) catchUps() {
+	g := lc.g
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-lc.woken:
+		}
+		for {
+			lc.mu.Lock()
+			var t *topic
+			if len(lc.catch) > 0 {
+				t = lc.catch[0]
+				lc.catch = lc.catch[1:]
+				delete(lc.queued, t)
+			}
+			lc.mu.Unlock()
+			if t == nil {
+				break
+			}
+			for pause := 50 * time.Millisecond; ; pause = min(2*pause, 2*time.Second) {
+				err := g.catchUpTopic(t)
+				if err == nil {
+					break
+				}
+				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
+				if !g.sleep(pause) {
+					return
+				}
+			}
+		}
+	}
+}
