@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -21,7 +23,7 @@ func ack(c *wstest.Client, topic, id string) {
 // cursor returns the acked cursor of sub on topic as stored ("" if none).
 func (b *testBus) cursor(tb testing.TB, topic, sub string) string {
 	tb.Helper()
-	v, _ := b.rdb.HGet(context.Background(), b.keys.Acked(streams.Partition(topic, b.n), topic), "s:"+sub).Result()
+	v, _ := b.Redis.HGet(context.Background(), b.Keys.Acked(streams.Partition(topic, b.N), topic), "s:"+sub).Result()
 	id, _, _ := strings.Cut(v, " ")
 	return id
 }
@@ -29,7 +31,7 @@ func (b *testBus) cursor(tb testing.TB, topic, sub string) string {
 // waitCursor polls until sub's cursor on topic is want.
 func (b *testBus) waitCursor(tb testing.TB, topic, sub, want string) {
 	tb.Helper()
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, testutil.Wait, func() error {
 		if got := b.cursor(tb, topic, sub); got != want {
 			return fmt.Errorf("cursor of %s on %s = %q, want %q", sub, topic, got, want)
 		}
@@ -42,9 +44,9 @@ func (b *testBus) published(tb testing.TB, topic string, n int) []string {
 	tb.Helper()
 	var ids []string
 	for i := range n {
-		ids = append(ids, b.xadd(tb, topic, fmt.Sprintf(`{"n":%d}`, i)))
+		ids = append(ids, b.XAdd(tb, topic, fmt.Sprintf(`{"n":%d}`, i)))
 	}
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, testutil.Wait, func() error {
 		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
 			return fmt.Errorf("history of %s not at %s yet", topic, ids[n-1])
 		}
@@ -65,8 +67,8 @@ func TestAckMovesTheSubjectsCursorForwardOnly(t *testing.T) {
 	b.waitCursor(t, "inbox", "ann", ids[3])
 	ack(phone, "inbox", ids[0])
 	ping(phone)
-	phone.Expect("pong", wait)
-	time.Sleep(50 * time.Millisecond) // several flushes
+	phone.Expect("pong", testutil.Wait)
+	time.Sleep(50 * time.Millisecond) // under test: the cursor stays put through several flushes
 	if got := b.cursor(t, "inbox", "ann"); got != ids[3] {
 		t.Fatalf("cursor = %s after an older ack, want it still %s", got, ids[3])
 	}
@@ -84,11 +86,11 @@ func TestAckErrorsKeepTheConnection(t *testing.T) {
 	ids := b.published(t, "errs", 3)
 	anon := wstest.Dial(t, b.node.url)
 	ack(anon, "errs", ids[0])
-	if e := anon.Expect("error", wait); e.Code != "no_subject" || e.Topic != "errs" {
+	if e := anon.Expect("error", testutil.Wait); e.Code != "no_subject" || e.Topic != "errs" {
 		t.Fatalf("ack without a subject = %+v, want no_subject", e)
 	}
 	ping(anon)
-	anon.Expect("pong", wait)
+	anon.Expect("pong", testutil.Wait)
 
 	c := wstest.Dial(t, b.node.url+"?user=ann")
 	ack(c, "errs", ids[1])
@@ -104,15 +106,15 @@ func TestAckErrorsKeepTheConnection(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ack(c, tt.topic, tt.id)
-			if e := c.Expect("error", wait); e.Code != tt.code || e.Topic != tt.topic {
+			if e := c.Expect("error", testutil.Wait); e.Code != tt.code || e.Topic != tt.topic {
 				t.Fatalf("ack %s %s = %+v, want %s", tt.topic, tt.id, e, tt.code)
 			}
 			ping(c)
-			c.Expect("pong", wait)
+			c.Expect("pong", testutil.Wait)
 		})
 	}
 	c.Send(map[string]any{"type": "ack", "topic": 5})
-	if e := c.Expect("error", wait); e.Code != "bad_request" {
+	if e := c.Expect("error", testutil.Wait); e.Code != "bad_request" {
 		t.Fatalf("malformed ack = %+v, want bad_request", e)
 	}
 	if got := b.cursor(t, "errs", "ann"); got != ids[1] {
@@ -129,7 +131,7 @@ func TestAckBurstKeepsTheValidOne(t *testing.T) {
 	c := wstest.Dial(t, b.node.url+"?user=bob")
 	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"` + ids[1] + `"}`))
 	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"9999999999999-0"}`))
-	if e := c.Expect("error", wait); e.Code != "bad_id" || !strings.Contains(e.Message, "9999999999999-0") {
+	if e := c.Expect("error", testutil.Wait); e.Code != "bad_id" || !strings.Contains(e.Message, "9999999999999-0") {
 		t.Fatalf("error = %+v, want bad_id for the invalid ack", e)
 	}
 	b.waitCursor(t, "burst", "bob", ids[1])
@@ -187,11 +189,11 @@ func TestSinceAckedResumesFromTheCursor(t *testing.T) {
 
 	check := func(c *wstest.Client) {
 		t.Helper()
-		sub := c.Expect("subscribed", wait)
+		sub := c.Expect("subscribed", testutil.Wait)
 		if !sub.Recovered || sub.Acked != ids[2] || sub.Unread == nil || *sub.Unread != 2 || sub.Head != ids[4] || sub.Seq != 5 {
 			t.Fatalf("subscribed = %+v, want recovered, acked %s, unread 2, head %s seq 5", sub, ids[2], ids[4])
 		}
-		for i, ev := range c.Events(2, wait) {
+		for i, ev := range c.Events(2, testutil.Wait) {
 			if ev.ID != ids[3+i] || ev.Seq != uint64(4+i) {
 				t.Fatalf("event %d = %+v, want %s seq %d", i, ev, ids[3+i], 4+i)
 			}
@@ -205,20 +207,20 @@ func TestSinceAckedResumesFromTheCursor(t *testing.T) {
 
 	// A subject that never acknowledged resumes from the start.
 	bob := wstest.Dial(t, b.node.url+"?user=bob&topic=inbox&since=acked")
-	if sub := bob.Expect("subscribed", wait); sub.Acked != "0" || sub.Unread == nil || *sub.Unread != 5 {
+	if sub := bob.Expect("subscribed", testutil.Wait); sub.Acked != "0" || sub.Unread == nil || *sub.Unread != 5 {
 		t.Fatalf("subscribed = %+v, want acked 0, unread 5", sub)
 	}
-	if evs := bob.Events(5, wait); evs[0].ID != ids[0] {
+	if evs := bob.Events(5, testutil.Wait); evs[0].ID != ids[0] {
 		t.Fatalf("first event %s, want %s", evs[0].ID, ids[0])
 	}
 
 	anon := wstest.Dial(t, b.node.url)
 	anon.Send(map[string]string{"type": "subscribe", "topic": "inbox", "since": "acked"})
-	if e := anon.Expect("error", wait); e.Code != "no_subject" {
+	if e := anon.Expect("error", testutil.Wait); e.Code != "no_subject" {
 		t.Fatalf("since acked without a subject = %+v, want no_subject", e)
 	}
 	ping(anon)
-	anon.Expect("pong", wait)
+	anon.Expect("pong", testutil.Wait)
 }
 
 // TestSubscribedCarriesAckedAndUnread: every subscribe of a connection
@@ -240,7 +242,7 @@ func TestSubscribedCarriesAckedAndUnread(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := wstest.Dial(t, b.node.url+tt.query)
 			c.Subscribe("feed", tt.since, "")
-			sub := c.Expect("subscribed", wait)
+			sub := c.Expect("subscribed", testutil.Wait)
 			if sub.Acked != tt.acked || (sub.Unread == nil) != (tt.acked == "") || sub.Unread != nil && *sub.Unread != tt.unread {
 				t.Fatalf("subscribed = %+v, want acked %q unread %d", sub, tt.acked, tt.unread)
 			}
@@ -249,7 +251,7 @@ func TestSubscribedCarriesAckedAndUnread(t *testing.T) {
 	ack(wstest.Dial(t, b.node.url+"?user=ann"), "feed", ids[1])
 	b.waitCursor(t, "feed", "ann", ids[1])
 	c := wstest.Dial(t, b.node.url+"?user=ann&topic=feed")
-	if sub := c.Expect("subscribed", wait); sub.Acked != ids[1] || *sub.Unread != 1 {
+	if sub := c.Expect("subscribed", testutil.Wait); sub.Acked != ids[1] || *sub.Unread != 1 {
 		t.Fatalf("subscribed = %+v, want acked %s unread 1", sub, ids[1])
 	}
 }
@@ -268,7 +270,7 @@ func TestUnreadCountsTrimmedEvents(t *testing.T) {
 	b.waitCursor(t, "long", "ann", ids[297])
 	ack(c, "long", ids[3]) // trimmed, and behind the cursor: a late ack
 	ping(c)
-	c.Expect("pong", wait)
+	c.Expect("pong", testutil.Wait)
 	c.ExpectQuiet(50 * time.Millisecond)
 	for _, tt := range []struct {
 		sub, acked string
@@ -282,7 +284,7 @@ func TestUnreadCountsTrimmedEvents(t *testing.T) {
 	// bob's cursor is behind the trimmed event: it cannot be checked.
 	bob := wstest.Dial(t, b.node.url+"?user=bob")
 	ack(bob, "long", ids[3])
-	if e := bob.Expect("error", wait); e.Code != "bad_id" {
+	if e := bob.Expect("error", testutil.Wait); e.Code != "bad_id" {
 		t.Fatalf("ack of a trimmed event with no cursor = %+v, want bad_id", e)
 	}
 }
@@ -290,7 +292,7 @@ func TestUnreadCountsTrimmedEvents(t *testing.T) {
 // escalations returns the entries of the bus's escalations stream.
 func (b *testBus) escalations(tb testing.TB) []map[string]any {
 	tb.Helper()
-	msgs, err := b.rdb.XRange(context.Background(), b.keys.Escalations(), "-", "+").Result()
+	msgs, err := b.Redis.XRange(context.Background(), b.Keys.Escalations(), "-", "+").Result()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -307,22 +309,21 @@ func (b *testBus) escalations(tb testing.TB) []map[string]any {
 func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	b := &testBus{srv: srv, rdb: srv.Client(t), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
 	first := startNode(t, testConfig(t, srv, prefix, "--node-id", "first", "--lease-ttl", "1s"))
-	b.n, _ = streams.Partitions(context.Background(), b.rdb, b.keys)
-	p := streams.Partition("alarm", b.n)
+	b := &testBus{Bus: bustest.On(t, srv.Client(t), prefix), srv: srv, prefix: prefix}
+	p := streams.Partition("alarm", b.N)
 
-	early := b.xaddTo(t, p, "topic", "alarm", "data", `"early"`, "deadline", "50")
-	seen := b.xaddTo(t, p, "topic", "alarm", "data", `"seen"`, "deadline", "1500")
-	late := b.xaddTo(t, p, "topic", "alarm", "data", `"late"`, "deadline", "1500")
+	early := b.XAddTo(t, p, "topic", "alarm", "data", `"early"`, "deadline", "50")
+	seen := b.XAddTo(t, p, "topic", "alarm", "data", `"seen"`, "deadline", "1500")
+	late := b.XAddTo(t, p, "topic", "alarm", "data", `"late"`, "deadline", "1500")
 	c := wstest.Dial(t, first.url+"?user=ann")
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if h := b.historyIDs(t, "alarm"); len(h) != 3 {
 			return fmt.Errorf("history holds %d events", len(h))
 		}
 		return nil
 	})
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != early {
 			return fmt.Errorf("escalations %v, want the early event", e)
 		}
@@ -334,13 +335,13 @@ func TestDeadlineEscalatesOnceAcrossOwnerChange(t *testing.T) {
 	// The first node hands its partitions over before late falls due.
 	first.stop()
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if e := b.escalations(t); len(e) != 2 {
 			return fmt.Errorf("escalations %v, want early and late", e)
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond) // nothing more comes
+	time.Sleep(500 * time.Millisecond) // under test: nothing more comes
 	e := b.escalations(t)
 	want := []map[string]any{
 		{"topic": "alarm", "id": early, "seq": "1", "data": `"early"`, "deadline": "50"},
@@ -369,7 +370,7 @@ func TestPublishWithDeadline(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("publish = %d %v", status, res)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if e := b.escalations(t); len(e) != 1 || e[0]["id"] != res["id"] || e[0]["data"] != `{"x":1}` || e[0]["deadline"] != "1" {
 			return fmt.Errorf("escalations %v, want the published event", e)
 		}
@@ -390,7 +391,7 @@ func TestPublishWithDeadline(t *testing.T) {
 		t.Fatalf("wsbus publish --deadline exited %d: %s", code, errs.String())
 	}
 	cli := strings.TrimSpace(out.String())
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if e := b.escalations(t); len(e) != 2 || e[1]["id"] != cli {
 			return fmt.Errorf("escalations %v, want the one published by wsbus publish, %s", e, cli)
 		}
@@ -400,10 +401,10 @@ func TestPublishWithDeadline(t *testing.T) {
 		t.Fatal("wsbus publish took a deadline of 1500us, which is not whole milliseconds")
 	}
 	// An invalid deadline in a plain XADD is dead-lettered with a reason.
-	p := streams.Partition("call", b.n)
-	id := b.xaddTo(t, p, "topic", "call", "data", "1", "deadline", "soon")
-	redistest.Eventually(t, wait, func() error {
-		dead := b.rdb.XRange(context.Background(), b.keys.Dead(p), "-", "+").Val()
+	p := streams.Partition("call", b.N)
+	id := b.XAddTo(t, p, "topic", "call", "data", "1", "deadline", "soon")
+	testutil.Eventually(t, testutil.Wait, func() error {
+		dead := b.Redis.XRange(context.Background(), b.Keys.Dead(p), "-", "+").Val()
 		if len(dead) != 1 || dead[0].Values["id"] != id || dead[0].Values["reason"] != "invalid deadline" {
 			return fmt.Errorf("dead letters %v, want %s with reason invalid deadline", dead, id)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/wsbus/wsbus/internal/authtest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
@@ -120,7 +121,7 @@ func TestAuthTopicsAndRefresh(t *testing.T) {
 	c.Attach(t)
 	for topic, want := range map[string]string{"user:1": "subscribed", "news:sport": "subscribed", "user:2": "error", "news": "error"} {
 		c.Subscribe(topic, "", "")
-		m := c.Next(wait)
+		m := c.Next(testutil.Wait)
 		if m.Type != want || want == "error" && m.Code != "forbidden" {
 			t.Fatalf("subscribe %s = %+v, want %s", topic, m, want)
 		}
@@ -130,7 +131,7 @@ func TestAuthTopicsAndRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := q.Attach(t).Next(wait); m.Code != "forbidden" {
+	if m := q.Attach(t).Next(testutil.Wait); m.Code != "forbidden" {
 		t.Fatalf("single-topic subscribe outside the token = %+v, want forbidden", m)
 	}
 
@@ -155,24 +156,24 @@ func TestAuthTopicsAndRefresh(t *testing.T) {
 		c.Attach(t)
 		c.Subscribe("a", "", "")
 		c.Subscribe("b", "", "")
-		c.Expect("subscribed", wait)
-		c.Expect("subscribed", wait)
+		c.Expect("subscribed", testutil.Wait)
+		c.Expect("subscribed", testutil.Wait)
 		c.Send(map[string]string{"type": "refresh", "token": hs(t, claims("other", time.Hour, "a"))})
-		if m := c.Next(wait); m.Code != "unauthorized" {
+		if m := c.Next(testutil.Wait); m.Code != "unauthorized" {
 			t.Fatalf("refresh for another subject = %+v, want unauthorized", m)
 		}
 		c.Send(map[string]string{"type": "refresh", "token": "garbage"})
-		if m := c.Next(wait); m.Code != "unauthorized" {
+		if m := c.Next(testutil.Wait); m.Code != "unauthorized" {
 			t.Fatalf("refresh with garbage = %+v, want unauthorized", m)
 		}
 		c.Send(map[string]string{"type": "refresh", "token": hs(t, claims("u3", time.Hour, "a"))})
-		if m := c.Next(wait); m.Type != "error" || m.Code != "forbidden" || m.Topic != "b" {
+		if m := c.Next(testutil.Wait); m.Type != "error" || m.Code != "forbidden" || m.Topic != "b" {
 			t.Fatalf("refresh without topic b = %+v, want b dropped as forbidden", m)
 		}
-		c.Expect("refreshed", wait)
-		time.Sleep(2500 * time.Millisecond) // past the first token's expiry
+		c.Expect("refreshed", testutil.Wait)
+		time.Sleep(2500 * time.Millisecond) // under test: the connection outlives the first token's expiry
 		c.Send(map[string]string{"type": "ping"})
-		c.Expect("pong", wait)
+		c.Expect("pong", testutil.Wait)
 	})
 }
 
@@ -264,13 +265,13 @@ func TestTailWithToken(t *testing.T) {
 		done <- Main([]string{"tail", "--url", b.node.url, "--count", "1", "--since", "0",
 			"--token", hs(t, claims("u", time.Hour, "alerts")), "alerts"}, &out, &logs)
 	}()
-	id := b.xadd(t, "alerts", `{"level":"high"}`)
+	id := b.XAdd(t, "alerts", `{"level":"high"}`)
 	select {
 	case code := <-done:
 		if code != 0 || out.String() != "alerts "+id+` {"level":"high"}`+"\n" {
 			t.Fatalf("tail exited %d, printed %q, logged %q", code, out.String(), logs.String())
 		}
-	case <-time.After(wait):
+	case <-time.After(testutil.Wait):
 		t.Fatalf("tail printed nothing; it logged %q", logs.String())
 	}
 }
@@ -301,7 +302,7 @@ func TestTailGivesUp(t *testing.T) {
 				if code != 1 || !strings.Contains(logs.String(), tt.want) {
 					t.Fatalf("tail exited %d, logged %q; want 1 and %q", code, logs.String(), tt.want)
 				}
-			case <-time.After(wait):
+			case <-time.After(testutil.Wait):
 				t.Fatalf("tail still running; it logged %q", logs.String())
 			}
 		})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/bench"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -30,7 +31,7 @@ func TestMain(m *testing.M) {
 func benchConfig(b *testBus) bench.Config {
 	self := []string{"-test.run=^$", "--"}
 	return bench.Config{
-		URL: b.node.url, Redis: b.rdb, Keys: streams.Keys{Prefix: b.prefix},
+		URL: b.node.url, Redis: b.Redis, Keys: streams.Keys{Prefix: b.prefix},
 		Executable: os.Args[0], Env: []string{"WSBUS_TEST_MAIN=1"},
 		WorkerArgs: append(self, "bench", "--worker"),
 		BaselineArgs: func(kind string) []string {
@@ -133,10 +134,11 @@ func TestBenchSoak(t *testing.T) {
 	restarted := make(chan func(), 1) // stops the node served again
 	go func() {
 		defer close(restarted)
-		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if _, err := os.Stat(ready); err == nil {
-				break
-			}
+		if err := testutil.Poll(time.Minute, func() error {
+			_, err := os.Stat(ready)
+			return err
+		}); err != nil {
+			t.Errorf("the soak's steady phase did not begin: %v", err)
 		}
 		node2.stop()
 		cfg := cfg2

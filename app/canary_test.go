@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -81,7 +81,7 @@ func TestCanaryTopicsHashToEveryPartition(t *testing.T) {
 func TestCanaryReceivesEveryPartition(t *testing.T) {
 	const n = 16
 	b := newTestBus(t, "--partitions", strconv.Itoa(n), "--canary-interval", "200ms", "--max-subscriptions", "6")
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		return everyPartition(canaryMetric(t, b.node.addr, "wsbus_canary_received_total"), n, "wsbus_canary_received_total",
 			func(v float64) bool { return v >= 3 })
 	})
@@ -128,19 +128,19 @@ func TestCanaryReceivesEveryPartition(t *testing.T) {
 func TestCanaryReportsAStalledPartition(t *testing.T) {
 	const n, stalled = 16, 5
 	b := newTestBus(t, "--partitions", strconv.Itoa(n), "--canary-interval", "200ms", "--canary-timeout", "3s")
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		return everyPartition(canaryMetric(t, b.node.addr, "wsbus_canary_received_total"), n, "wsbus_canary_received_total",
 			func(v float64) bool { return v > 0 })
 	})
 	ctx := context.Background()
 	topic := canaryTopics(n)[stalled]
-	for _, key := range []string{b.keys.Dead(stalled), b.keys.Topic(stalled, topic)} {
-		if err := b.rdb.Set(ctx, key, "x", 0).Err(); err != nil {
+	for _, key := range []string{b.Keys.Dead(stalled), b.Keys.Topic(stalled, topic)} {
+		if err := b.Redis.Set(ctx, key, "x", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	start := time.Now()
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if lost := canaryMetric(t, b.node.addr, "wsbus_canary_lost_total"); lost[stalled] == 0 {
 			return fmt.Errorf("partition %d lost nothing yet", stalled)
 		}
@@ -155,7 +155,7 @@ func TestCanaryReportsAStalledPartition(t *testing.T) {
 	}
 	// The pipeline is stopped indeed: the canary's events wait in its
 	// ingress, unapplied.
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if lag := canaryMetric(t, b.node.addr, "wsbus_bus_ingress_lag"); lag[stalled] == 0 {
 			return fmt.Errorf("partition %d has no ingress lag", stalled)
 		}
@@ -170,11 +170,11 @@ func TestCanaryTopicsRefused(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url)
 	c.Subscribe("$canary.0", "", "")
-	if m := c.Next(wait); m.Type != "error" || m.Code != "forbidden" || m.Topic != "$canary.0" {
+	if m := c.Next(testutil.Wait); m.Type != "error" || m.Code != "forbidden" || m.Topic != "$canary.0" {
 		t.Fatalf("subscribe $canary.0 = %+v, want forbidden", m)
 	}
 	q := wstest.Dial(t, b.node.url+"?topic=$canary.3")
-	if m := q.Next(wait); m.Code != "forbidden" {
+	if m := q.Next(testutil.Wait); m.Code != "forbidden" {
 		t.Fatalf("?topic=$canary.3 = %+v, want forbidden", m)
 	}
 	secured := securedBus(t, "--jwt-secret", testSecret, "--jwt-audience", "wsbus", "--publish-key", "pk")
@@ -183,7 +183,7 @@ func TestCanaryTopicsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Attach(t).Subscribe("$canary.1", "", "")
-	if m := s.Next(wait); m.Code != "forbidden" {
+	if m := s.Next(testutil.Wait); m.Code != "forbidden" {
 		t.Fatalf("subscribe $canary.1 with a token for every topic = %+v, want forbidden", m)
 	}
 
@@ -213,7 +213,7 @@ func TestCanaryTopicsRefused(t *testing.T) {
 			}
 		})
 	}
-	if n, err := secured.rdb.XLen(context.Background(), secured.keys.Ingress(streams.Partition("$canary.0", secured.n))).Result(); err != nil || n != 0 {
+	if n, err := secured.Redis.XLen(context.Background(), secured.Keys.Ingress(streams.Partition("$canary.0", secured.N))).Result(); err != nil || n != 0 {
 		t.Fatalf("partition of $canary.0 has %d ingress entries (%v), want none", n, err)
 	}
 }
@@ -230,7 +230,7 @@ func TestCanaryWrongKeyRefused(t *testing.T) {
 	}
 	c := wstest.Dial(t, b.node.url)
 	c.Subscribe("$canary.0", "", "")
-	if m := c.Next(wait); m.Code != "forbidden" {
+	if m := c.Next(testutil.Wait); m.Code != "forbidden" {
 		t.Fatalf("subscribe $canary.0 without the key = %+v, want forbidden", m)
 	}
 }
@@ -261,10 +261,10 @@ func TestCanaryCounts(t *testing.T) {
 	arrive := func(id string) { c.event(wsbus.Event{Topic: topic, ID: id, Data: mine}) }
 	check := func(step string, lost, late float64) {
 		t.Helper()
-		if got := testutil.ToFloat64(c.lostBy[0]); got != lost {
+		if got := promtest.ToFloat64(c.lostBy[0]); got != lost {
 			t.Fatalf("%s: lost %v, want %v", step, got, lost)
 		}
-		if got := testutil.ToFloat64(c.lateBy[0]); got != late {
+		if got := promtest.ToFloat64(c.lateBy[0]); got != late {
 			t.Fatalf("%s: late %v, want %v", step, got, late)
 		}
 	}
@@ -321,7 +321,7 @@ func TestCanaryCounts(t *testing.T) {
 	arrive("9000-0")
 	c.expire(overdue())
 	check("resumed", 4, 1)
-	if got := testutil.ToFloat64(c.receivedBy[0]); got != 6 {
+	if got := promtest.ToFloat64(c.receivedBy[0]); got != 6 {
 		t.Fatalf("received %v, want 6", got)
 	}
 }

@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -89,13 +88,11 @@ func startNode(tb testing.TB, cfg ServeConfig) *testNode {
 	return &n
 }
 
-// bus is a test bus: a Redis, a prefix and a node.
+// testBus is a bus served by a node: its Redis, its prefix and the node.
 type testBus struct {
+	*bustest.Bus
 	srv    *redistest.Server
-	rdb    *redis.Client
 	prefix string
-	keys   streams.Keys
-	n      int
 	node   *testNode
 }
 
@@ -109,36 +106,14 @@ func startBus(tb testing.TB, args ...string) *testBus {
 	tb.Helper()
 	srv := redistest.Start(tb)
 	prefix := redistest.Prefix(tb)
-	b := &testBus{srv: srv, rdb: srv.Client(tb), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
-	b.node = startNode(tb, serveConfig(tb, srv, prefix, args...))
-	n, err := streams.Partitions(context.Background(), b.rdb, b.keys)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b.n = n
-	return b
-}
-
-// xadd publishes as any service would: a plain XADD to the topic's partition.
-func (b *testBus) xadd(tb testing.TB, topic, data string) string {
-	tb.Helper()
-	return b.xaddTo(tb, streams.Partition(topic, b.n), "topic", topic, "data", data)
-}
-
-// xaddTo adds an entry with the given fields to partition p's ingress.
-func (b *testBus) xaddTo(tb testing.TB, p int, fields ...any) string {
-	tb.Helper()
-	id, err := b.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: b.keys.Ingress(p), Values: fields}).Result()
-	if err != nil {
-		tb.Fatalf("XADD: %v", err)
-	}
-	return id
+	node := startNode(tb, serveConfig(tb, srv, prefix, args...))
+	return &testBus{Bus: bustest.On(tb, srv.Client(tb), prefix), srv: srv, prefix: prefix, node: node}
 }
 
 // historyIDs returns the IDs in topic's history stream.
 func (b *testBus) historyIDs(tb testing.TB, topic string) []string {
 	tb.Helper()
-	msgs, err := b.rdb.XRange(context.Background(), b.keys.Topic(streams.Partition(topic, b.n), topic), "-", "+").Result()
+	msgs, err := b.Redis.XRange(context.Background(), b.Keys.Topic(streams.Partition(topic, b.N), topic), "-", "+").Result()
 	if err != nil {
 		tb.Fatalf("XRANGE: %v", err)
 	}
@@ -148,8 +123,6 @@ func (b *testBus) historyIDs(tb testing.TB, topic string) []string {
 	}
 	return ids
 }
-
-const wait = 5 * time.Second
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 

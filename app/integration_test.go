@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -20,15 +22,15 @@ func TestLiveDeliveryInOrder(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url)
 	c.Subscribe("orders", "", "")
-	sub := c.Expect("subscribed", wait)
+	sub := c.Expect("subscribed", testutil.Wait)
 	if !sub.Recovered || sub.Epoch == "" {
 		t.Fatalf("subscribed = %+v, want recovered with an epoch", sub)
 	}
 	var ids []string
 	for i := range 200 {
-		ids = append(ids, b.xadd(t, "orders", fmt.Sprintf(`{"n":%d}`, i)))
+		ids = append(ids, b.XAdd(t, "orders", fmt.Sprintf(`{"n":%d}`, i)))
 	}
-	for i, ev := range c.Events(200, wait) {
+	for i, ev := range c.Events(200, testutil.Wait) {
 		if ev.Topic != "orders" || ev.ID != ids[i] || string(ev.Data) != fmt.Sprintf(`{"n":%d}`, i) {
 			t.Fatalf("event %d = %+v, want id %s data {\"n\":%d}", i, ev, ids[i], i)
 		}
@@ -39,7 +41,7 @@ func TestLiveDeliveryInOrder(t *testing.T) {
 func TestDataEncoding(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url+"?topic=enc")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	tests := []struct{ name, data, want string }{
 		{"object", `{"a":1}`, `{"a":1}`},
 		{"number", `42`, `42`},
@@ -50,8 +52,8 @@ func TestDataEncoding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b.xadd(t, "enc", tt.data)
-			if ev := c.Events(1, wait)[0]; string(ev.Data) != tt.want {
+			b.XAdd(t, "enc", tt.data)
+			if ev := c.Events(1, testutil.Wait)[0]; string(ev.Data) != tt.want {
 				t.Fatalf("data = %s, want %s", ev.Data, tt.want)
 			}
 		})
@@ -62,29 +64,29 @@ func TestResumeGetsExactlyTheMissedEvents(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url)
 	c.Subscribe("chat", "", "")
-	epoch := c.Expect("subscribed", wait).Epoch
+	epoch := c.Expect("subscribed", testutil.Wait).Epoch
 	for i := range 5 {
-		b.xadd(t, "chat", strconv.Itoa(i))
+		b.XAdd(t, "chat", strconv.Itoa(i))
 	}
-	seen := c.Events(5, wait)
+	seen := c.Events(5, testutil.Wait)
 	_ = c.Conn.Close()
 
 	var missed []string
 	for i := 5; i < 12; i++ {
-		missed = append(missed, b.xadd(t, "chat", strconv.Itoa(i)))
+		missed = append(missed, b.XAdd(t, "chat", strconv.Itoa(i)))
 	}
 	c = wstest.Dial(t, b.node.url)
 	c.Subscribe("chat", seen[4].ID, epoch)
-	if sub := c.Expect("subscribed", wait); !sub.Recovered || sub.Epoch != epoch {
+	if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered || sub.Epoch != epoch {
 		t.Fatalf("subscribed = %+v, want recovered with epoch %s", sub, epoch)
 	}
-	for i, ev := range c.Events(7, wait) {
+	for i, ev := range c.Events(7, testutil.Wait) {
 		if ev.ID != missed[i] {
 			t.Fatalf("missed event %d = %s, want %s", i, ev.ID, missed[i])
 		}
 	}
-	live := b.xadd(t, "chat", "live")
-	if ev := c.Events(1, wait)[0]; ev.ID != live {
+	live := b.XAdd(t, "chat", "live")
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != live {
 		t.Fatalf("live event = %s, want %s", ev.ID, live)
 	}
 	c.ExpectQuiet(100 * time.Millisecond)
@@ -99,10 +101,10 @@ func TestResumeWhilePublishing(t *testing.T) {
 	ids := make([]string, 0, total)
 	var mu sync.Mutex
 	for range 100 {
-		ids = append(ids, b.xadd(t, "feed", "x"))
+		ids = append(ids, b.XAdd(t, "feed", "x"))
 	}
 	// A client's cursor is an ID it was sent, so it is in history already.
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if n := len(b.historyIDs(t, "feed")); n < 100 {
 			return fmt.Errorf("history holds %d of 100 events", n)
 		}
@@ -113,19 +115,19 @@ func TestResumeWhilePublishing(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range total - 100 {
-			id := b.xadd(t, "feed", "x")
+			id := b.XAdd(t, "feed", "x")
 			mu.Lock()
 			ids = append(ids, id)
 			mu.Unlock()
-			time.Sleep(200 * time.Microsecond)
+			time.Sleep(200 * time.Microsecond) // paced, so that the resume happens while it publishes
 		}
 	}()
 	c := wstest.Dial(t, b.node.url+"?topic=feed&since="+since)
-	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+	if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered {
 		t.Fatalf("subscribed = %+v, want recovered", sub)
 	}
 	<-done
-	got := c.Events(total-50, wait)
+	got := c.Events(total-50, testutil.Wait)
 	for i, ev := range got {
 		if ev.ID != ids[50+i] {
 			t.Fatalf("event %d = %s, want %s", i, ev.ID, ids[50+i])
@@ -138,17 +140,17 @@ func TestNotRecovered(t *testing.T) {
 	b := newTestBus(t, "--history-len", "10")
 	var ids []string
 	for i := range 500 {
-		ids = append(ids, b.xadd(t, "trim", strconv.Itoa(i)))
+		ids = append(ids, b.XAdd(t, "trim", strconv.Itoa(i)))
 	}
 	var retained []string
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if retained = b.historyIDs(t, "trim"); len(retained) == 0 || retained[len(retained)-1] != ids[499] {
 			return fmt.Errorf("history holds %d events, want it to end at %s", len(retained), ids[499])
 		}
 		return nil
 	})
 	ctl := wstest.Dial(t, b.node.url+"?topic=trim&since=0")
-	epoch := ctl.Expect("subscribed", wait).Epoch
+	epoch := ctl.Expect("subscribed", testutil.Wait).Epoch
 	if len(retained) >= 500 || retained[len(retained)-1] != ids[499] {
 		t.Fatalf("history holds %d entries ending %s: want it trimmed, ending %s", len(retained), retained[len(retained)-1], ids[499])
 	}
@@ -167,10 +169,10 @@ func TestNotRecovered(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := wstest.Dial(t, b.node.url)
 			c.Subscribe(tt.topic, tt.since, tt.epoch)
-			if sub := c.Expect("subscribed", wait); sub.Recovered != tt.recovered {
+			if sub := c.Expect("subscribed", testutil.Wait); sub.Recovered != tt.recovered {
 				t.Fatalf("recovered = %v, want %v", sub.Recovered, tt.recovered)
 			}
-			for i, ev := range c.Events(len(tt.want), wait) {
+			for i, ev := range c.Events(len(tt.want), testutil.Wait) {
 				if ev.ID != tt.want[i] {
 					t.Fatalf("event %d = %s, want %s", i, ev.ID, tt.want[i])
 				}
@@ -183,19 +185,19 @@ func TestNotRecovered(t *testing.T) {
 func TestMisroutedEntriesAreForwarded(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url+"?topic=lost")
-	c.Expect("subscribed", wait)
-	right := streams.Partition("lost", b.n)
-	wrong := (right + 1) % b.n
+	c.Expect("subscribed", testutil.Wait)
+	right := streams.Partition("lost", b.N)
+	wrong := (right + 1) % b.N
 	for i := range 3 {
-		b.xaddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i))
+		b.XAddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i))
 	}
-	for i, ev := range c.Events(3, wait) {
+	for i, ev := range c.Events(3, testutil.Wait) {
 		if string(ev.Data) != strconv.Itoa(i) || ev.Seq != uint64(i+1) {
 			t.Fatalf("event %d = data %s seq %d, want data %d seq %d (in order)", i, ev.Data, ev.Seq, i, i+1)
 		}
 	}
-	b.xadd(t, "lost", "3") // then one added to the right partition: the sequence goes on
-	if ev := c.Events(1, wait)[0]; ev.Seq != 4 {
+	b.XAdd(t, "lost", "3") // then one added to the right partition: the sequence goes on
+	if ev := c.Events(1, testutil.Wait)[0]; ev.Seq != 4 {
 		t.Fatalf("event after the forwarded ones has seq %d, want 4", ev.Seq)
 	}
 	if got := b.historySeqs(t, "lost"); fmt.Sprint(got) != "[1 2 3 4]" {
@@ -206,8 +208,8 @@ func TestMisroutedEntriesAreForwarded(t *testing.T) {
 func TestDeadLetters(t *testing.T) {
 	b := newTestBus(t, "--max-data", "100")
 	c := wstest.Dial(t, b.node.url+"?topic=ok")
-	c.Expect("subscribed", wait)
-	p := streams.Partition("ok", b.n)
+	c.Expect("subscribed", testutil.Wait)
+	p := streams.Partition("ok", b.N)
 	tests := []struct {
 		name   string
 		fields []any
@@ -221,13 +223,13 @@ func TestDeadLetters(t *testing.T) {
 	}
 	var ids []string
 	for _, tt := range tests {
-		ids = append(ids, b.xaddTo(t, p, tt.fields...))
+		ids = append(ids, b.XAddTo(t, p, tt.fields...))
 	}
-	good := b.xadd(t, "ok", "fine")
-	if ev := c.Events(1, wait)[0]; ev.ID != good {
+	good := b.XAdd(t, "ok", "fine")
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != good {
 		t.Fatalf("event = %s, want %s: bad entries must not block the partition", ev.ID, good)
 	}
-	dead, err := b.rdb.XRange(context.Background(), b.keys.Dead(p), "-", "+").Result()
+	dead, err := b.Redis.XRange(context.Background(), b.Keys.Dead(p), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +243,7 @@ func TestDeadLetters(t *testing.T) {
 			}
 		})
 	}
-	pending, err := b.rdb.XPending(context.Background(), b.keys.Ingress(p), streams.Group).Result()
+	pending, err := b.Redis.XPending(context.Background(), b.Keys.Ingress(p), streams.Group).Result()
 	if err != nil || pending.Count != 0 {
 		t.Fatalf("pending = %+v, %v: want every entry acknowledged", pending, err)
 	}
@@ -251,7 +253,7 @@ func TestBadClientMessages(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url)
 	c.Subscribe("dup", "", "")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	tests := []struct {
 		name, msg, code string
 	}{
@@ -274,26 +276,26 @@ func TestBadClientMessages(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c.SendRaw([]byte(tt.msg))
-			if m := c.Expect("error", wait); m.Code != tt.code || m.Message == "" {
+			if m := c.Expect("error", testutil.Wait); m.Code != tt.code || m.Message == "" {
 				t.Fatalf("error = %+v, want code %s with a message", m, tt.code)
 			}
 		})
 	}
 	// A member of the wrong type is named.
 	c.SendRaw([]byte(`{"type":"ack","topic":"dup","id":5}`))
-	if m := c.Expect("error", wait); m.Code != "bad_request" || m.Message != "id must be a JSON string" {
+	if m := c.Expect("error", testutil.Wait); m.Code != "bad_request" || m.Message != "id must be a JSON string" {
 		t.Fatalf("error = %+v, want bad_request naming id", m)
 	}
 	// The connection still works.
 	c.Send(map[string]string{"type": "ping"})
-	c.Expect("pong", wait)
-	id := b.xadd(t, "dup", "still here")
-	if ev := c.Events(1, wait)[0]; ev.ID != id {
+	c.Expect("pong", testutil.Wait)
+	id := b.XAdd(t, "dup", "still here")
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != id {
 		t.Fatalf("event = %s, want %s", ev.ID, id)
 	}
 	c.Send(map[string]string{"type": "unsubscribe", "topic": "dup"})
-	c.Expect("unsubscribed", wait)
-	b.xadd(t, "dup", "not for us")
+	c.Expect("unsubscribed", testutil.Wait)
+	b.XAdd(t, "dup", "not for us")
 	c.ExpectQuiet(200 * time.Millisecond)
 }
 
@@ -304,7 +306,7 @@ func TestBadClientMessages(t *testing.T) {
 func TestPubSubLossLosesNothing(t *testing.T) {
 	b := newTestBus(t)
 	other := "other"
-	for i := 0; streams.Partition(other, b.n) == streams.Partition("news", b.n); i++ {
+	for i := 0; streams.Partition(other, b.N) == streams.Partition("news", b.N); i++ {
 		other = "other-" + strconv.Itoa(i)
 	}
 	topics := []string{"news", other}
@@ -312,23 +314,23 @@ func TestPubSubLossLosesNothing(t *testing.T) {
 	ids := make([][]string, len(topics))
 	for k, topic := range topics {
 		clients[k] = wstest.Dial(t, b.node.url+"?topic="+topic)
-		clients[k].Expect("subscribed", wait)
+		clients[k].Expect("subscribed", testutil.Wait)
 		for i := range 10 {
-			ids[k] = append(ids[k], b.xadd(t, topic, strconv.Itoa(i)))
+			ids[k] = append(ids[k], b.XAdd(t, topic, strconv.Itoa(i)))
 		}
-		clients[k].Events(10, wait)
+		clients[k].Events(10, testutil.Wait)
 	}
-	killed, err := b.rdb.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
+	killed, err := b.Redis.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
 	if err != nil || killed != 1 {
 		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v: want the gateway's one connection killed", killed, err)
 	}
 	for i := 10; i < 60; i++ {
 		for k, topic := range topics {
-			ids[k] = append(ids[k], b.xadd(t, topic, strconv.Itoa(i)))
+			ids[k] = append(ids[k], b.XAdd(t, topic, strconv.Itoa(i)))
 		}
 	}
 	for k, c := range clients {
-		for i, ev := range c.Events(50, wait) {
+		for i, ev := range c.Events(50, testutil.Wait) {
 			if ev.ID != ids[k][10+i] {
 				t.Fatalf("%s: event %d = %s, want %s", topics[k], 10+i, ev.ID, ids[k][10+i])
 			}
@@ -343,10 +345,8 @@ func TestPubSubLossLosesNothing(t *testing.T) {
 func TestOwnerRestartMidStream(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	b := &testBus{srv: srv, rdb: srv.Client(t), prefix: prefix, keys: streams.Keys{Prefix: prefix}}
 	first := startNode(t, testConfig(t, srv, prefix, "--node-id", "first", "--lease-ttl", "1s"))
-	n, _ := streams.Partitions(context.Background(), b.rdb, b.keys)
-	b.n = n
+	b := &testBus{Bus: bustest.On(t, srv.Client(t), prefix), srv: srv, prefix: prefix}
 
 	topics := []string{"t0", "t1", "t2", "t3"}
 	published := make(map[string][]string)
@@ -362,32 +362,65 @@ func TestOwnerRestartMidStream(t *testing.T) {
 			default:
 			}
 			topic := topics[i%len(topics)]
-			id := b.xadd(t, topic, strconv.Itoa(i))
+			id := b.XAdd(t, topic, strconv.Itoa(i))
 			mu.Lock()
 			published[topic] = append(published[topic], id)
 			mu.Unlock()
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // paced, so that the owner change falls mid-stream
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// publishedOf returns how many events of topic were published, and the
+	// nth (the last when n is -1; "" when there is none).
+	publishedOf := func(topic string, n int) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		ids := published[topic]
+		if n < 0 {
+			n = len(ids) - 1
+		}
+		if n < 0 || n >= len(ids) {
+			return len(ids), ""
+		}
+		return len(ids), ids[n]
+	}
+	// applied waits until the history of t0 holds its nth event.
+	applied := func(by string, n int) {
+		t.Helper()
+		testutil.Eventually(t, testutil.Wait, func() error {
+			_, id := publishedOf("t0", n)
+			if id == "" || !slices.Contains(b.historyIDs(t, "t0"), id) {
+				return fmt.Errorf("%s has not applied event %d of t0 yet", by, n)
+			}
+			return nil
+		})
+	}
+	applied("the first node", 20)
 	first.stop()
-	time.Sleep(300 * time.Millisecond) // events pile up with no owner
+	// Events pile up with no owner.
+	stopped, _ := publishedOf("t0", -1)
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if n, _ := publishedOf("t0", -1); n < stopped+20 {
+			return fmt.Errorf("%d events of t0 published since the first node stopped, want 20", n-stopped)
+		}
+		return nil
+	})
 	second := startNode(t, testConfig(t, srv, prefix, "--node-id", "second", "--lease-ttl", "1s"))
-	time.Sleep(300 * time.Millisecond)
+	started, _ := publishedOf("t0", -1)
+	applied("the second node", started+20)
 	close(stop)
 	<-done
 
 	for _, topic := range topics {
 		want := published[topic]
-		redistest.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, func() error {
 			if got := b.historyIDs(t, topic); !slices.Equal(got, want) {
 				return fmt.Errorf("history of %s holds %d IDs, want the %d published, once each and in order", topic, len(got), len(want))
 			}
 			return nil
 		})
 		c := wstest.Dial(t, second.url+"?topic="+topic+"&since=0")
-		c.Expect("subscribed", wait)
-		for i, ev := range c.Events(len(want), wait) {
+		c.Expect("subscribed", testutil.Wait)
+		for i, ev := range c.Events(len(want), testutil.Wait) {
 			if ev.ID != want[i] {
 				t.Fatalf("%s event %d = %s, want %s", topic, i, ev.ID, want[i])
 			}
@@ -399,7 +432,7 @@ func TestOwnerRestartMidStream(t *testing.T) {
 func TestHTTPPublishAndHistory(t *testing.T) {
 	b := newTestBus(t)
 	c := wstest.Dial(t, b.node.url+"?topic=web")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	post := func(body string) (int, map[string]any) {
 		return httpJSON(t, "POST", "http://"+b.node.addr+"/v1/publish", body)
 	}
@@ -407,7 +440,7 @@ func TestHTTPPublishAndHistory(t *testing.T) {
 	if status != 200 || res["id"] == "" {
 		t.Fatalf("publish = %d %v", status, res)
 	}
-	if ev := c.Events(1, wait)[0]; ev.ID != res["id"] || string(ev.Data) != `{"x":1}` {
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != res["id"] || string(ev.Data) != `{"x":1}` {
 		t.Fatalf("event = %+v, want id %v data {\"x\":1}", ev, res["id"])
 	}
 	for _, tt := range []struct{ name, body string }{

@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -31,18 +31,18 @@ func TestLaggingClientKeepsEveryTopic(t *testing.T) {
 	topics := []string{"lag:a", "lag:b"}
 	for _, topic := range topics {
 		c.Subscribe(topic, "", "")
-		c.Expect("subscribed", wait)
+		c.Expect("subscribed", testutil.Wait)
 	}
 	payload := strings.Repeat("z", 4<<10)
 	published := map[string][]string{}
 	for i := range 1500 { // 6 MiB, more than the socket buffers hold
 		topic := topics[i%2]
-		published[topic] = append(published[topic], b.xadd(t, topic, payload))
+		published[topic] = append(published[topic], b.XAdd(t, topic, payload))
 		if i == 1000 {
 			c.Send(map[string]string{"type": "ping"})
 		}
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("no lag catch-up yet")
 		}
@@ -55,10 +55,7 @@ func TestLaggingClientKeepsEveryTopic(t *testing.T) {
 		ids := map[string][]string{}
 		for i := range 400 {
 			topic := topics[i%2]
-			id, err := b.rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
-				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
-			}).Result()
+			id, err := b.Add(context.Background(), topic, strconv.Itoa(i))
 			if err == nil {
 				ids[topic] = append(ids[topic], id)
 			}
@@ -68,7 +65,7 @@ func TestLaggingClientKeepsEveryTopic(t *testing.T) {
 	got := map[string][]string{}
 	pongs, total := 0, 0
 	for want := 1500 + 400; total < want || pongs == 0; {
-		m := c.Next(wait)
+		m := c.Next(testutil.Wait)
 		switch m.Type {
 		case "event":
 			got[m.Topic] = append(got[m.Topic], m.ID)
@@ -109,7 +106,7 @@ func TestLaggingClientInBursts(t *testing.T) {
 	topics := []string{"burst:a", "burst:b", "burst:c"}
 	for _, topic := range topics {
 		c.Subscribe(topic, "", "")
-		c.Expect("subscribed", wait)
+		c.Expect("subscribed", testutil.Wait)
 	}
 	const perTopic = 1000
 	published := make(chan map[string][]string, 1)
@@ -118,17 +115,17 @@ func TestLaggingClientInBursts(t *testing.T) {
 		payload := strings.Repeat("w", 4<<10) // 12 MiB in all
 		ctx := context.Background()
 		for i := 0; i < perTopic*len(topics); i += 30 {
-			pipe := b.rdb.Pipeline()
+			pipe := b.Redis.Pipeline()
 			cmds := map[string][]*redis.StringCmd{}
 			for j := i; j < i+30; j++ {
 				topic := topics[j%len(topics)]
 				cmds[topic] = append(cmds[topic], pipe.XAdd(ctx, &redis.XAddArgs{
-					Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+					Stream: b.Keys.Ingress(streams.Partition(topic, b.N)),
 					Values: []any{"topic", topic, "data", payload},
 				}))
 			}
 			_, _ = pipe.Exec(ctx)
-			time.Sleep(20 * time.Millisecond) // about 6 MiB/s, for 2 s
+			time.Sleep(20 * time.Millisecond) // paced: about 6 MiB/s for 2 s, the load under test
 			for topic, cs := range cmds {
 				for _, cmd := range cs {
 					ids[topic] = append(ids[topic], cmd.Val())
@@ -142,7 +139,7 @@ func TestLaggingClientInBursts(t *testing.T) {
 		if n%300 == 0 {
 			time.Sleep(250 * time.Millisecond) // the slow reader under test
 		}
-		m := c.Next(wait)
+		m := c.Next(testutil.Wait)
 		if m.Type != "event" {
 			t.Fatalf("got %+v, want events", m)
 		}
@@ -201,16 +198,16 @@ func unsubscribeWhileLagging(t *testing.T, b *testBus, topic string) {
 		t.Fatal(err)
 	}
 	c.Subscribe(topic, "", "")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	lags := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total")
 	payload := strings.Repeat("u", 4<<10)
 	var ids []string
 	for len(ids) < 1500 { // 6 MiB, far more than the socket buffers and the queue
-		pipe := b.rdb.Pipeline()
+		pipe := b.Redis.Pipeline()
 		var cmds []*redis.StringCmd
 		for range 250 {
 			cmds = append(cmds, pipe.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: b.keys.Ingress(streams.Partition(topic, b.n)),
+				Stream: b.Keys.Ingress(streams.Partition(topic, b.N)),
 				Values: []any{"topic", topic, "data", payload},
 			}))
 		}
@@ -221,7 +218,7 @@ func unsubscribeWhileLagging(t *testing.T, b *testBus, topic string) {
 			ids = append(ids, cmd.Val())
 		}
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if n := gatewayMetric(t, b, "wsbus_gateway_lag_catchups_total"); n <= lags {
 			return fmt.Errorf("no lag catch-up yet")
 		}
@@ -233,7 +230,7 @@ func unsubscribeWhileLagging(t *testing.T, b *testBus, topic string) {
 	var before, after []string // events before "unsubscribed", after the new "subscribed"
 	state := 0                 // 0: first subscription, 1: unsubscribed, 2: subscribed again
 	for len(after) < len(ids) {
-		m := c.Next(wait)
+		m := c.Next(testutil.Wait)
 		switch {
 		case m.Type == "unsubscribed" && state == 0:
 			state = 1

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
@@ -18,15 +18,15 @@ func TestDeliveryLatencyOncePerEvent(t *testing.T) {
 	var clients []*wstest.Client
 	for range 2 {
 		c := wstest.Dial(t, b.node.url+"?topic=lat")
-		c.Expect("subscribed", wait)
+		c.Expect("subscribed", testutil.Wait)
 		clients = append(clients, c)
 	}
 	before := gatewayMetric(t, b, "wsbus_delivery_latency_seconds_count")
 	for _, data := range []string{"1", "2", "3"} {
-		b.xadd(t, "lat", data)
+		b.XAdd(t, "lat", data)
 	}
 	for _, c := range clients {
-		c.Events(3, wait)
+		c.Events(3, testutil.Wait)
 	}
 	if n := gatewayMetric(t, b, "wsbus_delivery_latency_seconds_count") - before; n != 3 {
 		t.Errorf("%d latency observations for 3 events read by 2 clients, want 3", n)
@@ -44,19 +44,19 @@ func TestResumeMissedCounted(t *testing.T) {
 	b := newTestBus(t, "--history-len", "10")
 	var ids []string
 	for i := range 500 { // trimming keeps whole nodes of ~100 entries
-		ids = append(ids, b.xadd(t, "gone", strconv.Itoa(i)))
+		ids = append(ids, b.XAdd(t, "gone", strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if h := b.historyIDs(t, "gone"); len(h) == 0 || h[0] == ids[0] || h[len(h)-1] != ids[499] {
 			return fmt.Errorf("history of %d events, not yet trimmed to end at the last", len(h))
 		}
 		return nil
 	})
 	ctl := wstest.Dial(t, b.node.url+"?topic=gone&since="+ids[499])
-	epoch := ctl.Expect("subscribed", wait).Epoch
+	epoch := ctl.Expect("subscribed", testutil.Wait).Epoch
 	c := wstest.Dial(t, b.node.url)
 	c.Send(map[string]any{"type": "subscribe", "topic": "gone", "since": ids[0], "seq": 1, "epoch": epoch})
-	sub := c.Expect("subscribed", wait)
+	sub := c.Expect("subscribed", testutil.Wait)
 	if sub.Recovered || sub.Missed == nil || *sub.Missed == 0 {
 		t.Fatalf("resume from seq 1 of 500 with about 10 kept: recovered %v, missed %v; want recovered:false with a count", sub.Recovered, sub.Missed)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -162,7 +163,7 @@ func TestServeThroughSentinel(t *testing.T) {
 	}
 	c := wstest.Dial(t, node.url)
 	c.Subscribe("sentinel", "", "")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	id, err := master.XAdd(context.Background(), &redis.XAddArgs{
 		Stream: keys.Ingress(streams.Partition("sentinel", n)),
 		Values: []any{"topic", "sentinel", "data", `{"via":"sentinel"}`},
@@ -170,7 +171,7 @@ func TestServeThroughSentinel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("XADD on the master: %v", err)
 	}
-	if ev := c.Events(1, wait)[0]; ev.ID != id || string(ev.Data) != `{"via":"sentinel"}` {
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != id || string(ev.Data) != `{"via":"sentinel"}` {
 		t.Fatalf("event = %+v, want id %s", ev, id)
 	}
 }

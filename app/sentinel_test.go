@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // TestPubSubFollowsSentinelFailover: after a SENTINEL FAILOVER, a pub/sub
@@ -50,7 +51,7 @@ func TestPubSubFollowsSentinelFailover(t *testing.T) {
 	master := st.Failover(t)
 	moved := time.Now()
 	newMaster := st.Server(master).Client(t)
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		// Commands keep the client busy, as a gateway's do: they move
 		// first, to the new master.
 		if err := rdb.Ping(ctx).Err(); err != nil {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -22,7 +22,7 @@ func resume(c *wstest.Client, topic, since string, seq uint64, epoch string) {
 // historySeqs returns the seq field of every entry of topic's history.
 func (b *testBus) historySeqs(tb testing.TB, topic string) []uint64 {
 	tb.Helper()
-	msgs, err := b.rdb.XRange(context.Background(), b.keys.Topic(streams.Partition(topic, b.n), topic), "-", "+").Result()
+	msgs, err := b.Redis.XRange(context.Background(), b.Keys.Topic(streams.Partition(topic, b.N), topic), "-", "+").Result()
 	if err != nil {
 		tb.Fatalf("XRANGE: %v", err)
 	}
@@ -43,9 +43,9 @@ func (b *testBus) publishSeen(tb testing.TB, topic string, n int) []string {
 	tb.Helper()
 	ids := make([]string, n)
 	for i := range ids {
-		ids[i] = b.xadd(tb, topic, strconv.Itoa(i))
+		ids[i] = b.XAdd(tb, topic, strconv.Itoa(i))
 	}
-	redistest.Eventually(tb, wait, func() error {
+	testutil.Eventually(tb, testutil.Wait, func() error {
 		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
 			return fmt.Errorf("history of %s does not end at %s yet", topic, ids[n-1])
 		}
@@ -74,7 +74,7 @@ func TestFreshSubscriberHasACursor(t *testing.T) {
 			}
 			c := wstest.Dial(t, b.node.url)
 			c.Subscribe(topic, "", "")
-			sub := c.Expect("subscribed", wait)
+			sub := c.Expect("subscribed", testutil.Wait)
 			wantHead := "0"
 			if tt.before > 0 {
 				wantHead = old[len(old)-1]
@@ -87,10 +87,10 @@ func TestFreshSubscriberHasACursor(t *testing.T) {
 			missed := b.publishSeen(t, topic, 4)
 			c = wstest.Dial(t, b.node.url)
 			resume(c, topic, sub.Head, sub.Seq, sub.Epoch)
-			if again := c.Expect("subscribed", wait); !again.Recovered || again.Head != missed[3] || again.Seq != uint64(tt.before+4) {
+			if again := c.Expect("subscribed", testutil.Wait); !again.Recovered || again.Head != missed[3] || again.Seq != uint64(tt.before+4) {
 				t.Fatalf("resumed = %+v, want recovered, head %s seq %d", again, missed[3], tt.before+4)
 			}
-			for i, ev := range c.Events(4, wait) {
+			for i, ev := range c.Events(4, testutil.Wait) {
 				if ev.ID != missed[i] || ev.Seq != uint64(tt.before+i+1) {
 					t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, missed[i], tt.before+i+1)
 				}
@@ -108,16 +108,16 @@ func TestSeqIsContiguous(t *testing.T) {
 	live := wstest.Dial(t, b.node.url)
 	for _, topic := range topics {
 		live.Subscribe(topic, "", "")
-		live.Expect("subscribed", wait)
+		live.Expect("subscribed", testutil.Wait)
 	}
 	const per = 60
 	for i := range per {
 		for _, topic := range topics {
-			b.xadd(t, topic, strconv.Itoa(i))
+			b.XAdd(t, topic, strconv.Itoa(i))
 		}
 	}
 	next := map[string]uint64{}
-	for _, ev := range live.Events(per*len(topics), wait) {
+	for _, ev := range live.Events(per*len(topics), testutil.Wait) {
 		if next[ev.Topic]++; ev.Seq != next[ev.Topic] {
 			t.Fatalf("live event %s of %s has seq %d, want %d", ev.ID, ev.Topic, ev.Seq, next[ev.Topic])
 		}
@@ -130,8 +130,8 @@ func TestSeqIsContiguous(t *testing.T) {
 		}
 		c := wstest.Dial(t, b.node.url)
 		c.Subscribe(topic, "0", "")
-		c.Expect("subscribed", wait)
-		for i, ev := range c.Events(per, wait) {
+		c.Expect("subscribed", testutil.Wait)
+		for i, ev := range c.Events(per, testutil.Wait) {
 			if ev.Seq != uint64(i+1) {
 				t.Fatalf("history event %d of %s has seq %d, want %d", i, topic, ev.Seq, i+1)
 			}
@@ -145,13 +145,13 @@ func TestMissedIsExact(t *testing.T) {
 	b := newTestBus(t)
 	ctx := context.Background()
 	ids := b.publishSeen(t, "trimmed", 30)
-	key := b.keys.Topic(streams.Partition("trimmed", b.n), "trimmed")
-	if err := b.rdb.XTrimMaxLen(ctx, key, 10).Err(); err != nil {
+	key := b.Keys.Topic(streams.Partition("trimmed", b.N), "trimmed")
+	if err := b.Redis.XTrimMaxLen(ctx, key, 10).Err(); err != nil {
 		t.Fatal(err)
 	}
 	ctl := wstest.Dial(t, b.node.url)
 	ctl.Subscribe("trimmed", "", "")
-	epoch := ctl.Expect("subscribed", wait).Epoch
+	epoch := ctl.Expect("subscribed", testutil.Wait).Epoch
 	retained := ids[20:] // seq 21..30
 
 	tests := []struct {
@@ -179,12 +179,12 @@ func TestMissedIsExact(t *testing.T) {
 				m["seq"] = *tt.seq
 			}
 			c.Send(m)
-			sub := c.Expect("subscribed", wait)
+			sub := c.Expect("subscribed", testutil.Wait)
 			if sub.Recovered != tt.recovered || !sameMissed(sub.Missed, tt.missed) || sub.Head != ids[29] || sub.Seq != 30 {
 				t.Fatalf("subscribed = %+v (missed %v), want recovered %v, missed %v, head %s seq 30",
 					sub, fmtMissed(sub.Missed), tt.recovered, fmtMissed(tt.missed), ids[29])
 			}
-			for i, ev := range c.Events(len(tt.want), wait) {
+			for i, ev := range c.Events(len(tt.want), testutil.Wait) {
 				if ev.ID != tt.want[i] || ev.Seq != uint64(21+i) {
 					t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, tt.want[i], 21+i)
 				}
@@ -200,23 +200,23 @@ func TestMissedIsExact(t *testing.T) {
 func TestSequenceRestartsAfterExpiry(t *testing.T) {
 	b := newTestBus(t)
 	old := b.publishSeen(t, "idle", 5)
-	key := b.keys.Topic(streams.Partition("idle", b.n), "idle")
-	if err := b.rdb.Del(context.Background(), key).Err(); err != nil { // as the key's TTL would
+	key := b.Keys.Topic(streams.Partition("idle", b.N), "idle")
+	if err := b.Redis.Del(context.Background(), key).Err(); err != nil { // as the key's TTL would
 		t.Fatal(err)
 	}
 	ctl := wstest.Dial(t, b.node.url)
 	ctl.Subscribe("idle", "", "")
-	epoch := ctl.Expect("subscribed", wait).Epoch
+	epoch := ctl.Expect("subscribed", testutil.Wait).Epoch
 	now := b.publishSeen(t, "idle", 3)
 	if seqs := b.historySeqs(t, "idle"); fmt.Sprint(seqs) != "[1 2 3]" {
 		t.Fatalf("history seqs after expiry = %v, want [1 2 3]", seqs)
 	}
 	c := wstest.Dial(t, b.node.url)
 	resume(c, "idle", old[1], 2, epoch)
-	if sub := c.Expect("subscribed", wait); sub.Recovered || sub.Missed != nil || sub.Head != now[2] || sub.Seq != 3 {
+	if sub := c.Expect("subscribed", testutil.Wait); sub.Recovered || sub.Missed != nil || sub.Head != now[2] || sub.Seq != 3 {
 		t.Fatalf("subscribed = %+v (missed %v), want not recovered, no missed, head %s seq 3", sub, fmtMissed(sub.Missed), now[2])
 	}
-	for i, ev := range c.Events(3, wait) {
+	for i, ev := range c.Events(3, testutil.Wait) {
 		if ev.ID != now[i] || ev.Seq != uint64(i+1) {
 			t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, now[i], i+1)
 		}
@@ -224,10 +224,10 @@ func TestSequenceRestartsAfterExpiry(t *testing.T) {
 	// A cursor of the new sequence resumes as usual.
 	c = wstest.Dial(t, b.node.url)
 	resume(c, "idle", now[0], 1, epoch)
-	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+	if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered {
 		t.Fatalf("subscribed = %+v, want recovered", sub)
 	}
-	if evs := c.Events(2, wait); evs[0].ID != now[1] || evs[1].ID != now[2] {
+	if evs := c.Events(2, testutil.Wait); evs[0].ID != now[1] || evs[1].ID != now[2] {
 		t.Fatalf("events = %+v, want %v", evs, now[1:])
 	}
 }
@@ -249,8 +249,8 @@ func fmtMissed(m *uint64) string {
 func TestHTTPHistoryResume(t *testing.T) {
 	b := newTestBus(t)
 	ids := b.publishSeen(t, "trimmed", 30)
-	key := b.keys.Topic(streams.Partition("trimmed", b.n), "trimmed")
-	if err := b.rdb.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
+	key := b.Keys.Topic(streams.Partition("trimmed", b.N), "trimmed")
+	if err := b.Redis.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + b.node.addr + "/v1/history?topic="
@@ -329,28 +329,28 @@ func TestResumeAfterHistoryWentBack(t *testing.T) {
 	b := newTestBus(t)
 	ctx := context.Background()
 	ids := b.publishSeen(t, "back", 10)
-	key := b.keys.Topic(streams.Partition("back", b.n), "back")
-	kept, err := b.rdb.XRangeN(ctx, key, "-", "+", 7).Result()
+	key := b.Keys.Topic(streams.Partition("back", b.N), "back")
+	kept, err := b.Redis.XRangeN(ctx, key, "-", "+", 7).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The stream as a replica that never had the last three would hold it.
-	if err := b.rdb.Del(ctx, key).Err(); err != nil {
+	if err := b.Redis.Del(ctx, key).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range kept {
-		if err := b.rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: m.ID, Values: m.Values}).Err(); err != nil {
+		if err := b.Redis.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: m.ID, Values: m.Values}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctl := wstest.Dial(t, b.node.url)
 	ctl.Subscribe("back", "", "")
-	epoch := ctl.Expect("subscribed", wait).Epoch
+	epoch := ctl.Expect("subscribed", testutil.Wait).Epoch
 	var fresh []string
 	for i := range 3 {
-		fresh = append(fresh, b.xadd(t, "back", "new"+strconv.Itoa(i)))
+		fresh = append(fresh, b.XAdd(t, "back", "new"+strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if h := b.historyIDs(t, "back"); h[len(h)-1] != fresh[2] {
 			return fmt.Errorf("history of back does not end at %s yet", fresh[2])
 		}
@@ -359,10 +359,10 @@ func TestResumeAfterHistoryWentBack(t *testing.T) {
 
 	c := wstest.Dial(t, b.node.url)
 	c.Send(map[string]any{"type": "subscribe", "topic": "back", "since": ids[9], "seq": 10, "epoch": epoch})
-	if sub := c.Expect("subscribed", wait); sub.Recovered || sub.Missed != nil || sub.Epoch != epoch {
+	if sub := c.Expect("subscribed", testutil.Wait); sub.Recovered || sub.Missed != nil || sub.Epoch != epoch {
 		t.Fatalf("subscribed = %+v: a cursor on a lost event was trusted, or the epoch %s changed", sub, epoch)
 	}
-	for i, ev := range c.Events(len(fresh), wait) {
+	for i, ev := range c.Events(len(fresh), testutil.Wait) {
 		if ev.ID != fresh[i] || ev.Seq != uint64(8+i) {
 			t.Fatalf("event %d = %s seq %d, want %s seq %d", i, ev.ID, ev.Seq, fresh[i], 8+i)
 		}

@@ -46,6 +46,7 @@ type ServeConfig struct {
 	UpgradeBurst     int
 	HandshakeTimeout time.Duration
 	MaxHandshake     int
+	WorkerIdle       time.Duration
 
 	auth             *auth.Verifier // built by check from the JWT flags; nil without a key
 	MaxMessage       int
@@ -83,6 +84,7 @@ func (c *ServeConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.UpgradeBurst, "upgrade-burst", 200, "WebSocket upgrades admitted at once above the rate")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection that has not finished its handshake by then is cut")
 	fs.IntVar(&c.MaxHandshake, "max-handshake-bytes", 8<<10, "largest handshake request line and headers (bigger: 431)")
+	fs.DurationVar(&c.WorkerIdle, "worker-idle", 10*time.Second, "a WebSocket worker goroutine with no work for this long exits")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client message in bytes (bigger: close 1009)")
 	fs.IntVar(&c.MaxQueue, "max-queue", 1<<20, "bytes queued to one client before it counts as slow (see --slow-consumer)")
 	c.SlowConsumer = slowConsumer(ws.OverflowDrop)
@@ -277,6 +279,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 		PingInterval: c.PingInterval, Logger: logger, MaxConnections: c.MaxConnections,
 		UpgradeRate: c.UpgradeRate, UpgradeBurst: c.UpgradeBurst,
 		HandshakeTimeout: c.HandshakeTimeout, MaxHandshakeBytes: c.MaxHandshake,
+		WorkerIdle: c.WorkerIdle,
 		// Return memory to the system once a burst of upgrades is over:
 		// the buffers and garbage of thousands of handshakes otherwise sit
 		// in the heap's headroom, and an idle node would hold about twice

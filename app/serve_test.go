@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
-	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
 )
 
@@ -52,29 +53,24 @@ func TestServeLeavesNoGoroutine(t *testing.T) {
 	}
 	before := runtime.NumGoroutine()
 	node := startNode(t, testConfig(t, srv, prefix, "--debug-addr", "127.0.0.1:0", "--canary-interval", "100ms"))
-	b := &testBus{srv: srv, rdb: rdb, prefix: prefix, keys: streams.Keys{Prefix: prefix}, node: node}
-	n, err := streams.Partitions(context.Background(), rdb, b.keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.n = n
+	b := &testBus{Bus: bustest.On(t, rdb, prefix), srv: srv, prefix: prefix, node: node}
 	c := wstest.Dial(t, node.url+"?topic=news")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	for i := range 5 {
-		b.xadd(t, "news", strconv.Itoa(i))
+		b.XAdd(t, "news", strconv.Itoa(i))
 	}
-	c.Events(5, wait)
-	redistest.Eventually(t, 10*time.Second, func() error {
+	c.Events(5, testutil.Wait)
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := sumOf(canaryMetric(t, node.addr, "wsbus_canary_received_total")); got == 0 {
 			return fmt.Errorf("the canary received nothing yet")
 		}
 		return nil
 	})
 	node.stop() // drains c with 4002
-	if code := c.CloseCode(wait); code != 4002 {
+	if code := c.CloseCode(testutil.Wait); code != 4002 {
 		t.Fatalf("close code %d, want 4002", code)
 	}
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if now := runtime.NumGoroutine(); now > before {
 			var stacks strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
@@ -87,10 +88,10 @@ func TestStatusJSONShowsTheFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Attach(t).Expect("subscribed", wait)
+	c.Attach(t).Expect("subscribed", testutil.Wait)
 
 	var st statusAnswer
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		code, _, body := getStatus(t, node, "/status.json", bearer("opkey"))
 		st = statusAnswer{}
 		if err := json.Unmarshal(body, &st); code != 200 || err != nil {
@@ -259,8 +260,8 @@ func watchFrames(tb testing.TB, watch func(context.Context, io.Writer) error) []
 			frames = append(frames, f)
 		case err := <-done:
 			tb.Fatalf("watch returned %v after %d frames", err, len(frames))
-		case <-time.After(wait):
-			tb.Fatalf("%d frames within %v, want 2", len(frames), wait)
+		case <-time.After(testutil.Wait):
+			tb.Fatalf("%d frames within %v, want 2", len(frames), testutil.Wait)
 		}
 	}
 	cancel()
@@ -269,8 +270,8 @@ func watchFrames(tb testing.TB, watch func(context.Context, io.Writer) error) []
 		if err != nil {
 			tb.Fatalf("watch returned %v once its context ended, want nil", err)
 		}
-	case <-time.After(wait):
-		tb.Fatalf("watch still running %v after its context ended", wait)
+	case <-time.After(testutil.Wait):
+		tb.Fatalf("watch still running %v after its context ended", testutil.Wait)
 	}
 	return frames
 }

@@ -109,6 +109,8 @@ func TestCursorsExpireWithHistory(t *testing.T) {
 		}
 	}
 	same("after the ack")
+	// The clock moves on, so that a batch refreshing only one of the two
+	// expiries would leave them apart: the passing time is under test.
 	time.Sleep(5 * time.Millisecond)
 	if err := o.apply(ctx, l, msgs[1:], msgs[0].ID); err != nil {
 		t.Fatal(err)

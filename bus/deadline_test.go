@@ -2,12 +2,14 @@ package bus
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -40,7 +42,14 @@ func deadlinePartition(tb testing.TB) (rdb *redis.Client, keys streams.Keys, o *
 	if err != nil || len(res) != 1 || res[0] != 0 {
 		tb.Fatalf("ack = %v, %v", res, err)
 	}
-	time.Sleep(5 * time.Millisecond) // both are due
+	// Both are due once the clock has passed the later deadline.
+	last := rdb.ZRangeWithScores(ctx, keys.Deadlines(0), -1, -1).Val()
+	testutil.Eventually(tb, time.Second, func() error {
+		if now := time.Now().UnixMilli(); now < int64(last[0].Score) {
+			return fmt.Errorf("now %d, the last deadline is %d", now, int64(last[0].Score))
+		}
+		return nil
+	})
 	return rdb, keys, o, l, acked, unacked
 }
 

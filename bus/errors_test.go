@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -113,7 +114,7 @@ func TestClassifyConnectionLost(t *testing.T) {
 		errc <- rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{"s", "$"}, Block: 30 * time.Second}).Err()
 	}()
 	admin := srv.Client(t)
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if list := admin.ClientList(ctx).Val(); !strings.Contains(list, "cmd=xread") {
 			return fmt.Errorf("no client blocked in XREAD: %s", list)
 		}

@@ -13,7 +13,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -21,12 +23,8 @@ import (
 // testBus migrates a bus of n partitions on a redis-server of its own.
 func testBus(tb testing.TB, n int) (*redis.Client, streams.Keys) {
 	tb.Helper()
-	rdb := redistest.Start(tb).Client(tb)
-	keys := streams.Keys{Prefix: "test"}
-	if _, err := migrations.Run(context.Background(), rdb, keys, n); err != nil {
-		tb.Fatal(err)
-	}
-	return rdb, keys
+	b := bustest.Start(tb, n)
+	return b.Redis.(*redis.Client), b.Keys
 }
 
 // testOwner returns an Owner of node on the bus, logging nowhere.
@@ -120,7 +118,7 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 	owner := func(node string) *Owner { return testOwner(t, rdb, keys, 4, node, 10*time.Second) }
 	waiting := func(n int) {
 		t.Helper()
-		redistest.Eventually(t, 5*time.Second, func() error {
+		testutil.Eventually(t, 5*time.Second, func() error {
 			info := rdb.Info(ctx, "clients").Val()
 			if !strings.Contains(info, "blocked_clients:"+strconv.Itoa(n)+"\r\n") {
 				return fmt.Errorf("want %d readers waiting: %s", n, info)
@@ -147,7 +145,7 @@ func TestStaleReaderTakesNothing(t *testing.T) {
 	waiting(2)
 
 	id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(p), Values: []any{"topic", topic, "data", "1"}}).Val()
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		got, err := rdb.XRange(ctx, keys.Topic(p, topic), "-", "+").Result()
 		if err != nil || len(got) != 1 || got[0].ID != id {
 			pending := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: keys.Ingress(p), Group: streams.Group, Start: "-", End: "+", Count: 10}).Val()

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -61,7 +62,7 @@ func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic
 		tb.Fatal(err)
 	}
 	want := streams.MustParseID(id)
-	redistest.Eventually(tb, 10*time.Second, func() error {
+	testutil.Eventually(tb, 10*time.Second, func() error {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		if tp.seen != want {
@@ -119,7 +120,7 @@ func TestSweptTopicWantedAgainBeforeRedisConfirms(t *testing.T) {
 	g.unrefTopic(first)
 	px.Hold("") // Redis's confirmations wait
 	g.sweepIdle(time.Now().Add(2 * topicLinger).UnixNano())
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if n := shardSubscribers(t, direct, g.channel("a")); n != 0 {
 			return fmt.Errorf("channel still has %d subscribers", n)
 		}
@@ -175,7 +176,7 @@ func TestRefTopicDoesNotWaitOnRedis(t *testing.T) {
 	// The acker loads its script at start, on a connection of its own:
 	// only the live channel's dial is held.
 	direct := srv.Client(t)
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if ok, err := direct.ScriptExists(context.Background(), ackScript.Hash()).Result(); err != nil || !ok[0] {
 			return fmt.Errorf("ack script not loaded yet (%v)", err)
 		}
@@ -226,7 +227,7 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 	px.Hold("ssubscribe") // the new connection's handshake passes, its confirmation waits
 	px.Cut()
 	// The new connection is subscribed in Redis; its confirmation waits.
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		ids := pubsubClients(t, direct)
 		if len(ids) != 1 || ids[0] == before[0] || shardSubscribers(t, direct, g.channel("a")) != 1 {
 			return fmt.Errorf("pub/sub connections %v (before %v)", ids, before)
@@ -243,7 +244,7 @@ func TestCatchUpWaitsForItsChannel(t *testing.T) {
 		t.Fatalf("%d catch-ups before Redis confirmed the channel", n)
 	}
 	px.Release()
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		if tp.catching {
@@ -304,7 +305,7 @@ func gatedRedis(srv *redistest.Server) (*redis.Client, *atomic.Bool) {
 // waitTopic waits until cond holds of tp, under its lock.
 func waitTopic(tb testing.TB, tp *topic, what string, cond func(*topic) bool) {
 	tb.Helper()
-	redistest.Eventually(tb, 10*time.Second, func() error {
+	testutil.Eventually(tb, 10*time.Second, func() error {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		if !cond(tp) {
@@ -333,7 +334,7 @@ func TestSweptTopicWantedAgainBeforeReconcile(t *testing.T) {
 		g.sweepIdle(time.Now().Add(2 * topicLinger).UnixNano())
 		close(swept)
 	}()
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if g.topicNamed("a") != nil {
 			return errors.New("not swept yet")
 		}
@@ -341,7 +342,7 @@ func TestSweptTopicWantedAgainBeforeReconcile(t *testing.T) {
 	})
 	got := make(chan *topic, 1)
 	go func() { got <- g.refTopic("a") }() // pokes, waiting for lc.mu
-	redistest.Eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if g.topicNamed("a") == nil {
 			return errors.New("not wanted again yet")
 		}

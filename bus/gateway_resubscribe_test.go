@@ -17,6 +17,7 @@ import (
 
 	"github.com/wsbus/wsbus/bus"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -83,7 +84,7 @@ func TestReplacedConnectionCatchesUpOnlyConfirmedChannels(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the gateway did not close its pub/sub connection after the slot moved")
 	}
-	redistest.Eventually(t, 10*time.Second, func() error { // or the new connection is refused with MOVED
+	testutil.Eventually(t, 10*time.Second, func() error { // or the new connection is refused with MOVED
 		rdb.ReloadState(ctx)
 		node, err := rdb.MasterForKey(ctx, keys.Topic(p, a))
 		if err != nil || node.Options().Addr != dst.Options().Addr {
@@ -96,7 +97,7 @@ func TestReplacedConnectionCatchesUpOnlyConfirmedChannels(t *testing.T) {
 	}
 	cb := wstest.Dial(t, url)
 	cb.Subscribe(b, "", "")
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if n := g.Stats().Topics; n != 2 {
 			return fmt.Errorf("%d topics, want 2", n)
 		}
@@ -126,7 +127,7 @@ func TestReplacedConnectionCatchesUpOnlyConfirmedChannels(t *testing.T) {
 		add(3)
 	}
 	// Event 4 goes once a's channel is subscribed: it comes live.
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		n, err := dst.PubSubShardNumSub(ctx, keys.Live(p, a)).Result()
 		if err != nil || n[keys.Live(p, a)] != 1 {
 			return fmt.Errorf("a's channel not subscribed on %s yet (%v)", dst.Options().Addr, err)

@@ -4,52 +4,50 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
 // TestWaitReady: subscriptions wait for the live channel's confirmation,
 // every waiter is woken by it, a topic never confirmed times out, and a
-// ready topic keeps no channel.
+// ready topic keeps no channel. The clock is synctest's.
 func TestWaitReady(t *testing.T) {
-	g := &Gateway{cfg: GatewayConfig{ReadyTimeout: 100 * time.Millisecond}, ctx: context.Background()}
+	synctest.Test(t, func(t *testing.T) {
+		g := &Gateway{cfg: GatewayConfig{ReadyTimeout: 100 * time.Millisecond}, ctx: context.Background()}
 
-	lost := &topic{name: "never"}
-	start := time.Now()
-	if g.waitReady(lost) {
-		t.Fatal("waitReady = true for a topic never confirmed")
-	}
-	if d := time.Since(start); d < g.cfg.ReadyTimeout {
-		t.Fatalf("gave up after %v, before ReadyTimeout %v", d, g.cfg.ReadyTimeout)
-	}
+		lost := &topic{name: "never"}
+		start := time.Now()
+		if g.waitReady(lost) {
+			t.Fatal("waitReady = true for a topic never confirmed")
+		}
+		if d := time.Since(start); d < g.cfg.ReadyTimeout {
+			t.Fatalf("gave up after %v, before ReadyTimeout %v", d, g.cfg.ReadyTimeout)
+		}
 
-	g.cfg.ReadyTimeout = 10 * time.Second
-	tp := &topic{name: "t"}
-	var wg sync.WaitGroup
-	results := make(chan bool, 3)
-	for range 3 {
-		wg.Go(func() { results <- g.waitReady(tp) })
-	}
-	for {
-		tp.mu.Lock()
-		waiting := tp.waiting != nil
-		tp.mu.Unlock()
-		if waiting {
-			break
+		g.cfg.ReadyTimeout = 10 * time.Second
+		tp := &topic{name: "t"}
+		var wg sync.WaitGroup
+		results := make(chan bool, 3)
+		for range 3 {
+			wg.Go(func() { results <- g.waitReady(tp) })
 		}
-		time.Sleep(time.Millisecond)
-	}
-	tp.markReady()
-	wg.Wait()
-	close(results)
-	for ok := range results {
-		if !ok {
-			t.Fatal("a waiter was not woken by markReady")
+		synctest.Wait() // every waiter is blocked on the topic's channel
+		if tp.waiting == nil {
+			t.Fatal("an unconfirmed topic has no channel to wait on")
 		}
-	}
-	if tp.waiting != nil {
-		t.Fatal("a ready topic still holds its channel")
-	}
-	if !g.waitReady(tp) {
-		t.Fatal("waitReady = false for a ready topic")
-	}
+		tp.markReady()
+		wg.Wait()
+		close(results)
+		for ok := range results {
+			if !ok {
+				t.Fatal("a waiter was not woken by markReady")
+			}
+		}
+		if tp.waiting != nil {
+			t.Fatal("a ready topic still holds its channel")
+		}
+		if !g.waitReady(tp) {
+			t.Fatal("waitReady = false for a ready topic")
+		}
+	})
 }

@@ -7,8 +7,8 @@
 //	p := streams.Partition(topic, n)             // crc32(topic) % n
 //	XADD wsbus:{p}:in * topic <topic> data <payload>
 //
-// In Go:
+// In Go (the package Example runs it):
 //
-//	pub := streams.NewPublisher(rdb, streams.Keys{Prefix: "wsbus"})
+//	pub := streams.NewPublisher(rdb, streams.Keys{Prefix: "wsbus"}, 0)
 //	id, err := pub.Publish(ctx, "user:42", []byte(`{"text":"hi"}`))
 package streams

@@ -81,6 +81,11 @@ type Config struct {
 	// value means 256: enough to hide Redis round trips made from message
 	// handlers on two cores.
 	Workers int
+	// WorkerIdle is how long a worker waits for work before it exits, so
+	// an idle server keeps no goroutine per past burst. Zero value means
+	// 10 s: long enough that a steady trickle reuses its workers instead
+	// of starting one per task.
+	WorkerIdle time.Duration
 	// MaxConnections bounds open WebSocket connections; an upgrade past it
 	// is refused with 503. Zero value means no bound but the process's
 	// file-descriptor limit.
@@ -139,6 +144,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Workers <= 0 {
 		c.Workers = 256
+	}
+	if c.WorkerIdle <= 0 {
+		c.WorkerIdle = 10 * time.Second
 	}
 	if c.UpgradeRate <= 0 {
 		c.UpgradeRate = 2000

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // countingHandler counts the Handler calls of its connections.
@@ -20,19 +23,6 @@ type countingHandler struct {
 
 func (h *countingHandler) Open(*Conn, *Request) { h.opens.Add(1) }
 func (h *countingHandler) Closed(*Conn)         { h.closes.Add(1) }
-
-// eventually polls cond every 5 ms until it holds, failing the test after
-// 5 s with what.
-func eventually(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("after 5s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // drainAsync drains s within timeout on a goroutine; the channel gives
 // Drain's result.
@@ -99,10 +89,20 @@ func TestDrainCutsAnUnfinishedUpgrade(t *testing.T) {
 	done, ctx := drainAsync(s, 50*time.Millisecond)
 	<-ctx.Done()
 	// The drain's deadline cuts every registered connection: this one too.
-	eventually(t, "the drain did not cut the registered connection", func() bool { return s.Len() == 0 })
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := s.Len(); n != 0 {
+			return fmt.Errorf("the drain did not cut the registered connection: %d open", n)
+		}
+		return nil
+	})
 	close(release)
 	awaitDrain(t, done)
-	eventually(t, "the handshake did not end", func() bool { return s.pending.Load() == 0 })
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if s.pending.Load() != 0 {
+			return errors.New("the handshake did not end")
+		}
+		return nil
+	})
 	readToEnd(t, conn)
 	if o, c := h.opens.Load(), h.closes.Load(); o != 0 || c != 0 {
 		t.Fatalf("the Handler saw %d Open and %d Closed of a connection cut before it was opened, want none", o, c)
@@ -118,7 +118,12 @@ func TestUpgradeFinishingAfterDrainIsRefused(t *testing.T) {
 	t.Run("finished during the drain", func(t *testing.T) {
 		s, h, conn := halfUpgraded(t, Config{}, half)
 		done, _ := drainAsync(s, 5*time.Second)
-		eventually(t, "the drain did not begin", s.shuttingDown)
+		testutil.Eventually(t, 5*time.Second, func() error {
+			if !s.shuttingDown() {
+				return errors.New("the drain did not begin")
+			}
+			return nil
+		})
 		if _, err := conn.Write(upgradeRequest[half:]); err != nil {
 			t.Fatal(err)
 		}
@@ -208,6 +213,11 @@ func halfUpgraded(t *testing.T, cfg Config, n int) (*Server, *countingHandler, n
 	if _, err := conn.Write(upgradeRequest[:n]); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the handshake did not start", func() bool { return s.pending.Load() == 1 })
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if s.pending.Load() != 1 {
+			return errors.New("the handshake did not start")
+		}
+		return nil
+	})
 	return s, h, conn
 }

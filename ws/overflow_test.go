@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"syscall"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // overflowHandler records the connections whose queue overflowed.
@@ -338,8 +341,10 @@ func TestQueuedCountsWhatWaits(t *testing.T) {
 		t.Fatalf("Queued() = %d bytes on %d connections with the socket full, want some on 1", b, n)
 	}
 	readNumbers(t, conn, br, sent)
-	eventually(t, "the queue did not empty once the client read everything", func() bool {
-		b, n := s.Queued()
-		return b == 0 && n == 0
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if b, n := s.Queued(); b != 0 || n != 0 {
+			return fmt.Errorf("the queue did not empty once the client read everything: %d bytes on %d connections", b, n)
+		}
+		return nil
 	})
 }

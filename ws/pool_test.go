@@ -1,9 +1,12 @@
 package ws
 
 import (
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -11,25 +14,22 @@ import (
 // tasks: every task runs, none on the scheduling goroutine.
 func TestPoolNeverBlocksOrRunsInline(t *testing.T) {
 	p := newPool(2, 50*time.Millisecond)
+	caller := goroutineID()
 	release := make(chan struct{})
 	var ran atomic.Int64
 	var wg sync.WaitGroup
 	const tasks = 2 + 2*64 + 10 // workers, backlog, overflow
 	for range tasks {
 		wg.Add(1)
-		scheduled := make(chan struct{})
-		inline := true
 		p.schedule(task{fn: func() {
 			defer wg.Done()
-			<-scheduled
-			if inline {
+			if goroutineID() == caller {
 				t.Error("task ran on the caller's goroutine")
+				return // waiting for release here would hang the caller
 			}
 			<-release
 			ran.Add(1)
 		}})
-		inline = false
-		close(scheduled)
 	}
 	close(release)
 	wg.Wait()
@@ -41,22 +41,38 @@ func TestPoolNeverBlocksOrRunsInline(t *testing.T) {
 	}
 }
 
-// TestPoolWorkersExitWhenIdle: an idle pool keeps no goroutine.
+// goroutineID is the calling goroutine's number, from its stack header
+// ("goroutine 18 [running]:").
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, _ := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	return id
+}
+
+// TestPoolWorkersExitWhenIdle: workers wait for work for the idle time,
+// then exit, so an idle pool keeps no goroutine. The clock is synctest's.
 func TestPoolWorkersExitWhenIdle(t *testing.T) {
-	p := newPool(4, 20*time.Millisecond)
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		p.schedule(task{fn: wg.Done})
-	}
-	wg.Wait()
-	deadline := time.Now().Add(2 * time.Second)
-	for len(p.sem) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d workers still running after the idle timeout", len(p.sem))
+	synctest.Test(t, func(t *testing.T) {
+		const idle = 10 * time.Second
+		p := newPool(4, idle)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			p.schedule(task{fn: wg.Done})
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		wg.Wait()
+		time.Sleep(idle - time.Millisecond) // synctest's clock: no real wait
+		synctest.Wait()
+		if len(p.sem) == 0 {
+			t.Fatal("every worker exited before the idle time")
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if n := len(p.sem); n != 0 {
+			t.Fatalf("%d workers still running after the idle time", n)
+		}
+	})
 }
 
 // TestPoolCloseWaitsForItsGoroutines: close makes busy workers finish what

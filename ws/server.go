@@ -67,7 +67,7 @@ func New(cfg Config) (*Server, error) {
 		// error for a client whose queue history fills (SendWait) neither
 		// closes it nor drops its events.
 		bulkRoom: cfg.MaxQueue - cfg.MaxQueue/16,
-		pool:     newPool(cfg.Workers, 10*time.Second),
+		pool:     newPool(cfg.Workers, cfg.WorkerIdle),
 		limiter:  rate.NewLimiter(rate.Limit(cfg.UpgradeRate), cfg.UpgradeBurst),
 		done:     make(chan struct{}),
 		shaking:  make(map[net.Conn]struct{}),

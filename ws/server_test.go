@@ -21,6 +21,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // echoHandler sends every message back and records what it saw.
@@ -322,7 +323,13 @@ func TestSlowConsumer(t *testing.T) {
 	}
 	s, addr := startServer(t, h, Config{MaxQueue: 256 << 10})
 	conn, br := dialRaw(t, addr)
-	time.Sleep(200 * time.Millisecond) // let the queue overflow while we do not read
+	// Read nothing until the queue has overflowed.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := s.Stats().SlowConsumers; n != 1 {
+			return fmt.Errorf("slow consumers = %d, want 1", n)
+		}
+		return nil
+	})
 	for {
 		f := readServerFrame(t, conn, br)
 		if f.Header.OpCode == ws.OpClose {
@@ -344,10 +351,12 @@ func TestShutdownClosesWithCode(t *testing.T) {
 	for i := range conns {
 		conns[i], _ = dialRaw(t, addr)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Len() < len(conns) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := s.Len(); n < len(conns) {
+			return fmt.Errorf("%d of %d connections registered", n, len(conns))
+		}
+		return nil
+	})
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -483,7 +492,7 @@ func TestSendWaitAppliesBackPressure(t *testing.T) {
 	s, addr := startServer(t, h, Config{MaxQueue: 256 << 10})
 	conn, br := dialRaw(t, addr)
 	for i := range frames {
-		time.Sleep(time.Millisecond) // a slow reader
+		time.Sleep(time.Millisecond) // the slow reader under test, not a wait for the server
 		if f := readServerFrame(t, conn, br); f.Header.OpCode != ws.OpText || len(f.Payload) != len(payload) {
 			t.Fatalf("frame %d: %v, %d bytes", i, f.Header.OpCode, len(f.Payload))
 		}
@@ -572,7 +581,7 @@ func TestUnfinishedFrameIsCut(t *testing.T) {
 	whole := text("split across three writes")
 	for _, piece := range [][]byte{whole[:1], whole[1:4], whole[4:]} {
 		_, _ = conn.Write(piece)
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the pieces arrive apart: the pacing under test
 	}
 	if f := readServerFrame(t, conn, br); string(f.Payload) != "split across three writes" {
 		t.Fatalf("echo %q, want the split message", f.Payload)
@@ -610,13 +619,12 @@ func TestStalledWriteIsCut(t *testing.T) {
 			t.Fatalf("Send: %v", err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Len() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("a connection whose client reads nothing is still open after 5s")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if s.Len() > 0 {
+			return errors.New("a connection whose client reads nothing is still open")
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if s.Stats().SlowConsumers != 0 {
 		t.Fatal("cut as a slow consumer, want the write timeout")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // fakeGateway accepts WebSocket connections on a random port and hands
@@ -240,15 +243,12 @@ func TestClientStoresAfterHandling(t *testing.T) {
 			t.Fatal("events not handed over")
 		}
 	}
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(5 * time.Second)
-	for v, _ := store.Get(c.storeKey("t")); !strings.Contains(v, `"3-0"`); v, _ = store.Get(c.storeKey("t")) {
-		if time.Now().After(deadline) {
-			t.Fatalf("store holds %s after both events, want 3-0", v)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if v, _ := store.Get(c.storeKey("t")); !strings.Contains(v, `"3-0"`) {
+			return fmt.Errorf("store holds %s after both events, want 3-0", v)
 		}
-		<-tick.C
-	}
+		return nil
+	})
 }
 
 // TestRunWaitsForItsGoroutines: when Run returns, nothing of the client

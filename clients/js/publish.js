@@ -1,6 +1,6 @@
 // wsbus-client/publish: publish an event from a Node service with the Redis
-// client it already has (node-redis or ioredis), the way DESIGN.md
-// "Publishing" says: XADD <prefix>:{p}:in * topic T data D, p = crc32(T) % N.
+// client it already has (node-redis or ioredis), the way the README's
+// "Publishing from a service" says: XADD <prefix>:{p}:in * topic T data D, p = crc32(T) % N.
 
 let table;
 

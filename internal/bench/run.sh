@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # go tool task bench: a short bench run (about 90 s) against a fresh gateway
-# on its own Redis: CONNS (default 19000, the size of issue 3's targets)
+# on its own Redis: CONNS (default 19000, the size of the benchmark targets)
 # connections on one topic, then the same against the two baselines.
 # GATEWAY_BIN runs another build's gateway under the same bench client.
 # Centrifugo (CENTRIFUGO_BIN, default bin/centrifugo-v6.9.1/centrifugo from

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# go tool task soak: issue 12's soak, on loopback only. A fresh Redis on a
+# go tool task soak: the soak, on loopback only. A fresh Redis on a
 # free port, 2 gateways, CONNS (10000) connections spread over both, RATE
 # (300) events/s over TOPICS (1000) topics, CHURN (20) topic switches/s, for
 # DURATION (30m); every RESTART_EVERY (5m) one gateway, in turn, gets

@@ -49,7 +49,7 @@ type SoakFinal struct {
 	NotReady int    `json:"not_ready"` // connections away, or with a switch unanswered
 }
 
-// Soak client tuning. The redial follows what DESIGN.md asks of clients
+// Soak client tuning. The redial follows what the README asks of clients
 // on 4002: at once, jittered, then exponential backoff with full jitter.
 const (
 	soakRedialJitter = 500 * time.Millisecond // the first redial waits up to this

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -20,7 +21,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	ctx := f.ctx
 	shards := map[string]bool{}
 	for p := range fleetPartitions {
-		node, err := rdb.MasterForKey(ctx, f.pub.keys.Ingress(p))
+		node, err := rdb.MasterForKey(ctx, f.pub.Keys.Ingress(p))
 		if err != nil {
 			t.Fatalf("shard of partition %d: %v", p, err)
 		}
@@ -32,11 +33,11 @@ func TestClusterNodeKilled(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the kill
 
 	f.nodes["b"].kill(t)
 	f.waitTakenOver(before, "b")
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the take-over
 	f.verify(pb.finish(), clients)
 }
 
@@ -57,13 +58,13 @@ func TestClusterMasterFailover(t *testing.T) {
 	ctx := f.ctx
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the failover
 	published := pb.finish()
 	// Every event delivered and in history, and every write so far on a
 	// replica, before a master dies.
 	f.verify(published, clients)
 	for p := range fleetPartitions {
-		node, err := rdb.MasterForKey(ctx, f.pub.keys.Ingress(p))
+		node, err := rdb.MasterForKey(ctx, f.pub.Keys.Ingress(p))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,7 +84,7 @@ func TestClusterMasterFailover(t *testing.T) {
 
 	cl.Masters[1].Kill()
 	promoted := cl.Replicas[1][0].Client(t)
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		role, err := promoted.Do(ctx, "ROLE").Slice()
 		if err != nil || len(role) == 0 || role[0] != "master" {
 			return fmt.Errorf("replica %s not promoted yet: %v %v", cl.Replicas[1][0].Addr, role, err)
@@ -93,7 +94,7 @@ func TestClusterMasterFailover(t *testing.T) {
 	f.waitBalanced(20*time.Second, "a", "b")
 
 	after := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
-	time.Sleep(2 * time.Second)
+	after.more(t, 1000) // load after the failover
 	for topic, ids := range after.finish() {
 		published[topic] = append(published[topic], ids...)
 	}
@@ -113,15 +114,15 @@ func TestClusterSlotMoved(t *testing.T) {
 	ctx := f.ctx
 	clients := f.clients(2)
 	pb := startPublishing(t, f.pub, f.topics, time.Millisecond, true)
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the move
 
-	key := f.pub.keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
+	key := f.pub.Keys.Ingress(streams.Partition(f.topics[0], fleetPartitions))
 	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dst := cl.MoveSlot(t, key)
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		rdb.ReloadState(ctx)
 		node, err := rdb.MasterForKey(ctx, key)
 		if err != nil || node.Options().Addr != dst.Options().Addr {
@@ -129,6 +130,6 @@ func TestClusterSlotMoved(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(2 * time.Second)
+	pb.more(t, 1000) // load after the move
 	f.verify(pb.finish(), clients)
 }

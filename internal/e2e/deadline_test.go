@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -45,18 +46,11 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	ctx := context.Background()
 	add := func(data, deadline string) string {
 		t.Helper()
-		id, err := f.pub.rdb.XAdd(ctx, &redis.XAddArgs{
-			Stream: f.pub.keys.Ingress(streams.Partition(topic, fleetPartitions)),
-			Values: []any{"topic", topic, "data", data, "deadline", deadline},
-		}).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
+		return f.pub.XAddTo(t, streams.Partition(topic, f.pub.N), "topic", topic, "data", data, "deadline", deadline)
 	}
 	escalated := func() []redis.XMessage {
 		t.Helper()
-		msgs, err := f.pub.rdb.XRange(ctx, f.pub.keys.Escalations(), "-", "+").Result()
+		msgs, err := f.pub.Redis.XRange(ctx, f.pub.Keys.Escalations(), "-", "+").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +60,7 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	seen := add("seen", "4000")
 	late := add("late", "4000")
 
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if e := escalated(); len(e) != 1 || e[0].Values["id"] != early {
 			return fmt.Errorf("escalations %v, want the early event", e)
 		}
@@ -75,11 +69,11 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	// ann, on the other node, sees the second event (a cursor there covers
 	// the early one too, which is why it is acknowledged only now).
 	c := wstest.Dial(t, f.nodes["b"].url+"?user=ann&topic="+topic+"&since=0")
-	c.Expect("subscribed", wait)
-	c.Events(3, wait)
+	c.Expect("subscribed", testutil.Wait)
+	c.Events(3, testutil.Wait)
 	c.Send(map[string]string{"type": "ack", "topic": topic, "id": seen})
-	redistest.Eventually(t, wait, func() error {
-		v, _ := f.pub.rdb.HGet(ctx, f.pub.keys.Acked(streams.Partition(topic, fleetPartitions), topic), "max").Result()
+	testutil.Eventually(t, testutil.Wait, func() error {
+		v, _ := f.pub.Redis.HGet(ctx, f.pub.Keys.Acked(streams.Partition(topic, fleetPartitions), topic), "max").Result()
 		if v != seen {
 			return fmt.Errorf("highest acknowledged %q, want %s", v, seen)
 		}
@@ -87,21 +81,21 @@ func deadlineOwnerKilled(t *testing.T, f *fleet) {
 	})
 	// Another device of ann resumes from the cursor.
 	d := wstest.Dial(t, f.nodes["b"].url+"?user=ann&topic="+topic+"&since=acked")
-	if sub := d.Expect("subscribed", wait); sub.Acked != seen || sub.Unread == nil || *sub.Unread != 1 {
+	if sub := d.Expect("subscribed", testutil.Wait); sub.Acked != seen || sub.Unread == nil || *sub.Unread != 1 {
 		t.Fatalf("subscribed = %+v, want acked %s, unread 1", sub, seen)
 	}
-	if ev := d.Events(1, wait)[0]; ev.ID != late {
+	if ev := d.Events(1, testutil.Wait)[0]; ev.ID != late {
 		t.Fatalf("resumed from the cursor with %s, want %s", ev.ID, late)
 	}
 	f.nodes["a"].kill(t)
 	f.waitTakenOver(owners, "a")
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if e := escalated(); len(e) < 2 {
 			return fmt.Errorf("escalations %v, want the late event too", e)
 		}
 		return nil
 	})
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // under test: nothing more comes
 	e := escalated()
 	if len(e) != 2 || e[0].Values["id"] != early || e[1].Values["id"] != late || e[1].Values["data"] != "late" || e[1].Values["seq"] != "3" {
 		t.Fatalf("escalations = %v, want early (%s) and late (%s, seq 3) once each", e, early, late)

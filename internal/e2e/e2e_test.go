@@ -21,20 +21,16 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	wsbusclient "github.com/wsbus/wsbus/clients/js"
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
 
-const wait = 10 * time.Second
-
 // publisher XADDs the way any service does: hash the topic, add to the
 // partition's ingress.
-type publisher struct {
-	rdb  redis.UniversalClient
-	keys streams.Keys
-	n    int
-}
+type publisher struct{ *bustest.Bus }
 
 func newPublisher(tb testing.TB, srv *redistest.Server, prefix string) *publisher {
 	tb.Helper()
@@ -45,25 +41,7 @@ func newPublisher(tb testing.TB, srv *redistest.Server, prefix string) *publishe
 // cluster's.
 func publisherOn(tb testing.TB, rdb redis.UniversalClient, prefix string) *publisher {
 	tb.Helper()
-	p := &publisher{rdb: rdb, keys: streams.Keys{Prefix: prefix}}
-	n, err := streams.Partitions(context.Background(), p.rdb, p.keys)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p.n = n
-	return p
-}
-
-func (p *publisher) xadd(tb testing.TB, topic, data string) string {
-	tb.Helper()
-	id, err := p.rdb.XAdd(context.Background(), &redis.XAddArgs{
-		Stream: p.keys.Ingress(streams.Partition(topic, p.n)),
-		Values: []any{"topic", topic, "data", data},
-	}).Result()
-	if err != nil {
-		tb.Fatalf("XADD: %v", err)
-	}
-	return id
+	return &publisher{bustest.On(tb, rdb, prefix)}
 }
 
 // TestNodeClientResume drives the binary with Node's ws package: subscribe,
@@ -106,7 +84,7 @@ func TestNodeClientResume(t *testing.T) {
 				t.Fatalf("node client: %s", l)
 			}
 			return l
-		case <-time.After(wait):
+		case <-time.After(testutil.Wait):
 			t.Fatal("node client said nothing within the timeout")
 		}
 		return ""
@@ -122,7 +100,7 @@ func TestNodeClientResume(t *testing.T) {
 		t.Fatalf("node client printed %q, want SUBSCRIBED", l)
 	}
 	for i := range 3 {
-		id := pub.xadd(t, "room:1", fmt.Sprintf(`{"n":%d}`, i))
+		id := pub.XAdd(t, "room:1", fmt.Sprintf(`{"n":%d}`, i))
 		expectEvent(id, fmt.Sprintf(`{"n":%d}`, i))
 	}
 	if l := next(); !strings.HasPrefix(l, "AWAY ") {
@@ -130,7 +108,7 @@ func TestNodeClientResume(t *testing.T) {
 	}
 	var missed []string
 	for i := 3; i < 8; i++ {
-		missed = append(missed, pub.xadd(t, "room:1", fmt.Sprintf("text %d", i)))
+		missed = append(missed, pub.XAdd(t, "room:1", fmt.Sprintf("text %d", i)))
 	}
 	fmt.Fprintln(stdin, "GO")
 	if l := next(); l != "SUBSCRIBED true" {
@@ -140,7 +118,7 @@ func TestNodeClientResume(t *testing.T) {
 		expectEvent(id, fmt.Sprintf(`"text %d"`, i+3))
 	}
 	for i := 8; i < 10; i++ {
-		id := pub.xadd(t, "room:1", strconv.Itoa(i))
+		id := pub.XAdd(t, "room:1", strconv.Itoa(i))
 		expectEvent(id, strconv.Itoa(i))
 	}
 	if err := cmd.Wait(); err != nil {
@@ -158,14 +136,14 @@ func TestRedisCLIQuickStart(t *testing.T) {
 	srv := redistest.Start(t)
 	g := startGateway(t, srv.URL(), "wsbus")
 	c := wstest.Dial(t, g.url+"?topic=demo")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	host, port, _ := strings.Cut(srv.Addr, ":")
 	p := streams.Partition("demo", 64)
 	out, err := exec.Command(cli, "-h", host, "-p", port, "XADD", fmt.Sprintf("wsbus:{%d}:in", p), "*", "topic", "demo", "data", `{"text":"hi"}`).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli: %v: %s", err, out)
 	}
-	ev := c.Events(1, wait)[0]
+	ev := c.Events(1, testutil.Wait)[0]
 	if ev.ID != strings.TrimSpace(string(out)) || string(ev.Data) != `{"text":"hi"}` {
 		t.Fatalf("event = %+v, want id %s", ev, out)
 	}
@@ -202,18 +180,18 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 	clients := make(map[string]*wstest.Client)
 	for _, topic := range topics {
 		clients[topic] = wstest.Dial(t, first.url+"?topic="+topic+"&since=0")
-		clients[topic].Expect("subscribed", wait)
+		clients[topic].Expect("subscribed", testutil.Wait)
 	}
 
 	pb := startPublishing(t, pub, topics, 500*time.Microsecond, false)
 
 	// Read what arrives before the kill, as a client would.
 	got := make(map[string][]string)
-	time.Sleep(300 * time.Millisecond)
+	pb.more(t, 300) // load before the kill
 	first.kill(t)
 	for _, topic := range topics {
 		for {
-			m, err := clients[topic].TryNext(wait)
+			m, err := clients[topic].TryNext(testutil.Wait)
 			if err != nil {
 				break // the connection died with the node
 			}
@@ -222,9 +200,9 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 500) // events pile up with no owner
 	second := startGateway(t, srv.URL(), prefix, "--node-id", "second", "--lease-ttl", "1s")
-	time.Sleep(300 * time.Millisecond)
+	pb.more(t, 300) // load after the new owner started
 	published := pb.finish()
 
 	for _, topic := range topics {
@@ -234,17 +212,17 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 			since = got[topic][n-1]
 		}
 		c := wstest.Dial(t, second.url+"?topic="+topic+"&since="+since)
-		if sub := c.Expect("subscribed", wait); !sub.Recovered {
+		if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered {
 			t.Fatalf("%s: resumed with recovered=false", topic)
 		}
-		for _, ev := range c.Events(len(want)-len(got[topic]), wait) {
+		for _, ev := range c.Events(len(want)-len(got[topic]), testutil.Wait) {
 			got[topic] = append(got[topic], ev.ID)
 		}
 		c.ExpectQuiet(100 * time.Millisecond)
 		if !slices.Equal(got[topic], want) {
 			t.Fatalf("%s: client has %d events, want the %d published, once each and in order", topic, len(got[topic]), len(want))
 		}
-		msgs, err := pub.rdb.XRange(context.Background(), pub.keys.Topic(streams.Partition(topic, pub.n), topic), "-", "+").Result()
+		msgs, err := pub.Redis.XRange(context.Background(), pub.Keys.Topic(streams.Partition(topic, pub.N), topic), "-", "+").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,12 +254,12 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	const conns = 2000
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	g := startGateway(t, srv.URL(), prefix)
+	g := startGateway(t, srv.URL(), prefix, idleArgs...)
 	// Warm up: one subscribed connection creates the worker pool, the
 	// pub/sub connections and the HTTP server's goroutines.
 	warm := wstest.Dial(t, g.url+"?topic=shared")
-	warm.Expect("subscribed", wait)
-	time.Sleep(12 * time.Second) // let idle workers exit
+	warm.Expect("subscribed", testutil.Wait)
+	g.atRest(t)
 	baseG, baseFD := goroutines(t, g), openFDs(t, g.pid())
 
 	clients := make([]*wstest.Client, conns)
@@ -291,9 +269,9 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 			topic = "own:" + strconv.Itoa(i%64) // spread over partitions
 		}
 		clients[i] = wstest.Dial(t, g.url+"?topic="+topic)
-		clients[i].Expect("subscribed", wait)
+		clients[i].Expect("subscribed", testutil.Wait)
 	}
-	time.Sleep(12 * time.Second) // every worker that served them is idle and gone
+	g.atRest(t) // every worker that served them is idle and gone
 	nowG, nowFD := goroutines(t, g), openFDs(t, g.pid())
 	t.Logf("goroutines %d -> %d, fds %d -> %d with %d idle connections", baseG, nowG, baseFD, nowFD, conns)
 	if nowG-baseG > 40 {
@@ -308,7 +286,7 @@ func TestIdleConnectionsCostNoGoroutine(t *testing.T) {
 	for _, c := range clients {
 		_ = c.Conn.Close()
 	}
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if fd := openFDs(t, g.pid()); fd > baseFD+64 {
 			return fmt.Errorf("%d fds open after the clients left, baseline %d", fd, baseFD)
 		}
@@ -362,7 +340,7 @@ func TestTailResumesAcrossRestart(t *testing.T) {
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if !strings.Contains(logs.String(), "# subscribed alerts") {
 			return fmt.Errorf("tail has not subscribed; it said %q", logs.String())
 		}
@@ -370,9 +348,9 @@ func TestTailResumesAcrossRestart(t *testing.T) {
 	})
 	var ids []string
 	for i := range 3 {
-		ids = append(ids, pub.xadd(t, "alerts", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "alerts", strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if strings.Count(out.String(), "\n") < 3 {
 			return fmt.Errorf("tail printed %q", out.String())
 		}
@@ -380,7 +358,7 @@ func TestTailResumesAcrossRestart(t *testing.T) {
 	})
 	g.kill(t)
 	for i := 3; i < 6; i++ {
-		ids = append(ids, pub.xadd(t, "alerts", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "alerts", strconv.Itoa(i)))
 	}
 	startGateway(t, srv.URL(), prefix, "--listen", listen, "--node-id", "b", "--lease-ttl", "1s")
 	if err := tail.Wait(); err != nil {
@@ -424,26 +402,26 @@ func TestSIGTERMDrains(t *testing.T) {
 	g := startGateway(t, srv.URL(), prefix, "--lease-ttl", "30s")
 	pub := newPublisher(t, srv, prefix)
 	c := wstest.Dial(t, g.url+"?topic=bye")
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	owners := func() int {
 		n := 0
-		for p := range pub.n {
-			if pub.rdb.Exists(context.Background(), pub.keys.Owner(p)).Val() == 1 {
+		for p := range pub.N {
+			if pub.Redis.Exists(context.Background(), pub.Keys.Owner(p)).Val() == 1 {
 				n++
 			}
 		}
 		return n
 	}
-	redistest.Eventually(t, wait, func() error {
-		if n := owners(); n != pub.n {
-			return fmt.Errorf("%d of %d partitions have an owner", n, pub.n)
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if n := owners(); n != pub.N {
+			return fmt.Errorf("%d of %d partitions have an owner", n, pub.N)
 		}
 		return nil
 	})
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if code := c.CloseCode(wait); code != 4002 {
+	if code := c.CloseCode(testutil.Wait); code != 4002 {
 		t.Fatalf("close code %d, want 4002", code)
 	}
 	if err := g.cmd.Wait(); err != nil {
@@ -470,38 +448,38 @@ func TestRedisGoesBackInTime(t *testing.T) {
 	ctx := context.Background()
 
 	live := wstest.Dial(t, g.url+"?topic=room")
-	epoch := live.Expect("subscribed", wait).Epoch
-	kept := pub.xadd(t, "room", "1")
-	if m := live.Events(1, wait)[0]; m.ID != kept {
+	epoch := live.Expect("subscribed", testutil.Wait).Epoch
+	kept := pub.XAdd(t, "room", "1")
+	if m := live.Events(1, testutil.Wait)[0]; m.ID != kept {
 		t.Fatalf("event %s, want %s", m.ID, kept)
 	}
 	if err := rdb.Save(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	lost := pub.xadd(t, "room", "2")
-	if m := live.Events(1, wait)[0]; m.ID != lost {
+	lost := pub.XAdd(t, "room", "2")
+	if m := live.Events(1, testutil.Wait)[0]; m.ID != lost {
 		t.Fatalf("event %s, want %s", m.ID, lost)
 	}
 	time.Sleep(5 * time.Millisecond) // the next ID above the lost one, as after a real failover
 	if err := rdb.Do(ctx, "DEBUG", "RELOAD", "NOSAVE").Err(); err != nil {
 		t.Fatal(err)
 	}
-	after := pub.xadd(t, "room", "3")
+	after := pub.XAdd(t, "room", "3")
 	// Event 3 took the lost event's seq under a new epoch: the live
 	// subscriber is not handed it as if it followed 2, it is closed to
 	// resume.
-	if code := live.CloseCode(wait); code != 4001 {
+	if code := live.CloseCode(testutil.Wait); code != 4001 {
 		t.Fatalf("live subscriber closed with %d after Redis lost event 2, want 4001", code)
 	}
 
 	back := wstest.Dial(t, g.url)
 	back.Subscribe("room", kept, epoch)
-	sub := back.Expect("subscribed", wait)
+	sub := back.Expect("subscribed", testutil.Wait)
 	if sub.Recovered || sub.Epoch == epoch || sub.Epoch == "" {
 		t.Fatalf("resume from %s after the loss: recovered %v, epoch %q (was %q); want recovered:false and a new epoch", kept, sub.Recovered, sub.Epoch, epoch)
 	}
 	var ids []string
-	for _, m := range back.Events(2, wait) {
+	for _, m := range back.Events(2, testutil.Wait) {
 		ids = append(ids, m.ID)
 	}
 	if !slices.Equal(ids, []string{kept, after}) {

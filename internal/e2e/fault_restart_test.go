@@ -14,7 +14,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
+	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -56,6 +58,7 @@ func startTolerantPublishing(tb testing.TB, addr string, keys streams.Keys, part
 // failover client that follows Sentinel to whichever is master.
 func publishTolerantly(rdb redis.UniversalClient, keys streams.Keys, partitions int, topics []string) *tolerantPublishing {
 	pb := &tolerantPublishing{stop: make(chan struct{}), done: make(chan struct{})}
+	bus := &bustest.Bus{Redis: rdb, Keys: keys, N: partitions}
 	go func() {
 		defer close(pb.done)
 		for i := 0; ; i++ {
@@ -66,10 +69,7 @@ func publishTolerantly(rdb redis.UniversalClient, keys streams.Keys, partitions 
 			}
 			topic := topics[i%len(topics)]
 			s := sent{topic: topic, data: strconv.Itoa(i), phase: pb.phase.Load()}
-			s.id, s.err = rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: keys.Ingress(streams.Partition(topic, partitions)),
-				Values: []any{"topic", topic, "data", s.data},
-			}).Result()
+			s.id, s.err = bus.Add(context.Background(), topic, s.data)
 			s.at = time.Now()
 			pb.mu.Lock()
 			pb.sent = append(pb.sent, s)
@@ -102,7 +102,7 @@ func (f *fleet) ingress() map[string][]entry {
 	f.tb.Helper()
 	out := map[string][]entry{}
 	for p := range fleetPartitions {
-		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Ingress(p), "-", "+").Result()
+		msgs, err := f.pub.Redis.XRange(context.Background(), f.pub.Keys.Ingress(p), "-", "+").Result()
 		if err != nil {
 			f.tb.Fatalf("reading the ingress of partition %d: %v", p, err)
 		}
@@ -120,7 +120,7 @@ func (f *fleet) epochs() []string {
 	f.tb.Helper()
 	out := make([]string, fleetPartitions)
 	for p := range out {
-		v, err := f.pub.rdb.HGet(context.Background(), f.pub.keys.PartitionMeta(p), "epoch").Result()
+		v, err := f.pub.Redis.HGet(context.Background(), f.pub.Keys.PartitionMeta(p), "epoch").Result()
 		if err != nil {
 			f.tb.Fatalf("reading the epoch of partition %d: %v", p, err)
 		}
@@ -187,7 +187,7 @@ func TestFaultRedisRestartWithAOF(t *testing.T) {
 	fb := newFaultBus(t, srv, false)
 	fb.startClients()
 	epochs := fb.epochs()
-	pb := startTolerantPublishing(t, srv.Addr, fb.pub.keys, fleetPartitions, fb.topics)
+	pb := startTolerantPublishing(t, srv.Addr, fb.pub.Keys, fleetPartitions, fb.topics)
 	time.Sleep(time.Second) // load before the restart
 	down := time.Now()
 	srv.Shutdown(t)
@@ -221,7 +221,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 	for i := range 4 {
 		subs = append(subs, newGoSubscriber(t, fb.fleet, i))
 	}
-	pb := startTolerantPublishing(t, srv.Addr, fb.pub.keys, fleetPartitions, fb.topics)
+	pb := startTolerantPublishing(t, srv.Addr, fb.pub.Keys, fleetPartitions, fb.topics)
 	time.Sleep(time.Second) // load before the restart
 	oldEpochs := fb.epochs()
 	gateways := []*gateway{fb.nodes["a"], fb.nodes["b"]}
@@ -247,7 +247,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 	for _, s := range subs {
 		s.drop()
 	}
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load while they resume
 	all := pb.finish()
 
 	newEpochs := fb.epochs()
@@ -303,7 +303,7 @@ func TestFaultRedisRestartWithoutPersistence(t *testing.T) {
 func (f *fleet) checkHistory(want map[string][]string) {
 	f.tb.Helper()
 	for _, t := range f.topics {
-		msgs, err := f.pub.rdb.XRange(context.Background(), f.pub.keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
+		msgs, err := f.pub.Redis.XRange(context.Background(), f.pub.Keys.Topic(streams.Partition(t, fleetPartitions), t), "-", "+").Result()
 		if err != nil {
 			f.tb.Fatal(err)
 		}
@@ -342,7 +342,7 @@ func (s *goSubscriber) verifyLoss(tb testing.TB, i int, topics []string, before,
 		}
 		return out
 	}
-	redistest.Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, t := range topics {
 			if n := len(sinceLastGap(t)); n < len(after[t]) {
 				return fmt.Errorf("Go client %d has %d of the %d events of %s since the restart", i, n, len(after[t]), t)

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -84,7 +85,7 @@ func (sb *sentinelBus) failoverClient(maxRetries int) *redis.Client {
 // publish starts publishing over every partition through a failover
 // client of its own that never sends an XADD twice.
 func (sb *sentinelBus) publish() *tolerantPublishing {
-	return publishTolerantly(sb.failoverClient(-1), sb.pub.keys, fleetPartitions, sb.topics)
+	return publishTolerantly(sb.failoverClient(-1), sb.pub.Keys, fleetPartitions, sb.topics)
 }
 
 // awaitWrites waits until an XADD that pb sent in phase 2 or later, and
@@ -94,7 +95,7 @@ func (sb *sentinelBus) awaitWrites(pb *tolerantPublishing, master string) int {
 	sb.tb.Helper()
 	c := sb.st.Server(master).Client(sb.tb)
 	from, at := 0, -1
-	redistest.Eventually(sb.tb, 20*time.Second, func() error {
+	testutil.Eventually(sb.tb, 20*time.Second, func() error {
 		pb.mu.Lock()
 		sends := pb.sent[from:]
 		pb.mu.Unlock()
@@ -102,7 +103,7 @@ func (sb *sentinelBus) awaitWrites(pb *tolerantPublishing, master string) int {
 			if s.phase < 2 || s.err != nil {
 				continue
 			}
-			n, err := c.XRange(context.Background(), sb.pub.keys.Ingress(streams.Partition(s.topic, fleetPartitions)), s.id, s.id).Result()
+			n, err := c.XRange(context.Background(), sb.pub.Keys.Ingress(streams.Partition(s.topic, fleetPartitions)), s.id, s.id).Result()
 			if err != nil {
 				return fmt.Errorf("reading the new master %s: %w", master, err)
 			}
@@ -257,7 +258,7 @@ func (sb *sentinelBus) check(fo *failover) (handedLost int) {
 // master lost.
 func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo *failover) (handedLost int) {
 	tb.Helper()
-	err := poll(30*time.Second, func() error {
+	err := testutil.Poll(30*time.Second, func() error {
 		for _, t := range topics {
 			es := s.events(t)
 			if n := len(fo.kept[t]); n > 0 && (len(es) == 0 || es[len(es)-1].ID != fo.kept[t][n-1]) {
@@ -270,7 +271,7 @@ func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo 
 		return nil
 	})
 	if err != nil {
-		tb.Errorf("after 30s: %v", err)
+		tb.Error(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -292,19 +293,6 @@ func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo 
 		tb.Errorf("Go client %d: problems on %d of %d topics: %v", i, len(failed), len(topics), failed)
 	}
 	return handedLost
-}
-
-// poll calls fn every 10 ms until it returns nil or timeout passes, and
-// returns its last error.
-func poll(timeout time.Duration, fn func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // checkFailover checks the client's log of topic t against fo:
@@ -400,7 +388,7 @@ func around(rs []record, j int) []record { return rs[max(0, j-3):min(len(rs), j+
 // (the Go clients check the rest).
 func (r *resumer) verifyFailover(tb testing.TB, i int, topics []string, fo *failover) {
 	tb.Helper()
-	err := poll(30*time.Second, func() error {
+	err := testutil.Poll(30*time.Second, func() error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, t := range topics {
@@ -411,7 +399,7 @@ func (r *resumer) verifyFailover(tb testing.TB, i int, topics []string, fo *fail
 		return nil
 	})
 	if err != nil {
-		tb.Errorf("after 30s: %v", err)
+		tb.Error(err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -476,9 +464,9 @@ func TestFaultSentinelFailover(t *testing.T) {
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the failover began", time.Since(begun).Round(10*time.Millisecond))
 	sb.waitBalanced(20*time.Second, "a", "b")
-	time.Sleep(2 * time.Second) // load after the failover
-	sb.dropClients()            // every client resumes against the new master's data
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second)        // load after the failover
+	sb.dropClients()                   // every client resumes against the new master's data
+	time.Sleep(500 * time.Millisecond) // load while they resume
 	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
 	sb.check(fo)
 }
@@ -524,9 +512,9 @@ func TestFaultSentinelMasterKilled(t *testing.T) {
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the crash", time.Since(begun).Round(10*time.Millisecond))
 	sb.waitBalanced(20*time.Second, "a", "b")
-	time.Sleep(2 * time.Second) // load after the failover
-	sb.dropClients()            // every client resumes against the new master's data
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second)        // load after the failover
+	sb.dropClients()                   // every client resumes against the new master's data
+	time.Sleep(500 * time.Millisecond) // load while they resume
 	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
 	if sb.check(fo) == 0 {
 		t.Errorf("no client had been handed an event that the crash lost: the test did not test the loss")

@@ -13,6 +13,7 @@ import (
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // The fault tests break what lies between the gateways and Redis while
@@ -292,7 +293,7 @@ func (s *goSubscriber) count() int {
 // error.
 func (s *goSubscriber) verify(tb testing.TB, i int, topics []string, published map[string][]string) {
 	tb.Helper()
-	redistest.Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, t := range topics {
 			if n := len(s.events(t)); n < len(published[t]) {
 				s.mu.Lock()
@@ -361,9 +362,9 @@ func underToxic(t *testing.T, typ string, attributes map[string]int, what string
 	pb := fb.publish()
 	time.Sleep(time.Second) // load before the fault
 	fb.toxic(typ, attributes)
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // the fault lasts 4 s: clients dropped half-way
 	fb.dropClients()
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // the rest of the fault, which the resumes run under
 	fb.behind(pb, what)
 	fb.removeToxic(typ)
 	time.Sleep(time.Second) // load after the fault
@@ -383,19 +384,19 @@ func TestFaultStall(t *testing.T) {
 	fb := newFaultBus(t, redistest.Start(t), true)
 	fb.startClients()
 	pb := fb.publish()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load before the fault
 	for _, p := range fb.proxies {
 		p.toxic("timeout", "downstream", map[string]int{"timeout": 0})
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // the clients resume early in the stall
 	fb.dropClients()
-	time.Sleep(5500 * time.Millisecond)
+	time.Sleep(5500 * time.Millisecond) // the stall lasts 6 s in all, three lease TTLs
 	fb.behind(pb, "after a stall of 6 s")
 	for _, p := range fb.proxies {
 		p.remove("timeout", "downstream")
 	}
 	fb.waitBalanced(15*time.Second, "a", "b")
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load after the fault
 	fb.verify(pb.finish())
 }
 
@@ -409,17 +410,17 @@ func TestFaultCutPastLease(t *testing.T) {
 	fb.startClients()
 	before := fb.owners()
 	pb := fb.publish()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load before the fault
 	cut := time.Now()
 	fb.proxies["a"].enable(false)
 	fb.waitTakenOver(before, "a")
 	t.Logf("b took a's partitions %v after the cut (lease TTL %v)", time.Since(cut).Round(10*time.Millisecond), fleetTTL)
 	fb.dropClients()
-	time.Sleep(time.Until(cut.Add(2 * fleetTTL)))
+	time.Sleep(time.Until(cut.Add(2 * fleetTTL))) // the cut lasts twice the lease TTL
 	fb.behind(pb, "after a cut of twice the lease TTL")
 	fb.proxies["a"].enable(true)
 	fb.waitBalanced(15*time.Second, "a", "b")
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // load after the fault
 	fb.verify(pb.finish())
 }
 

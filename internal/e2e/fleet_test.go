@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -109,7 +110,7 @@ func (f *fleet) urls() []string {
 func (f *fleet) owners() []string {
 	out := make([]string, fleetPartitions)
 	for p := range out {
-		v, err := f.pub.rdb.Get(context.Background(), f.pub.keys.Owner(p)).Result()
+		v, err := f.pub.Redis.Get(context.Background(), f.pub.Keys.Owner(p)).Result()
 		if i := strings.LastIndexByte(v, ' '); err == nil && i > 0 {
 			out[p] = v[:i]
 		}
@@ -122,7 +123,7 @@ func (f *fleet) owners() []string {
 func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
 	f.tb.Helper()
 	var owners []string
-	redistest.Eventually(f.tb, timeout, func() error {
+	testutil.Eventually(f.tb, timeout, func() error {
 		owners = f.owners()
 		count := map[string]int{}
 		for _, o := range owners {
@@ -144,7 +145,7 @@ func (f *fleet) waitBalanced(timeout time.Duration, names ...string) []string {
 // held in before.
 func (f *fleet) waitTakenOver(before []string, gone string) {
 	f.tb.Helper()
-	redistest.Eventually(f.tb, 3*fleetTTL, func() error {
+	testutil.Eventually(f.tb, 3*fleetTTL, func() error {
 		for p, o := range f.owners() {
 			if before[p] == gone && (o == "" || o == gone) {
 				return fmt.Errorf("partition %d not taken over yet", p)
@@ -159,6 +160,7 @@ type publishing struct {
 	stop, done chan struct{}
 	mu         sync.Mutex
 	ids        map[string][]string
+	n          int // events published, of every topic
 }
 
 func (f *fleet) publish() *publishing {
@@ -180,13 +182,10 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			default:
 			}
 			topic := topics[i%len(topics)]
-			id, err := pub.rdb.XAdd(context.Background(), &redis.XAddArgs{
-				Stream: pub.keys.Ingress(streams.Partition(topic, pub.n)),
-				Values: []any{"topic", topic, "data", strconv.Itoa(i)},
-			}).Result()
+			id, err := pub.Add(context.Background(), topic, strconv.Itoa(i))
 			if err != nil && retry {
 				i--
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // a pause before the retry, not a wait
 				continue
 			}
 			if err != nil {
@@ -195,11 +194,30 @@ func startPublishing(tb testing.TB, pub *publisher, topics []string, interval ti
 			}
 			pb.mu.Lock()
 			pb.ids[topic] = append(pb.ids[topic], id)
+			pb.n++
 			pb.mu.Unlock()
-			time.Sleep(interval)
+			time.Sleep(interval) // the publishing rate
 		}
 	}()
 	return pb
+}
+
+// more waits until n more events have been published: the load a test
+// runs under before, during or after a fault, counted rather than timed,
+// so a slow machine runs the same test.
+func (pb *publishing) more(tb testing.TB, n int) {
+	tb.Helper()
+	pb.mu.Lock()
+	from := pb.n
+	pb.mu.Unlock()
+	testutil.Eventually(tb, testutil.Wait, func() error {
+		pb.mu.Lock()
+		defer pb.mu.Unlock()
+		if pb.n < from+n {
+			return fmt.Errorf("%d of %d more events published", pb.n-from, n)
+		}
+		return nil
+	})
 }
 
 func (pb *publishing) finish() map[string][]string {
@@ -248,7 +266,7 @@ func (r *resumer) run(ctx context.Context) {
 		r.next++
 		c, err := wstest.TryDial(url)
 		if err != nil {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // a pause before dialling again, as a client does
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { _ = c.Conn.Close() })
@@ -350,7 +368,7 @@ func (r *resumer) session(c *wstest.Client) {
 func (f *fleet) verify(published map[string][]string, clients []*resumer) {
 	f.tb.Helper()
 	for i, r := range clients {
-		redistest.Eventually(f.tb, 30*time.Second, func() error {
+		testutil.Eventually(f.tb, 30*time.Second, func() error {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			for _, t := range f.topics {
@@ -392,7 +410,7 @@ func TestFleetNodeKilled(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b", "c")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the kill
 
 	killed := time.Now()
 	f.nodes["b"].kill(t)
@@ -402,7 +420,7 @@ func TestFleetNodeKilled(t *testing.T) {
 	if took > fleetTTL+time.Second {
 		t.Errorf("take-over took %v, want at most the lease TTL %v plus 1s", took, fleetTTL)
 	}
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the take-over
 	f.verify(pb.finish(), clients)
 	f.waitBalanced(10*time.Second, "a", "c")
 }
@@ -412,13 +430,13 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 	f.waitBalanced(10*time.Second, "a", "b", "c")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load before the pause
 	b := f.nodes["b"]
 	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	// Its leases run out and the others take its partitions.
-	redistest.Eventually(t, 3*fleetTTL, func() error {
+	testutil.Eventually(t, 3*fleetTTL, func() error {
 		for p, o := range f.owners() {
 			if o == "b" || o == "" {
 				return fmt.Errorf("partition %d still held by %q", p, o)
@@ -426,12 +444,12 @@ func TestFleetNodePausedPastItsLease(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load while b, paused, has lost its partitions
 	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	f.waitBalanced(15*time.Second, "a", "b", "c")
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load after b is back
 	f.verify(pb.finish(), clients)
 }
 
@@ -440,7 +458,7 @@ func TestFleetNodeAdded(t *testing.T) {
 	before := f.waitBalanced(10*time.Second, "a", "b")
 	clients := f.clients(2)
 	pb := f.publish()
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load before the join
 	f.start("c")
 	after := f.waitBalanced(15*time.Second, "a", "b", "c")
 	moved, toC := 0, 0
@@ -458,7 +476,7 @@ func TestFleetNodeAdded(t *testing.T) {
 	}
 	// Clients on the new node too.
 	clients = append(clients, f.clients(1)...)
-	time.Sleep(time.Second)
+	pb.more(t, 500) // load after the join
 	f.verify(pb.finish(), clients)
 }
 
@@ -468,7 +486,7 @@ func TestFleetRollingRestart(t *testing.T) {
 	clients := f.clients(2)
 	pb := f.publish()
 	for _, name := range []string{"a", "b", "c"} {
-		time.Sleep(500 * time.Millisecond)
+		pb.more(t, 250) // load before each restart
 		g := f.nodes[name]
 		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -479,7 +497,7 @@ func TestFleetRollingRestart(t *testing.T) {
 		f.start(name)
 		f.waitBalanced(15*time.Second, "a", "b", "c")
 	}
-	time.Sleep(500 * time.Millisecond)
+	pb.more(t, 250) // load after the last restart
 	f.verify(pb.finish(), clients)
 	for i, r := range clients {
 		r.mu.Lock()
@@ -500,7 +518,7 @@ func TestDrainIsPaced(t *testing.T) {
 	conns := make([]*wstest.Client, clients)
 	for i := range conns {
 		conns[i] = wstest.Dial(t, g.url+"?topic=d")
-		conns[i].Expect("subscribed", wait)
+		conns[i].Expect("subscribed", testutil.Wait)
 	}
 	start := time.Now()
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -541,7 +559,7 @@ func TestStatusShowsTheFleet(t *testing.T) {
 	f := newFleet(t, "a", "b")
 	owners := f.waitBalanced(10*time.Second, "a", "b")
 	for range 30 {
-		f.pub.xadd(t, f.topics[0], "x")
+		f.pub.XAdd(t, f.topics[0], "x")
 	}
 	out, err := exec.Command(wsbusBin, "status", "--json", "--redis", f.redis, "--prefix", f.prefix).Output()
 	if err != nil {

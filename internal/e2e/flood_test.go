@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 )
 
@@ -34,7 +35,7 @@ func measure(tb testing.TB, g *gateway) baseline {
 // CLOSE-WAIT.
 func expectBaseline(tb testing.TB, g *gateway, b baseline) {
 	tb.Helper()
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		now := measure(tb, g)
 		if now.fds > b.fds+2 || now.goroutines > b.goroutines+10 {
 			return fmt.Errorf("fds %d (baseline %d), goroutines %d (baseline %d)", now.fds, b.fds, now.goroutines, b.goroutines)
@@ -71,11 +72,11 @@ func closeWait(tb testing.TB, addr string) int {
 // handshake timeout, and nothing leaks.
 func TestHalfSentHandshakes(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--handshake-timeout", "2s")
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), append(idleArgs, "--handshake-timeout", "2s")...)
 	warm := wstest.Dial(t, g.url+"?topic=w")
-	warm.Expect("subscribed", wait)
+	warm.Expect("subscribed", testutil.Wait)
 	_ = warm.Conn.Close()
-	time.Sleep(11 * time.Second) // idle workers gone
+	g.atRest(t)
 	base := measure(t, g)
 
 	const n = 1000
@@ -90,7 +91,7 @@ func TestHalfSentHandshakes(t *testing.T) {
 	}
 	start := time.Now()
 	real := wstest.Dial(t, g.url+"?topic=real")
-	real.Expect("subscribed", wait)
+	real.Expect("subscribed", testutil.Wait)
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("a real client needed %v to connect beside %d half-sent handshakes", d, n)
 	}
@@ -124,8 +125,8 @@ func TestHalfSentHandshakes(t *testing.T) {
 func TestUpgradeBurstIsPaced(t *testing.T) {
 	const n, rate, burst = 5000, 2000, 100
 	srv := redistest.Start(t)
-	g := startGateway(t, srv.URL(), redistest.Prefix(t), "--upgrade-rate", strconv.Itoa(rate), "--upgrade-burst", strconv.Itoa(burst))
-	time.Sleep(11 * time.Second)
+	g := startGateway(t, srv.URL(), redistest.Prefix(t), append(idleArgs, "--upgrade-rate", strconv.Itoa(rate), "--upgrade-burst", strconv.Itoa(burst))...)
+	g.atRest(t)
 	base := measure(t, g)
 
 	conns := make([]net.Conn, n)
@@ -204,7 +205,7 @@ func TestSlowReaderIsCut(t *testing.T) {
 	payload := strings.Repeat("x", 4096)
 	var ids []string
 	for range 6000 {
-		ids = append(ids, pub.xadd(t, "firehose", payload))
+		ids = append(ids, pub.XAdd(t, "firehose", payload))
 	}
 	peak := rss(t, g.pid())
 	t.Logf("gateway RSS %d KiB before, %d KiB after 24 MiB were published to a stalled client", rssBefore>>10, peak>>10)
@@ -245,10 +246,10 @@ func TestSlowReaderIsCut(t *testing.T) {
 		since = got[len(got)-1]
 	}
 	c := wstest.Dial(t, g.url+"?topic=firehose&since="+since)
-	if sub := c.Expect("subscribed", wait); !sub.Recovered {
+	if sub := c.Expect("subscribed", testutil.Wait); !sub.Recovered {
 		t.Fatalf("resume after 4001 not recovered")
 	}
-	for _, ev := range c.Events(len(ids)-len(got), wait) {
+	for _, ev := range c.Events(len(ids)-len(got), testutil.Wait) {
 		got = append(got, ev.ID)
 	}
 	for i := range ids {

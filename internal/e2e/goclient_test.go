@@ -17,6 +17,7 @@ import (
 
 	wsbus "github.com/wsbus/wsbus/clients/go"
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -48,7 +49,7 @@ func (h *handler) onState(s wsbus.State, _ error) {
 // the IDs want, once each, in order, with seq contiguous from firstSeq.
 func (h *handler) waitEvents(tb testing.TB, want []string, firstSeq uint64) {
 	tb.Helper()
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if len(h.events) < len(want) {
@@ -96,7 +97,7 @@ func startClient(tb testing.TB, c *wsbus.Client) (stop func()) {
 func (h *handler) waitSubscribed(tb testing.TB, n int) wsbus.Subscribed {
 	tb.Helper()
 	var s wsbus.Subscribed
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if len(h.subs) < n {
@@ -124,19 +125,19 @@ func TestGoClientResumesAcrossKill(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	g.kill(t)
 	for i := 5; i < 10; i++ {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	startGateway(t, srv.URL(), prefix, "--listen", listen, "--node-id", "b", "--lease-ttl", "1s")
 	if s := h.waitSubscribed(t, 2); !s.Recovered {
 		t.Fatalf("resumed = %+v, want recovered", s)
 	}
 	for i := 10; i < 15; i++ {
-		ids = append(ids, pub.xadd(t, "orders", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "orders", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 }
@@ -171,7 +172,7 @@ func TestGoClientFollowsADrain(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "moves", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "moves", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	mu.Lock()
@@ -181,8 +182,8 @@ func TestGoClientFollowsADrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 5; i < 20; i++ {
-		ids = append(ids, pub.xadd(t, "moves", strconv.Itoa(i)))
-		time.Sleep(5 * time.Millisecond)
+		ids = append(ids, pub.XAdd(t, "moves", strconv.Itoa(i)))
+		time.Sleep(5 * time.Millisecond) // paced, so that the events straddle the drain
 	}
 	if s := h.waitSubscribed(t, 2); !s.Recovered {
 		t.Fatalf("resumed = %+v, want recovered", s)
@@ -219,7 +220,7 @@ func TestGoClientTokenFunction(t *testing.T) {
 	h.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 3 {
-		ids = append(ids, pub.xadd(t, "secure:1", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "secure:1", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	// The token expires (4003); the client comes back with a new one.
@@ -227,7 +228,7 @@ func TestGoClientTokenFunction(t *testing.T) {
 		t.Fatalf("resumed = %+v, want recovered", s)
 	}
 	for i := 3; i < 6; i++ {
-		ids = append(ids, pub.xadd(t, "secure:1", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "secure:1", strconv.Itoa(i)))
 	}
 	h.waitEvents(t, ids, 1)
 	mu.Lock()
@@ -266,11 +267,11 @@ func TestGoClientStoreResumesARestart(t *testing.T) {
 	c.Subscribe("saved", first.options(""))
 	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "saved", "0"), pub.xadd(t, "saved", "1")}
+	ids := []string{pub.XAdd(t, "saved", "0"), pub.XAdd(t, "saved", "1")}
 	first.waitEvents(t, ids, 1)
 	stop()
 
-	missed := []string{pub.xadd(t, "saved", "2"), pub.xadd(t, "saved", "3")}
+	missed := []string{pub.XAdd(t, "saved", "2"), pub.XAdd(t, "saved", "3")}
 	var second handler
 	c = wsbus.New(g.url, wsbus.Options{Store: store})
 	c.Subscribe("saved", second.options("")) // the store's cursor wins over Since
@@ -294,21 +295,21 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	c.Subscribe("trim", first.options(""))
 	stop := startClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "trim", "0")}
+	ids := []string{pub.XAdd(t, "trim", "0")}
 	first.waitEvents(t, ids, 1)
 	stop()
 
 	for i := 1; i <= 30; i++ {
-		ids = append(ids, pub.xadd(t, "trim", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "trim", strconv.Itoa(i)))
 	}
-	key := pub.keys.Topic(streams.Partition("trim", pub.n), "trim")
-	redistest.Eventually(t, wait, func() error {
-		if n := pub.rdb.XLen(context.Background(), key).Val(); n != 31 {
+	key := pub.Keys.Topic(streams.Partition("trim", pub.N), "trim")
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if n := pub.Redis.XLen(context.Background(), key).Val(); n != 31 {
 			return fmt.Errorf("history holds %d of 31", n)
 		}
 		return nil
 	})
-	if err := pub.rdb.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
+	if err := pub.Redis.XTrimMaxLen(context.Background(), key, 10).Err(); err != nil {
 		t.Fatal(err)
 	}
 	var second handler
@@ -319,7 +320,7 @@ func TestGoClientGapWithMissed(t *testing.T) {
 	if s.Recovered || s.Missed == nil || *s.Missed != 20 {
 		t.Fatalf("subscribed = %+v, want not recovered with missed 20", s)
 	}
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		second.mu.Lock()
 		defer second.mu.Unlock()
 		if len(second.gaps) != 1 || second.gaps[0].Missed == nil || *second.gaps[0].Missed != 20 {
@@ -348,7 +349,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	phone.waitSubscribed(t, 1)
 	var ids []string
 	for i := range 5 {
-		ids = append(ids, pub.xadd(t, "inbox:ann", strconv.Itoa(i)))
+		ids = append(ids, pub.XAdd(t, "inbox:ann", strconv.Itoa(i)))
 	}
 	phone.waitEvents(t, ids, 1)
 	if err := c.Ack("inbox:ann", ids[2]); err != nil {
@@ -356,7 +357,7 @@ func TestGoClientAcksAcrossDevices(t *testing.T) {
 	}
 	var laptop handler
 	var s wsbus.Subscribed
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		// Acks reach Redis in batches: a laptop that opens too early sees
 		// the cursor before it.
 		laptop = handler{}
@@ -399,7 +400,7 @@ func TestGoClientResumesA4001(t *testing.T) {
 	runClient(t, c)
 	h.waitSubscribed(t, 1)
 	ids := pub.xaddMany(t, "flood", strings.Repeat("z", 4<<10), 3000) // 12 MiB: past the socket buffers and the queue
-	redistest.Eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if n := metric(t, g, "wsbus_ws_slow_consumers_total"); n < 1 {
 			return fmt.Errorf("not cut yet (slow consumers %d)", n)
 		}
@@ -425,13 +426,13 @@ func TestGoClientSubscribesAgain(t *testing.T) {
 	sub := c.Subscribe("again", first.options(""))
 	runClient(t, c)
 	first.waitSubscribed(t, 1)
-	ids := []string{pub.xadd(t, "again", "0"), pub.xadd(t, "again", "1")}
+	ids := []string{pub.XAdd(t, "again", "0"), pub.XAdd(t, "again", "1")}
 	first.waitEvents(t, ids, 1)
 
 	var second handler
 	replaced := c.Subscribe("again", second.options("0")) // replaces the first: everything retained
 	second.waitSubscribed(t, 1)
-	ids = append(ids, pub.xadd(t, "again", "2"))
+	ids = append(ids, pub.XAdd(t, "again", "2"))
 	second.waitEvents(t, ids, 1)
 	first.waitEvents(t, ids[:2], 1) // the replaced one gets nothing more
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -19,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
 	"github.com/wsbus/wsbus/streams"
 )
@@ -39,13 +38,13 @@ func TestSlowReaderLags(t *testing.T) {
 	if err := c.SetReadBuffer(256 << 10); err != nil {
 		t.Fatal(err)
 	}
-	c.Expect("subscribed", wait)
+	c.Expect("subscribed", testutil.Wait)
 	peak := watchRSS(t, g.pid())
 
 	// Stop reading; publish more than the kernel's socket buffers on both
 	// sides and the 1 MiB queue hold.
 	ids := pub.xaddMany(t, "flood", strings.Repeat("x", size), events)
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
 		}
@@ -55,7 +54,7 @@ func TestSlowReaderLags(t *testing.T) {
 	// Read again: every event once, in order, on the same connection.
 	var got []string
 	for len(got) < len(ids) {
-		m, err := c.TryNext(wait)
+		m, err := c.TryNext(testutil.Wait)
 		if err != nil {
 			t.Fatalf("after %d of %d events: %v", len(got), len(ids), err)
 		}
@@ -68,8 +67,8 @@ func TestSlowReaderLags(t *testing.T) {
 		t.Fatalf("the lagging client got %d events, not the %d published once each in order", len(got), len(ids))
 	}
 	for i := range 3 {
-		id := pub.xadd(t, "flood", strconv.Itoa(i))
-		if m := c.Events(1, wait)[0]; m.ID != id {
+		id := pub.XAdd(t, "flood", strconv.Itoa(i))
+		if m := c.Events(1, testutil.Wait)[0]; m.ID != id {
 			t.Fatalf("live event %s, want %s", m.ID, id)
 		}
 	}
@@ -99,9 +98,9 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	if err := c.SetReadBuffer(256 << 10); err != nil {
 		t.Fatal(err)
 	}
-	epoch := c.Expect("subscribed", wait).Epoch
+	epoch := c.Expect("subscribed", testutil.Wait).Epoch
 	ids := pub.xaddMany(t, "short", strings.Repeat("y", 4<<10), 3000) // 12 MiB
-	redistest.Eventually(t, wait, func() error {
+	testutil.Eventually(t, testutil.Wait, func() error {
 		if n := metric(t, g, "wsbus_gateway_lag_catchups_total"); n < 1 {
 			return fmt.Errorf("the client has not fallen behind yet (lag catch-ups %d)", n)
 		}
@@ -111,7 +110,7 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	var got []string
 	code := 0
 	for code == 0 {
-		m, err := c.TryNext(wait)
+		m, err := c.TryNext(testutil.Wait)
 		var closed wsutil.ClosedError
 		switch {
 		case errors.As(err, &closed):
@@ -133,11 +132,11 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	}
 
 	last := got[len(got)-1]
-	key := pub.keys.Topic(streams.Partition("short", pub.n), "short")
+	key := pub.Keys.Topic(streams.Partition("short", pub.N), "short")
 	var first []redis.XMessage
-	redistest.Eventually(t, wait, func() error {
-		first = pub.rdb.XRangeN(context.Background(), key, "-", "+", 1).Val()
-		if info := pub.rdb.XInfoStream(context.Background(), key).Val(); info == nil || info.EntriesAdded != int64(len(ids)) {
+	testutil.Eventually(t, testutil.Wait, func() error {
+		first = pub.Redis.XRangeN(context.Background(), key, "-", "+", 1).Val()
+		if info := pub.Redis.XInfoStream(context.Background(), key).Val(); info == nil || info.EntriesAdded != int64(len(ids)) {
 			return fmt.Errorf("history has not taken all %d events yet", len(ids))
 		}
 		return nil
@@ -145,11 +144,11 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 	firstSeq, _ := strconv.Atoi(first[0].Values["seq"].(string))
 	r := wstest.Dial(t, g.url)
 	r.Send(map[string]any{"type": "subscribe", "topic": "short", "since": last, "seq": len(got), "epoch": epoch})
-	sub := r.Expect("subscribed", wait)
+	sub := r.Expect("subscribed", testutil.Wait)
 	if want := uint64(firstSeq - len(got) - 1); sub.Recovered || sub.Missed == nil || *sub.Missed != want {
 		t.Fatalf("resume from %s (seq %d) after history was trimmed past it: %+v, want recovered:false with missed %d", last, len(got), sub, want)
 	}
-	if ev := r.Next(wait); ev.Type != "event" || ev.ID != first[0].ID || ev.Seq != uint64(firstSeq) {
+	if ev := r.Next(testutil.Wait); ev.Type != "event" || ev.ID != first[0].ID || ev.Seq != uint64(firstSeq) {
 		t.Fatalf("first event after the resume = %+v, want %s seq %d", ev, first[0].ID, firstSeq)
 	}
 	t.Logf("closed with 4001 after %d of %d events; resume from %s answered recovered:false, missed %d", len(got), len(ids), last, *sub.Missed)
@@ -161,10 +160,10 @@ func TestLaggingPastHistoryIsClosed(t *testing.T) {
 func (p *publisher) xaddMany(tb testing.TB, topic, data string, n int) []string {
 	tb.Helper()
 	ctx := context.Background()
-	stream := p.keys.Ingress(streams.Partition(topic, p.n))
+	stream := p.Keys.Ingress(streams.Partition(topic, p.N))
 	ids := make([]string, 0, n)
 	for len(ids) < n {
-		pipe := p.rdb.Pipeline()
+		pipe := p.Redis.Pipeline()
 		var cmds []*redis.StringCmd
 		for range min(256, n-len(ids)) {
 			cmds = append(cmds, pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"topic", topic, "data", data}}))
@@ -234,12 +233,10 @@ func rssOf(pid int) int {
 // metric reads one counter or gauge without labels from /metrics.
 func metric(tb testing.TB, g *gateway, name string) int {
 	tb.Helper()
-	resp, err := http.Get("http://" + g.addr + "/metrics")
+	body, err := get("http://" + g.addr + "/metrics")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
 	if m == nil {
 		tb.Fatalf("no %s in /metrics", name)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // nginxBin finds nginx on PATH or where Debian puts it (/usr/sbin is not on
@@ -117,7 +118,7 @@ http {
 			tb.Logf("nginx output:\n%s\nerror.log:\n%s", out.String(), log)
 		}
 	})
-	redistest.Eventually(tb, 10*time.Second, func() error {
+	testutil.Eventually(tb, 10*time.Second, func() error {
 		resp, err := http.Get("http://" + addr + "/healthz")
 		if err != nil {
 			return err
@@ -150,7 +151,7 @@ func TestNginxDrain(t *testing.T) {
 		go r.run(f.ctx)
 	}
 	connections := func(name string) int { return metric(t, f.nodes[name], "wsbus_ws_connections") }
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		a, b, c := connections("a"), connections("b"), connections("c")
 		if a+b+c != len(clients) || b == 0 {
 			return fmt.Errorf("connections a %d, b %d, c %d: want %d, some on b", a, b, c, len(clients))
@@ -164,7 +165,7 @@ func TestNginxDrain(t *testing.T) {
 	received := func(counts []int) []int {
 		t.Helper()
 		now := make([]int, len(clients))
-		redistest.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, func() error {
 			for i, r := range clients {
 				r.mu.Lock()
 				now[i] = 0
@@ -190,7 +191,7 @@ func TestNginxDrain(t *testing.T) {
 	if err := b.cmd.Wait(); err != nil {
 		t.Fatalf("b exited with %v after SIGTERM", err)
 	}
-	redistest.Eventually(t, 15*time.Second, func() error {
+	testutil.Eventually(t, 15*time.Second, func() error {
 		if a, c := connections("a"), connections("c"); a+c != len(clients) {
 			return fmt.Errorf("after the drain a has %d and c %d connections, want %d", a, c, len(clients))
 		}

@@ -2,15 +2,20 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 var wsbusBin string
@@ -91,3 +96,46 @@ func (g *gateway) kill(tb testing.TB) {
 }
 
 func (g *gateway) pid() int { return g.cmd.Process.Pid }
+
+// get returns the body of a GET of url.
+func get(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// idleArgs start a gateway whose idle pool workers exit within 100 ms
+// (instead of 10 s) and that serves pprof, for atRest.
+var idleArgs = []string{"--worker-idle", "100ms", "--debug-addr", "127.0.0.1:0"}
+
+var (
+	pprofAddr  = regexp.MustCompile(`msg="pprof serving" addr=(\S+)`)
+	partitions = regexp.MustCompile(`msg="wsbus serving" .*partitions=(\d+)`)
+)
+
+// atRest waits until the gateway, alone on its bus, owns every partition
+// and its worker pool has no goroutine left, as at rest: g was started
+// with idleArgs.
+func (g *gateway) atRest(tb testing.TB) {
+	tb.Helper()
+	pprof, n := pprofAddr.FindStringSubmatch(g.log.String()), partitions.FindStringSubmatch(g.log.String())
+	if pprof == nil || n == nil {
+		tb.Fatal("the gateway logged no pprof address or partition count: start it with idleArgs")
+	}
+	testutil.Eventually(tb, testutil.Wait, func() error {
+		if owned := strconv.Itoa(metric(tb, g, "wsbus_bus_partitions_owned")); owned != n[1] {
+			return fmt.Errorf("%s of %s partitions owned", owned, n[1])
+		}
+		stacks, err := get(pprof[1] + "goroutine?debug=2")
+		if err != nil {
+			return err
+		}
+		if n := bytes.Count(stacks, []byte("ws.(*pool).worker(")); n > 0 {
+			return fmt.Errorf("%d pool workers still running", n)
+		}
+		return nil
+	})
+}

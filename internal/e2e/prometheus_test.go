@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // promBin finds a Prometheus binary (prometheus or promtool) on PATH; `go
@@ -90,7 +91,7 @@ func startPrometheus(tb testing.TB, targets []string) string {
 		}
 	})
 	api := "http://" + addr
-	redistest.Eventually(tb, 20*time.Second, func() error {
+	testutil.Eventually(tb, 20*time.Second, func() error {
 		resp, err := http.Get(api + "/-/ready")
 		if err != nil {
 			return err
@@ -169,7 +170,7 @@ func TestDashboardQueriesReturnData(t *testing.T) {
 	pb := f.publish()
 	api := startPrometheus(t, []string{f.nodes["a"].addr, f.nodes["b"].addr})
 	exprs := dashboardExprs(t)
-	redistest.Eventually(t, 30*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		var empty []string
 		for _, e := range exprs {
 			n, err := promQuery(api, e)
@@ -187,7 +188,7 @@ func TestDashboardQueriesReturnData(t *testing.T) {
 	})
 	// The alerts evaluate on the same data without error, and a healthy
 	// fleet raises none.
-	redistest.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		resp, err := http.Get(api + "/api/v1/rules")
 		if err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // operatorArgs serve a gateway that is not --insecure (startGateway gives
@@ -111,8 +112,8 @@ func TestStatusWatchStopsOnSignal(t *testing.T) {
 				if err != nil {
 					t.Fatalf("after %v: %v, want exit 0", sig, err)
 				}
-			case <-time.After(wait):
-				t.Fatalf("still running %v after %v", wait, sig)
+			case <-time.After(testutil.Wait):
+				t.Fatalf("still running %v after %v", testutil.Wait, sig)
 			}
 		})
 	}
@@ -138,8 +139,8 @@ func readFrames(tb testing.TB, out io.Reader, n int) string {
 	select {
 	case s := <-text:
 		return s
-	case <-time.After(wait):
-		tb.Fatalf("%d frames of wsbus status --watch not printed within %v", n, wait)
+	case <-time.After(testutil.Wait):
+		tb.Fatalf("%d frames of wsbus status --watch not printed within %v", n, testutil.Wait)
 		return ""
 	}
 }

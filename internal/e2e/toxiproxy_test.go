@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wsbus/wsbus/internal/redistest"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // toxiproxyVersion is the toxiproxy the fault tests are written against:
@@ -68,7 +69,7 @@ func startToxiproxy(tb testing.TB) *toxiproxy {
 			tb.Logf("toxiproxy-server log (last lines):\n%s", lastLines(tp.log.String(), 60))
 		}
 	})
-	redistest.Eventually(tb, 10*time.Second, func() error {
+	testutil.Eventually(tb, 10*time.Second, func() error {
 		return tp.call("GET", "/version", nil, nil)
 	})
 	return tp

@@ -5,9 +5,11 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // Server is a running redis-server.
@@ -130,13 +133,12 @@ func (s *Server) run(tb testing.TB) {
 	s.mu.Unlock()
 	c := redis.NewClient(s.options())
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s did not answer within 10s (log: %s/redis.log)", s.Addr, s.dir)
+	testutil.Eventually(tb, 10*time.Second, func() error {
+		if err := c.Ping(context.Background()).Err(); err != nil {
+			return fmt.Errorf("redis-server on %s does not answer (log: %s/redis.log): %w", s.Addr, s.dir, err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Shutdown stops the server with SHUTDOWN, as an operator would: it
@@ -235,10 +237,10 @@ func StartClusterWith(tb testing.TB, masters, replicas int, o Options) *Cluster 
 		}
 		for _, r := range cl.Replicas[i] {
 			// The replica must have heard of its master by gossip first.
-			Eventually(tb, 20*time.Second, func() error { return clients[r].ClusterReplicate(ctx, id).Err() })
+			testutil.Eventually(tb, 20*time.Second, func() error { return clients[r].ClusterReplicate(ctx, id).Err() })
 		}
 	}
-	Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		for _, s := range all {
 			info, err := clients[s].ClusterInfo(ctx).Result()
 			if err != nil {
@@ -449,19 +451,47 @@ func NonEmptyLua(tb testing.TB, name, src string) {
 	tb.Fatalf("%s has no Lua code", name)
 }
 
-// Eventually polls fn every 10 ms until it returns nil or timeout passes,
-// then fails the test with fn's last error.
-func Eventually(tb testing.TB, timeout time.Duration, fn func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+// StartMain is Start for a TestMain, which has no testing.TB (say, for a
+// package's runnable Examples): it returns the server and the function
+// that stops it and removes its directory, or why it could not start.
+func StartMain(args ...string) (s *Server, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "redistest")
+	if err != nil {
+		return nil, nil, err
 	}
+	tb := &mainTB{dir: dir}
+	stop = func() {
+		for i := len(tb.cleanups) - 1; i >= 0; i-- {
+			tb.cleanups[i]()
+		}
+		_ = os.RemoveAll(dir)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(mainFailure)
+			if !ok {
+				panic(r)
+			}
+			stop()
+			s, stop, err = nil, nil, errors.New(string(f))
+		}
+	}()
+	return Start(tb, args...), stop, nil
 }
+
+// mainTB is the testing.TB of StartMain: its Fatal panics with a
+// mainFailure, which StartMain turns into an error. Only the methods
+// Start calls are implemented; the embedded nil TB panics on the others.
+type mainTB struct {
+	testing.TB
+	dir      string
+	cleanups []func()
+}
+
+type mainFailure string
+
+func (tb *mainTB) Helper()                      {}
+func (tb *mainTB) Cleanup(f func())             { tb.cleanups = append(tb.cleanups, f) }
+func (tb *mainTB) TempDir() string              { return tb.dir }
+func (tb *mainTB) Fatal(args ...any)            { panic(mainFailure(fmt.Sprint(args...))) }
+func (tb *mainTB) Fatalf(f string, args ...any) { panic(mainFailure(fmt.Sprintf(f, args...))) }

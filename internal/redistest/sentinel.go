@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 // MasterName is the name the Sentinels of StartSentinel know their master
@@ -58,11 +59,11 @@ func StartSentinelWith(tb testing.TB, replicas, sentinels int, o Options) *Senti
 		st.Servers = append(st.Servers, StartWith(tb, ro))
 	}
 	ctx := context.Background()
-	Eventually(tb, 20*time.Second, func() error { return st.replicasInSync(ctx, master.Addr) })
+	testutil.Eventually(tb, 20*time.Second, func() error { return st.replicasInSync(ctx, master.Addr) })
 	for range sentinels {
 		st.Sentinels = append(st.Sentinels, startSentinelProcess(tb, master.Addr, sentinels/2+1, o))
 	}
-	Eventually(tb, 30*time.Second, func() error { return st.ready(ctx, master.Addr, replicas) })
+	testutil.Eventually(tb, 30*time.Second, func() error { return st.ready(ctx, master.Addr, replicas) })
 	return st
 }
 
@@ -75,7 +76,7 @@ func StartSentinelWith(tb testing.TB, replicas, sentinels int, o Options) *Senti
 func (st *Sentinel) AwaitReplicas(tb testing.TB) {
 	tb.Helper()
 	ctx := context.Background()
-	Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		master, err := st.master(ctx)
 		if err != nil {
 			return err
@@ -273,7 +274,7 @@ func (st *Sentinel) AwaitMaster(tb testing.TB, old string) string {
 	tb.Helper()
 	ctx := context.Background()
 	var addr string
-	Eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, func() error {
 		seen := ""
 		for _, s := range st.Sentinels {
 			sc := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsbus/wsbus/internal/testutil"
 )
 
 const wait = 30 * time.Second
@@ -34,7 +35,7 @@ func TestSentinelFailover(t *testing.T) {
 	if second == first {
 		t.Fatalf("SENTINEL FAILOVER left the master at %s", first)
 	}
-	Eventually(t, wait, func() error { return c.Set(ctx, "k", "2", 0).Err() })
+	testutil.Eventually(t, wait, func() error { return c.Set(ctx, "k", "2", 0).Err() })
 	st.AwaitReplicas(t) // the old master follows the new one
 
 	killed := st.KillMaster(t)
@@ -44,7 +45,7 @@ func TestSentinelFailover(t *testing.T) {
 	if third := st.AwaitMaster(t, second); third != first {
 		t.Fatalf("after the crash the master is %s, want the only replica left, %s", third, first)
 	}
-	Eventually(t, wait, func() error { return c.Set(ctx, "k", "3", 0).Err() })
+	testutil.Eventually(t, wait, func() error { return c.Set(ctx, "k", "3", 0).Err() })
 	killed.Restart(t) // it comes back empty and is made a replica
 	st.AwaitReplicas(t)
 	if v, err := killed.Client(t).Get(ctx, "k").Result(); err != nil || v != "3" {

@@ -1,4 +1,4 @@
-// An independent wsbus client written against the protocol in DESIGN.md only,
+// An independent wsbus client written against the protocol in the README only,
 // with Node's ws package. The Go test drives it over stdin/stdout:
 //
 //   phase 1: subscribe to TOPIC, print SUBSCRIBED, print EVENT <id> <data> for
