@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,6 +111,7 @@ func TestLaggingClientInBursts(t *testing.T) {
 	}
 	const perTopic = 1000
 	published := make(chan map[string][]string, 1)
+	var sent atomic.Int64 // events published so far
 	go func() {
 		ids := map[string][]string{}
 		payload := strings.Repeat("w", 4<<10) // 12 MiB in all
@@ -125,6 +127,7 @@ func TestLaggingClientInBursts(t *testing.T) {
 				}))
 			}
 			_, _ = pipe.Exec(ctx)
+			sent.Add(30)
 			time.Sleep(20 * time.Millisecond) // paced: about 6 MiB/s for 2 s, the load under test
 			for topic, cs := range cmds {
 				for _, cmd := range cs {
@@ -137,7 +140,18 @@ func TestLaggingClientInBursts(t *testing.T) {
 	got := map[string][]string{}
 	for n := 0; n < perTopic*len(topics); n++ {
 		if n%300 == 0 {
-			time.Sleep(250 * time.Millisecond) // the slow reader under test
+			// The slow reader under test: it stops reading until the
+			// publisher is 1500 events (6 MiB) ahead of it, whatever
+			// the machine's speed: more than the gateway's socket can
+			// buffer (Linux grows a send buffer to 4 MiB), so a client
+			// that was keeping up overflows its queue again.
+			ahead := int64(min(n+1500, perTopic*len(topics)))
+			testutil.Eventually(t, testutil.Wait, func() error {
+				if s := sent.Load(); s < ahead {
+					return fmt.Errorf("%d events published, waiting for %d", s, ahead)
+				}
+				return nil
+			})
 		}
 		m := c.Next(testutil.Wait)
 		if m.Type != "event" {
