@@ -2,26 +2,22 @@ package app
 
 import (
 	"context"
-	"errors"
 	"net"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsbus/wsbus/bus"
 	"github.com/wsbus/wsbus/streams"
 )
 
-// redisErrors counts the Redis commands of a client that failed for the
-// connection or the server's state: timeouts, refused or cut connections,
-// a server loading, read-only or out of memory, a cluster down. Replies
-// the bus expects and handles are not errors here: nil (nothing to read),
-// a lost lease, NOSCRIPT (the script is sent again), BUSYGROUP and NOGROUP
-// (a consumer group that exists or is being created), a context cancelled
-// by shutdown.
+// redisErrors counts the Redis commands of a client that failed
+// (bus.RedisFailed): timeouts, refused or cut connections, a server
+// loading, read-only or out of memory, a cluster down; not the replies the
+// bus expects and handles.
 type redisErrors struct{ n atomic.Uint64 }
 
 func (e *redisErrors) DialHook(next redis.DialHook) redis.DialHook {
@@ -58,28 +54,9 @@ func (e *redisErrors) count(cmd redis.Cmder, err error) {
 	if cmd != nil && (cmd.Name() == "hello" || cmd.Name() == "client") {
 		return
 	}
-	if failed(err) {
+	if bus.RedisFailed(err) {
 		e.n.Add(1)
 	}
-}
-
-// expectedReplies are the error replies the bus handles as answers.
-var expectedReplies = []string{"WSBUSLEASE", "WSBUSTAKE", "NOSCRIPT", "BUSYGROUP", "NOGROUP"}
-
-// failed tells whether err is a Redis failure rather than an answer.
-func failed(err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
-		return false
-	}
-	var reply redis.Error
-	if errors.As(err, &reply) {
-		for _, prefix := range expectedReplies {
-			if strings.HasPrefix(reply.Error(), prefix) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // ingressLag is the gauge vector wsbus_bus_ingress_lag: for each partition

@@ -27,6 +27,7 @@ const (
 	kindTakeRefused                // applyScript found the consumer group elsewhere than the batch was read from (WSBUSTAKE)
 	kindNoGroup                    // the stream or its consumer group is missing (NOGROUP)
 	kindNoScript                   // EVALSHA of a script Redis has not cached (NOSCRIPT): a restarted Redis, or a pipeline
+	kindBusyGroup                  // XGROUP CREATE of a group that exists (BUSYGROUP): another node or an earlier try made it
 	kindNil                        // redis.Nil: no value, a missing key or a blocking read that timed out
 	kindTransient                  // Redis moving, starting or unreachable: MOVED, ASK, CLUSTERDOWN, TRYAGAIN, LOADING, READONLY, MASTERDOWN, a connection error
 	kindOther                      // anything else
@@ -58,6 +59,8 @@ func classify(err error) errKind {
 			return kindNoGroup
 		case "NOSCRIPT":
 			return kindNoScript
+		case "BUSYGROUP":
+			return kindBusyGroup
 		case "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY", "MASTERDOWN":
 			return kindTransient
 		}
@@ -68,4 +71,19 @@ func classify(err error) errKind {
 		return kindTransient
 	}
 	return kindOther
+}
+
+// RedisFailed tells whether err, the outcome of a Redis command, is a
+// failure of Redis or of the connection to it (a timeout, a refused
+// connection, a server loading, read-only or out of memory, a cluster
+// moving, a script refusing a key of the wrong type) rather than one of
+// the answers the bus expects and handles: nil, a lost lease, a group
+// elsewhere or missing or existing, NOSCRIPT, a context ended. It is what
+// wsbus_redis_errors_total counts.
+func RedisFailed(err error) bool {
+	switch classify(err) {
+	case kindTransient, kindOther:
+		return true
+	}
+	return false
 }

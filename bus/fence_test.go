@@ -37,19 +37,27 @@ func testOwner(tb testing.TB, rdb *redis.Client, keys streams.Keys, n int, node 
 	return o
 }
 
+// holdPartition returns a bus of n partitions, an Owner of it (node "n")
+// not running, and the lease of partition 0 it holds, ensured.
+func holdPartition(tb testing.TB, n int) (*redis.Client, streams.Keys, *Owner, *lease) {
+	tb.Helper()
+	rdb, keys := testBus(tb, n)
+	o := testOwner(tb, rdb, keys, n, "n", 0)
+	l := &lease{p: 0, value: "n 1"}
+	rdb.Set(context.Background(), keys.Owner(0), l.value, 0)
+	if err := o.ensure(context.Background(), l); err != nil {
+		tb.Fatal(err)
+	}
+	return rdb, keys, o, l
+}
+
 // heldPartition returns a one-partition bus, an Owner of it (node "n")
 // not running, and the lease it holds, ensured; count entries of topic
 // "t" are in its ingress, their IDs returned.
 func heldPartition(tb testing.TB, count int) (*redis.Client, streams.Keys, *Owner, *lease, []string) {
 	tb.Helper()
 	ctx := context.Background()
-	rdb, keys := testBus(tb, 1)
-	o := testOwner(tb, rdb, keys, 1, "n", 0)
-	l := &lease{p: 0, value: "n 1"}
-	rdb.Set(ctx, keys.Owner(0), l.value, 0)
-	if err := o.ensure(ctx, l); err != nil {
-		tb.Fatal(err)
-	}
+	rdb, keys, o, l := holdPartition(tb, 1)
 	var ids []string
 	for i := range count {
 		ids = append(ids, rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Ingress(0), Values: []any{"topic", "t", "data", strconv.Itoa(i)}}).Val())
@@ -480,13 +488,7 @@ func TestApplyDeadLettersAWrongTypeKey(t *testing.T) {
 // once per try.
 func TestRefusedBatchForwardsOnce(t *testing.T) {
 	ctx := context.Background()
-	rdb, keys := testBus(t, 2)
-	o := testOwner(t, rdb, keys, 2, "n", 0)
-	l := &lease{p: 0, value: "n 1"}
-	rdb.Set(ctx, keys.Owner(0), l.value, 0)
-	if err := o.ensure(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	rdb, keys, o, l := holdPartition(t, 2)
 	misrouted := "m"
 	for streams.Partition(misrouted, 2) != 1 {
 		misrouted += "m"

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,17 +117,7 @@ http {
 			tb.Logf("nginx output:\n%s\nerror.log:\n%s", out.String(), log)
 		}
 	})
-	testutil.Eventually(tb, 10*time.Second, func() error {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /healthz through nginx: %s", resp.Status)
-		}
-		return nil
-	})
+	waitOK(tb, "http://"+addr+"/healthz", 10*time.Second)
 	return addr
 }
 

@@ -139,3 +139,19 @@ func (g *gateway) atRest(tb testing.TB) {
 		return nil
 	})
 }
+
+// waitOK waits until a GET of url answers 200 OK.
+func waitOK(tb testing.TB, url string, timeout time.Duration) {
+	tb.Helper()
+	testutil.Eventually(tb, timeout, func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	})
+}

@@ -91,17 +91,7 @@ func startPrometheus(tb testing.TB, targets []string) string {
 		}
 	})
 	api := "http://" + addr
-	testutil.Eventually(tb, 20*time.Second, func() error {
-		resp, err := http.Get(api + "/-/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("prometheus not ready: %s", resp.Status)
-		}
-		return nil
-	})
+	waitOK(tb, api+"/-/ready", 20*time.Second)
 	return api
 }
 
