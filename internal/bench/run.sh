@@ -3,6 +3,8 @@
 # on its own Redis: CONNS (default 19000, the size of issue 3's targets)
 # connections on one topic, then the same against the two baselines.
 # GATEWAY_BIN runs another build's gateway under the same bench client.
+# CAPACITY=1 adds the capacity phase for every server (about 1 to 2
+# minutes each at 19,000: outside the 3 minutes of the default run).
 # The report (figures, memory and latency plots) goes to REPORT
 # (.run/bench-report; empty: none), its path printed at the end.
 set -euo pipefail
@@ -22,4 +24,5 @@ cleanup() { kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; redis-cli 
 trap cleanup EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
-  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} "$@"
+  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} \
+  ${CAPACITY:+--capacity} "$@"
