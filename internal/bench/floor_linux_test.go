@@ -21,34 +21,10 @@ func TestFloorSlowClient(t *testing.T) {
 		frames  = 2000 // 2 MB each: far more than a socket's buffers
 		size    = 1000
 	)
-	ctx, cancel := context.WithCancel(context.Background())
-	f, err := newFloor(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); f.wait() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ctx, f, ln := startFloor(t)
 	var conns []net.Conn
 	for i := range clients {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		conns = append(conns, c)
-		srv, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fd, err := dupFD(srv)
-		_ = srv.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, fd := floorClient(t, ln)
 		if i == 0 { // the slow one: a small send buffer fills before the floor's queue
 			if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 16<<10); err != nil {
 				t.Fatal(err)
@@ -57,6 +33,7 @@ func TestFloorSlowClient(t *testing.T) {
 		if err := f.add("live", fd); err != nil {
 			t.Fatal(err)
 		}
+		conns = append(conns, c)
 	}
 	frame := func(i int) []byte { return fmt.Appendf(nil, "%0*d", size, i) }
 	for i := range frames {
@@ -92,30 +69,8 @@ func TestFloorSlowClient(t *testing.T) {
 // TestFloorClosesLeftClient has a client leave: the floor closes its
 // socket on EPOLLRDHUP, with nothing written to it.
 func TestFloorClosesLeftClient(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	f, err := newFloor(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); f.wait() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := dupFD(srv)
-	_ = srv.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, f, ln := startFloor(t)
+	c, fd := floorClient(t, ln)
 	if err := f.add("live", fd); err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +81,45 @@ func TestFloorClosesLeftClient(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// startFloor starts a floor that stops with the test, and a listener for
+// its clients.
+func startFloor(t *testing.T) (context.Context, *floor, net.Listener) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := newFloor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); f.wait() })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return ctx, f, ln
+}
+
+// floorClient connects a client to ln and returns it with the fd of the
+// server's side, as serveFloor hands it to the floor.
+func floorClient(t *testing.T, ln net.Listener) (net.Conn, int) {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := dupFD(srv)
+	_ = srv.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, fd
 }
 
 // floorQueued counts the bytes the floor's connections have queued.
