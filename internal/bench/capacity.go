@@ -174,10 +174,10 @@ func (r *capacityRun) step(ctx context.Context, rate float64) (CapacityStep, err
 	tick := time.NewTicker(time.Millisecond)
 	for ; time.Since(start) < r.cfg.CapacityStep; <-tick.C {
 		due := from + int64(time.Since(start).Seconds()*eventsPerSec) + 1
-		if due-r.next > int64(eventsPerSec) { // a second behind: the publisher, not the server, is the limit
+		if float64(due-r.next) > max(eventsPerSec, 1) { // a second behind: the publisher, not the server, is the limit
 			st.Behind = true
-			r.next = due
 		}
+		due = min(due, r.next+1000) // one pipeline's worth a tick
 		pipe := r.cfg.Redis.Pipeline()
 		for ; r.next < due; r.next++ {
 			i := int(r.next % int64(len(r.topics)))

@@ -1,8 +1,13 @@
 package bench
 
 import (
+	"encoding/json"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/wsbus/wsbus/streams"
 )
 
 // TestCapacitySearch runs the search against a fake server whose slowest
@@ -63,5 +68,33 @@ func TestCapacitySearchStops(t *testing.T) {
 	s.MaxSteps, s.Deadline = 100, time.Now().Add(-time.Second)
 	if c, err = s.search(keeps); err != nil || len(c.Steps) != 0 || c.Ended != "out of time" {
 		t.Fatalf("past the deadline: %d steps, ended %q, err %v", len(c.Steps), c.Ended, err)
+	}
+}
+
+// TestCapacityReport records capacity events on two connections of a
+// worker: the report counts every receipt of the events asked for, gives
+// each one's slowest, and forgets the older ones.
+func TestCapacityReport(t *testing.T) {
+	now := time.Now().UnixNano()
+	w := &worker{}
+	for i := range 2 {
+		wc := &wconn{fd: -1, shard: &w.shards[i]}
+		w.conns = append(w.conns, wc)
+		for k := range int64(4) {
+			delay := time.Duration(k+1) * time.Millisecond * time.Duration(i+1)
+			data, _ := json.Marshal(eventData{T: now - int64(delay), K: capacityBase + k})
+			w.record(wc, streams.AppendEvent(nil, "bench:c0", fmt.Sprintf("1-%d", k+1), uint64(k+1), data), now)
+		}
+	}
+	rep := w.capacityReport(2, true)
+	want := []uint64{6001, 8001} // events 2 and 3, slowest on the second connection, µs plus one
+	if rep.Received != 4 || !slices.Equal(rep.Last, want) || rep.Open != 0 {
+		t.Fatalf("report from 2: %+v, want 4 receipts, last %v, none open", rep, want)
+	}
+	if rep = w.capacityReport(0, false); rep.Received != 4 || rep.Last != nil {
+		t.Fatalf("report from 0 after one from 2: %+v, want the 4 receipts of events 2 and 3 only, no last", rep)
+	}
+	if got := w.received.Load(); got != 0 {
+		t.Errorf("capacity events counted as %d broadcast receipts", got)
 	}
 }
