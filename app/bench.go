@@ -42,6 +42,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
 	unicastRate := fs.Int("unicast-rate", 5000, "with --mix own: events per second, each to one connection's topic")
 	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
+	capacity := fs.Bool("capacity", false, "end each server's run with the capacity phase: --conns connections over --capacity-topics topics, the publish rate raised until the slowest receipt's p99 passes 100 ms or one is lost")
+	capTopics := fs.Int("capacity-topics", 1000, "with --capacity: topics, each subscriber on one")
+	capStart := fs.Float64("capacity-start", 10000, "with --capacity: the first rate tried, deliveries per second (then doubled, then bisected)")
+	capMax := fs.Float64("capacity-max", 2e6, "with --capacity: the highest rate tried, deliveries per second")
+	capStep := fs.Duration("capacity-step", 3*time.Second, "with --capacity: how long each rate is published")
+	capFor := fs.Duration("capacity-for", 90*time.Second, "with --capacity: no step starts after this long")
 	stormN := fs.Int("storm", 10, "resume storm: drop every client, publish this many events, time their resumes (0: skip)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	report := fs.String("report", "", "also write the result to this directory: index.html, a page with the figures, memory per connection and every server's latency CDF that needs no other file, and result.json, the result as --json prints it with the command line and build")
@@ -85,6 +91,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		Conns: *conns, PerWorker: *perWorker, Mix: *mix, Topics: *topics,
 		Settle: *settle, Broadcasts: *broadcasts, Gap: *gap, Storm: *stormN,
 		UnicastRate: *unicastRate, UnicastFor: *unicastFor,
+		Capacity: *capacity, CapacityTopics: *capTopics, CapacityStart: *capStart, CapacityMax: *capMax,
+		CapacityStep: *capStep, CapacityFor: *capFor,
 		Executable: exe, WorkerArgs: []string{"bench", "--worker"}, Progress: stderr,
 		Baselines: kinds, BaselineArgs: func(kind string) []string {
 			return append([]string{"bench", "--baseline-server", kind}, c.args()...)

@@ -122,6 +122,39 @@ func TestBenchUnicast(t *testing.T) {
 	}
 }
 
+// TestBenchCapacity runs a short capacity phase against the gateway and
+// the floor, at rates far below either's limit: every step is kept up
+// with, every receipt counted, and the search ends at its highest rate.
+func TestBenchCapacity(t *testing.T) {
+	b := newTestBus(t, "--upgrade-rate", "100000")
+	cfg := benchConfig(b)
+	cfg.Conns, cfg.PerWorker, cfg.Mix, cfg.Broadcasts = 100, 50, "shared", 0
+	cfg.Capacity, cfg.CapacityTopics, cfg.CapacityStart, cfg.CapacityMax = true, 10, 200, 400
+	cfg.CapacityStep, cfg.CapacityFor = 500*time.Millisecond, time.Minute
+	cfg.Baselines = []string{bench.Floor}
+	cmp, err := bench.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range cmp.Results {
+		c := res.Capacity
+		if c == nil || c.Subscribers != 100 || c.Topics != 10 || len(c.Steps) != 2 || c.Ended != "kept up at the highest rate tried" {
+			t.Fatalf("%s: capacity = %+v, want 2 steps to 400/s over 10 topics", res.Server, c)
+		}
+		for _, st := range c.Steps {
+			if !st.Kept || st.Lost != 0 || st.Receipts != uint64(st.Events)*10 {
+				t.Errorf("%s: step %+v, want kept up with 10 receipts an event", res.Server, st)
+			}
+		}
+		if c.Sustained < 300 {
+			t.Errorf("%s: sustained %.0f deliveries/s, want about 400", res.Server, c.Sustained)
+		}
+	}
+	if _, ok := cmp.Ratios[bench.Floor]["capacity"]; !ok {
+		t.Errorf("ratios %v lack capacity", cmp.Ratios)
+	}
+}
+
 // TestBenchSoak runs a short soak over two in-process gateways, one of
 // them stopped (a drain with 4002) and served again on its address once
 // the steady phase begins: every event is delivered once and in order at

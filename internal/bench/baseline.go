@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -28,8 +27,10 @@ import (
 //     goroutine per connection, gorilla's buffered writer, a channel per
 //     connection: the "naive" server of Mail.ru's article.
 //   - floor: the WebSocket handshake, then nothing per connection but its
-//     fd; a broadcast is one frame written with write(2) to every fd in a
-//     plain loop. Nothing can deliver to the same sockets for less.
+//     fd; a broadcast is one frame, encoded once, written without blocking
+//     to every fd by a goroutine per core, a full socket finished when
+//     epoll says it has room (floor_linux.go says why nothing can deliver
+//     to the same sockets for less).
 //
 // Both take events the way the gateway does, from the topic's live channel
 // that the bus's owner (a wsbus node) publishes to, and speak the part of
@@ -67,6 +68,12 @@ func ServeBaseline(ctx context.Context, cfg BaselineConfig) error {
 		topics:  map[string]*baseTopic{},
 	}
 	defer s.ps.Close()
+	if cfg.Kind == Floor {
+		if s.floor, err = newFloor(ctx); err != nil {
+			return err
+		}
+		defer s.floor.wait()
+	}
 	go s.deliver(ctx)
 	go returnMemory(ctx)
 	mux := http.NewServeMux()
@@ -108,16 +115,17 @@ type baseline struct {
 	n       int
 	history *streams.History
 	ps      *redis.PubSub
+	floor   *floor // the floor's fan-out; nil for the naive server
 
 	mu     sync.Mutex
 	topics map[string]*baseTopic // by live channel
 }
 
-// baseTopic is one topic's connections: naive ones, or the floor's fds.
+// baseTopic is one topic's naive connections (the floor's are in its
+// shards).
 type baseTopic struct {
 	name  string
 	naive map[*naiveConn]struct{}
-	fds   []int
 }
 
 // join returns the topic, subscribing its live channel when it is new.
@@ -163,30 +171,20 @@ func (s *baseline) deliver(ctx context.Context) {
 			s.mu.Unlock()
 			continue
 		}
-		frame := wsbusws.TextFrameString(m.Payload).Bytes() // encoded once, as the gateway does
-		kept := t.fds[:0]
-		for _, fd := range t.fds {
-			if _, err := syscall.Write(fd, frame); err != nil {
-				_ = syscall.Close(fd) // the client is gone
-				continue
-			}
-			kept = append(kept, fd)
-		}
-		t.fds = kept
 		s.mu.Unlock()
+		s.floor.broadcast(ctx, m.Channel, wsbusws.TextFrameString(m.Payload).Bytes()) // encoded once, as the gateway does
 	}
 }
 
-// serveFloor upgrades, answers "subscribed", and keeps only a duplicate of
-// the socket's fd, in blocking mode, for the write loop.
+// serveFloor upgrades, answers "subscribed", and hands a duplicate of the
+// socket's fd (non-blocking, as Go made it) to the floor's fan-out.
 func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 	topic := r.URL.Query().Get("topic")
 	if topic == "" {
 		http.Error(w, "topic required", http.StatusBadRequest)
 		return
 	}
-	t, err := s.join(r.Context(), topic)
-	if err != nil {
+	if _, err := s.join(r.Context(), topic); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
@@ -199,22 +197,11 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 	if _, err := conn.Write(hello); err != nil {
 		return
 	}
-	sc, err := conn.(syscall.Conn).SyscallConn()
+	fd, err := dupFD(conn)
 	if err != nil {
 		return
 	}
-	fd := -1
-	_ = sc.Control(func(raw uintptr) {
-		if fd, err = syscall.Dup(int(raw)); err == nil {
-			err = syscall.SetNonblock(fd, false)
-		}
-	})
-	if err != nil {
-		return
-	}
-	s.mu.Lock()
-	t.fds = append(t.fds, fd)
-	s.mu.Unlock()
+	_ = s.floor.add(s.cfg.Keys.Live(streams.Partition(topic, s.n), topic), fd)
 }
 
 // naiveConn is one connection of the naive server.

@@ -53,6 +53,19 @@ type Config struct {
 	// (mix "own"), for UnicastFor.
 	UnicastRate int
 	UnicastFor  time.Duration
+	// Capacity, when set, ends each server's run with the capacity phase
+	// (capacity.go): Conns connections spread over CapacityTopics topics,
+	// events published at a rising rate, from CapacityStart deliveries a
+	// second up to CapacityMax, CapacityStep at each, until the slowest
+	// receipt's p99 passes 100 ms or a receipt is lost; no step starts
+	// after CapacityFor. Zero values mean 1,000 topics, 10,000/s,
+	// 2,000,000/s, 3 s and 90 s.
+	Capacity       bool
+	CapacityTopics int
+	CapacityStart  float64
+	CapacityMax    float64
+	CapacityStep   time.Duration
+	CapacityFor    time.Duration
 	// Executable runs a worker: Executable WorkerArgs... (wsbus bench --worker).
 	Executable string
 	WorkerArgs []string
@@ -87,9 +100,10 @@ type Result struct {
 		Goroutines  float64 `json:"goroutines"`
 		FDs         float64 `json:"fds"`
 	} `json:"per_conn"`
-	Broadcast *Latency `json:"broadcast,omitempty"`
-	Storm     *Storm   `json:"resume_storm,omitempty"`
-	Unicast   *Unicast `json:"unicast,omitempty"`
+	Broadcast *Latency  `json:"broadcast,omitempty"`
+	Storm     *Storm    `json:"resume_storm,omitempty"`
+	Unicast   *Unicast  `json:"unicast,omitempty"`
+	Capacity  *Capacity `json:"capacity,omitempty"`
 }
 
 // Unicast is what a unicast run measured.
@@ -157,7 +171,8 @@ type workerProc struct {
 type Comparison struct {
 	Results []*Result `json:"results"` // the gateway first
 	// Ratios holds, for each baseline, the gateway's figure divided by
-	// the baseline's: below 1 the gateway does better.
+	// the baseline's: below 1 the gateway does better, except capacity,
+	// where above 1 it does.
 	Ratios map[string]map[string]float64 `json:"ratios,omitempty"`
 }
 
@@ -243,6 +258,9 @@ func ratios(gw, base *Result) map[string]float64 {
 	if gw.Storm != nil && base.Storm != nil {
 		put("storm_took", float64(gw.Storm.Took), float64(base.Storm.Took))
 	}
+	if gw.Capacity != nil && base.Capacity != nil {
+		put("capacity", gw.Capacity.Sustained, base.Capacity.Sustained)
+	}
 	return r
 }
 
@@ -272,23 +290,9 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	}
 	start := time.Now()
 	var workers []*workerProc
-	defer func() {
-		for _, w := range workers {
-			_, _ = io.WriteString(w.in, "quit\n")
-			_ = w.in.Close()
-			_ = w.cmd.Wait()
-		}
-	}()
-	// Every server gets a worker or more; each worker an equal share.
-	n := max((cfg.Conns+cfg.PerWorker-1)/cfg.PerWorker, len(urls))
-	n = (n + len(urls) - 1) / len(urls) * len(urls)
-	for i := range n {
-		share := topics[i*cfg.Conns/n : (i+1)*cfg.Conns/n]
-		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share, Protocol: protocol(server)})
-		if err != nil {
-			return nil, err
-		}
-		workers = append(workers, w)
+	defer func() { stopWorkers(workers) }()
+	if workers, err = startWorkers(cfg, urls, topics, protocol(server)); err != nil {
+		return nil, err
 	}
 	res.Workers = len(workers)
 	reports, err := collect(workers)
@@ -326,7 +330,84 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 			return nil, err
 		}
 	}
+	// The capacity phase publishes with XADD to the bus, which Centrifugo
+	// does not read: it is not measured there.
+	if cfg.Capacity && server != Centrifugo {
+		stopWorkers(workers)
+		workers = nil
+		if res.Capacity, err = measureCapacity(ctx, cfg, urls, &workers); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// startWorkers starts the workers that open a connection for each of
+// topics, spread over urls: every server gets a worker or more, each
+// worker an equal share.
+func startWorkers(cfg Config, urls, topics []string, proto string) ([]*workerProc, error) {
+	var workers []*workerProc
+	n := max((len(topics)+cfg.PerWorker-1)/cfg.PerWorker, len(urls))
+	n = (n + len(urls) - 1) / len(urls) * len(urls)
+	for i := range n {
+		share := topics[i*len(topics)/n : (i+1)*len(topics)/n]
+		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share, Protocol: proto})
+		if err != nil {
+			stopWorkers(workers)
+			return nil, err
+		}
+		workers = append(workers, w)
+	}
+	return workers, nil
+}
+
+// stopWorkers has the workers reset their connections and waits for them
+// to end.
+func stopWorkers(workers []*workerProc) {
+	for _, w := range workers {
+		_, _ = io.WriteString(w.in, "quit\n")
+		_ = w.in.Close()
+		_ = w.cmd.Wait()
+	}
+}
+
+// measureCapacity opens the capacity phase's connections in new workers,
+// left in *workers for the caller to stop, and runs the phase.
+func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]*workerProc) (*Capacity, error) {
+	if cfg.CapacityTopics <= 0 {
+		cfg.CapacityTopics = 1000
+	}
+	if cfg.CapacityStart <= 0 {
+		cfg.CapacityStart = 10000
+	}
+	if cfg.CapacityMax <= 0 {
+		cfg.CapacityMax = 2e6
+	}
+	if cfg.CapacityStep <= 0 {
+		cfg.CapacityStep = 3 * time.Second
+	}
+	if cfg.CapacityFor <= 0 {
+		cfg.CapacityFor = 90 * time.Second
+	}
+	topics := capacityTopics(cfg.Conns, cfg.CapacityTopics)
+	var err error
+	if *workers, err = startWorkers(cfg, urls, topics, ""); err != nil {
+		return nil, err
+	}
+	reports, err := collect(*workers)
+	if err != nil {
+		return nil, err
+	}
+	failed := 0
+	for _, r := range reports {
+		failed += r.Failed
+	}
+	if failed > 0 {
+		progress(cfg, "capacity: skipped: %d of %d connections failed", failed, len(topics))
+		return &Capacity{Subscribers: len(topics), Ended: fmt.Sprintf("%d connections failed", failed)}, nil
+	}
+	progress(cfg, "capacity: %d connections open on %d topics", len(topics), cfg.CapacityTopics)
+	return capacity(ctx, cfg, *workers, topics)
 }
 
 // broadcast publishes timestamped events to the shared topic and gathers

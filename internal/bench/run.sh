@@ -7,6 +7,8 @@
 # go tool task centrifugo) is measured third when it is there, on the same
 # Redis with its Redis engine, history and recovery on in the namespace
 # bench; CENTRIFUGO_BIN= (empty) leaves it out.
+# CAPACITY=1 adds the capacity phase for every server (about 1 to 2
+# minutes each at 19,000: outside the 3 minutes of the default run).
 # The report (figures, memory and latency plots) goes to REPORT
 # (.run/bench-report; empty: none), its path printed at the end.
 set -euo pipefail
@@ -59,4 +61,5 @@ else
 fi
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
-  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} "${peer[@]}" "$@"
+  --conns "$conns" --settle 12s --broadcasts 50 --gap 200ms ${report:+--report "$report"} \
+  ${CAPACITY:+--capacity} "${peer[@]}" "$@"

@@ -84,6 +84,15 @@ func (c *Comparison) Table() Table {
 			return fmt.Sprintf("%d/%d/%d", s.NotRecovered, s.Lost, s.Duplicates)
 		}))
 	}
+	if gw.Capacity != nil {
+		cp := func(f func(*Capacity) string) func(*Result) string {
+			return phase(func(r *Result) *Capacity { return r.Capacity }, f)
+		}
+		row("capacity, deliveries/s (p99 < 100 ms, 0 lost)", "capacity", cp(func(c *Capacity) string { return fmt.Sprintf("%.0f", c.Sustained) }))
+		row("capacity subscribers/topics, steps", "", cp(func(c *Capacity) string {
+			return fmt.Sprintf("%d/%d, %d", c.Subscribers, c.Topics, len(c.Steps))
+		}))
+	}
 	return t
 }
 

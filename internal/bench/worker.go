@@ -108,6 +108,14 @@ type shard struct {
 	all     Histogram
 	unicast Histogram
 	last    map[int64]uint64
+	// capacity holds each capacity event's receipts here: their number
+	// and the slowest, in µs.
+	capacity map[int64]capReceipts
+}
+
+type capReceipts struct {
+	n  uint64
+	us uint64
 }
 
 // RunWorker serves one Job read from in, answering the commands "report",
@@ -115,7 +123,9 @@ type shard struct {
 // cursor) and "quit", one JSON line each, on out. A soak worker also
 // answers "churn N" (switch N connections to other topics), "final
 // COUNTS" (a JSON array of the events published to each topic: a
-// SoakFinal) and "spans" (every Span).
+// SoakFinal) and "spans" (every Span). The capacity phase asks "capacity
+// FROM" and "capcount FROM" (a CapacityReport) and "redial" (dial every
+// closed connection again).
 func RunWorker(in io.Reader, out io.Writer) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
@@ -199,6 +209,16 @@ func RunWorker(in io.Reader, out io.Writer) error {
 				return err
 			}
 			go w.connectAll(true)
+		case "capacity", "capcount":
+			from, _ := strconv.ParseInt(arg, 10, 64)
+			if err := enc.Encode(w.capacityReport(from, cmd == "capacity")); err != nil {
+				return err
+			}
+		case "redial":
+			w.redialClosed()
+			if err := enc.Encode(struct{}{}); err != nil {
+				return err
+			}
 		case "churn", "final", "spans":
 			if err := w.soakCommand(enc, cmd, arg); err != nil {
 				return err
@@ -362,6 +382,10 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 // broadcast number k. It runs with wc.mu held.
 func (w *worker) tally(wc *wconn, t, k, now int64) {
 	d := time.Duration(now - t)
+	if k >= capacityBase {
+		w.recordCapacity(wc.shard, k-capacityBase, d)
+		return
+	}
 	w.received.Add(1)
 	if wc.resumed {
 		w.since.Add(1)
@@ -383,6 +407,76 @@ func (w *worker) tally(wc *wconn, t, k, now int64) {
 		sh.last[k] = max(sh.last[k], us)
 	}
 	sh.mu.Unlock()
+}
+
+// recordCapacity counts a receipt of capacity event k.
+func (w *worker) recordCapacity(sh *shard, k int64, d time.Duration) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.capacity == nil {
+		sh.capacity = map[int64]capReceipts{}
+	}
+	r := sh.capacity[k]
+	r.n++
+	r.us = max(r.us, uint64(max(d.Microseconds(), 0)))
+	sh.capacity[k] = r
+}
+
+// capacityReport answers "capacity FROM" (with each event's slowest
+// receipt when last is set) and "capcount FROM"; receipts of events
+// before from are forgotten.
+func (w *worker) capacityReport(from int64, last bool) CapacityReport {
+	var rep CapacityReport
+	for _, wc := range w.conns {
+		wc.mu.Lock()
+		if wc.fd >= 0 {
+			rep.Open++
+		}
+		wc.mu.Unlock()
+	}
+	for i := range w.shards {
+		sh := &w.shards[i]
+		sh.mu.Lock()
+		for k, r := range sh.capacity {
+			if k < from {
+				delete(sh.capacity, k)
+				continue
+			}
+			rep.Received += r.n
+			if !last {
+				continue
+			}
+			if j := int(k - from); j >= len(rep.Last) {
+				rep.Last = append(rep.Last, make([]uint64, j+1-len(rep.Last))...)
+			}
+			rep.Last[k-from] = max(rep.Last[k-from], r.us+1)
+		}
+		sh.mu.Unlock()
+	}
+	return rep
+}
+
+// redialClosed dials again, 256 at a time, every connection that is
+// closed.
+func (w *worker) redialClosed() {
+	sem := make(chan struct{}, 256)
+	var wg sync.WaitGroup
+	for _, wc := range w.conns {
+		wc.mu.Lock()
+		closed := wc.fd < 0
+		wc.mu.Unlock()
+		if !closed {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, _ = w.connect(wc, false) // what stays closed shows in the next count
+		}()
+	}
+	wg.Wait()
 }
 
 // parseEvent picks the ID, the seq and the bench's own data,

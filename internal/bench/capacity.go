@@ -1,0 +1,265 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsbus/wsbus/streams"
+)
+
+// Capacity is what the capacity phase measured: the highest rate of
+// deliveries a server kept up with, every receipt in and the slowest
+// receipt of 99% of the events within MaxP99, and the steps that found it.
+type Capacity struct {
+	Subscribers int           `json:"subscribers"`
+	Topics      int           `json:"topics"`
+	MaxP99      time.Duration `json:"max_last_p99_ns"`
+	// Sustained is the deliveries per second received in the fastest step
+	// kept up with; 0 when none was.
+	Sustained float64        `json:"sustained_deliveries_per_sec"`
+	Steps     []CapacityStep `json:"steps"`
+	Ended     string         `json:"ended"` // why the search stopped
+}
+
+// CapacityStep is one rate tried for a few seconds.
+type CapacityStep struct {
+	Offered   float64       `json:"offered_deliveries_per_sec"`
+	Delivered float64       `json:"delivered_per_sec"` // receipts over the time published
+	Events    int           `json:"events"`
+	Receipts  uint64        `json:"receipts"`
+	Lost      int64         `json:"lost"`
+	LastP99   time.Duration `json:"last_p99_ns"` // of each event's slowest receipt
+	Behind    bool          `json:"publisher_behind,omitempty"`
+	Kept      bool          `json:"kept_up"`
+}
+
+// capacitySearch bounds the search of a rate.
+type capacitySearch struct {
+	Start, Max float64 // deliveries per second: the first rate and the highest tried
+	// Tolerance ends the bisection once the slowest rate failed is within
+	// this fraction of the fastest kept up with.
+	Tolerance float64
+	MaxSteps  int
+	Deadline  time.Time // no step starts after it; zero: none
+	MaxP99    time.Duration
+}
+
+// search finds the highest rate at which try's steps keep up: doubling
+// from Start until one fails or Max is reached, then bisecting between the
+// fastest kept up with and the slowest failed. It stops by itself, at
+// MaxSteps or Deadline at the latest.
+func (s capacitySearch) search(try func(rate float64) (CapacityStep, error)) (*Capacity, error) {
+	c := &Capacity{MaxP99: s.MaxP99}
+	good, bad := 0.0, 0.0 // bad == 0: no rate failed yet
+	rate := s.Start
+	for {
+		switch {
+		case len(c.Steps) == s.MaxSteps:
+			c.Ended = fmt.Sprintf("%d steps", s.MaxSteps)
+			return c, nil
+		case !s.Deadline.IsZero() && time.Now().After(s.Deadline):
+			c.Ended = "out of time"
+			return c, nil
+		}
+		st, err := try(rate)
+		if err != nil {
+			return nil, err
+		}
+		st.Offered = rate
+		st.Kept = st.Lost == 0 && st.LastP99 < s.MaxP99 && !st.Behind
+		c.Steps = append(c.Steps, st)
+		if st.Kept {
+			good = rate
+			c.Sustained = max(c.Sustained, st.Delivered)
+		} else {
+			bad = rate
+		}
+		switch {
+		case bad == 0 && rate >= s.Max:
+			c.Ended = "kept up at the highest rate tried"
+			return c, nil
+		case bad == 0:
+			rate = min(2*rate, s.Max)
+		case bad-good <= s.Tolerance*bad:
+			c.Ended = fmt.Sprintf("bisected to within %.0f%%", 100*s.Tolerance)
+			return c, nil
+		default:
+			rate = (good + bad) / 2
+		}
+	}
+}
+
+// capacityBase is added to the number of a capacity event to make its
+// kind: the numbers of broadcasts stay below it.
+const capacityBase = int64(1) << 40
+
+// CapacityReport is a worker's answer to "capacity FROM": of the capacity
+// events numbered FROM and up, its open connections, the receipts, and
+// (unless it was asked "capcount") each event's slowest receipt here in
+// µs plus one, by number less FROM (0: not received).
+type CapacityReport struct {
+	Open     int      `json:"open"`
+	Received uint64   `json:"received"`
+	Last     []uint64 `json:"last,omitempty"`
+}
+
+// capacityTopics gives each of n subscribers one of topics topics, in turn.
+func capacityTopics(n, topics int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = "bench:c" + strconv.Itoa(i%topics)
+	}
+	return out
+}
+
+// capacityRun is the capacity phase against one server's connections.
+type capacityRun struct {
+	cfg     Config
+	workers []*workerProc
+	conns   int
+	topics  []string       // the distinct topics, published to in turn
+	subs    map[string]int // subscribers of each
+	streams []string       // the ingress stream of each topic
+	next    int64          // the number of the next event
+}
+
+// capacity holds the phase's connections (opened by the caller) and
+// searches the highest rate of deliveries the server keeps up with.
+func capacity(ctx context.Context, cfg Config, workers []*workerProc, assigned []string) (*Capacity, error) {
+	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	r := &capacityRun{cfg: cfg, workers: workers, conns: len(assigned), subs: map[string]int{}}
+	for _, t := range assigned {
+		if r.subs[t] == 0 {
+			r.topics = append(r.topics, t)
+			r.streams = append(r.streams, cfg.Keys.Ingress(streams.Partition(t, n)))
+		}
+		r.subs[t]++
+	}
+	s := capacitySearch{Start: cfg.CapacityStart, Max: cfg.CapacityMax, Tolerance: 0.1, MaxSteps: 12,
+		Deadline: time.Now().Add(cfg.CapacityFor), MaxP99: 100 * time.Millisecond}
+	// A first step, not counted, warms up what the first event of a topic
+	// costs (in Redis, the gateway's bus, the server): the server measured
+	// first would pay for the others.
+	progress(cfg, "capacity: warming up")
+	if _, err := r.step(ctx, cfg.CapacityStart/2); err != nil {
+		return nil, err
+	}
+	c, err := s.search(func(rate float64) (CapacityStep, error) { return r.step(ctx, rate) })
+	if err != nil {
+		return nil, err
+	}
+	c.Subscribers, c.Topics = len(assigned), len(r.topics)
+	progress(cfg, "capacity: %.0f deliveries/s sustained (%d subscribers on %d topics; %s)", c.Sustained, c.Subscribers, c.Topics, c.Ended)
+	return c, nil
+}
+
+// step publishes at rate deliveries a second for cfg.CapacityStep, waits
+// for the receipts, then for the server to be quiet and every connection
+// open again.
+func (r *capacityRun) step(ctx context.Context, rate float64) (CapacityStep, error) {
+	perEvent := float64(r.conns) / float64(len(r.topics))
+	eventsPerSec := rate / perEvent
+	from := r.next
+	var st CapacityStep
+	var want int64
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	for ; time.Since(start) < r.cfg.CapacityStep; <-tick.C {
+		due := from + int64(time.Since(start).Seconds()*eventsPerSec) + 1
+		if float64(due-r.next) > max(eventsPerSec, 1) { // a second behind: the publisher, not the server, is the limit
+			st.Behind = true
+		}
+		due = min(due, r.next+1000) // one pipeline's worth a tick
+		pipe := r.cfg.Redis.Pipeline()
+		for ; r.next < due; r.next++ {
+			i := int(r.next % int64(len(r.topics)))
+			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: capacityBase + r.next})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: r.streams[i], Values: []any{"topic", r.topics[i], "data", data}})
+			want += int64(r.subs[r.topics[i]])
+			st.Events++
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			tick.Stop()
+			return st, fmt.Errorf("publishing capacity events: %w", err)
+		}
+	}
+	tick.Stop()
+	took := time.Since(start)
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		got, _, err := r.count(from)
+		if err != nil {
+			return st, err
+		}
+		if int64(got) >= want || time.Now().After(deadline) {
+			break
+		}
+	}
+	reports, err := ask[CapacityReport](r.workers, "capacity "+strconv.FormatInt(from, 10))
+	if err != nil {
+		return st, err
+	}
+	last := make([]uint64, st.Events)
+	for _, rep := range reports {
+		st.Receipts += rep.Received
+		for i, us := range rep.Last {
+			if i < len(last) {
+				last[i] = max(last[i], us)
+			}
+		}
+	}
+	var h Histogram
+	for _, us := range last {
+		if us > 0 {
+			h.Record(time.Duration(us-1) * time.Microsecond)
+		}
+	}
+	st.Lost = want - int64(st.Receipts)
+	st.LastP99 = h.Quantile(0.99)
+	st.Delivered = float64(st.Receipts) / took.Seconds()
+	progress(r.cfg, "capacity step: %.0f deliveries/s offered (%d events), %.0f/s received, last receipt p99 %v, lost %d, publisher behind %v",
+		rate, st.Events, st.Delivered, st.LastP99, st.Lost, st.Behind)
+	return st, r.settle(from)
+}
+
+// count sums the workers' receipts of events from on, and their open
+// connections.
+func (r *capacityRun) count(from int64) (received uint64, open int, err error) {
+	reports, err := ask[CapacityReport](r.workers, "capcount "+strconv.FormatInt(from, 10))
+	for _, rep := range reports {
+		received += rep.Received
+		open += rep.Open
+	}
+	return received, open, err
+}
+
+// settle waits, up to 10 s, until no more receipts of the step come (an
+// overloaded server is still working off its queues), then has the
+// workers dial any connection the server closed.
+func (r *capacityRun) settle(from int64) error {
+	var before uint64
+	var open int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		got, n, err := r.count(from)
+		if err != nil {
+			return err
+		}
+		open = n
+		if got == before || time.Now().After(deadline) {
+			break
+		}
+		before = got
+	}
+	if open < r.conns {
+		progress(r.cfg, "capacity: %d connections closed by the server; dialing them again", r.conns-open)
+		return command(r.workers, "redial")
+	}
+	return nil
+}
