@@ -329,6 +329,11 @@ func (c *canary) event(e wsbus.Event) {
 	// A topic's events arrive in ID order: those of this node's before
 	// this one that have not come never will.
 	rest, found, overtaken := settle(c.pending[p], id)
+	if since := c.since[p]; found && !since.IsZero() && now.Sub(later(c.pending[p][overtaken].at, since)) > c.cfg.Timeout {
+		// Past its timeout before expire looked: lost, and late.
+		c.addLostLocked(p, 1)
+		c.lateBy[p].Inc()
+	}
 	c.pending[p] = rest
 	if overtaken > c.credit[p] {
 		n := overtaken - c.credit[p]

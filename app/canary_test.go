@@ -321,7 +321,15 @@ func TestCanaryCounts(t *testing.T) {
 	arrive("9000-0")
 	c.expire(overdue())
 	check("resumed", 4, 1)
-	if got := promtest.ToFloat64(c.receivedBy[0]); got != 6 {
-		t.Fatalf("received %v, want 6", got)
+
+	publish("9900-0")
+	c.mu.Lock()
+	c.pending[0][0].at = time.Now().Add(-2 * time.Second) // sent longer than the timeout ago,
+	c.since[0] = c.pending[0][0].at                       // on a subscription in effect since
+	c.mu.Unlock()
+	arrive("9900-0") // before expire looked
+	check("past its timeout when it came", 5, 2)
+	if got := promtest.ToFloat64(c.receivedBy[0]); got != 7 {
+		t.Fatalf("received %v, want 7", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/testutil"
+	"github.com/wsbus/wsbus/internal/wstest"
 )
 
 // nginxBin finds nginx on PATH or where Debian puts it (/usr/sbin is not on
@@ -132,6 +133,19 @@ func TestNginxDrain(t *testing.T) {
 	f.waitBalanced(10*time.Second, "a", "b", "c")
 	lb := startNginx(t, []string{f.nodes["a"].addr, f.nodes["b"].addr, f.nodes["c"].addr})
 	through := func() []string { return []string{"ws://" + lb + "/v1/ws"} }
+	// Plain HTTP through the balancer first, to every node: an upgrade
+	// must not then be sent over a connection a request used before
+	// (the gateway takes an upgrade only as a connection's first request).
+	for range 6 {
+		waitOK(t, "http://"+lb+"/healthz", 10*time.Second)
+	}
+	for i := range 6 {
+		c, err := wstest.TryDial(through()[0])
+		if err != nil {
+			t.Fatalf("upgrade %d through nginx after plain requests: %v", i, err)
+		}
+		_ = c.Conn.Close()
+	}
 
 	var clients []*resumer
 	for i := range 6 {
