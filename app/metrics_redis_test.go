@@ -14,8 +14,8 @@ import (
 )
 
 // TestRedisErrorsCountsFailuresNotAnswers runs commands on a real Redis
-// whose replies the bus handles as answers (nil, NOSCRIPT, BUSYGROUP, a
-// lost lease) and ones that are failures (a wrong type, a refused
+// whose replies the bus handles as answers (nil, no such key, NOSCRIPT,
+// BUSYGROUP, a lost lease) and ones that are failures (a wrong type, a refused
 // connection), and counts only the failures.
 func TestRedisErrorsCountsFailuresNotAnswers(t *testing.T) {
 	ctx := context.Background()
@@ -26,6 +26,7 @@ func TestRedisErrorsCountsFailuresNotAnswers(t *testing.T) {
 	key := redistest.Prefix(t) + ":s"
 
 	_ = rdb.Get(ctx, key+":none").Err()                                         // redis.Nil
+	_ = rdb.XInfoStream(ctx, key+":none").Err()                                 // ERR no such key
 	_ = rdb.EvalSha(ctx, "0123456789012345678901234567890123456789", nil).Err() // NOSCRIPT
 	_ = rdb.XGroupCreateMkStream(ctx, key, "g", "0").Err()
 	_ = rdb.XGroupCreateMkStream(ctx, key, "g", "0").Err() // BUSYGROUP

@@ -34,6 +34,13 @@ func TestDeliveryLatencyOncePerEvent(t *testing.T) {
 	if n := gatewayMetric(t, b, "wsbus_bus_apply_seconds_count"); n < 1 {
 		t.Errorf("%d applied batches timed after 3 events", n)
 	}
+	// A healthy node, started on a new bus, with subscribes to topics
+	// without history: nothing of it is a Redis failure.
+	empty := wstest.Dial(t, b.node.url+"?topic=never-published")
+	empty.Expect("subscribed", testutil.Wait)
+	if n := gatewayMetric(t, b, "wsbus_redis_errors_total"); n != 0 {
+		t.Errorf("wsbus_redis_errors_total %d on a healthy node, want 0", n)
+	}
 }
 
 // TestResumeMissedCounted resumes from a cursor whose events history has

@@ -28,6 +28,7 @@ const (
 	kindNoGroup                    // the stream or its consumer group is missing (NOGROUP)
 	kindNoScript                   // EVALSHA of a script Redis has not cached (NOSCRIPT): a restarted Redis, or a pipeline
 	kindBusyGroup                  // XGROUP CREATE of a group that exists (BUSYGROUP): another node or an earlier try made it
+	kindNoKey                      // XINFO STREAM (and the like) of a key that does not exist: "ERR no such key"
 	kindNil                        // redis.Nil: no value, a missing key or a blocking read that timed out
 	kindTransient                  // Redis moving, starting or unreachable: MOVED, ASK, CLUSTERDOWN, TRYAGAIN, LOADING, READONLY, MASTERDOWN, a connection error
 	kindOther                      // anything else
@@ -49,6 +50,9 @@ func classify(err error) errKind {
 		return kindNil
 	}
 	if rerr := redis.Error(nil); errors.As(err, &rerr) {
+		if rerr.Error() == "ERR no such key" {
+			return kindNoKey
+		}
 		code, _, _ := strings.Cut(strings.TrimPrefix(rerr.Error(), "ERR "), " ")
 		switch code {
 		case "WSBUSLEASE":
@@ -84,6 +88,10 @@ func RedisFailed(err error) bool {
 	switch classify(err) {
 	case kindTransient, kindOther:
 		return true
+	case kindCanceled:
+		// A command's own deadline passed: Redis did not answer in time.
+		// A context cancelled (a shutdown, a lease given up) is no failure.
+		return errors.Is(err, context.DeadlineExceeded)
 	}
 	return false
 }
