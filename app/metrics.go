@@ -24,7 +24,7 @@ func newObserved() *observed {
 		}),
 		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "wsbus_delivery_latency_seconds",
-			Help:    "From an event's XADD (the time in its ID) to its frame handed to every subscriber's connection on this gateway: one observation per event and gateway, not per socket.",
+			Help:    "From an event's XADD (the time in its ID) to its frame handed to every subscriber's connection on this gateway: one observation per event and gateway, not per socket; the canary's events are not counted here.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}

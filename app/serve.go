@@ -324,7 +324,11 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	<-ownerDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
-	_ = srv.Drain(drainCtx, wsbus.CloseDraining, "node draining: reconnect and resume", c.DrainRate)
+	if err := srv.Drain(drainCtx, wsbus.CloseDraining, "node draining: reconnect and resume", c.DrainRate); err != nil {
+		logger.Warn("drain cut short at --drain-timeout: the clients left were closed at once", "err", err)
+	} else {
+		logger.Info("drained")
+	}
 	if !served {
 		err = <-serveErr // Serve returns once Drain has closed its listener
 	}

@@ -104,12 +104,13 @@ func (h *httpAPI) fleetStatus(st Status) fleetStatus {
 	return f
 }
 
-// operatorKeyOK lets a request see the fleet's status: any request on an
-// --insecure gateway; otherwise one with the operator key, the
-// --publish-key value, as Authorization: Bearer KEY or ?key=KEY (the page
-// passes its own ?key= on to its fetches). It answers 403 or 401 when not.
+// operatorKeyOK lets a request see the fleet's status: one with the
+// operator key, the --publish-key value, as Authorization: Bearer KEY or
+// ?key=KEY (the page passes its own ?key= on to its fetches), or, on an
+// --insecure gateway without a --publish-key, any request, as publishing.
+// It answers 403 or 401 when not.
 func (h *httpAPI) operatorKeyOK(w http.ResponseWriter, r *http.Request) bool {
-	if h.cfg.Insecure {
+	if h.cfg.Insecure && h.cfg.PublishKey == "" {
 		return true
 	}
 	if h.cfg.PublishKey == "" {

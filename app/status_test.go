@@ -130,14 +130,16 @@ func fleetShown(st statusAnswer, self string) error {
 	return nil
 }
 
-// TestStatusAccess: the status page and its JSON are open on an --insecure
-// gateway, need the operator key (--publish-key) otherwise, and are off
+// TestStatusAccess: the status page and its JSON need the operator key
+// (--publish-key), also on an --insecure gateway that has one; they are
+// open on an --insecure gateway without one, and off on a secure gateway
 // without one.
 func TestStatusAccess(t *testing.T) {
 	srv := redistest.Start(t)
 	keyed := startNode(t, serveConfig(t, srv, redistest.Prefix(t), "--jwt-secret", testSecret, "--publish-key", "opkey", "--partitions", "2"))
 	keyless := startNode(t, serveConfig(t, srv, redistest.Prefix(t)+"-keyless", "--jwt-secret", testSecret, "--partitions", "2"))
 	open := startNode(t, testConfig(t, srv, redistest.Prefix(t)+"-open", "--partitions", "2"))
+	insecureKeyed := startNode(t, testConfig(t, srv, redistest.Prefix(t)+"-ik", "--publish-key", "opkey", "--partitions", "2"))
 	for _, tt := range []struct {
 		name   string
 		node   *testNode
@@ -157,6 +159,8 @@ func TestStatusAccess(t *testing.T) {
 		{"page, no key configured", keyless, "/status", nil, 403, "application/json"},
 		{"insecure", open, "/status.json", nil, 200, "application/json"},
 		{"insecure page", open, "/status", nil, 200, "text/html; charset=utf-8"},
+		{"insecure with a key, no key", insecureKeyed, "/status.json", nil, 401, "application/json"},
+		{"insecure with a key, the key", insecureKeyed, "/status.json", bearer("opkey"), 200, "application/json"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, typ, body := getStatus(t, tt.node, tt.path, tt.header)

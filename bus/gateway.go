@@ -75,7 +75,8 @@ type GatewayConfig struct {
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
 	// DeliveryLatency, when set, is called once for each event a topic
-	// delivers to its subscribers (not once per subscriber), with the time
+	// delivers to its subscribers (not once per subscriber; the canary's
+	// topics left out), with the time
 	// from the event's XADD (the time in its ID, on Redis's clock) to its
 	// frame handed to every subscriber's connection. It runs under the
 	// topic's lock: keep it quick (a histogram's Observe).

@@ -73,9 +73,10 @@ func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	if len(t.subs) == 0 {
 		return
 	}
-	if fresh && g.cfg.DeliveryLatency != nil {
+	if fresh && g.cfg.DeliveryLatency != nil && !IsCanaryTopic(t.name) {
 		// Once per event: a catch-up hands on again the held events that
-		// its history page had delivered already.
+		// its history page had delivered already. The canary's events
+		// have their own latency (wsbus_canary_latency_seconds).
 		defer observeLatency(g.cfg.DeliveryLatency, ev.id)
 	}
 	parts := runtime.GOMAXPROCS(0)
