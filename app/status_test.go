@@ -185,6 +185,23 @@ func TestStatusAccess(t *testing.T) {
 func TestStatusWatch(t *testing.T) {
 	b := newTestBus(t, "--partitions", "3")
 	c := common{redis: stringList{values: []string{b.srv.URL()}}, prefix: b.prefix}
+	// The node has joined (its first heartbeat) and owns the partitions
+	// before the first frame is drawn.
+	testutil.Eventually(t, testutil.Wait, func() error {
+		st, err := ReadStatus(context.Background(), b.Redis, b.Keys)
+		if err != nil {
+			return err
+		}
+		if len(st.Nodes) != 1 {
+			return fmt.Errorf("%d live nodes, want the test's node", len(st.Nodes))
+		}
+		for _, p := range st.Partition {
+			if p.Owner == "" {
+				return fmt.Errorf("partition %d has no owner yet", p.P)
+			}
+		}
+		return nil
+	})
 	// drawn checks that a frame starts with start and shows the bus.
 	drawn := func(start string) func(string) bool {
 		return func(f string) bool {
