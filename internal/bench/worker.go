@@ -387,7 +387,10 @@ func (w *worker) tally(wc *wconn, t, k, now int64) {
 		return
 	}
 	w.received.Add(1)
-	if wc.resumed {
+	if wc.resumed && k == kindStorm {
+		// Only the storm's own events: a resume also brings a broadcast
+		// event the connection had not had yet (a server behind at the
+		// drop), which is no part of what the storm counts.
 		w.since.Add(1)
 	}
 	sh := wc.shard

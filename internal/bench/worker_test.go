@@ -98,3 +98,22 @@ func FuzzConsume(f *testing.F) {
 		}
 	})
 }
+
+// TestStormCountsOnlyItsEvents: a resumed connection that gets a broadcast
+// event it had not had yet (its server was behind at the drop) and a storm
+// event counts one storm event: the storm's loss is its own events'.
+func TestStormCountsOnlyItsEvents(t *testing.T) {
+	w := &worker{}
+	wc := &wconn{fd: -1, shard: &w.shards[0], resumed: true}
+	now := time.Now().UnixNano()
+	wc.mu.Lock()
+	w.tally(wc, now-int64(time.Second), 7, now)
+	w.tally(wc, now-int64(time.Millisecond), kindStorm, now)
+	wc.mu.Unlock()
+	if got := w.since.Load(); got != 1 {
+		t.Fatalf("%d events counted since the resume, want the 1 storm event", got)
+	}
+	if got := w.received.Load(); got != 2 {
+		t.Fatalf("%d events received, want 2", got)
+	}
+}
