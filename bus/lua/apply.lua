@@ -37,13 +37,13 @@
 -- due, so an ack is still there when the deadline is checked.
 --
 -- A key the batch writes that holds another type (a topic's history
--- taken by a string, say) would fail its op halfway, after the group has
--- moved past the batch, and lose the rest of it. So every key is checked
--- before anything is written: an event whose history, acked hash or
--- deadlines set has the wrong type is dead-lettered with the reason, the
--- others are applied; when the dead-letter stream itself has the wrong
--- type and something must go there, nothing is done (WSBUSKEY) and the
--- batch stays in the ingress until the key is mended.
+-- taken by a string, say) is checked where it is first written, before
+-- its op writes anything: an event whose history (or, with a deadline,
+-- acked hash or deadlines set) has the wrong type is dead-lettered with
+-- the reason, and the others are applied. A dead-letter stream of the
+-- wrong type, or any write Redis refuses, ends the script before the
+-- group moves (WSBUSKEY, or Redis's error): the batch is read again and
+-- what was written of it is skipped as replayed.
 --
 -- KEYS: owner, ingress, dead, deadlines, then a topic stream, live channel
 -- and acked hash per history op. ARGV: lease value, group, max history
@@ -65,7 +65,8 @@ if redis.call('GET', owner) ~= lease then
 end
 local n = tonumber(count)
 
--- The check of every key's type, before anything is written.
+-- The type of each key the batch writes, checked where it is first
+-- written (once a batch per key).
 local types = {}
 local function wrongtype(key, want)
   local t = types[key]
@@ -77,31 +78,15 @@ local function wrongtype(key, want)
     return 'the key ' .. key .. ' holds a ' .. t .. ', not a ' .. want
   end
 end
-local broken = {} -- by op: why its event is dead-lettered instead
-local mustdead = false
-do
-  local k, a = 5, 9
-  for i = 1, n do
-    local kind = ARGV[a]
-    if kind == 'h' or kind == 'H' then
-      broken[i] = wrongtype(KEYS[k], 'stream') or wrongtype(KEYS[k + 2], 'hash') or
-        (kind == 'H' and wrongtype(deadlines, 'zset')) or nil
-      mustdead = mustdead or broken[i] ~= nil
-      k = k + 3
-      if kind == 'H' then a = a + 6 else a = a + 4 end
-    elseif kind == 'd' then
-      mustdead = true
-      a = a + 5
-    else
-      a = a + 2
-    end
-  end
-end
-if mustdead then
+-- deadletter adds an entry to the dead-letter stream; a stream that holds
+-- another type refuses the batch (WSBUSKEY), read again later.
+local function deadletter(id, reason, topic, data)
   local why = wrongtype(dead, 'stream')
   if why then
-    return redis.error_reply('WSBUSKEY cannot dead-letter: ' .. why)
+    error({err = 'WSBUSKEY cannot dead-letter: ' .. why})
   end
+  redis.call('XADD', dead, 'MAXLEN', '~', '10000', '*',
+    'id', id, 'reason', reason, 'topic', topic, 'data', data)
 end
 
 local setread -- the group's count of entries read, when the batch moves it
@@ -131,10 +116,12 @@ local k, a, added, deadkeys = 5, 9, 0, 0
 local acks, seqs, cursors = {}, {}, {}
 for i = 1, n do
   local kind, id = ARGV[a], ARGV[a + 1]
-  if broken[i] then
-    local topic = string.match(KEYS[k], '^.-}:topic:(.*)$') or ''
-    redis.call('XADD', dead, 'MAXLEN', '~', '10000', '*',
-      'id', id, 'reason', broken[i], 'topic', topic, 'data', ARGV[a + 2])
+  -- Only an event with a deadline writes its acked hash and the deadlines
+  -- set (the hash's expiry alone works on any type).
+  local broken = (kind == 'h' or kind == 'H') and (wrongtype(KEYS[k], 'stream') or
+    (kind == 'H' and (wrongtype(KEYS[k + 2], 'hash') or wrongtype(deadlines, 'zset'))))
+  if broken then
+    deadletter(id, broken, string.match(KEYS[k], '^.-}:topic:(.*)$') or '', ARGV[a + 2])
     deadkeys = deadkeys + 1
     k = k + 3
     if kind == 'H' then a = a + 6 else a = a + 4 end
@@ -170,9 +157,7 @@ for i = 1, n do
     k = k + 3
     if kind == 'H' then a = a + 6 else a = a + 4 end
   elseif kind == 'd' then
-    local reason, topic, data = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    redis.call('XADD', dead, 'MAXLEN', '~', '10000', '*',
-      'id', id, 'reason', reason, 'topic', topic, 'data', data)
+    deadletter(id, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
     a = a + 5
   else
     a = a + 2

@@ -463,12 +463,19 @@ func TestFaultSentinelFailover(t *testing.T) {
 	sb.dropClients()
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the failover began", time.Since(begun).Round(10*time.Millisecond))
+	sb.settle(pb, resumed, oldEpochs)
+}
+
+// settle ends a failover test: once the gateways share the partitions
+// again, load runs a while, every client resumes against the new
+// master's data, and the outcome is checked (see check).
+func (sb *sentinelBus) settle(pb *tolerantPublishing, resumed int, oldEpochs []string) (handedLost int) {
+	sb.tb.Helper()
 	sb.waitBalanced(20*time.Second, "a", "b")
 	time.Sleep(2 * time.Second)        // load after the failover
 	sb.dropClients()                   // every client resumes against the new master's data
 	time.Sleep(500 * time.Millisecond) // load while they resume
-	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
-	sb.check(fo)
+	return sb.check(sb.outcome(pb.finish(), resumed, oldEpochs))
 }
 
 // TestFaultSentinelMasterKilled SIGKILLs the master under load; the
@@ -511,12 +518,7 @@ func TestFaultSentinelMasterKilled(t *testing.T) {
 	pb.phase.Store(2)
 	resumed := sb.awaitWrites(pb, master)
 	t.Logf("writes reached the new master %v after the crash", time.Since(begun).Round(10*time.Millisecond))
-	sb.waitBalanced(20*time.Second, "a", "b")
-	time.Sleep(2 * time.Second)        // load after the failover
-	sb.dropClients()                   // every client resumes against the new master's data
-	time.Sleep(500 * time.Millisecond) // load while they resume
-	fo := sb.outcome(pb.finish(), resumed, oldEpochs)
-	if sb.check(fo) == 0 {
+	if sb.settle(pb, resumed, oldEpochs) == 0 {
 		t.Errorf("no client had been handed an event that the crash lost: the test did not test the loss")
 	}
 }
