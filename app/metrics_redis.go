@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"net"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -20,13 +19,9 @@ import (
 // bus expects and handles.
 type redisErrors struct{ n atomic.Uint64 }
 
-func (e *redisErrors) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := next(ctx, network, addr)
-		e.count(nil, err)
-		return c, err
-	}
-}
+// DialHook counts nothing: a command whose connection could not be dialled
+// fails, and is counted once, as a command.
+func (e *redisErrors) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (e *redisErrors) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -46,12 +41,12 @@ func (e *redisErrors) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	}
 }
 
-// count counts err, the outcome of cmd (nil for a dial), if it failed.
+// count counts err, the outcome of cmd, if it failed.
 // The optional commands of a connection's handshake (HELLO, CLIENT
 // SETINFO) are refused by older servers and ignored by go-redis: not
 // failures.
 func (e *redisErrors) count(cmd redis.Cmder, err error) {
-	if cmd != nil && (cmd.Name() == "hello" || cmd.Name() == "client") {
+	if cmd.Name() == "hello" || cmd.Name() == "client" {
 		return
 	}
 	if bus.RedisFailed(err) {
