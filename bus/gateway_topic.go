@@ -20,6 +20,9 @@ const topicLinger = 30 * time.Second
 type topic struct {
 	name string
 	p    int
+	// timed: its deliveries count in GatewayConfig.DeliveryLatency (not
+	// the canary's topics, which have their own latency).
+	timed bool
 
 	// Guarded by Gateway.mu.
 	refs      int
@@ -73,10 +76,9 @@ func (t *topic) deliverLocked(g *Gateway, ev liveEvent) {
 	if len(t.subs) == 0 {
 		return
 	}
-	if fresh && g.cfg.DeliveryLatency != nil && !IsCanaryTopic(t.name) {
+	if fresh && t.timed && g.cfg.DeliveryLatency != nil {
 		// Once per event: a catch-up hands on again the held events that
-		// its history page had delivered already. The canary's events
-		// have their own latency (wsbus_canary_latency_seconds).
+		// its history page had delivered already.
 		defer observeLatency(g.cfg.DeliveryLatency, ev.id)
 	}
 	parts := runtime.GOMAXPROCS(0)
@@ -172,7 +174,7 @@ func (g *Gateway) refTopic(name string) *topic {
 	g.mu.Lock()
 	t, ok := g.topics[name]
 	if !ok {
-		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions)}
+		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions), timed: !IsCanaryTopic(name)}
 		g.topics[name] = t
 		lc = g.liveLocked(t.p)
 	}
