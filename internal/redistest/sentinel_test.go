@@ -54,7 +54,9 @@ func TestSentinelFailover(t *testing.T) {
 	restarted := killed.Client(t)
 	testutil.Eventually(t, wait, func() error {
 		if v, err := restarted.Get(ctx, "k").Result(); err != nil || v != "3" {
-			return fmt.Errorf("the restarted node has k = %q, %v; want the new master's 3", v, err)
+			info, _ := restarted.Info(ctx, "replication").Result()
+			mv, merr := st.Server(first).Client(t).Get(ctx, "k").Result()
+			return fmt.Errorf("the restarted node has k = %q, %v; want the new master's 3 (the master %s has %q, %v); the restarted node's replication:\n%s", v, err, first, mv, merr, info)
 		}
 		return nil
 	})
