@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -35,13 +36,17 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&urls, "url", "WebSocket endpoint of the gateway under test (start it with a high --upgrade-rate); repeat it, or separate with commas, to spread the connections over several gateways of one bus (default ws://127.0.0.1:8080/v1/ws)")
 	conns := fs.Int("conns", 1000, "connections to open")
 	perWorker := fs.Int("per-worker", 18000, "connections per client process (the fd limit is 20,000 per process)")
-	mix := fs.String("mix", "shared", "topic mix: shared (one topic), own (one each) or zipf")
+	mix := fs.String("mix", "shared", "topic mix: shared (one topic), own (one each), pair (each connection on the shared topic and its own) or zipf")
+	prepareHost := fs.Bool("prepare-host", false, "check that this machine can hold --conns connections with both ends on it (memory, kernel limits) over --processes processes, raise the kernel's limits that are short (as root), say what changed, and exit; go tool task bench-million runs it first")
+	processes := fs.Int("processes", 0, "with --prepare-host: the gateways and client workers the run will start")
+	var gatewayPIDs intList
+	fs.Var(&gatewayPIDs, "gateway-pids", "process IDs of the gateways at --url, comma-separated: their memory (RSS, PSS, anonymous) is read from /proc as well")
 	topics := fs.Int("topics", 1000, "topics of the zipf mix, and of --soak")
 	settle := fs.Duration("settle", 15*time.Second, "idle time before the gateway is measured")
 	broadcasts := fs.Int("broadcasts", 20, "events broadcast to the shared topic")
 	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
-	unicastRate := fs.Int("unicast-rate", 5000, "with --mix own: events per second, each to one connection's topic")
-	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own: how long to publish unicast events")
+	unicastRate := fs.Int("unicast-rate", 5000, "with --mix own or pair: events per second, each to one connection's own topic (a sample spaced over all of them when there are fewer events than connections)")
+	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own or pair: how long to publish unicast events")
 	capacity := fs.Bool("capacity", false, "end each server's run with the capacity phase: --conns connections over --capacity-topics topics, the publish rate raised until the slowest receipt's p99 passes 100 ms or one is lost")
 	capTopics := fs.Int("capacity-topics", 1000, "with --capacity: topics, each subscriber on one")
 	capStart := fs.Float64("capacity-start", 10000, "with --capacity: the first rate tried, deliveries per second (then doubled, then bisected)")
@@ -55,6 +60,15 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	soak.register(fs)
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
+	}
+	if *prepareHost {
+		return bench.PrepareHost(*conns, *processes, stdout)
+	}
+	switch *mix {
+	case "shared", "own", "pair", "zipf":
+	default:
+		fmt.Fprintf(stderr, "wsbus bench: unknown --mix %q: want shared, own, pair or zipf\n", *mix)
+		return errUsage
 	}
 	var kinds []string
 	if *baselines != "" {
@@ -98,6 +112,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return append([]string{"bench", "--baseline-server", kind}, c.args()...)
 		},
 		CentrifugoURL: *centrifugoURL, CentrifugoAPIKey: *centrifugoKey,
+		GatewayPIDs: gatewayPIDs,
 	}
 	if soak.on {
 		if *report != "" {
@@ -159,3 +174,19 @@ func printBench(w io.Writer, cmp *bench.Comparison) {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+// intList is a flag of comma-separated integers.
+type intList []int
+
+func (l *intList) String() string { return fmt.Sprint([]int(*l)) }
+
+func (l *intList) Set(v string) error {
+	for f := range strings.SplitSeq(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("%q is not a number", f)
+		}
+		*l = append(*l, n)
+	}
+	return nil
+}

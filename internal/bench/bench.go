@@ -36,8 +36,9 @@ type Config struct {
 	// Conns is how many connections to open, spread over workers of at
 	// most PerWorker connections (the fd limit is 20,000 per process).
 	Conns, PerWorker int
-	// Mix assigns topics: "shared" (one topic), "own" (one each) or
-	// "zipf" (Zipf over Topics topics).
+	// Mix assigns topics: "shared" (one topic), "own" (one each), "pair"
+	// (each connection on the shared topic and its own) or "zipf" (Zipf
+	// over Topics topics).
 	Mix    string
 	Topics int
 	// Settle is how long connections sit idle before the gateway is
@@ -78,6 +79,9 @@ type Config struct {
 	// when Baselines holds Centrifugo, and CentrifugoAPIKey the key of its
 	// HTTP server API.
 	CentrifugoURL, CentrifugoAPIKey string
+	// GatewayPIDs, when given, are the process IDs of the gateways at URL
+	// and MoreURLs, whose memory is then read from /proc as well.
+	GatewayPIDs []int
 	// Progress receives one line per step.
 	Progress io.Writer
 }
@@ -104,6 +108,9 @@ type Result struct {
 	Storm     *Storm    `json:"resume_storm,omitempty"`
 	Unicast   *Unicast  `json:"unicast,omitempty"`
 	Capacity  *Capacity `json:"capacity,omitempty"`
+	// Machine is where the memory went while the connections were held:
+	// kernel, clients, the whole machine (Linux).
+	Machine *Machine `json:"machine,omitempty"`
 }
 
 // Unicast is what a unicast run measured.
@@ -161,9 +168,10 @@ type Metrics struct {
 }
 
 type workerProc struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
+	conns int // connections it dials
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Scanner
 }
 
 // Comparison is a run over the gateway and the baselines, one after the
@@ -284,17 +292,25 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, cfg.Mix, cfg.Topics)
+	var own []string
+	if cfg.Mix == "pair" {
+		own = assignTopics(cfg.Conns, "own", 0)
+	}
 	publish, err := publisherFor(ctx, cfg, server, urls[0])
 	if err != nil {
 		return nil, err
 	}
+	before := readHost()
 	start := time.Now()
 	var workers []*workerProc
 	defer func() { stopWorkers(workers) }()
-	if workers, err = startWorkers(cfg, urls, topics, protocol(server)); err != nil {
+	if workers, err = startWorkers(cfg, urls, topics, own, protocol(server)); err != nil {
 		return nil, err
 	}
 	res.Workers = len(workers)
+	if err := awaitDialed(cfg, workers, start); err != nil {
+		return nil, err
+	}
 	reports, err := collect(workers)
 	if err != nil {
 		return nil, err
@@ -308,6 +324,10 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {
 		return nil, err
 	}
+	res.Machine = account(before, readHost(), cfg.Conns-res.Failed, workersMemory(workers), gatewaysMemory(cfg, server))
+	if cfg.Progress != nil {
+		res.Machine.print(cfg.Progress)
+	}
 	open := float64(cfg.Conns - res.Failed)
 	res.PerConn.RSSBytes = (res.Loaded.RSS - res.Baseline.RSS) / open
 	res.PerConn.HeapBytes = (res.Loaded.Heap - res.Baseline.Heap) / open
@@ -315,17 +335,17 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / open
 	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / open
 	progress(cfg, "idle: %.0f B RSS, %.0f B heap in %.1f objects, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.HeapObjects, res.PerConn.Goroutines, res.PerConn.FDs)
-	if cfg.Broadcasts > 0 && cfg.Mix == "shared" {
+	if cfg.Broadcasts > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") {
 		if res.Broadcast, err = broadcast(ctx, cfg, publish, workers, int64(cfg.Conns-res.Failed)); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.UnicastRate > 0 && cfg.Mix == "own" && server != Centrifugo {
+	if cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && server != Centrifugo {
 		if res.Unicast, err = unicast(ctx, cfg, workers); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.Storm > 0 && cfg.Mix == "shared" && canResume {
+	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && canResume {
 		if res.Storm, err = storm(ctx, cfg, publish, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
 		}
@@ -343,15 +363,20 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 }
 
 // startWorkers starts the workers that open a connection for each of
-// topics, spread over urls: every server gets a worker or more, each
-// worker an equal share.
-func startWorkers(cfg Config, urls, topics []string, proto string) ([]*workerProc, error) {
+// topics (and subscribe it to own's too, when own is not nil), spread
+// over urls: every server gets a worker or more, each worker an equal
+// share.
+func startWorkers(cfg Config, urls, topics, own []string, proto string) ([]*workerProc, error) {
 	var workers []*workerProc
 	n := max((len(topics)+cfg.PerWorker-1)/cfg.PerWorker, len(urls))
 	n = (n + len(urls) - 1) / len(urls) * len(urls)
 	for i := range n {
-		share := topics[i*len(topics)/n : (i+1)*len(topics)/n]
-		w, err := startWorker(cfg, Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, len(share)), Topics: share, Protocol: proto})
+		from, to := i*len(topics)/n, (i+1)*len(topics)/n
+		job := Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, to-from), Topics: topics[from:to], Protocol: proto}
+		if own != nil {
+			job.Own = own[from:to]
+		}
+		w, err := startWorker(cfg, job)
 		if err != nil {
 			stopWorkers(workers)
 			return nil, err
@@ -391,7 +416,7 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]
 	}
 	topics := capacityTopics(cfg.Conns, cfg.CapacityTopics)
 	var err error
-	if *workers, err = startWorkers(cfg, urls, topics, ""); err != nil {
+	if *workers, err = startWorkers(cfg, urls, topics, nil, ""); err != nil {
 		return nil, err
 	}
 	reports, err := collect(*workers)
@@ -423,7 +448,7 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 	}
 	want := subscribers * int64(cfg.Broadcasts)
 	var reports []Report
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10*time.Second + time.Duration(subscribers)*20*time.Microsecond)
 	for {
 		if reports, err = collect(workers); err != nil {
 			return nil, err
@@ -460,9 +485,11 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 	return lat, nil
 }
 
-// unicast publishes cfg.UnicastRate events a second, round robin over the
-// connections' own topics, spread evenly: what is due is published every
-// millisecond (pipelined), and gathers the delay of each receipt.
+// unicast publishes cfg.UnicastRate events a second to the connections'
+// own topics, spread evenly over time (what is due is published every
+// millisecond, pipelined) and over the connections (a sample spaced
+// evenly over all of them when there are more connections than events),
+// and gathers the delay of each receipt.
 func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, error) {
 	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
 	if err != nil {
@@ -471,6 +498,7 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 	topics := assignTopics(cfg.Conns, "own", 0)
 	const step = time.Millisecond
 	u := &Unicast{Rate: cfg.UnicastRate, For: cfg.UnicastFor}
+	events := int(cfg.UnicastFor.Seconds()*float64(cfg.UnicastRate)) + 1
 	start := time.Now()
 	next := 0
 	tick := time.NewTicker(step)
@@ -479,7 +507,7 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 		due := int64(time.Since(start).Seconds()*float64(cfg.UnicastRate)) + 1
 		pipe := cfg.Redis.Pipeline()
 		for ; u.Sent < due; u.Sent++ {
-			t := topics[next%len(topics)]
+			t := topics[sampled(next, events, len(topics))]
 			next++
 			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: kindUnicast})
 			pipe.XAdd(ctx, &redis.XAddArgs{Stream: cfg.Keys.Ingress(streams.Partition(t, n)), Values: []any{"topic", t, "data", data}})
@@ -529,7 +557,8 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 	}
 	st := &Storm{Clients: clients, Missed: cfg.Storm}
 	want := uint64(clients) * uint64(cfg.Storm)
-	for deadline := start.Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	// 30 s, and a millisecond per client: a million reconnect in minutes.
+	for deadline := start.Add(30*time.Second + time.Duration(clients)*time.Millisecond); ; time.Sleep(20 * time.Millisecond) {
 		reports, err := collect(workers)
 		if err != nil {
 			return nil, err
@@ -563,6 +592,68 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects",
 		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
 	return st, nil
+}
+
+// sampled is the connection the i-th of events goes to, of n: round
+// robin when every connection gets one, else spaced evenly over all n.
+func sampled(i, events, n int) int {
+	if events >= n {
+		return i % n
+	}
+	return (i % events) * n / events
+}
+
+// awaitDialed waits for the workers to have dialed every connection,
+// with a progress line every 2 seconds for a run that takes longer.
+func awaitDialed(cfg Config, workers []*workerProc, start time.Time) error {
+	want := 0
+	for _, w := range workers {
+		want += w.conns
+	}
+	for {
+		counts, err := ask[Count](workers, "count")
+		if err != nil {
+			return err
+		}
+		done, failed := 0, 0
+		for _, c := range counts {
+			done += c.Connected + c.Failed
+			failed += c.Failed
+		}
+		if done >= want {
+			return nil
+		}
+		if since := time.Since(start); since > 2*time.Second {
+			progress(cfg, "connecting: %d of %d open, %d failed, %.0f/s, %v", done-failed, want, failed, float64(done)/since.Seconds(), since.Round(time.Second))
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// workersMemory sums the client processes' memory.
+func workersMemory(workers []*workerProc) ProcMemory {
+	var sum ProcMemory
+	for _, w := range workers {
+		if m, ok := readProcMemory(w.cmd.Process.Pid); ok {
+			sum.add(m)
+		}
+	}
+	return sum
+}
+
+// gatewaysMemory sums the memory of the gateways in cfg.GatewayPIDs, when
+// server is wsbus and they are known.
+func gatewaysMemory(cfg Config, server string) *ProcMemory {
+	if server != "wsbus" || len(cfg.GatewayPIDs) == 0 {
+		return nil
+	}
+	var sum ProcMemory
+	for _, pid := range cfg.GatewayPIDs {
+		if m, ok := readProcMemory(pid); ok {
+			sum.add(m)
+		}
+	}
+	return &sum
 }
 
 // command sends a command to every worker and reads each one's answer.
@@ -630,7 +721,7 @@ func startWorker(cfg Config, job Job) (*workerProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting a bench worker: %w", err)
 	}
-	w := &workerProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	w := &workerProc{conns: len(job.Topics), cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	w.out.Buffer(make([]byte, 1<<20), 64<<20)
 	b, _ := json.Marshal(job)
 	if _, err := in.Write(append(b, '\n')); err != nil {

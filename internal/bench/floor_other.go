@@ -16,7 +16,7 @@ func newFloor(context.Context) (*floor, error) {
 	return nil, errors.New("bench: the floor baseline needs Linux (epoll)")
 }
 
-func (*floor) wait()                    {}
-func (*floor) add(string, int) error    { return errors.ErrUnsupported }
-func (*floor) broadcast(string, []byte) {}
-func dupFD(net.Conn) (int, error)       { return -1, errors.ErrUnsupported }
+func (*floor) wait()                                     {}
+func (*floor) add(string, int) error                     { return errors.ErrUnsupported }
+func (*floor) broadcast(context.Context, string, []byte) {}
+func dupFD(net.Conn) (int, error)                        { return -1, errors.ErrUnsupported }

@@ -27,6 +27,10 @@ type Job struct {
 	URL     string   `json:"url"`     // WebSocket URL without query
 	Sources []string `json:"sources"` // local IPs to dial from, in turn
 	Topics  []string `json:"topics"`  // the topic of each connection
+	// Own, when set, holds a second topic for each connection (mix
+	// "pair"): subscribed with a subscribe message once the first is,
+	// and resumed with its own cursor.
+	Own []string `json:"own,omitempty"`
 	// Soak, when set, makes the worker a soak client (soak_worker.go):
 	// Topics are then soak topics.
 	Soak *SoakJob `json:"soak,omitempty"`
@@ -81,6 +85,8 @@ type wconn struct {
 	hdr     bytes.Reader
 	resumed bool         // connected by "resume": its events count as since
 	cursor  wsbus.Cursor // where it stands: the last event received, or the head
+	own     string       // its second topic (mix "pair"); "" when none
+	ownAt   wsbus.Cursor // where it stands on own
 	cf      cfCursor     // where it stands with Centrifugo
 	soak    *soakConn    // a soak client's subscriptions; nil outside a soak
 }
@@ -93,7 +99,8 @@ type worker struct {
 
 	mu       sync.Mutex
 	report   Report
-	shards   [64]shard // receipts, recorded by connection i in shards[i%64]
+	dialed   chan struct{} // closed once the first connectAll is done
+	shards   [64]shard     // receipts, recorded by connection i in shards[i%64]
 	received atomic.Uint64
 	since    atomic.Uint64 // events received after the last resume
 	dups     atomic.Uint64
@@ -118,9 +125,11 @@ type capReceipts struct {
 	us uint64
 }
 
-// RunWorker serves one Job read from in, answering the commands "report",
-// "drop" (reset every connection), "resume" (reconnect every one with its
-// cursor) and "quit", one JSON line each, on out. A soak worker also
+// RunWorker serves one Job read from in: it dials every connection, and
+// answers the commands "count" (a Count, at once), "report" (a Report,
+// once every connection is dialed), "drop" (reset every connection),
+// "resume" (reconnect every one with its cursor) and "quit", one JSON
+// line each, on out. A soak worker also
 // answers "churn N" (switch N connections to other topics), "final
 // COUNTS" (a JSON array of the events published to each topic: a
 // SoakFinal) and "spans" (every Span). The capacity phase asks "capacity
@@ -132,7 +141,7 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	if !sc.Scan() {
 		return fmt.Errorf("bench worker: no job on stdin")
 	}
-	w := &worker{report: Report{Last: map[int64]uint64{}}}
+	w := &worker{report: Report{Last: map[int64]uint64{}}, dialed: make(chan struct{})}
 	if err := json.Unmarshal(sc.Bytes(), &w.job); err != nil {
 		return fmt.Errorf("bench worker: decoding job: %w", err)
 	}
@@ -150,8 +159,14 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		}
 		defer w.stopSoak()
 	}
+	if w.job.Own != nil && len(w.job.Own) != len(w.job.Topics) {
+		return fmt.Errorf("bench worker: %d own topics for %d connections", len(w.job.Own), len(w.job.Topics))
+	}
 	for i, t := range w.job.Topics {
 		wc := &wconn{topic: t, dialer: &w.dialers[i%len(w.dialers)], shard: &w.shards[i%len(w.shards)], fd: -1}
+		if w.job.Own != nil {
+			wc.own = w.job.Own[i]
+		}
 		if w.soak != nil {
 			k, ok := soakTopicIndex(t)
 			if !ok || k >= w.soak.topics {
@@ -165,10 +180,23 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		return fmt.Errorf("bench worker: %w", err)
 	}
 	enc := json.NewEncoder(out)
-	w.connectAll(false)
+	go func() {
+		w.connectAll(false)
+		close(w.dialed)
+	}()
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		if cmd != "count" && cmd != "quit" {
+			<-w.dialed // the others wait for the connections
+		}
 		switch cmd {
+		case "count":
+			w.mu.Lock()
+			c := Count{Connected: w.report.Connected, Failed: w.report.Failed}
+			w.mu.Unlock()
+			if err := enc.Encode(c); err != nil {
+				return err
+			}
 		case "report":
 			var soak *SoakStats
 			if w.soak != nil {
@@ -230,6 +258,14 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		}
 	}
 	return sc.Err()
+}
+
+// Count is a worker's answer to "count", which it gives at once, while
+// its connections are still being dialed: how many are open so far and
+// how many failed.
+type Count struct {
+	Connected int `json:"connected"`
+	Failed    int `json:"failed"`
 }
 
 // ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT.
@@ -327,11 +363,60 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		w.soakSubscribed(wc, &m, true)
 	}
 	wc.mu.Unlock()
+	recovered = m.Recovered
+	if wc.own != "" {
+		ownRecovered, err := w.subscribeOwn(wc, rw, resume)
+		if err != nil {
+			_ = conn.Close()
+			return false, err
+		}
+		recovered = recovered && ownRecovered
+	}
 	early, _ := br.Peek(br.Buffered())
 	if err := w.in.adopt(wc, conn, early, resume); err != nil {
 		return false, err
 	}
-	return m.Recovered, nil
+	return recovered, nil
+}
+
+// subscribeOwn subscribes wc to its second topic, resuming from its
+// cursor there when resume is set, and waits for the answer; events of
+// the first topic that come before it are recorded as they come.
+func (w *worker) subscribeOwn(wc *wconn, rw io.ReadWriter, resume bool) (recovered bool, err error) {
+	wc.mu.Lock()
+	wc.resumed = resume // the events below count as the inbox's would
+	sub := map[string]any{"type": "subscribe", "topic": wc.own}
+	if since, seq, hasSeq, epoch := wc.ownAt.Resume(); resume && since != "" {
+		sub["since"], sub["epoch"] = since, epoch
+		if hasSeq {
+			sub["seq"] = seq
+		}
+	}
+	wc.mu.Unlock()
+	msg, _ := json.Marshal(sub)
+	if err := wsutil.WriteClientText(rw, msg); err != nil {
+		return false, fmt.Errorf("subscribing to %s: %w", wc.own, err)
+	}
+	for {
+		p, err := wsutil.ReadServerText(rw)
+		if err != nil {
+			return false, fmt.Errorf("waiting for subscribed to %s: %w", wc.own, err)
+		}
+		var m wsbus.Message
+		if bytes.HasPrefix(p, eventHead) {
+			wc.mu.Lock()
+			w.record(wc, p, time.Now().UnixNano())
+			wc.mu.Unlock()
+			continue
+		}
+		if json.Unmarshal(p, &m) != nil || m.Type != "subscribed" || m.Topic != wc.own {
+			return false, fmt.Errorf("answer %q to subscribing to %s, want subscribed", p, wc.own)
+		}
+		wc.mu.Lock()
+		_ = wc.ownAt.Subscribed(&m)
+		wc.mu.Unlock()
+		return m.Recovered, nil
+	}
 }
 
 // dial opens a WebSocket to target from wc's source address, with 30 s
@@ -368,11 +453,15 @@ func (w *worker) record(wc *wconn, p []byte, now int64) {
 		w.recordCentrifugo(wc, p, now)
 		return
 	}
-	id, seq, t, k, ok := parseEvent(p)
+	id, seq, topic, t, k, ok := parseEvent(p)
 	if !ok {
 		return
 	}
-	if fresh, _ := wc.cursor.Event(id, seq); !fresh {
+	at := &wc.cursor
+	if wc.own != "" && string(topic) == wc.own {
+		at = &wc.ownAt
+	}
+	if fresh, _ := at.Event(id, seq); !fresh {
 		w.dups.Add(1)
 	}
 	w.tally(wc, t, k, now)
@@ -482,30 +571,36 @@ func (w *worker) redialClosed() {
 	wg.Wait()
 }
 
-// parseEvent picks the ID, the seq and the bench's own data,
+// eventHead starts every event message.
+var eventHead = []byte(`{"type":"event","id":"`)
+
+// parseEvent picks the ID, the seq, the topic and the bench's own data,
 // {"t":...,"k":...}, out of an event message; ok is false for anything
-// else. The seq is 0 when the event has none.
-func parseEvent(b []byte) (id string, seq uint64, t, k int64, ok bool) {
-	rest, found := bytes.CutPrefix(b, []byte(`{"type":"event","id":"`))
+// else. The seq is 0 when the event has none; topic points into b.
+func parseEvent(b []byte) (id string, seq uint64, topic []byte, t, k int64, ok bool) {
+	rest, found := bytes.CutPrefix(b, eventHead)
 	if !found {
-		return "", 0, 0, 0, false
+		return "", 0, nil, 0, 0, false
 	}
 	i := bytes.IndexByte(rest, '"')
 	if i < 0 {
-		return "", 0, 0, 0, false
+		return "", 0, nil, 0, 0, false
 	}
 	id = string(rest[:i])
 	if after, found := bytes.CutPrefix(rest[i:], []byte(`","seq":`)); found {
 		digits, _, _ := bytes.Cut(after, []byte(`,`))
 		seq, _ = strconv.ParseUint(string(digits), 10, 64)
 	}
+	if _, after, found := bytes.Cut(rest[i:], []byte(`,"topic":"`)); found {
+		topic, _, _ = bytes.Cut(after, []byte(`"`))
+	}
 	_, data, found := bytes.Cut(rest[i:], []byte(`"data":{"t":`))
 	if !found {
-		return "", 0, 0, 0, false
+		return "", 0, nil, 0, 0, false
 	}
 	ts, data, _ := bytes.Cut(data, []byte(`,"k":`))
 	ks, _, _ := bytes.Cut(data, []byte(`}`))
 	t, err1 := strconv.ParseInt(string(ts), 10, 64)
 	k, err2 := strconv.ParseInt(string(ks), 10, 64)
-	return id, seq, t, k, err1 == nil && err2 == nil
+	return id, seq, topic, t, k, err1 == nil && err2 == nil
 }

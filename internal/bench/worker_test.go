@@ -17,12 +17,12 @@ import (
 func TestParseEvent(t *testing.T) {
 	data, _ := json.Marshal(eventData{T: 1764150000123456789, K: kindUnicast})
 	msg := streams.AppendEvent(nil, "bench:7", "1764150000123-4", 4, data)
-	id, seq, ts, k, ok := parseEvent(msg)
-	if !ok || id != "1764150000123-4" || seq != 4 || ts != 1764150000123456789 || k != kindUnicast {
-		t.Fatalf("parseEvent(%s) = %q %d %d %d %v", msg, id, seq, ts, k, ok)
+	id, seq, topic, ts, k, ok := parseEvent(msg)
+	if !ok || id != "1764150000123-4" || seq != 4 || string(topic) != "bench:7" || ts != 1764150000123456789 || k != kindUnicast {
+		t.Fatalf("parseEvent(%s) = %q %d %q %d %d %v", msg, id, seq, topic, ts, k, ok)
 	}
 	for _, other := range []string{`{"type":"subscribed","topic":"a"}`, `{"type":"event","id":"1-1","topic":"a","data":"x"}`, `{"type":"event","id":"1-1`} {
-		if _, _, _, _, ok := parseEvent([]byte(other)); ok {
+		if _, _, _, _, _, ok := parseEvent([]byte(other)); ok {
 			t.Errorf("parseEvent(%s) ok, want not an event of the bench", other)
 		}
 	}
