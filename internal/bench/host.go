@@ -15,8 +15,8 @@ import (
 // PrepareHost refuses a run the memory cannot hold. Measured: see
 // docs/BENCHMARKS.md, "A million".
 const (
-	hostBytesPerConn = 16 << 10
-	hostBytesPerProc = 64 << 20
+	hostBytesPerConn = 12 << 10
+	hostBytesPerProc = 40 << 20
 )
 
 // Host is the machine's memory as the kernel accounts it (host_linux.go).

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -35,5 +36,19 @@ func TestReadHostHere(t *testing.T) {
 	m, ok := readProcMemory(os.Getpid())
 	if !ok || m.RSS <= 0 || m.PSS <= 0 || m.Anon <= 0 || m.PSS > m.RSS {
 		t.Errorf("readProcMemory(self) = %+v, %v", m, ok)
+	}
+}
+
+// TestPrepareHostRefusesWhatMemoryCannotHold asks for more connections
+// than any machine here holds: refused with the figures, before any
+// limit is touched.
+func TestPrepareHostRefusesWhatMemoryCannotHold(t *testing.T) {
+	var out strings.Builder
+	err := PrepareHost(1_000_000_000, 10, &out)
+	if err == nil || !strings.Contains(err.Error(), "1000000000 connections need about") || !strings.Contains(err.Error(), "use fewer connections") {
+		t.Fatalf("PrepareHost(a billion) = %v, want a refusal that says what it needs", err)
+	}
+	if out.Len() > 0 {
+		t.Errorf("it printed %q before refusing: nothing should have been checked or changed", out.String())
 	}
 }
