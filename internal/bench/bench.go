@@ -94,6 +94,11 @@ type Result struct {
 	Workers     int     `json:"workers"`
 	Mix         string  `json:"mix"`
 	Failed      int     `json:"failed"`
+	// Closed is the connections the servers closed (or that were reset)
+	// after their subscription, during the phases before the storm; Why
+	// holds a few of the reasons the clients saw.
+	Closed int      `json:"closed_by_server"`
+	Why    []string `json:"closed_why,omitempty"`
 	UpgradesSec float64 `json:"upgrades_per_sec"`
 	Baseline    Metrics `json:"baseline"`
 	Loaded      Metrics `json:"loaded"`
@@ -345,6 +350,18 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 			return nil, err
 		}
 	}
+	if reports, err = collect(workers); err != nil {
+		return nil, err
+	}
+	for _, r := range reports {
+		res.Closed += r.Closed
+		if r.Closed > 0 && len(res.Why) < 5 {
+			res.Why = append(res.Why, r.Errors...)
+		}
+	}
+	if res.Closed > 0 {
+		progress(cfg, "%d connections were closed by the servers or reset: %q", res.Closed, res.Why)
+	}
 	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && canResume {
 		if res.Storm, err = storm(ctx, cfg, publish, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
@@ -372,7 +389,7 @@ func startWorkers(cfg Config, urls, topics, own []string, proto string) ([]*work
 	n = (n + len(urls) - 1) / len(urls) * len(urls)
 	for i := range n {
 		from, to := i*len(topics)/n, (i+1)*len(topics)/n
-		job := Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, to-from), Topics: topics[from:to], Protocol: proto}
+		job := Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, to-from), Topics: topics[from:to], Protocol: proto, Parallel: parallelDials(n)}
 		if own != nil {
 			job.Own = own[from:to]
 		}
@@ -384,6 +401,18 @@ func startWorkers(cfg Config, urls, topics, own []string, proto string) ([]*work
 		workers = append(workers, w)
 	}
 	return workers, nil
+}
+
+// inFlight bounds the handshakes all workers have in flight at once: a
+// gateway cuts a connection whose handshake it has not finished 5 s after
+// accepting it, and on a loaded machine a million's 52 gateways together
+// finish about 1,000-3,000 a second.
+const inFlight = 2048
+
+// parallelDials is how many handshakes each of n workers has in flight:
+// 256, or fewer so that all of them have at most inFlight.
+func parallelDials(n int) int {
+	return min(256, max(16, inFlight/max(n, 1)))
 }
 
 // stopWorkers has the workers reset their connections and waits for them
@@ -591,6 +620,17 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 	}
 	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects",
 		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
+	if st.Failed > 0 {
+		reports, err := collect(workers)
+		if err != nil {
+			return nil, err
+		}
+		var errs []string
+		for _, r := range reports {
+			errs = append(errs, r.Errors...)
+		}
+		progress(cfg, "resume storm: the failed reconnects said: %q", errs[:min(len(errs), 10)])
+	}
 	return st, nil
 }
 

@@ -42,3 +42,11 @@ func TestSampled(t *testing.T) {
 		}
 	}
 }
+
+func TestParallelDials(t *testing.T) {
+	for _, c := range []struct{ workers, each int }{{1, 256}, {8, 256}, {16, 128}, {52, 39}, {1000, 16}} {
+		if got := parallelDials(c.workers); got != c.each {
+			t.Errorf("parallelDials(%d) = %d, want %d", c.workers, got, c.each)
+		}
+	}
+}

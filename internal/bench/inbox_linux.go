@@ -5,6 +5,7 @@ package bench
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -151,13 +152,16 @@ func (in *inbox) readFrom(wc *wconn, fd int, buf []byte) {
 	case err == syscall.EAGAIN || err == syscall.EINTR:
 		return
 	case err != nil || n == 0:
+		if err == nil {
+			err = io.EOF
+		}
 		in.drop(wc, fd, false)
-		in.w.closed(wc)
+		in.w.closed(wc, err)
 		return
 	}
 	if err := in.consume(wc, buf[:n], time.Now().UnixNano()); err != nil || wc.soak != nil && wc.soak.broken {
 		in.drop(wc, fd, err == nil)
-		in.w.closed(wc)
+		in.w.closed(wc, err)
 	}
 }
 
@@ -210,7 +214,7 @@ func (in *inbox) consume(wc *wconn, data []byte, now int64) error {
 			_ = ws.WriteFrame(&pong, ws.MaskFrame(ws.NewPongFrame(p)))
 			_, _ = syscall.Write(wc.fd, pong.Bytes()) // a few bytes: the socket has room
 		case ws.OpClose:
-			return io.EOF
+			return closeError(p)
 		case ws.OpText:
 			in.w.record(wc, p, now)
 		}
@@ -219,4 +223,10 @@ func (in *inbox) consume(wc *wconn, data []byte, now int64) error {
 	// What is left moves to the front of rest, which may be data itself.
 	wc.rest = append(wc.rest[:0], data...)
 	return nil
+}
+
+// closeError tells what a close frame's payload p says.
+func closeError(p []byte) error {
+	code, reason := ws.ParseCloseFrameData(p)
+	return fmt.Errorf("closed by the server: %d %q", code, reason)
 }

@@ -250,11 +250,19 @@ func (w *worker) soakEvent(wc *wconn, e soakEvent, now int64) {
 	sh.mu.Unlock()
 }
 
-// closed is told that wc's socket is gone; a soak connection the worker
-// did not close itself is dialed again. It runs with wc.mu held.
-func (w *worker) closed(wc *wconn) {
+// closed is told that wc's socket is gone, for the reason err (nil: the
+// worker's own doing); a soak connection the worker did not close itself
+// is dialed again, another is counted as Report.Closed. It runs with
+// wc.mu held.
+func (w *worker) closed(wc *wconn, err error) {
 	s := w.soak
 	if s == nil {
+		w.mu.Lock()
+		w.report.Closed++
+		if err != nil && len(w.report.Errors) < 5 {
+			w.report.Errors = append(w.report.Errors, err.Error())
+		}
+		w.mu.Unlock()
 		return
 	}
 	s.mu.Lock()
@@ -339,7 +347,7 @@ func (w *worker) switchTopic(wc *wconn) bool {
 	}
 	if err != nil {
 		w.in.drop(wc, wc.fd, true)
-		w.closed(wc)
+		w.closed(wc, nil)
 		return false
 	}
 	sc.leaving, sc.span, sc.pending, sc.topic = sc.span, nil, true, next

@@ -34,6 +34,11 @@ type Job struct {
 	// Soak, when set, makes the worker a soak client (soak_worker.go):
 	// Topics are then soak topics.
 	Soak *SoakJob `json:"soak,omitempty"`
+	// Parallel is how many handshakes the worker has in flight at once
+	// (0: 256). With many workers it is lower, so that the handshakes
+	// queued at the servers all together stay within what a server
+	// answers before its handshake timeout.
+	Parallel int `json:"parallel,omitempty"`
 	// Protocol is the servers' client protocol: "" for wsbus's (the
 	// gateway's and the baselines'), Centrifugo for Centrifugo's JSON one.
 	Protocol string `json:"protocol,omitempty"`
@@ -48,6 +53,9 @@ type Report struct {
 	Unicast   Histogram        `json:"unicast"` // every unicast receipt
 	Last      map[int64]uint64 `json:"last"`    // broadcast number -> its slowest receipt here, µs
 	Errors    []string         `json:"errors,omitempty"`
+	// Closed counts connections that ended after their subscription
+	// without the worker closing them (a server's close, a reset).
+	Closed int `json:"closed,omitempty"`
 
 	// After a "resume": connections subscribed again, of them answered
 	// recovered:false, events received since, and IDs received twice or
@@ -268,6 +276,14 @@ type Count struct {
 	Failed    int `json:"failed"`
 }
 
+// parallel is how many connections the worker dials at once.
+func (w *worker) parallel() int {
+	if w.job.Parallel > 0 {
+		return w.job.Parallel
+	}
+	return 256
+}
+
 // ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT.
 const ipBindAddressNoPort = 24
 
@@ -296,10 +312,10 @@ func (w *worker) reset() {
 	}
 }
 
-// connectAll opens every connection, 256 at a time; resume sends each
-// one's cursor and epoch.
+// connectAll opens every connection, w.parallel() at a time; resume
+// sends each one's cursor and epoch.
 func (w *worker) connectAll(resume bool) {
-	sem := make(chan struct{}, 256)
+	sem := make(chan struct{}, w.parallel())
 	var wg sync.WaitGroup
 	for _, wc := range w.conns {
 		wg.Add(1)
@@ -548,10 +564,10 @@ func (w *worker) capacityReport(from int64, last bool) CapacityReport {
 	return rep
 }
 
-// redialClosed dials again, 256 at a time, every connection that is
-// closed.
+// redialClosed dials again, w.parallel() at a time, every connection
+// that is closed.
 func (w *worker) redialClosed() {
-	sem := make(chan struct{}, 256)
+	sem := make(chan struct{}, w.parallel())
 	var wg sync.WaitGroup
 	for _, wc := range w.conns {
 		wc.mu.Lock()
