@@ -88,20 +88,21 @@ type Config struct {
 
 // Result is what a run measured.
 type Result struct {
-	Server      string  `json:"server"` // wsbus, naive or floor
-	Gateways    int     `json:"gateways"`
-	Conns       int     `json:"conns"`
-	Workers     int     `json:"workers"`
-	Mix         string  `json:"mix"`
-	Failed      int     `json:"failed"`
+	Server   string `json:"server"` // wsbus, naive or floor
+	Gateways int    `json:"gateways"`
+	Conns    int    `json:"conns"`
+	Workers  int    `json:"workers"`
+	Mix      string `json:"mix"`
+	Failed   int    `json:"failed"`
 	// Closed is the connections the servers closed (or that were reset)
 	// after their subscription, during the phases before the storm; Why
 	// holds a few of the reasons the clients saw.
-	Closed int      `json:"closed_by_server"`
-	Why    []string `json:"closed_why,omitempty"`
-	UpgradesSec float64 `json:"upgrades_per_sec"`
-	Baseline    Metrics `json:"baseline"`
-	Loaded      Metrics `json:"loaded"`
+	Closed      int           `json:"closed_by_server"`
+	Why         []string      `json:"closed_why,omitempty"`
+	UpgradesSec float64       `json:"upgrades_per_sec"`
+	ConnectTook time.Duration `json:"connect_took_ns"` // from the first dial until every connection was open or had failed
+	Baseline    Metrics       `json:"baseline"`
+	Loaded      Metrics       `json:"loaded"`
 	PerConn     struct {
 		RSSBytes    float64 `json:"rss_bytes"`
 		HeapBytes   float64 `json:"heap_bytes"`
@@ -323,7 +324,8 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	for _, r := range reports {
 		res.Failed += r.Failed
 	}
-	res.UpgradesSec = float64(cfg.Conns-res.Failed) / time.Since(start).Seconds()
+	res.ConnectTook = time.Since(start)
+	res.UpgradesSec = float64(cfg.Conns-res.Failed) / res.ConnectTook.Seconds()
 	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, time.Since(start).Round(time.Millisecond), cfg.Settle)
 	time.Sleep(cfg.Settle)
 	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {

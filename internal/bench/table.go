@@ -49,6 +49,25 @@ func (c *Comparison) Table() Table {
 	row("heap objects per connection", "", func(r *Result) string { return fmt.Sprintf("%.1f", r.PerConn.HeapObjects) })
 	row("goroutines per connection", "", func(r *Result) string { return fmt.Sprintf("%.4f", r.PerConn.Goroutines) })
 	row("fds per connection", "", func(r *Result) string { return fmt.Sprintf("%.3f", r.PerConn.FDs) })
+	if gw.Conns >= 100000 {
+		row("time to connect all", "", func(r *Result) string { return r.ConnectTook.Round(100 * time.Millisecond).String() })
+	}
+	if gw.Machine != nil {
+		mc := func(f func(*Machine) string) func(*Result) string {
+			return phase(func(r *Result) *Machine { return r.Machine }, f)
+		}
+		if gw.Machine.Gateways != nil {
+			row("gateways' PSS in all, per connection", "", mc(func(m *Machine) string {
+				if m.Gateways == nil {
+					return "-"
+				}
+				return fmt.Sprintf("%.0f B", m.Gateways.PSS/float64(max(m.Conns, 1)))
+			}))
+		}
+		row("clients' RSS per connection", "", mc(func(m *Machine) string { return fmt.Sprintf("%.0f B", m.ClientsPerConn) }))
+		row("kernel per connection (both ends)", "", mc(func(m *Machine) string { return fmt.Sprintf("%.0f B", m.KernelPerConn) }))
+		row("machine per connection, all in", "", mc(func(m *Machine) string { return fmt.Sprintf("%.0f B", m.UsedPerConn) }))
+	}
 	if gw.Broadcast != nil {
 		bc := func(f func(*Latency) string) func(*Result) string {
 			return phase(func(r *Result) *Latency { return r.Broadcast }, f)
@@ -76,7 +95,7 @@ func (c *Comparison) Table() Table {
 		}
 		row("resume storm, all caught up", "storm_took", st(func(s *Storm) string {
 			if !s.Done {
-				return "not within 30s"
+				return "not all, " + ms(s.Took)
 			}
 			return ms(s.Took)
 		}))
@@ -93,6 +112,7 @@ func (c *Comparison) Table() Table {
 			return fmt.Sprintf("%d/%d, %d", c.Subscribers, c.Topics, len(c.Steps))
 		}))
 	}
+	row("closed by the server during the phases", "", func(r *Result) string { return fmt.Sprint(r.Closed) })
 	return t
 }
 
