@@ -397,7 +397,8 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 
 // subscribeOwn subscribes wc to its second topic, resuming from its
 // cursor there when resume is set, and waits for the answer; events of
-// the first topic that come before it are recorded as they come.
+// the first topic that come before it are recorded once it has come, so
+// that a connection that fails here counts none of them.
 func (w *worker) subscribeOwn(wc *wconn, rw io.ReadWriter, resume bool) (recovered bool, err error) {
 	wc.mu.Lock()
 	wc.resumed = resume // the events below count as the inbox's would
@@ -413,24 +414,30 @@ func (w *worker) subscribeOwn(wc *wconn, rw io.ReadWriter, resume bool) (recover
 	if err := wsutil.WriteClientText(rw, msg); err != nil {
 		return false, fmt.Errorf("subscribing to %s: %w", wc.own, err)
 	}
+	type early struct {
+		p  []byte
+		at int64
+	}
+	var events []early
 	for {
 		p, err := wsutil.ReadServerText(rw)
 		if err != nil {
 			return false, fmt.Errorf("waiting for subscribed to %s: %w", wc.own, err)
 		}
-		var m wsbus.Message
 		if bytes.HasPrefix(p, eventHead) {
-			wc.mu.Lock()
-			w.record(wc, p, time.Now().UnixNano())
-			wc.mu.Unlock()
+			events = append(events, early{p, time.Now().UnixNano()})
 			continue
 		}
+		var m wsbus.Message
 		if json.Unmarshal(p, &m) != nil || m.Type != "subscribed" || m.Topic != wc.own {
 			return false, fmt.Errorf("answer %q to subscribing to %s, want subscribed", p, wc.own)
 		}
 		wc.mu.Lock()
+		defer wc.mu.Unlock()
+		for _, e := range events {
+			w.record(wc, e.p, e.at)
+		}
 		_ = wc.ownAt.Subscribed(&m)
-		wc.mu.Unlock()
 		return m.Recovered, nil
 	}
 }
