@@ -168,10 +168,13 @@ func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, erro
 	g.mu.RLock()
 	for name := range dirty {
 		t, wanted := g.topics[name]
+		if wanted {
+			name = t.name() // the key asked keeps: the topic's own string
+		}
 		switch asked := lc.asked[name]; {
 		case wanted && asked == 0:
 			lc.asked[name] = subscribing
-			sub = append(sub, g.channel(name))
+			sub = append(sub, t.channel) // go-redis keeps it: the topic's own string
 		case wanted && asked == subscribed:
 			// Swept and wanted again before this ran: the channel was never
 			// dropped, and the new topic is ready at once.
@@ -214,12 +217,15 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 		if lc.asked[name] != subscribing {
 			return nil // a drop was asked for since
 		}
-		lc.asked[name] = subscribed
 		t := g.topicNamed(name)
 		if t == nil {
+			lc.asked[name] = subscribed
 			lc.poke(name) // swept meanwhile: reconcile drops it
 			return nil
 		}
+		// Keyed by the topic's own string: a map assignment stores its
+		// key, and name is a slice of the reply's channel string.
+		lc.asked[t.name()] = subscribed
 		if t.markReady() {
 			lc.queueCatchUp(t)
 		}
@@ -309,7 +315,7 @@ func (lc *liveConn) topicNames() []string {
 	ts := lc.topics()
 	names := make([]string, len(ts))
 	for i, t := range ts {
-		names[i] = t.name
+		names[i] = t.name()
 	}
 	return names
 }
