@@ -27,7 +27,7 @@ const topicLinger = 30 * time.Second
 type topic struct {
 	// channel is the topic's live channel, "<prefix>:{p}:live:<name>":
 	// the string go-redis keeps while subscribed, and (its last nameLen
-	// bytes) the name that Gateway.topics and liveConn.asked are keyed by.
+	// bytes) the name that Gateway.topics is keyed by.
 	// Set by newTopic, as are p, nameLen and timed; read-only after.
 	channel string
 
@@ -44,6 +44,7 @@ type topic struct {
 
 	p       int32
 	nameLen uint16
+	asked   phase // guarded by Gateway.mu: what the current pub/sub connection was asked for channel (see liveConn)
 	// timed: its deliveries count in GatewayConfig.DeliveryLatency (not
 	// the canary's topics, which have their own latency).
 	timed bool
@@ -230,6 +231,12 @@ func (g *Gateway) refTopic(name string) *topic {
 		t = newTopic(g.cfg.Keys, streams.Partition(name, g.cfg.Partitions), name)
 		g.topics[t.name()] = t // keyed by the channel's bytes: the caller's name is not kept
 		lc = g.liveLocked(int(t.p))
+		if lc != nil {
+			// Swept while its channel was still asked for: the phase
+			// comes back with the topic (see liveConn).
+			t.asked = lc.gone[name]
+			delete(lc.gone, name)
+		}
 	}
 	t.refs++
 	g.mu.Unlock()
@@ -288,7 +295,11 @@ func (g *Gateway) sweepIdle(now int64) {
 	for name, t := range g.topics {
 		if t.refs == 0 && now-t.idleSince > int64(topicLinger) {
 			delete(g.topics, name)
-			swept = append(swept, gone{g.parts[t.p], name})
+			lc := g.parts[t.p]
+			if lc != nil && t.asked != 0 {
+				lc.gone[name] = t.asked // see liveConn
+			}
+			swept = append(swept, gone{lc, name})
 		}
 	}
 	g.mu.Unlock()
