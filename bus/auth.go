@@ -153,7 +153,7 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 	cl.claims = claims
 	var dropped []*subscription
 	for _, s := range slices.Clone(cl.subs) {
-		if !claims.Allows(s.topic.name) {
+		if !claims.Allows(s.topic.name()) {
 			cl.removeLocked(s)
 			dropped = append(dropped, s)
 		}
@@ -162,7 +162,7 @@ func (g *Gateway) refresh(c *ws.Conn, cl *client, token string) {
 	g.expiries.set(cl, claims.Expires)
 	for _, s := range dropped {
 		g.removeSub(s)
-		g.sendError(c, codeForbidden, s.topic.name, "the refreshed token does not allow this topic")
+		g.sendError(c, codeForbidden, s.topic.name(), "the refreshed token does not allow this topic")
 	}
 	_ = c.Send(ws.TextFrame(appendRefreshed(nil, claims.Expires)))
 }

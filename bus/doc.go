@@ -26,7 +26,8 @@
 //  3. ws.Server.mu, then the epoll's own lock (ws/server.go).
 //
 // Leaves, held alone and never across a call into another component:
-// Gateway.mu (the topic map: read-locked per live event), client.mu,
+// Gateway.mu (the topic map and what each pub/sub connection was asked
+// for a topic's channel: read-locked per live event), client.mu,
 // liveConn.mu, expiries.mu, acker.mu, coalescer.mu, Owner.mu. No lock is
 // held while waiting on Redis: each pub/sub connection is owned by one
 // goroutine (gateway_pubsub.go) that others only poke; a history read,

@@ -173,7 +173,7 @@ func firstDropped(dropped []ws.Frame, subs []*subscription) []streams.ID {
 	}
 	quoted := make([][]byte, len(subs))
 	for i, s := range subs {
-		quoted[i] = streams.AppendJSONString(nil, s.topic.name)
+		quoted[i] = streams.AppendJSONString(nil, s.topic.name())
 	}
 	for _, f := range dropped {
 		payload := f.Payload()
@@ -219,7 +219,7 @@ func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) err
 		// event: it reads no history (most topics of a lagging client).
 		return nil
 	}
-	p := pager{g: g, topic: t.name, from: from, next: next, size: g.cfg.MaxData}
+	p := pager{g: g, topic: t.name(), from: from, next: next, size: g.cfg.MaxData}
 	// Checked again under the connection's lock as each frame is queued:
 	// an unsubscribe while SendWait waits for room has its reply queued
 	// after the frame or instead of it, never before it.
@@ -233,7 +233,7 @@ func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) err
 		}
 		if err != nil {
 			if g.ctx.Err() == nil {
-				g.cfg.Logger.Warn("catching up a lagging client from history", "topic", t.name, "err", err)
+				g.cfg.Logger.Warn("catching up a lagging client from history", "topic", t.name(), "err", err)
 			}
 			if !g.sleep(100 * time.Millisecond) {
 				return err
@@ -244,7 +244,7 @@ func (g *Gateway) catchUpSub(c clientConn, s *subscription, next streams.ID) err
 			if !s.subscribed() {
 				return nil // unsubscribed: send it nothing more
 			}
-			if err := c.SendWaitIf(eventFrame(t.name, e), subscribed); err != nil {
+			if err := c.SendWaitIf(eventFrame(t.name(), e), subscribed); err != nil {
 				return err // closed: Closed cleans up
 			}
 			p.from, p.sent = streams.MustParseID(e.ID), true

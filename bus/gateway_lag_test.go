@@ -36,7 +36,7 @@ func TestFirstDropped(t *testing.T) {
 	frame := func(topic, id string) ws.Frame {
 		return ws.TextFrame(streams.AppendEvent(nil, topic, id, 1, []byte(`"x"`)))
 	}
-	subs := []*subscription{{topic: &topic{name: "a"}}, {topic: &topic{name: "b"}}, {topic: &topic{name: "c"}}}
+	subs := []*subscription{{topic: testTopic("a")}, {topic: testTopic("b")}, {topic: testTopic("c")}}
 	dropped := []ws.Frame{
 		ws.TextFrame([]byte(`{"type":"pong"}`)),
 		frame("b", "5-1"),
@@ -48,7 +48,7 @@ func TestFirstDropped(t *testing.T) {
 	want := []streams.ID{{Ms: 5, Seq: 2}, {Ms: 5, Seq: 1}, {}}
 	for i := range want {
 		if got[i] != want[i] {
-			t.Fatalf("first dropped of %s = %v, want %v", subs[i].topic.name, got[i], want[i])
+			t.Fatalf("first dropped of %s = %v, want %v", subs[i].topic.name(), got[i], want[i])
 		}
 	}
 }

@@ -33,6 +33,17 @@ import (
 // topic is caught up from history once its own channel is confirmed on
 // the new connection, never before, so no event falls between the history
 // read and the live channel (resume.go).
+//
+// What the current connection was asked for a topic's channel (its phase)
+// is kept in the topic (topic.asked), not in a map of liveConn's own: a
+// gateway holds tens of thousands of topics, most with one subscriber,
+// and a map entry per topic costs as much again as the Gateway.topics
+// entry. A channel still asked for whose topic was swept keeps its phase
+// in gone until Redis confirms the drop, and a topic made for the name
+// meanwhile takes it from there: for any name, the phase is its topic's if
+// Gateway.topics has one, else gone's (askedLocked). Both are guarded by
+// Gateway.mu and only run changes a phase, except the hand-overs that
+// sweepIdle and refTopic make under Gateway.mu.
 type liveConn struct {
 	g *Gateway
 
@@ -43,8 +54,8 @@ type liveConn struct {
 	queued map[*topic]bool     // the topics in catch
 	woken  chan struct{}       // capacity 1: catch has topics
 
-	// Owned by run.
-	asked map[string]phase // by topic name: what the current connection was asked
+	// Guarded by Gateway.mu; see askedLocked.
+	gone map[string]phase // by topic name: channels asked for whose topic was swept
 }
 
 // phase is a live channel's state on the current connection.
@@ -67,7 +78,7 @@ func newLiveConn(g *Gateway) *liveConn {
 		dirty:  make(map[string]struct{}),
 		wake:   make(chan struct{}, 1),
 		woken:  make(chan struct{}, 1),
-		asked:  make(map[string]phase),
+		gone:   make(map[string]phase),
 		queued: make(map[*topic]bool),
 	}
 }
@@ -124,8 +135,7 @@ func (lc *liveConn) session() (healthy bool, err error) {
 			<-done
 		}
 	}()
-	clear(lc.asked)
-	lc.poke(lc.topicNames()...)
+	lc.poke(lc.forgetAsked()...)
 	for {
 		select {
 		case <-ctx.Done():
@@ -165,23 +175,23 @@ func (lc *liveConn) reconcile(ctx context.Context, ps *redis.PubSub) (bool, erro
 	lc.mu.Unlock()
 	var sub, unsub []string
 	var ready []*topic
-	g.mu.RLock()
+	g.mu.Lock()
 	for name := range dirty {
 		t, wanted := g.topics[name]
-		switch asked := lc.asked[name]; {
+		switch asked := lc.askedLocked(name); {
 		case wanted && asked == 0:
-			lc.asked[name] = subscribing
-			sub = append(sub, g.channel(name))
+			t.asked = subscribing
+			sub = append(sub, t.channel) // go-redis keeps it: the topic's own string
 		case wanted && asked == subscribed:
 			// Swept and wanted again before this ran: the channel was never
 			// dropped, and the new topic is ready at once.
 			ready = append(ready, t)
 		case !wanted && (asked == subscribing || asked == subscribed):
-			lc.asked[name] = unsubscribing
+			lc.gone[name] = unsubscribing
 			unsub = append(unsub, g.channel(name))
 		}
 	}
-	g.mu.RUnlock()
+	g.mu.Unlock()
 	for _, t := range ready {
 		if t.markReady() {
 			lc.queueCatchUp(t)
@@ -211,12 +221,17 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 	}
 	switch m.Kind {
 	case "ssubscribe":
-		if lc.asked[name] != subscribing {
-			return nil // a drop was asked for since
+		g.mu.Lock()
+		asked := lc.askedLocked(name)
+		if asked == subscribing {
+			lc.setAskedLocked(name, subscribed)
 		}
-		lc.asked[name] = subscribed
-		t := g.topicNamed(name)
-		if t == nil {
+		t := g.topics[name]
+		g.mu.Unlock()
+		switch {
+		case asked != subscribing:
+			return nil // a drop was asked for since
+		case t == nil:
 			lc.poke(name) // swept meanwhile: reconcile drops it
 			return nil
 		}
@@ -224,9 +239,14 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 			lc.queueCatchUp(t)
 		}
 	case "sunsubscribe":
-		switch lc.asked[name] {
+		g.mu.Lock()
+		asked := lc.askedLocked(name)
+		if asked == unsubscribing {
+			lc.setAskedLocked(name, 0)
+		}
+		g.mu.Unlock()
+		switch asked {
 		case unsubscribing:
-			delete(lc.asked, name)
 			lc.poke(name) // wanted again meanwhile: asked for again
 		case subscribing, subscribed:
 			return fmt.Errorf("redis unsubscribed %s: its slot moved", m.Channel)
@@ -305,13 +325,44 @@ func (lc *liveConn) topics() []*topic {
 	return ts
 }
 
-func (lc *liveConn) topicNames() []string {
-	ts := lc.topics()
-	names := make([]string, len(ts))
-	for i, t := range ts {
-		names[i] = t.name
+// forgetAsked starts a new connection, which nothing was asked of, and
+// returns the names of the topics whose channels lc carries.
+func (lc *liveConn) forgetAsked() []string {
+	g := lc.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	clear(lc.gone)
+	var names []string
+	for name, t := range g.topics {
+		if g.parts[t.p] == lc {
+			t.asked = 0
+			names = append(names, name)
+		}
 	}
 	return names
+}
+
+// askedLocked returns what the current connection was asked for the
+// channel of topic name: its topic's phase, or gone's once it was swept.
+// Under g.mu.
+func (lc *liveConn) askedLocked(name string) phase {
+	if t, ok := lc.g.topics[name]; ok {
+		return t.asked
+	}
+	return lc.gone[name]
+}
+
+// setAskedLocked records what the current connection was asked for the
+// channel of topic name. Under g.mu, held for writing.
+func (lc *liveConn) setAskedLocked(name string, ph phase) {
+	switch t, ok := lc.g.topics[name]; {
+	case ok:
+		t.asked = ph
+	case ph == 0:
+		delete(lc.gone, name)
+	default:
+		lc.gone[name] = ph
+	}
 }
 
 // liveLocked returns the pub/sub connection for partition p's channels,

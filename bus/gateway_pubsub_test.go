@@ -57,8 +57,8 @@ func proxiedGateway(tb testing.TB) (g *Gateway, px *proxy, direct *redis.Client)
 // channel, as the owner does, and waits until tp has it.
 func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic, id string, seq uint64) {
 	tb.Helper()
-	payload := streams.AppendEvent(nil, tp.name, id, seq, []byte(`"x"`))
-	if err := rdb.SPublish(context.Background(), g.channel(tp.name), payload).Err(); err != nil {
+	payload := streams.AppendEvent(nil, tp.name(), id, seq, []byte(`"x"`))
+	if err := rdb.SPublish(context.Background(), g.channel(tp.name()), payload).Err(); err != nil {
 		tb.Fatal(err)
 	}
 	want := streams.MustParseID(id)
@@ -66,7 +66,7 @@ func publishLive(tb testing.TB, rdb redis.UniversalClient, g *Gateway, tp *topic
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		if tp.seen != want {
-			return fmt.Errorf("topic %s has seen %v, want %v", tp.name, tp.seen, want)
+			return fmt.Errorf("topic %s has seen %v, want %v", tp.name(), tp.seen, want)
 		}
 		return nil
 	})
@@ -309,7 +309,7 @@ func waitTopic(tb testing.TB, tp *topic, what string, cond func(*topic) bool) {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		if !cond(tp) {
-			return fmt.Errorf("topic %s: not %s (seen %v seq %d catching %v live %v)", tp.name, what, tp.seen, tp.seq, tp.catching, tp.live)
+			return fmt.Errorf("topic %s: not %s (seen %v seq %d catching %v live %v)", tp.name(), what, tp.seen, tp.seq, tp.catching, tp.live)
 		}
 		return nil
 	})
@@ -368,7 +368,7 @@ func TestCatchUpEndsOnlyOnAConfirmedChannel(t *testing.T) {
 	tp := readyTopic(t, g, "a")
 	ctx := context.Background()
 	add := func(id string, seq uint64) int64 {
-		hist := g.cfg.Keys.Topic(tp.p, "a")
+		hist := g.cfg.Keys.Topic(int(tp.p), "a")
 		if err := direct.XAdd(ctx, &redis.XAddArgs{Stream: hist, ID: id, Values: []any{"data", `"x"`, "seq", seq}}).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -410,7 +410,7 @@ func TestCatchUpAcrossATrim(t *testing.T) {
 	tp := readyTopic(t, g, "a")
 	ctx := context.Background()
 	xadd := func(id string, seq uint64) {
-		hist := g.cfg.Keys.Topic(tp.p, "a")
+		hist := g.cfg.Keys.Topic(int(tp.p), "a")
 		if err := direct.XAdd(ctx, &redis.XAddArgs{Stream: hist, MaxLen: 3, ID: id, Values: []any{"data", `"x"`, "seq", seq}}).Err(); err != nil {
 			t.Fatal(err)
 		}

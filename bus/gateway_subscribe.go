@@ -85,7 +85,7 @@ func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event
 func (g *Gateway) unavailable(c clientConn, cl *client, s *subscription) {
 	cl.remove(s)
 	g.removeSub(s)
-	g.sendError(c, codeUnavailable, s.topic.name, "the bus is unavailable; retry")
+	g.sendError(c, codeUnavailable, s.topic.name(), "the bus is unavailable; retry")
 }
 
 func (g *Gateway) waitReady(t *topic) bool {
@@ -264,7 +264,7 @@ func (cl *client) remove(s *subscription) {
 
 func (cl *client) findLocked(topic string) *subscription {
 	for _, s := range cl.subs {
-		if s.topic.name == topic {
+		if s.topic.name() == topic {
 			return s
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -17,29 +18,82 @@ const topicLinger = 30 * time.Second
 
 // topic is one topic with local subscribers. What its resume state means
 // and why it leaves no gap: resume.go.
+//
+// A gateway holds a topic per distinct topic its connections want, most
+// with one subscriber, so a topic is kept small: one string for its live
+// channel and its name, the state only a channel's first confirmation or
+// a catch-up needs made when they do (topicSlow), and no goroutine,
+// timer or metric label of its own. TestTopicMemory pins what it costs.
 type topic struct {
-	name string
-	p    int
+	// channel is the topic's live channel, "<prefix>:{p}:live:<name>":
+	// the string go-redis keeps while subscribed, and (its last nameLen
+	// bytes) the name that Gateway.topics is keyed by.
+	// Set by newTopic, as are p, nameLen and timed; read-only after.
+	channel string
+
+	mu    sync.Mutex
+	subs  []*subscription       // each knows its index (subscription.idx)
+	seen  streams.ID            // newest event delivered to this topic's subscribers
+	seq   uint64                // seen's seq; 0 when not known
+	epoch unique.Handle[string] // the partition's epoch its subscribers were served under; noEpoch until known
+	slow  *topicSlow            // while a subscriber waits for ready or a catch-up is due; nil else
+
+	// Guarded by Gateway.mu.
+	idleSince int64 // unix nanoseconds when refs fell to 0
+	refs      int32
+
+	p       int32
+	nameLen uint16
+	asked   phase // guarded by Gateway.mu: what the current pub/sub connection was asked for channel (see liveConn)
 	// timed: its deliveries count in GatewayConfig.DeliveryLatency (not
 	// the canary's topics, which have their own latency).
 	timed bool
 
-	// Guarded by Gateway.mu.
-	refs      int
-	idleSince int64 // unix nanoseconds when refs fell to 0
+	// Guarded by mu.
+	ready    bool // Redis confirmed the live channel's subscription once
+	live     bool // ... and on the current connection: a catch-up may end
+	catching bool // pub/sub was lost: live events wait in slow.backlog
+}
 
-	mu       sync.Mutex
-	ready    bool            // Redis confirmed the live channel's subscription once
-	live     bool            // ... and on the current connection: a catch-up may end
-	waiting  chan struct{}   // made by the first subscriber to wait for ready, closed then
-	subs     []*subscription // each knows its index (subscription.idx)
-	seen     streams.ID      // newest event delivered to this topic's subscribers
-	seq      uint64          // seen's seq; 0 when not known
-	epoch    string          // the partition's epoch its subscribers were served under; "" until known
-	catching bool            // pub/sub was lost: live events wait in backlog
-	lost     int             // connections lost under this topic: a catch-up ends catching only if none since it began
-	backlog  []liveEvent     // live events received while catching up
-	dropped  bool            // backlog went past maxBacklog and was dropped: history has it
+// topicSlow is a topic's state while subscribers wait for its channel's
+// first confirmation, or while a catch-up from history is due: few topics
+// at a time need it. Guarded by topic.mu.
+type topicSlow struct {
+	waiting chan struct{} // made by the first subscriber to wait for ready, closed then
+	lost    int           // connections lost under this topic: a catch-up ends catching only if none since it began
+	backlog []liveEvent   // live events received while catching up
+	dropped bool          // backlog went past maxBacklog and was dropped: history has it
+}
+
+// newTopic returns topic name of partition p; its live channel is named
+// by keys.
+func newTopic(keys streams.Keys, p int, name string) *topic {
+	return &topic{
+		channel: keys.Live(p, name),
+		nameLen: uint16(len(name)), // streams.ValidateTopic: at most 256 bytes
+		p:       int32(p),
+		timed:   !IsCanaryTopic(name),
+	}
+}
+
+// name returns the topic's name, which shares the channel's string.
+func (t *topic) name() string { return t.channel[len(t.channel)-int(t.nameLen):] }
+
+// slowLocked returns t's topicSlow, made on first use.
+func (t *topic) slowLocked() *topicSlow {
+	if t.slow == nil {
+		t.slow = &topicSlow{}
+	}
+	return t.slow
+}
+
+// unslowLocked drops t's topicSlow once nothing waits for ready and no
+// catch-up is due. lost may start again from zero then: it is compared
+// only within one catch-up, which ends the hold itself.
+func (t *topic) unslowLocked() {
+	if t.slow != nil && t.slow.waiting == nil && !t.catching {
+		t.slow = nil
+	}
 }
 
 // maxBacklog bounds the live events a catching topic holds; past it they
@@ -174,14 +228,20 @@ func (g *Gateway) refTopic(name string) *topic {
 	g.mu.Lock()
 	t, ok := g.topics[name]
 	if !ok {
-		t = &topic{name: name, p: streams.Partition(name, g.cfg.Partitions), timed: !IsCanaryTopic(name)}
-		g.topics[name] = t
-		lc = g.liveLocked(t.p)
+		t = newTopic(g.cfg.Keys, streams.Partition(name, g.cfg.Partitions), name)
+		g.topics[t.name()] = t // keyed by the channel's bytes: the caller's name is not kept
+		lc = g.liveLocked(int(t.p))
+		if lc != nil {
+			// Swept while its channel was still asked for: the phase
+			// comes back with the topic (see liveConn).
+			t.asked = lc.gone[name]
+			delete(lc.gone, name)
+		}
 	}
 	t.refs++
 	g.mu.Unlock()
 	if lc != nil {
-		lc.poke(name)
+		lc.poke(t.name())
 	}
 	return t
 }
@@ -235,7 +295,11 @@ func (g *Gateway) sweepIdle(now int64) {
 	for name, t := range g.topics {
 		if t.refs == 0 && now-t.idleSince > int64(topicLinger) {
 			delete(g.topics, name)
-			swept = append(swept, gone{g.parts[t.p], name})
+			lc := g.parts[t.p]
+			if lc != nil && t.asked != 0 {
+				lc.gone[name] = t.asked // see liveConn
+			}
+			swept = append(swept, gone{lc, name})
 		}
 	}
 	g.mu.Unlock()

@@ -15,7 +15,7 @@ func TestWaitReady(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := &Gateway{cfg: GatewayConfig{ReadyTimeout: 100 * time.Millisecond}, ctx: context.Background()}
 
-		lost := &topic{name: "never"}
+		lost := testTopic("never")
 		start := time.Now()
 		if g.waitReady(lost) {
 			t.Fatal("waitReady = true for a topic never confirmed")
@@ -25,14 +25,14 @@ func TestWaitReady(t *testing.T) {
 		}
 
 		g.cfg.ReadyTimeout = 10 * time.Second
-		tp := &topic{name: "t"}
+		tp := testTopic("t")
 		var wg sync.WaitGroup
 		results := make(chan bool, 3)
 		for range 3 {
 			wg.Go(func() { results <- g.waitReady(tp) })
 		}
 		synctest.Wait() // every waiter is blocked on the topic's channel
-		if tp.waiting == nil {
+		if tp.slow == nil || tp.slow.waiting == nil {
 			t.Fatal("an unconfirmed topic has no channel to wait on")
 		}
 		tp.markReady()
@@ -43,8 +43,8 @@ func TestWaitReady(t *testing.T) {
 				t.Fatal("a waiter was not woken by markReady")
 			}
 		}
-		if tp.waiting != nil {
-			t.Fatal("a ready topic still holds its channel")
+		if tp.slow != nil {
+			t.Fatal("a ready topic still holds its channel (or its topicSlow)")
 		}
 		if !g.waitReady(tp) {
 			t.Fatal("waitReady = false for a ready topic")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"time"
+	"unique"
 
 	"github.com/wsbus/wsbus/streams"
 	"github.com/wsbus/wsbus/ws"
@@ -36,7 +37,9 @@ import (
 //   - epoch: the partition epoch its subscribers were served under.
 //   - catching, lost, backlog: while a catch-up from history is due, live
 //     events wait in backlog; lost counts the connections lost, so that a
-//     catch-up begun before the last loss does not end the hold.
+//     catch-up begun before the last loss does not end the hold. lost and
+//     backlog live in the topic's topicSlow, made by the first hold and
+//     dropped when the catch-up ends it.
 //
 // A subscription keeps last, the ID of the newest event sent to it;
 // pending, the live events that came while its history was being sent;
@@ -134,9 +137,9 @@ func (g *Gateway) noteEpoch(t *topic, epoch string) {
 	t.mu.Lock()
 	check := false
 	switch {
-	case t.epoch == "":
-		t.epoch = epoch
-	case epoch != "" && epoch != t.epoch:
+	case t.epoch == noEpoch:
+		t.epoch = internEpoch(epoch)
+	case epoch != "" && epoch != t.epoch.Value():
 		t.holdLocked() // a catch-up already running does not end the hold
 		check = true
 	}
@@ -144,6 +147,26 @@ func (g *Gateway) noteEpoch(t *topic, epoch string) {
 	if check {
 		g.queueCatchUp(t)
 	}
+}
+
+// noEpoch is a topic's epoch until a subscriber is served.
+var noEpoch unique.Handle[string]
+
+// internEpoch returns the handle of epoch, noEpoch for "": every topic of
+// a partition shares one copy of its epoch, not one per history reply.
+func internEpoch(epoch string) unique.Handle[string] {
+	if epoch == "" {
+		return noEpoch
+	}
+	return unique.Make(epoch)
+}
+
+// epochText returns the epoch h holds; "" for noEpoch.
+func epochText(h unique.Handle[string]) string {
+	if h == noEpoch {
+		return ""
+	}
+	return h.Value()
 }
 
 // markReady records that the live channel is subscribed and wakes the
@@ -154,9 +177,10 @@ func (t *topic) markReady() (catching bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.ready, t.live = true, true
-	if t.waiting != nil {
-		close(t.waiting)
-		t.waiting = nil
+	if t.slow != nil && t.slow.waiting != nil {
+		close(t.slow.waiting)
+		t.slow.waiting = nil
+		t.unslowLocked()
 	}
 	return t.catching
 }
@@ -182,20 +206,22 @@ func (t *topic) readyOrWait() (bool, <-chan struct{}) {
 	if t.ready {
 		return true, nil
 	}
-	if t.waiting == nil {
-		t.waiting = make(chan struct{})
+	sl := t.slowLocked()
+	if sl.waiting == nil {
+		sl.waiting = make(chan struct{})
 	}
-	return false, t.waiting
+	return false, sl.waiting
 }
 
 // holdEventLocked keeps a live event for the end of t's catch-up, or
 // drops it when too many wait: the catch-up then reads history again.
 func (t *topic) holdEventLocked(ev liveEvent) {
-	if len(t.backlog) >= maxBacklog {
-		t.backlog, t.dropped = nil, true
+	sl := t.slowLocked()
+	if len(sl.backlog) >= maxBacklog {
+		sl.backlog, sl.dropped = nil, true
 	}
-	if !t.dropped {
-		t.backlog = append(t.backlog, ev)
+	if !sl.dropped {
+		sl.backlog = append(sl.backlog, ev)
 	}
 }
 
@@ -203,7 +229,7 @@ func (t *topic) holdEventLocked(ev liveEvent) {
 // (also one already running) has checked it; reports whether it was not
 // holding them already.
 func (t *topic) holdLocked() bool {
-	t.lost++ // a catch-up that began before does not end the hold
+	t.slowLocked().lost++ // a catch-up that began before does not end the hold
 	was := t.catching
 	t.catching = true
 	return !was
@@ -252,33 +278,35 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 		t.mu.Unlock()
 		return nil // done, or the confirmation queues it again
 	}
-	from, lost := t.seen, t.lost
+	from, lost := t.seen, t.slow.lost // catching: slow is kept until the hold ends
 	t.mu.Unlock()
 	g.stats.catchUps.Add(1)
 	rechecked := false
 	for {
-		events, err := g.hist.Range(g.ctx, t.name, from, g.cfg.HistoryPage)
+		events, err := g.hist.Range(g.ctx, t.name(), from, g.cfg.HistoryPage)
 		if err != nil {
 			return err
 		}
-		head, err := g.hist.Head(g.ctx, t.name)
+		head, err := g.hist.Head(g.ctx, t.name())
 		if err != nil {
 			return err
 		}
 		t.mu.Lock()
-		if t.epoch != "" && head.Epoch != t.epoch {
+		sl := t.slow
+		if t.epoch != noEpoch && internEpoch(head.Epoch) != t.epoch {
 			g.resetLocked(t, head)
-			t.backlog, t.dropped = nil, false
-			if t.lost == lost && t.live {
+			sl.backlog, sl.dropped = nil, false
+			if sl.lost == lost && t.live {
 				t.catching = false
+				t.unslowLocked()
 			}
 			t.mu.Unlock()
 			return nil
 		}
-		t.epoch = head.Epoch
+		t.epoch = internEpoch(head.Epoch)
 		back := false
 		for _, e := range events {
-			ev := liveEvent{id: streams.MustParseID(e.ID), seq: e.Seq, frame: eventFrame(t.name, e)}
+			ev := liveEvent{id: streams.MustParseID(e.ID), seq: e.Seq, frame: eventFrame(t.name(), e)}
 			if back = t.wentBackLocked(ev); back {
 				break
 			}
@@ -287,24 +315,23 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			from = ev.id
 		}
 		if back {
-			epoch := t.epoch
 			t.mu.Unlock()
-			if err := g.renewEpoch(t.name, t.p, epoch); err != nil {
+			if err := g.renewEpoch(t.name(), int(t.p), head.Epoch); err != nil {
 				return err
 			}
 			continue // the epoch read next resets t
 		}
-		if len(events) == g.cfg.HistoryPage || t.dropped {
-			t.dropped = false
+		if len(events) == g.cfg.HistoryPage || sl.dropped {
+			sl.dropped = false
 			t.mu.Unlock()
 			continue
 		}
-		if t.lost != lost || !t.live {
+		if sl.lost != lost || !t.live {
 			t.mu.Unlock()
 			return nil // lost again since: the catch-up after it ends the hold
 		}
 		delivered := 0
-		for _, ev := range t.backlog {
+		for _, ev := range sl.backlog {
 			if !rechecked && !t.followsLocked(ev) {
 				break
 			}
@@ -316,21 +343,21 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			delivered++
 		}
 		if back {
-			t.backlog = t.backlog[delivered:]
-			epoch := t.epoch
+			sl.backlog = sl.backlog[delivered:]
 			t.mu.Unlock()
-			if err := g.renewEpoch(t.name, t.p, epoch); err != nil {
+			if err := g.renewEpoch(t.name(), int(t.p), head.Epoch); err != nil {
 				return err
 			}
 			continue
 		}
-		if delivered < len(t.backlog) {
-			t.backlog = t.backlog[delivered:]
+		if delivered < len(sl.backlog) {
+			sl.backlog = sl.backlog[delivered:]
 			from, rechecked = t.seen, true
 			t.mu.Unlock()
 			continue
 		}
-		t.backlog, t.catching = nil, false
+		sl.backlog, t.catching = nil, false
+		t.unslowLocked()
 		t.mu.Unlock()
 		return nil
 	}
@@ -352,7 +379,7 @@ func (g *Gateway) skipLocked(t *topic, ev liveEvent) {
 			n++
 		}
 	}
-	g.cfg.Logger.Warn("history trimmed past a topic's last live event: its subscribers resume", "topic", t.name,
+	g.cfg.Logger.Warn("history trimmed past a topic's last live event: its subscribers resume", "topic", t.name(),
 		"subscribers", n, "seq", ev.seq, "after", t.seq)
 }
 
@@ -394,12 +421,12 @@ func (t *topic) followsLocked(ev liveEvent) bool {
 // starts t again from the partition's head.
 func (g *Gateway) resetLocked(t *topic, head streams.Head) {
 	g.stats.resets.Add(1)
-	g.cfg.Logger.Warn("partition epoch changed under a topic: its subscribers resume", "topic", t.name,
-		"subscribers", len(t.subs), "epoch", head.Epoch, "was", t.epoch)
+	g.cfg.Logger.Warn("partition epoch changed under a topic: its subscribers resume", "topic", t.name(),
+		"subscribers", len(t.subs), "epoch", head.Epoch, "was", epochText(t.epoch))
 	for _, s := range t.subs {
 		s.conn.Close(ws.CloseSlowConsumer, "the bus lost data: reconnect and resume")
 	}
-	t.epoch, t.seen, t.seq = head.Epoch, head.ID, head.Seq
+	t.epoch, t.seen, t.seq = internEpoch(head.Epoch), head.ID, head.Seq
 }
 
 // queueCatchUp queues t to be caught up from history by catchUps.
@@ -440,7 +467,7 @@ func (lc *liveConn) catchUps() {
 				if err == nil {
 					break
 				}
-				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name, "err", err)
+				g.cfg.Logger.Warn("catching up topic from history", "topic", t.name(), "err", err)
 				if !g.sleep(pause) {
 					return
 				}

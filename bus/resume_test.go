@@ -293,7 +293,9 @@ func (b *resumeBus) subscribeChannel(name string) { b.inRedis[name] = true }
 // confirm is the connection's goroutine taking Redis's confirmation.
 func (b *resumeBus) confirm(tb testing.TB, name string) {
 	tb.Helper()
-	b.lc.asked[name] = subscribing
+	b.g.mu.Lock()
+	b.lc.setAskedLocked(name, subscribing)
+	b.g.mu.Unlock()
 	if err := b.lc.confirmed(&redis.Subscription{Kind: "ssubscribe", Channel: b.g.channel(name)}); err != nil {
 		tb.Fatal(err)
 	}
@@ -313,7 +315,7 @@ func (b *resumeBus) ready(tb testing.TB, name string) *topic {
 func (b *resumeBus) lose() {
 	synctest.Wait()
 	b.lc.lose(errors.New("connection reset"))
-	clear(b.lc.asked)
+	b.lc.forgetAsked()
 	clear(b.inRedis)
 }
 
