@@ -151,7 +151,8 @@ func writeReport(dir string, res *bench.Comparison, command []string, stderr io.
 // serveBaseline serves a baseline until SIGTERM, after printing its
 // address on stdout for the bench that started it.
 func serveBaseline(kind, listen string, rdb redis.UniversalClient, prefix string, stdout io.Writer) error {
-	ln, err := net.Listen("tcp", listen)
+	// Without TCP keepalive, as the gateway listens.
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", listen)
 	if err != nil {
 		return err
 	}

@@ -218,7 +218,13 @@ func Serve(ctx context.Context, c ServeConfig, logger *slog.Logger, ready func(a
 }
 
 func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis.UniversalClient, keys streams.Keys, n int, ready func(string)) error {
-	ln, err := net.Listen("tcp", c.Listen)
+	// No TCP keepalive on the clients' sockets: the WebSocket pings
+	// (--ping-interval) find a dead peer, and Go's default keepalive
+	// would send a probe on every idle connection every 15 s (over a
+	// million connections, 67,000 a second with as many answers: enough
+	// to drop loopback packets and abort connections whose probes went
+	// unanswered).
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", c.Listen)
 	if err != nil {
 		return err
 	}

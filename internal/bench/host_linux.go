@@ -138,6 +138,7 @@ func PrepareHost(conns, procs int, out io.Writer) error {
 		{"fs/file-max", []int64{2*c + 200000}, "two sockets a connection, machine-wide"},
 		{"net/core/somaxconn", []int64{4096}, "listen backlog of each gateway"},
 		{"net/ipv4/tcp_max_syn_backlog", []int64{4096}, "handshakes waiting at each gateway"},
+		{"net/core/netdev_max_backlog", []int64{65536}, "packets waiting for a core's network softirq: loopback traffic goes through it, and a broadcast is a burst of a packet a connection"},
 		{"net/ipv4/tcp_mem", []int64{c, 2 * c, 3 * c}, "pages all TCP buffers may take before the kernel prunes them: a broadcast leaves a frame in every socket"},
 		{"net/netfilter/nf_conntrack_max", []int64{2 * c}, "connection tracking, when the module is loaded"},
 	}
