@@ -330,12 +330,10 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 			return nil, err
 		}
 	}
-	// The capacity phase publishes with XADD to the bus, which Centrifugo
-	// does not read: it is not measured there.
-	if cfg.Capacity && server != Centrifugo {
+	if cfg.Capacity {
 		stopWorkers(workers)
 		workers = nil
-		if res.Capacity, err = measureCapacity(ctx, cfg, urls, &workers); err != nil {
+		if res.Capacity, err = measureCapacity(ctx, cfg, urls, server, &workers); err != nil {
 			return nil, err
 		}
 	}
@@ -373,7 +371,7 @@ func stopWorkers(workers []*workerProc) {
 
 // measureCapacity opens the capacity phase's connections in new workers,
 // left in *workers for the caller to stop, and runs the phase.
-func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]*workerProc) (*Capacity, error) {
+func measureCapacity(ctx context.Context, cfg Config, urls []string, server string, workers *[]*workerProc) (*Capacity, error) {
 	if cfg.CapacityTopics <= 0 {
 		cfg.CapacityTopics = 1000
 	}
@@ -390,8 +388,11 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]
 		cfg.CapacityFor = 90 * time.Second
 	}
 	topics := capacityTopics(cfg.Conns, cfg.CapacityTopics)
-	var err error
-	if *workers, err = startWorkers(cfg, urls, topics, ""); err != nil {
+	publish, err := batchPublisherFor(ctx, cfg, server, urls[0])
+	if err != nil {
+		return nil, err
+	}
+	if *workers, err = startWorkers(cfg, urls, topics, protocol(server)); err != nil {
 		return nil, err
 	}
 	reports, err := collect(*workers)
@@ -407,7 +408,7 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]
 		return &Capacity{Subscribers: len(topics), Ended: fmt.Sprintf("%d connections failed", failed)}, nil
 	}
 	progress(cfg, "capacity: %d connections open on %d topics", len(topics), cfg.CapacityTopics)
-	return capacity(ctx, cfg, *workers, topics)
+	return capacity(ctx, cfg, publish, *workers, topics)
 }
 
 // broadcast publishes timestamped events to the shared topic and gathers
