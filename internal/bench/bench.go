@@ -58,8 +58,8 @@ type Config struct {
 	// events published at a rising rate, from CapacityStart deliveries a
 	// second up to CapacityMax, CapacityStep at each, until the slowest
 	// receipt's p99 passes 100 ms or a receipt is lost; no step starts
-	// after CapacityFor. Zero values mean 1,000 topics, 10,000/s,
-	// 2,000,000/s, 3 s and 90 s.
+	// after CapacityFor. Zero values mean 100 topics (capacity.go says
+	// why), 10,000/s, 2,000,000/s, 3 s and 90 s.
 	Capacity       bool
 	CapacityTopics int
 	CapacityStart  float64
@@ -333,6 +333,11 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	if cfg.Capacity {
 		stopWorkers(workers)
 		workers = nil
+		// The server may still hold the connections just reset: the
+		// capacity phase's would then take it past its fd limit.
+		if err := waitClosed(cfg, metricsURLs, res.Baseline.FDs); err != nil {
+			return nil, err
+		}
 		if res.Capacity, err = measureCapacity(ctx, cfg, urls, server, &workers); err != nil {
 			return nil, err
 		}
@@ -373,7 +378,7 @@ func stopWorkers(workers []*workerProc) {
 // left in *workers for the caller to stop, and runs the phase.
 func measureCapacity(ctx context.Context, cfg Config, urls []string, server string, workers *[]*workerProc) (*Capacity, error) {
 	if cfg.CapacityTopics <= 0 {
-		cfg.CapacityTopics = 1000
+		cfg.CapacityTopics = defaultCapacityTopics
 	}
 	if cfg.CapacityStart <= 0 {
 		cfg.CapacityStart = 10000
@@ -409,6 +414,24 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, server stri
 	}
 	progress(cfg, "capacity: %d connections open on %d topics", len(topics), cfg.CapacityTopics)
 	return capacity(ctx, cfg, publish, *workers, topics)
+}
+
+// waitClosed waits, up to 20 s, until the servers at metricsURLs hold
+// no more open fds than before the connections (base), give or take 100.
+func waitClosed(cfg Config, metricsURLs []string, base float64) error {
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		m, err := scrapeAll(metricsURLs)
+		if err != nil {
+			return err
+		}
+		if m.FDs <= base+100 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			progress(cfg, "the server still holds %.0f fds, %.0f before the connections", m.FDs, base)
+			return nil
+		}
+	}
 }
 
 // broadcast publishes timestamped events to the shared topic and gathers

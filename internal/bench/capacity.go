@@ -12,6 +12,42 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
+// The capacity phase measures fan-out: each server's highest rate of
+// deliveries with the slowest receipt of 99% of the events within 100 ms
+// and nothing lost.
+//
+// It is the same for every server: the same client (worker.go, whose
+// receipts are picked out of the frame without a JSON decoder), the same
+// topics and subscribers (capacityTopics), and each server's own publish
+// path at the same rising rate, a tick's events in one round trip: wsbus
+// and the baselines, which read the bus's live channels, by one pipeline
+// of XADDs to the ingress streams (then the gateway's owner, the
+// partition's apply script, SPUBLISH); Centrifugo by one batch request of
+// its HTTP API, whose publishes run in parallel through its Redis engine
+// (history and PUBLISH).
+//
+// The topology is many topics of many subscribers each: by default
+// (defaultCapacityTopics) the --conns subscribers over 100 topics, 190
+// each at 19,000. What a delivery costs is one write(2) a subscriber
+// whatever the topology (85% of the gateway's CPU at the limit is in it);
+// what an event costs on the way in (XADD, the owner's read and apply
+// script, SPUBLISH, the live channel's read) is paid once a topic, so the
+// fewer subscribers a topic has, the sooner that path rather than fan-out
+// is the limit. Measured on the bench machine (2 cores, shared): 2,000
+// subscribers over 100 topics (20 each) topped out at 27-30k deliveries/s
+// on every server, 1,400-1,500 events/s through the bus, the same for the
+// floor and the gateway, so the bus's path was what was measured; 19,000
+// over 100 topics gives the gateway 33-42k deliveries/s from 550-670
+// events/s, well inside what the path carries, and its profile at the
+// limit is write(2). 19,000 over the 1,000 topics of the old default (19
+// each) would need 1,800-2,200 events/s for the same deliveries: past
+// what the path carried. Fewer topics still (one, the broadcast phase)
+// measures fan-out too but not "many topics".
+
+// defaultCapacityTopics is the capacity phase's topics when not set: see
+// above.
+const defaultCapacityTopics = 100
+
 // Capacity is what the capacity phase measured: the highest rate of
 // deliveries a server kept up with, every receipt in and the slowest
 // receipt of 99% of the events within MaxP99, and the steps that found it.
