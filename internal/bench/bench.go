@@ -434,6 +434,10 @@ func waitClosed(cfg Config, metricsURLs []string, base float64) error {
 	}
 }
 
+// broadcastQuiet is how long the broadcast phase waits for a receipt
+// before it takes the ones not in as lost.
+const broadcastQuiet = 4 * time.Second
+
 // broadcast publishes timestamped events to the shared topic and gathers
 // every receipt's delay.
 func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*workerProc, subscribers int64) (*Latency, error) {
@@ -447,7 +451,13 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 	}
 	want := subscribers * int64(cfg.Broadcasts)
 	var reports []Report
+	// Receipts are waited for up to 10 s, or until none came for
+	// broadcastQuiet: a server that closed slow clients (the naive one)
+	// will not send them the rest, and one that is seconds behind is still
+	// sending.
 	deadline := time.Now().Add(10 * time.Second)
+	var before uint64
+	changed := time.Now()
 	for {
 		if reports, err = collect(workers); err != nil {
 			return nil, err
@@ -456,7 +466,10 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 		for _, r := range reports {
 			got += r.Received
 		}
-		if int64(got) >= want || time.Now().After(deadline) {
+		if got != before {
+			before, changed = got, time.Now()
+		}
+		if int64(got) >= want || time.Now().After(deadline) || time.Since(changed) > broadcastQuiet {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
