@@ -70,3 +70,18 @@ func TestBroadcastWait(t *testing.T) {
 		})
 	}
 }
+
+// TestSettleFor: the baselines, which return their memory within 6 s of
+// the last upgrade, settle at most baselineSettle; the gateway and
+// Centrifugo the whole settle asked for.
+func TestSettleFor(t *testing.T) {
+	cfg := Config{Settle: 12 * time.Second}
+	for server, want := range map[string]time.Duration{"wsbus": 12 * time.Second, Centrifugo: 12 * time.Second, Naive: 9 * time.Second, Floor: 9 * time.Second} {
+		if got := settleFor(cfg, server); got != want {
+			t.Errorf("%s settles %v, want %v", server, got, want)
+		}
+	}
+	if got := settleFor(Config{Settle: time.Second}, Naive); got != time.Second {
+		t.Errorf("naive settles %v of a settle of 1 s", got)
+	}
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# go tool task bench: a short bench run (about 90 s) against a fresh gateway
+# go tool task bench: a short bench run (under 3 minutes) against a fresh gateway
 # on its own Redis: CONNS (default 19000, the size of the benchmark targets)
 # connections on one topic, then the same against the two baselines.
 # GATEWAY_BIN runs another build's gateway under the same bench client;
