@@ -35,16 +35,15 @@ import (
 // fewer subscribers a topic has, the sooner that path rather than fan-out
 // is the limit. On the bench machine (2 cores, shared), in the runs that
 // raised this: 2,000 subscribers over 100 topics (20 each) topped out at
-// 27-30k deliveries/s
-// on every server, 1,350-1,500 events/s through the bus, the same for the
-// floor and the gateway, so the bus's path was what was measured; here
-// 19,000 over 100 topics gave the gateway 21-40k deliveries/s (four runs, the
-// machine loaded by others) from 110-210 events/s, far inside what the
-// path carries, and its profile at the limit is 85-90% write(2) (in
-// bus.deliverTo). 19,000 over the 1,000 topics of the old default (19
-// each) would need 1,100-2,100 events/s for the same deliveries: what the
-// path carried at its limit. Fewer topics still (one, the broadcast phase)
-// measures fan-out too but not "many topics".
+// 27-30k deliveries/s on every server, 1,350-1,500 events/s through the
+// bus, the same for the floor and the gateway, so the bus's path was what
+// was measured; here 19,000 over 100 topics gave the gateway 21-40k
+// deliveries/s (four runs, the machine loaded by others) from 110-210
+// events/s, far inside what the path carries, and its profile at the limit
+// is 85-90% write(2) (in bus.deliverTo). 19,000 over the 1,000 topics of
+// the old default (19 each) would need 1,100-2,100 events/s for the same
+// deliveries: what the path carried at its limit. Fewer topics still (one,
+// the broadcast phase) measures fan-out too but not "many topics".
 
 // defaultCapacityTopics is the capacity phase's topics when not set: see
 // above.
