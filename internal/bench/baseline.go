@@ -245,6 +245,10 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.upgrades.Add(1)
+	// Closed when the reader ends, not left to the fd's finalizer: a
+	// client gone held its fd until a collection, and the capacity
+	// phase's connections then took the server past its fd limit.
+	defer conn.Close()
 	c := &naiveConn{ws: conn, send: make(chan []byte, 256)}
 	go c.write()
 	defer close(c.send)
