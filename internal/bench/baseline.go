@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -75,7 +76,7 @@ func ServeBaseline(ctx context.Context, cfg BaselineConfig) error {
 		defer s.floor.wait()
 	}
 	go s.deliver(ctx)
-	go returnMemory(ctx)
+	go returnMemory(ctx, &s.upgrades)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
 	if cfg.Kind == Naive {
@@ -94,18 +95,28 @@ func ServeBaseline(ctx context.Context, cfg BaselineConfig) error {
 	return nil
 }
 
-// returnMemory hands freed memory back to the OS every few seconds, as the
-// gateway does after a burst of upgrades, so that RSS measures what the
-// connections hold rather than the garbage of their handshakes.
-func returnMemory(ctx context.Context) {
+// returnMemory hands freed memory back to the OS once a burst of upgrades
+// is over (upgrades counts them: some came, then none for a tick of 3 s),
+// as the gateway does, so that RSS measures what the connections hold
+// rather than the garbage of their handshakes. Not on every tick: a
+// forced collection of the naive server's heap, with a goroutine stack a
+// connection to scan, stalled its deliveries every 3 s by more than the
+// capacity phase's 100 ms.
+func returnMemory(ctx context.Context, upgrades *atomic.Uint64) {
 	tick := time.NewTicker(3 * time.Second)
 	defer tick.Stop()
+	var settled, last uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			debug.FreeOSMemory()
+			up := upgrades.Load()
+			if up != settled && up == last {
+				debug.FreeOSMemory()
+				settled = up
+			}
+			last = up
 		}
 	}
 }
@@ -116,6 +127,8 @@ type baseline struct {
 	history *streams.History
 	ps      *redis.PubSub
 	floor   *floor // the floor's fan-out; nil for the naive server
+	// upgrades counts the connections upgraded, for returnMemory.
+	upgrades atomic.Uint64
 
 	mu     sync.Mutex
 	topics map[string]*baseTopic // by live channel
@@ -192,6 +205,7 @@ func (s *baseline) serveFloor(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	s.upgrades.Add(1)
 	defer conn.Close()
 	hello := wsbusws.TextFrame(bus.AppendSubscribed(nil, bus.Subscribed{Topic: topic})).Bytes()
 	if _, err := conn.Write(hello); err != nil {
@@ -230,6 +244,11 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	s.upgrades.Add(1)
+	// Closed when the reader ends, not left to the fd's finalizer: a
+	// client gone held its fd until a collection, and the capacity
+	// phase's connections then took the server past its fd limit.
+	defer conn.Close()
 	c := &naiveConn{ws: conn, send: make(chan []byte, 256)}
 	go c.write()
 	defer close(c.send)

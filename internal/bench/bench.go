@@ -59,8 +59,8 @@ type Config struct {
 	// events published at a rising rate, from CapacityStart deliveries a
 	// second up to CapacityMax, CapacityStep at each, until the slowest
 	// receipt's p99 passes 100 ms or a receipt is lost; no step starts
-	// after CapacityFor. Zero values mean 1,000 topics, 10,000/s,
-	// 2,000,000/s, 3 s and 90 s.
+	// after CapacityFor. Zero values mean 100 topics (capacity.go says
+	// why), 10,000/s, 2,000,000/s, 3 s and 90 s.
 	Capacity       bool
 	CapacityTopics int
 	CapacityStart  float64
@@ -326,8 +326,9 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	}
 	res.ConnectTook = time.Since(start)
 	res.UpgradesSec = float64(cfg.Conns-res.Failed) / res.ConnectTook.Seconds()
-	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, time.Since(start).Round(time.Millisecond), cfg.Settle)
-	time.Sleep(cfg.Settle)
+	settle := settleFor(cfg, server)
+	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, res.ConnectTook.Round(time.Millisecond), settle)
+	time.Sleep(settle)
 	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {
 		return nil, err
 	}
@@ -369,16 +370,35 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 			return nil, err
 		}
 	}
-	// The capacity phase publishes with XADD to the bus, which Centrifugo
-	// does not read: it is not measured there.
-	if cfg.Capacity && server != Centrifugo {
+	if cfg.Capacity {
 		stopWorkers(workers)
 		workers = nil
-		if res.Capacity, err = measureCapacity(ctx, cfg, urls, &workers); err != nil {
+		// The server may still hold the connections just reset: the
+		// capacity phase's would then take it past its fd limit.
+		if err := waitClosed(cfg, metricsURLs, res.Baseline.FDs); err != nil {
+			return nil, err
+		}
+		if res.Capacity, err = measureCapacity(ctx, cfg, urls, server, &workers); err != nil {
 			return nil, err
 		}
 	}
 	return res, nil
+}
+
+// baselineSettle is the longest the naive and floor baselines settle:
+// they return their memory 3 to 6 s after the last upgrade
+// (returnMemory), where the gateway's sweeper takes 5 to 10 s and
+// Centrifugo has no such step (its runtime returns memory at its own
+// pace), so those two settle the whole cfg.Settle.
+const baselineSettle = 9 * time.Second
+
+// settleFor is how long server's connections sit idle before it is
+// measured.
+func settleFor(cfg Config, server string) time.Duration {
+	if server == Naive || server == Floor {
+		return min(cfg.Settle, baselineSettle)
+	}
+	return cfg.Settle
 }
 
 // startWorkers starts the workers that open a connection for each of
@@ -429,9 +449,9 @@ func stopWorkers(workers []*workerProc) {
 
 // measureCapacity opens the capacity phase's connections in new workers,
 // left in *workers for the caller to stop, and runs the phase.
-func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]*workerProc) (*Capacity, error) {
+func measureCapacity(ctx context.Context, cfg Config, urls []string, server string, workers *[]*workerProc) (*Capacity, error) {
 	if cfg.CapacityTopics <= 0 {
-		cfg.CapacityTopics = 1000
+		cfg.CapacityTopics = defaultCapacityTopics
 	}
 	if cfg.CapacityStart <= 0 {
 		cfg.CapacityStart = 10000
@@ -446,8 +466,11 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]
 		cfg.CapacityFor = 90 * time.Second
 	}
 	topics := capacityTopics(cfg.Conns, cfg.CapacityTopics)
-	var err error
-	if *workers, err = startWorkers(cfg, urls, topics, nil, ""); err != nil {
+	publish, err := batchPublisherFor(ctx, cfg, server, urls[0])
+	if err != nil {
+		return nil, err
+	}
+	if *workers, err = startWorkers(cfg, urls, topics, nil, protocol(server)); err != nil {
 		return nil, err
 	}
 	reports, err := collect(*workers)
@@ -463,8 +486,30 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, workers *[]
 		return &Capacity{Subscribers: len(topics), Ended: fmt.Sprintf("%d connections failed", failed)}, nil
 	}
 	progress(cfg, "capacity: %d connections open on %d topics", len(topics), cfg.CapacityTopics)
-	return capacity(ctx, cfg, *workers, topics)
+	return capacity(ctx, cfg, publish, *workers, topics)
 }
+
+// waitClosed waits, up to 20 s, until the servers at metricsURLs hold
+// no more open fds than before the connections (base), give or take 100.
+func waitClosed(cfg Config, metricsURLs []string, base float64) error {
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		m, err := scrapeAll(metricsURLs)
+		if err != nil {
+			return err
+		}
+		if m.FDs <= base+100 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			progress(cfg, "the server still holds %.0f fds, %.0f before the connections", m.FDs, base)
+			return nil
+		}
+	}
+}
+
+// broadcastQuiet is how long the broadcast phase waits for a receipt
+// before it takes the ones not in as lost.
+const broadcastQuiet = 4 * time.Second
 
 // broadcast publishes timestamped events to the shared topic and gathers
 // every receipt's delay.
@@ -479,7 +524,14 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 	}
 	want := subscribers * int64(cfg.Broadcasts)
 	var reports []Report
+	// Receipts are waited for up to 10 s (and 20 µs a subscriber: a
+	// broadcast to a million takes seconds), or until none came for
+	// broadcastQuiet: a server that closed slow clients (the naive one)
+	// will not send them the rest, and one that is seconds behind is still
+	// sending.
 	deadline := time.Now().Add(10*time.Second + time.Duration(subscribers)*20*time.Microsecond)
+	var before uint64
+	changed := time.Now()
 	for {
 		if reports, err = collect(workers); err != nil {
 			return nil, err
@@ -488,7 +540,10 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 		for _, r := range reports {
 			got += r.Received
 		}
-		if int64(got) >= want || time.Now().After(deadline) {
+		if got != before {
+			before, changed = got, time.Now()
+		}
+		if int64(got) >= want || time.Now().After(deadline) || time.Since(changed) > broadcastQuiet {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)

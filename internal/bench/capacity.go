@@ -12,6 +12,43 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
+// The capacity phase measures fan-out: each server's highest rate of
+// deliveries with the slowest receipt of 99% of the events within 100 ms
+// and nothing lost.
+//
+// It is the same for every server: the same client (worker.go, whose
+// receipts are picked out of the frame without a JSON decoder), the same
+// topics and subscribers (capacityTopics), and each server's own publish
+// path at the same rising rate, a tick's events in one round trip: wsbus
+// and the baselines, which read the bus's live channels, by one pipeline
+// of XADDs to the ingress streams (then the gateway's owner, the
+// partition's apply script, SPUBLISH); Centrifugo by one batch request of
+// its HTTP API, whose publishes run in parallel through its Redis engine
+// (history and PUBLISH).
+//
+// The topology is many topics of many subscribers each: by default
+// (defaultCapacityTopics) the --conns subscribers over 100 topics, 190
+// each at 19,000. What a delivery costs is one write(2) a subscriber
+// whatever the topology (85% of the gateway's CPU at the limit is in it);
+// what an event costs on the way in (XADD, the owner's read and apply
+// script, SPUBLISH, the live channel's read) is paid once a topic, so the
+// fewer subscribers a topic has, the sooner that path rather than fan-out
+// is the limit. On the bench machine (2 cores, shared), in the runs that
+// raised this: 2,000 subscribers over 100 topics (20 each) topped out at
+// 27-30k deliveries/s on every server, 1,350-1,500 events/s through the
+// bus, the same for the floor and the gateway, so the bus's path was what
+// was measured; here 19,000 over 100 topics gave the gateway 21-40k
+// deliveries/s (four runs, the machine loaded by others) from 110-210
+// events/s, far inside what the path carries, and its profile at the limit
+// is 85-90% write(2) (in bus.deliverTo). 19,000 over the 1,000 topics of
+// the old default (19 each) would need 1,100-2,100 events/s for the same
+// deliveries: what the path carried at its limit. Fewer topics still (one,
+// the broadcast phase) measures fan-out too but not "many topics".
+
+// defaultCapacityTopics is the capacity phase's topics when not set: see
+// above.
+const defaultCapacityTopics = 100
+
 // Capacity is what the capacity phase measured: the highest rate of
 // deliveries a server kept up with, every receipt in and the slowest
 // receipt of 99% of the events within MaxP99, and the steps that found it.
@@ -35,6 +72,7 @@ type CapacityStep struct {
 	Lost      int64         `json:"lost"`
 	LastP99   time.Duration `json:"last_p99_ns"` // of each event's slowest receipt
 	Behind    bool          `json:"publisher_behind,omitempty"`
+	Retry     bool          `json:"retry,omitempty"` // the second try of a rate that failed
 	Kept      bool          `json:"kept_up"`
 }
 
@@ -51,12 +89,17 @@ type capacitySearch struct {
 
 // search finds the highest rate at which try's steps keep up: doubling
 // from Start until one fails or Max is reached, then bisecting between the
-// fastest kept up with and the slowest failed. It stops by itself, at
-// MaxSteps or Deadline at the latest.
+// fastest kept up with and the slowest failed. A rate that fails is tried
+// once more and counts as kept when the second try keeps up: on a machine
+// shared with other work one stall (a p99 of a few hundred events is
+// their slowest few) fails a step the server would keep up with, and the
+// bisection never goes above a rate once it failed. It stops by itself,
+// at MaxSteps or Deadline at the latest.
 func (s capacitySearch) search(try func(rate float64) (CapacityStep, error)) (*Capacity, error) {
 	c := &Capacity{MaxP99: s.MaxP99}
 	good, bad := 0.0, 0.0 // bad == 0: no rate failed yet
 	rate := s.Start
+	retry := false // the last step failed and is tried again
 	for {
 		switch {
 		case len(c.Steps) == s.MaxSteps:
@@ -70,9 +113,12 @@ func (s capacitySearch) search(try func(rate float64) (CapacityStep, error)) (*C
 		if err != nil {
 			return nil, err
 		}
-		st.Offered = rate
+		st.Offered, st.Retry = rate, retry
 		st.Kept = st.Lost == 0 && st.LastP99 < s.MaxP99 && !st.Behind
 		c.Steps = append(c.Steps, st)
+		if retry = !st.Kept && !retry; retry {
+			continue
+		}
 		if st.Kept {
 			good = rate
 			c.Sustained = max(c.Sustained, st.Delivered)
@@ -117,33 +163,62 @@ func capacityTopics(n, topics int) []string {
 	return out
 }
 
-// capacityRun is the capacity phase against one server's connections.
-type capacityRun struct {
-	cfg     Config
-	workers []*workerProc
-	conns   int
-	topics  []string       // the distinct topics, published to in turn
-	subs    map[string]int // subscribers of each
-	streams []string       // the ingress stream of each topic
-	next    int64          // the number of the next event
+// capEvent is one event of the capacity phase.
+type capEvent struct {
+	topic string
+	data  []byte
 }
 
-// capacity holds the phase's connections (opened by the caller) and
-// searches the highest rate of deliveries the server keeps up with.
-func capacity(ctx context.Context, cfg Config, workers []*workerProc, assigned []string) (*Capacity, error) {
+// batchPublishFunc publishes a tick's events to the server measured, in
+// one round trip.
+type batchPublishFunc func(ctx context.Context, events []capEvent) error
+
+// batchPublisherFor publishes the capacity phase's events to server by
+// its own publish path: Centrifugo through its HTTP API's batch at
+// wsURL's host (cfBatchPublisher), the others (wsbus and the baselines,
+// which all read the bus) by one pipeline of XADDs to the bus's ingress
+// streams.
+func batchPublisherFor(ctx context.Context, cfg Config, server, wsURL string) (batchPublishFunc, error) {
+	if server == Centrifugo {
+		return cfBatchPublisher(wsURL, cfg.CentrifugoAPIKey)
+	}
 	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
 	if err != nil {
 		return nil, err
 	}
-	r := &capacityRun{cfg: cfg, workers: workers, conns: len(assigned), subs: map[string]int{}}
+	return func(ctx context.Context, events []capEvent) error {
+		pipe := cfg.Redis.Pipeline()
+		for _, e := range events {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: cfg.Keys.Ingress(streams.Partition(e.topic, n)), Values: []any{"topic", e.topic, "data", e.data}})
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}, nil
+}
+
+// capacityRun is the capacity phase against one server's connections.
+type capacityRun struct {
+	cfg     Config
+	workers []*workerProc
+	publish batchPublishFunc
+	conns   int
+	topics  []string       // the distinct topics, published to in turn
+	subs    map[string]int // subscribers of each
+	next    int64          // the number of the next event
+}
+
+// capacity holds the phase's connections (opened by the caller) and
+// searches the highest rate of deliveries the server keeps up with,
+// publishing with publish.
+func capacity(ctx context.Context, cfg Config, publish batchPublishFunc, workers []*workerProc, assigned []string) (*Capacity, error) {
+	r := &capacityRun{cfg: cfg, workers: workers, publish: publish, conns: len(assigned), subs: map[string]int{}}
 	for _, t := range assigned {
 		if r.subs[t] == 0 {
 			r.topics = append(r.topics, t)
-			r.streams = append(r.streams, cfg.Keys.Ingress(streams.Partition(t, n)))
 		}
 		r.subs[t]++
 	}
-	s := capacitySearch{Start: cfg.CapacityStart, Max: cfg.CapacityMax, Tolerance: 0.1, MaxSteps: 12,
+	s := capacitySearch{Start: cfg.CapacityStart, Max: cfg.CapacityMax, Tolerance: 0.1, MaxSteps: 16,
 		Deadline: time.Now().Add(cfg.CapacityFor), MaxP99: 100 * time.Millisecond}
 	// A first step, not counted, warms up what the first event of a topic
 	// costs (in Redis, the gateway's bus, the server): the server measured
@@ -172,21 +247,22 @@ func (r *capacityRun) step(ctx context.Context, rate float64) (CapacityStep, err
 	var want int64
 	start := time.Now()
 	tick := time.NewTicker(time.Millisecond)
+	var batch []capEvent
 	for ; time.Since(start) < r.cfg.CapacityStep; <-tick.C {
 		due := from + int64(time.Since(start).Seconds()*eventsPerSec) + 1
 		if float64(due-r.next) > max(eventsPerSec, 1) { // a second behind: the publisher, not the server, is the limit
 			st.Behind = true
 		}
 		due = min(due, r.next+1000) // one pipeline's worth a tick
-		pipe := r.cfg.Redis.Pipeline()
+		batch = batch[:0]
 		for ; r.next < due; r.next++ {
 			i := int(r.next % int64(len(r.topics)))
 			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: capacityBase + r.next})
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: r.streams[i], Values: []any{"topic", r.topics[i], "data", data}})
+			batch = append(batch, capEvent{r.topics[i], data})
 			want += int64(r.subs[r.topics[i]])
 			st.Events++
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		if err := r.publish(ctx, batch); err != nil {
 			tick.Stop()
 			return st, fmt.Errorf("publishing capacity events: %w", err)
 		}

@@ -44,15 +44,44 @@ func TestCapacitySearch(t *testing.T) {
 			if c.Sustained >= tc.limit || c.Sustained < want*(1-s.Tolerance) {
 				t.Errorf("sustained %.0f, want within 10%% below %.0f", c.Sustained, want)
 			}
-			for _, st := range c.Steps {
+			for i, st := range c.Steps {
 				if st.Kept != (st.Offered < tc.limit) {
 					t.Errorf("step at %.0f kept up %v with the limit at %.0f", st.Offered, st.Kept, tc.limit)
 				}
+				if st.Retry != (i > 0 && !c.Steps[i-1].Kept && !c.Steps[i-1].Retry) || st.Retry && st.Offered != c.Steps[i-1].Offered {
+					t.Errorf("step %d at %.0f: retry %v after %+v", i, st.Offered, st.Retry, c.Steps[i-1])
+				}
 			}
-			if len(c.Steps) > 15 {
+			if len(c.Steps) > 25 {
 				t.Errorf("%d steps", len(c.Steps))
 			}
 		})
+	}
+}
+
+// TestCapacitySearchRetries runs the search against a server that keeps
+// up to a known rate but stalls once, at a rate well below it: the stalled
+// step is tried again, counts as kept, and the search goes on up to the
+// server's limit.
+func TestCapacitySearchRetries(t *testing.T) {
+	const limit, stallAt = 100_000.0, 20_000.0
+	stalled := false
+	s := capacitySearch{Start: 10_000, Max: 2e6, Tolerance: 0.1, MaxSteps: 30, MaxP99: 100 * time.Millisecond}
+	c, err := s.search(func(rate float64) (CapacityStep, error) {
+		st := CapacityStep{Delivered: rate, LastP99: time.Duration(float64(100*time.Millisecond) * rate / limit)}
+		if rate == stallAt && !stalled {
+			stalled, st.LastP99 = true, time.Second
+		}
+		return st, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Sustained >= limit || c.Sustained < limit*(1-s.Tolerance) {
+		t.Fatalf("sustained %.0f, want within 10%% below %.0f; steps %+v", c.Sustained, limit, c.Steps)
+	}
+	if st := c.Steps[1:3]; st[0].Offered != stallAt || st[0].Kept || st[0].Retry || st[1].Offered != stallAt || !st[1].Kept || !st[1].Retry {
+		t.Fatalf("steps 1 and 2: %+v, want the stall at %.0f failed, then kept on its retry", st, stallAt)
 	}
 }
 

@@ -245,9 +245,16 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 	return sub.Recovered, nil
 }
 
-// cfPublisher publishes through the HTTP server API of the Centrifugo
-// whose WebSocket endpoint is wsURL.
-func cfPublisher(wsURL, apiKey string) (publishFunc, error) {
+// cfAPI is the HTTP server API of a Centrifugo.
+type cfAPI struct {
+	base   string // e.g. http://127.0.0.1:8000/api/
+	key    string
+	client *http.Client
+}
+
+// newCfAPI is the HTTP server API of the Centrifugo whose WebSocket
+// endpoint is wsURL.
+func newCfAPI(wsURL, apiKey string) (*cfAPI, error) {
 	u, err := url.Parse(wsURL)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the Centrifugo URL: %w", err)
@@ -256,41 +263,118 @@ func cfPublisher(wsURL, apiKey string) (publishFunc, error) {
 	if u.Scheme == "wss" {
 		scheme = "https"
 	}
-	endpoint := scheme + "://" + u.Host + "/api/publish"
-	client := &http.Client{Timeout: 10 * time.Second}
+	return &cfAPI{base: scheme + "://" + u.Host + "/api/", key: apiKey, client: &http.Client{Timeout: 10 * time.Second}}, nil
+}
+
+// call posts body to the API's method and returns the reply, an error
+// unless it is 200 OK with no top-level error.
+func (a *cfAPI) call(ctx context.Context, method string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+method, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", a.key)
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	var r struct {
+		Error *cfError `json:"error"`
+	}
+	switch {
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("centrifugo %s: %s: %s", method, resp.Status, strings.TrimSpace(string(reply)))
+	case json.Unmarshal(reply, &r) != nil:
+		return nil, fmt.Errorf("centrifugo %s: undecodable reply %q", method, reply)
+	case r.Error != nil:
+		return nil, fmt.Errorf("centrifugo %s: error %d %s", method, r.Error.Code, r.Error.Message)
+	}
+	return reply, nil
+}
+
+// cfPublish is the body of Centrifugo's publish command.
+type cfPublish struct {
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// cfPublisher publishes through the HTTP server API of the Centrifugo
+// whose WebSocket endpoint is wsURL, one publish request an event.
+func cfPublisher(wsURL, apiKey string) (publishFunc, error) {
+	api, err := newCfAPI(wsURL, apiKey)
+	if err != nil {
+		return nil, err
+	}
 	return func(ctx context.Context, topic string, data []byte) error {
-		body, _ := json.Marshal(struct {
-			Channel string          `json:"channel"`
-			Data    json.RawMessage `json:"data"`
-		}{topic, data})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("X-API-Key", apiKey)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		reply, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if err != nil {
-			return err
-		}
-		var r struct {
-			Error *cfError `json:"error"`
-		}
-		switch {
-		case resp.StatusCode != http.StatusOK:
-			return fmt.Errorf("centrifugo publish: %s: %s", resp.Status, strings.TrimSpace(string(reply)))
-		case json.Unmarshal(reply, &r) != nil:
-			return fmt.Errorf("centrifugo publish: undecodable reply %q", reply)
-		case r.Error != nil:
-			return fmt.Errorf("centrifugo publish: error %d %s", r.Error.Code, r.Error.Message)
-		}
-		return nil
+		body, _ := json.Marshal(cfPublish{topic, data})
+		_, err := api.call(ctx, "publish", body)
+		return err
 	}, nil
+}
+
+// cfBatchPublisher publishes the capacity phase's events through the
+// HTTP server API of the Centrifugo whose WebSocket endpoint is wsURL: a
+// tick's events are one batch request, its commands run in parallel, so
+// that Centrifugo's Redis engine pipelines their publishes (as the bus's
+// ingress takes a tick's XADDs in one pipeline) rather than waiting for
+// Redis once an event.
+func cfBatchPublisher(wsURL, apiKey string) (batchPublishFunc, error) {
+	api, err := newCfAPI(wsURL, apiKey)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, events []capEvent) error {
+		reply, err := api.call(ctx, "batch", cfBatchBody(events))
+		if err != nil {
+			return err
+		}
+		return cfBatchReplies(reply, len(events))
+	}, nil
+}
+
+// cfBatchBody is a batch request publishing events, in parallel.
+func cfBatchBody(events []capEvent) []byte {
+	type command struct {
+		Publish cfPublish `json:"publish"`
+	}
+	var req struct {
+		Commands []command `json:"commands"`
+		Parallel bool      `json:"parallel"`
+	}
+	req.Parallel = true
+	for _, e := range events {
+		req.Commands = append(req.Commands, command{cfPublish{e.topic, e.data}})
+	}
+	body, _ := json.Marshal(req)
+	return body
+}
+
+// cfBatchReplies checks the reply to a batch of n commands: one reply
+// each, none an error.
+func cfBatchReplies(reply []byte, n int) error {
+	var r struct {
+		Replies []struct {
+			Error *cfError `json:"error"`
+		} `json:"replies"`
+	}
+	if err := json.Unmarshal(reply, &r); err != nil {
+		return fmt.Errorf("centrifugo batch: undecodable reply %q", reply)
+	}
+	if len(r.Replies) != n {
+		return fmt.Errorf("centrifugo batch: %d replies to %d commands", len(r.Replies), n)
+	}
+	for i, c := range r.Replies {
+		if c.Error != nil {
+			return fmt.Errorf("centrifugo batch: command %d of %d: error %d %s", i, n, c.Error.Code, c.Error.Message)
+		}
+	}
+	return nil
 }
 
 // publishFunc publishes data to a topic of the server measured.

@@ -2,7 +2,11 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,6 +163,70 @@ func FuzzCentrifugoPub(f *testing.F) {
 		dts, dk, dok := m.Push.Pub.event()
 		if !dok || m.Push.Pub.Offset != off || dts != ts || dk != k {
 			t.Fatalf("%s: fast path %d %d %d, decoder %d %d %d %v", b, off, ts, k, m.Push.Pub.Offset, dts, dk, dok)
+		}
+	})
+}
+
+// TestCfBatchPublisher publishes a tick's capacity events to a captured
+// server API: one POST to /api/batch with the key, a publish command an
+// event in order, run in parallel; a reply with an error in it, or with
+// fewer replies than commands, fails the tick.
+func TestCfBatchPublisher(t *testing.T) {
+	for _, tc := range []struct {
+		name, reply string
+		status      int
+		wantErr     string
+	}{
+		{"published", `{"replies":[{"publish":{"offset":1,"epoch":"E"}},{"publish":{}}]}`, 200, ""},
+		{"a command failed", `{"replies":[{"publish":{}},{"error":{"code":102,"message":"unknown channel"}}]}`, 200, "command 1 of 2: error 102 unknown channel"},
+		{"replies missing", `{"replies":[{"publish":{}}]}`, 200, "1 replies to 2 commands"},
+		{"refused", `{"error":{"code":101,"message":"unauthorized"}}`, 401, "401 Unauthorized"},
+		{"undecodable", `<html>`, 200, "undecodable reply"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got struct {
+				method, path, key, ctype string
+				body                     []byte
+			}
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got.method, got.path, got.key, got.ctype = r.Method, r.URL.Path, r.Header.Get("X-API-Key"), r.Header.Get("Content-Type")
+				got.body, _ = io.ReadAll(r.Body)
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.reply)
+			}))
+			defer srv.Close()
+			publish, err := cfBatchPublisher("ws://"+strings.TrimPrefix(srv.URL, "http://")+"/connection/websocket", "K")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = publish(context.Background(), []capEvent{{"bench:c0", []byte(`{"t":1,"k":2}`)}, {"bench:c1", []byte(`{"t":3,"k":4}`)}})
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("publish: %v, want an error with %q", err, tc.wantErr)
+			}
+			want := `{"commands":[{"publish":{"channel":"bench:c0","data":{"t":1,"k":2}}},{"publish":{"channel":"bench:c1","data":{"t":3,"k":4}}}],"parallel":true}`
+			if got.method != http.MethodPost || got.path != "/api/batch" || got.key != "K" || got.ctype != "application/json" || string(got.body) != want {
+				t.Errorf("request %s %s key %q type %q body %s, want POST /api/batch key K application/json %s", got.method, got.path, got.key, got.ctype, got.body, want)
+			}
+		})
+	}
+}
+
+// FuzzCfBatchReplies: a batch reply is accepted only when it is JSON
+// with exactly one reply a command, and nothing a server sends panics
+// (TestCfBatchPublisher has the replies with an error refused).
+func FuzzCfBatchReplies(f *testing.F) {
+	for _, s := range []string{`{"replies":[{"publish":{}},{"publish":{}}]}`, `{"replies":[{"error":{"code":1,"message":"x"}},{}]}`, `{"replies":null}`, `{}`, `[]`, `{"replies":[{},{},{}]}`} {
+		f.Add([]byte(s), 2)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, n int) {
+		if cfBatchReplies(b, n) != nil {
+			return
+		}
+		var r struct {
+			Replies []json.RawMessage `json:"replies"`
+		}
+		if err := json.Unmarshal(b, &r); err != nil || len(r.Replies) != n {
+			t.Fatalf("%s accepted for %d commands: %v, %d replies", b, n, err, len(r.Replies))
 		}
 	})
 }

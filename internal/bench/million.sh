@@ -44,8 +44,12 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-# Keepalive pings would start during the measured phases; they are set to
-# start after them, as in go tool task bench.
+# Every process runs with one P (GOMAXPROCS=1): over 100 Go processes on
+# two cores, each with a P a core would spin its idle one looking for work
+# (in a first run the load average was over 200, and a broadcast to all
+# took a minute). Keepalive pings would start during the measured phases;
+# they are set to start after them, as in go tool task bench.
+export GOMAXPROCS="${GOMAXPROCS:-1}"
 urls=()
 for i in $(seq 1 "$gateways"); do
   gw=$((port + i))

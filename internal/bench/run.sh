@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# go tool task bench: a short bench run (about 90 s) against a fresh gateway
+# go tool task bench: a short bench run (under 3 minutes) against a fresh gateway
 # on its own Redis: CONNS (default 19000, the size of the benchmark targets)
 # connections on one topic, then the same against the two baselines.
-# GATEWAY_BIN runs another build's gateway under the same bench client.
+# GATEWAY_BIN runs another build's gateway under the same bench client;
+# PPROF_ADDR (e.g. 127.0.0.1:6060) serves its pprof profiles there.
 # Centrifugo (CENTRIFUGO_BIN, default bin/centrifugo-v6.9.1/centrifugo from
 # go tool task centrifugo) is measured third when it is there, on the same
 # Redis with its Redis engine, history and recovery on in the namespace
@@ -22,7 +23,8 @@ gw=$((port + 1))
 # Keepalive pings (which neither baseline sends) are set to start after the
 # measured phases; PING_INTERVAL=25s measures the default with them in.
 "${GATEWAY_BIN:-./bin/wsbus}" serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
-  --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-60s}" --log-level warn &
+  --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-60s}" --log-level warn \
+  ${PPROF_ADDR:+--debug-addr "$PPROF_ADDR"} &
 gateway=$!
 centrifugo=
 cleanup() {
