@@ -5,7 +5,8 @@
 //
 // The Gateway's files: gateway.go (the ws.Handler), gateway_subscribe.go
 // (a subscription: history, then live), gateway_topic.go (topics and
-// fan-out), gateway_pubsub.go (the pub/sub connections), resume.go (why
+// fan-out), gateway_shards.go (fan-out over the cores),
+// gateway_pubsub.go (the pub/sub connections), resume.go (why
 // history + live has no gap and no duplicate, and the catch-up that keeps
 // it after a lost connection), gateway_lag.go (lagging clients), and
 // protocol.go (the messages and their frames).
@@ -31,13 +32,18 @@
 // liveConn.mu, expiries.mu, acker.mu, coalescer.mu, Owner.mu. No lock is
 // held while waiting on Redis: each pub/sub connection is owned by one
 // goroutine (gateway_pubsub.go) that others only poke; a history read,
-// an ack flush and a lease script run with nothing held.
+// an ack flush and a lease script run with nothing held. Nor across a
+// hand-over to a fan-out shard: its reader queues a message holding
+// nothing, and a shard takes topic.mu as fanOut did on the reader.
 //
 // # Goroutines
 //
 // Everything a Gateway starts (the acker, the topic sweep, the token
-// expiry heap, each pub/sub connection's owner, reader and catch-up
-// worker, a lagging client's catch-up) is started under Gateway.mu while
-// it is open and waited for by Close. Owner.Run waits for every
+// expiry heap, one fan-out shard per core, each pub/sub connection's
+// owner, reader and catch-up worker, a lagging client's catch-up) is
+// waited for by Close: NewGateway starts the first four, the rest start
+// under Gateway.mu while it is open. A pub/sub reader hands each message
+// to the shard of its channel (gateway_shards.go), which fans it out; a
+// topic's events are fanned out by one shard, in order. Owner.Run waits for every
 // partition pipeline it started before it returns.
 package bus

@@ -135,6 +135,7 @@ type Gateway struct {
 	cancel   context.CancelFunc
 	stats    gatewayCounters
 	lagging  sync.WaitGroup // catchUpClient goroutines; Add under mu.RLock while ctx is live
+	fan      *fanOuts       // the shards that fan live events out (gateway_shards.go)
 
 	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
@@ -242,6 +243,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		expiries: newExpiries(),
 	}
 	g.acks = newAcker(g)
+	g.fan = g.startFanOuts()
 	g.wg.Add(3)
 	go func() {
 		defer g.wg.Done()
@@ -260,7 +262,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 
 // Close writes the acks still gathered and stops every goroutine the
 // Gateway started: its pub/sub connections' owners (which close them),
-// their catch-ups, and the catch-ups of lagging clients, which end once
+// their catch-ups, its fan-out shards, and the catch-ups of lagging clients, which end once
 // their history reads fail or their connections close. It waits on no
 // Redis reply.
 func (g *Gateway) Close() error {

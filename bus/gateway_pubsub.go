@@ -28,8 +28,9 @@ import (
 //
 // A connection lost (an error, a ping without answer, a reply such as
 // MOVED, or Redis dropping a channel still wanted because its slot moved)
-// ends a session: every topic on it starts catching (live events wait in
-// its backlog), a new connection subscribes every wanted channel, and each
+// ends a session: once its reader has ended and the fan-out shards have
+// fanned out what it read, every topic on it starts catching (live events
+// wait in its backlog), a new connection subscribes every wanted channel, and each
 // topic is caught up from history once its own channel is confirmed on
 // the new connection, never before, so no event falls between the history
 // read and the live channel (resume.go).
@@ -133,6 +134,7 @@ func (lc *liveConn) session() (healthy bool, err error) {
 		_ = ps.Close()
 		if done != nil {
 			<-done
+			g.fan.drain(g.ctx) // what the lost connection read is fanned out before lose
 		}
 	}()
 	lc.poke(lc.forgetAsked()...)
@@ -255,8 +257,8 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 	return nil
 }
 
-// read receives from ps until it fails: messages are fanned out here,
-// confirmations and the failure go to run.
+// read receives from ps until it fails: messages go to their shards to
+// be fanned out (gateway_shards.go), confirmations and the failure to run.
 func (lc *liveConn) read(ctx context.Context, ps *redis.PubSub, events chan<- any, done chan<- struct{}) {
 	defer close(done)
 	g := lc.g
@@ -287,7 +289,9 @@ func (lc *liveConn) read(ctx context.Context, ps *redis.PubSub, events chan<- an
 		pinged = false
 		switch m := msg.(type) {
 		case *redis.Message:
-			g.fanOut(m.Channel, m.Payload)
+			if !g.fan.push(ctx, m.Channel, m.Payload) {
+				return
+			}
 		case *redis.Subscription:
 			if !send(m) {
 				return

@@ -73,10 +73,22 @@ import (
 //
 // lose makes every topic on the lost connection hold its live events
 // (startCatching): it is no longer live, and what comes live waits in its
-// backlog. The new connection subscribes every wanted channel, and a
-// topic is caught up only once its own channel is confirmed there
-// (markReady): a history read before that could miss an event published
-// between the read and the subscription, which would then be in neither.
+// backlog. It runs once the lost connection's reader has ended and the
+// fan-out shards have fanned out all it read (fanOuts.drain), so every
+// event of the old connection was handled before the hold. The new
+// connection subscribes every wanted channel, and a topic is caught up
+// only once its own channel is confirmed there (markReady): a history
+// read before that could miss an event published between the read and
+// the subscription, which would then be in neither.
+//
+// Live events are fanned out by shards (gateway_shards.go), in the order
+// Redis sent each topic's, but later than the connection's owner takes
+// the confirmation that came before them: a topic may be ready, live, and
+// even caught up before its shard fans out an event published after the
+// confirmation. That event is then one a history read after the
+// confirmation may have had too: pending, the backlog, or the ID filter
+// take it as any other, and the seq check sees no gap, since the topic's
+// events still come in order.
 //
 // # Catch-up (catchUpTopic, below)
 //
