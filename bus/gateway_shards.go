@@ -36,10 +36,13 @@ type shardItem struct {
 	done             chan<- struct{}
 }
 
-// shardQueue is the capacity of each shard's queue. Deep enough to carry
-// a burst of small events over a shard's busy moment, shallow enough
-// that a slow fan-out reaches Redis as backpressure within milliseconds
-// (a message a few hundred bytes, the queue some hundred KiB at most).
+// shardQueue is the capacity of each shard's queue, in messages. Deep
+// enough to carry a burst of small events over a shard's busy moment,
+// shallow enough that a slow fan-out reaches Redis as backpressure within
+// milliseconds. It bounds messages, not bytes: with events of a few
+// hundred bytes a full queue is some hundred KiB, with events at the data
+// limit (--max-data, 64 KiB by default) up to 64 MiB a shard, held here
+// instead of in Redis's pub/sub output buffer.
 const shardQueue = 1024
 
 // startFanOuts starts one shard per core, each ending when ctx does;
