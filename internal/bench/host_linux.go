@@ -19,19 +19,14 @@ import (
 func readHost() Host {
 	var h Host
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for line := range bytes.Lines(b) {
-			name, rest, _ := bytes.Cut(line, []byte(":"))
-			kb, err := strconv.ParseFloat(string(bytes.TrimSuffix(bytes.TrimSpace(rest), []byte(" kB"))), 64)
-			if err != nil {
-				continue
-			}
-			switch string(name) {
+		eachKB(b, func(name string, bytes float64) {
+			switch name {
 			case "MemAvailable":
-				h.Available = kb * 1024
+				h.Available = bytes
 			case "Slab":
-				h.Slab = kb * 1024
+				h.Slab = bytes
 			}
-		}
+		})
 	}
 	if b, err := os.ReadFile("/proc/net/sockstat"); err == nil {
 		h.TCPSockets, h.TCPBuffers = parseSockstat(b)
@@ -96,25 +91,32 @@ func readProcMemory(pid int) (ProcMemory, bool) {
 		return ProcMemory{}, false
 	}
 	var m ProcMemory
+	eachKB(b, func(name string, bytes float64) {
+		switch name {
+		case "Rss":
+			m.RSS = bytes
+		case "Pss":
+			m.PSS = bytes
+		case "Anonymous":
+			m.Anon = bytes
+		}
+	})
+	return m, true
+}
+
+// eachKB calls fn with the name and the value in bytes of every
+// "Name:   123 kB" line of b, the form of /proc/meminfo and smaps.
+func eachKB(b []byte, fn func(name string, bytes float64)) {
 	for line := range bytes.Lines(b) {
 		name, rest, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseFloat(string(bytes.TrimSuffix(bytes.TrimSpace(rest), []byte(" kB"))), 64)
-		if err != nil {
-			continue
-		}
-		switch string(name) {
-		case "Rss":
-			m.RSS = kb * 1024
-		case "Pss":
-			m.PSS = kb * 1024
-		case "Anonymous":
-			m.Anon = kb * 1024
+		if err == nil {
+			fn(string(name), kb*1024)
 		}
 	}
-	return m, true
 }
 
 // PrepareHost checks that this machine can hold conns connections with
