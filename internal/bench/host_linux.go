@@ -19,12 +19,12 @@ import (
 func readHost() Host {
 	var h Host
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		eachKB(b, func(name string, bytes float64) {
+		eachKB(b, func(name string, v float64) {
 			switch name {
 			case "MemAvailable":
-				h.Available = bytes
+				h.Available = v
 			case "Slab":
-				h.Slab = bytes
+				h.Slab = v
 			}
 		})
 	}
@@ -91,14 +91,14 @@ func readProcMemory(pid int) (ProcMemory, bool) {
 		return ProcMemory{}, false
 	}
 	var m ProcMemory
-	eachKB(b, func(name string, bytes float64) {
+	eachKB(b, func(name string, v float64) {
 		switch name {
 		case "Rss":
-			m.RSS = bytes
+			m.RSS = v
 		case "Pss":
-			m.PSS = bytes
+			m.PSS = v
 		case "Anonymous":
-			m.Anon = bytes
+			m.Anon = v
 		}
 	})
 	return m, true
@@ -106,7 +106,7 @@ func readProcMemory(pid int) (ProcMemory, bool) {
 
 // eachKB calls fn with the name and the value in bytes of every
 // "Name:   123 kB" line of b, the form of /proc/meminfo and smaps.
-func eachKB(b []byte, fn func(name string, bytes float64)) {
+func eachKB(b []byte, fn func(name string, v float64)) {
 	for line := range bytes.Lines(b) {
 		name, rest, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
