@@ -242,19 +242,7 @@ func (s *Subscription) close() { s.once.Do(func() { close(s.done) }) }
 
 // subscribeLocked returns the subscribe message that resumes s.
 func (s *Subscription) subscribeLocked() []byte {
-	m := map[string]any{"type": "subscribe", "topic": s.topic}
-	since, seq, hasSeq, epoch := s.cursor.Resume()
-	if since != "" {
-		m["since"] = since
-	}
-	if hasSeq {
-		m["seq"] = seq
-	}
-	if epoch != "" {
-		m["epoch"] = epoch
-	}
-	b, _ := json.Marshal(m)
-	return b
+	return s.cursor.Subscribe(s.topic)
 }
 
 // Ack acknowledges the events of topic up to id for the connection's

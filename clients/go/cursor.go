@@ -32,6 +32,25 @@ func (c *Cursor) Resume() (since string, seq uint64, hasSeq bool, epoch string) 
 	return c.ID, c.Seq, c.ID != "" && c.ID != "acked" && (c.Seq > 0 || c.ID == "0"), c.Epoch
 }
 
+// Subscribe returns the subscribe message for topic that resumes from c:
+// with its since, seq and epoch, or none of them for a cursor that has
+// seen nothing (only new events).
+func (c *Cursor) Subscribe(topic string) []byte {
+	m := map[string]any{"type": "subscribe", "topic": topic}
+	since, seq, hasSeq, epoch := c.Resume()
+	if since != "" {
+		m["since"] = since
+	}
+	if hasSeq {
+		m["seq"] = seq
+	}
+	if epoch != "" {
+		m["epoch"] = epoch
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
 // Subscribed takes the server's answer to a subscription. A cursor that
 // has seen nothing takes the head, so a drop before the first event
 // misses nothing; a cursor of "acked" takes the subject's acknowledged

@@ -213,3 +213,14 @@ func FuzzCursorEvents(f *testing.F) {
 		}
 	})
 }
+
+func TestCursorSubscribe(t *testing.T) {
+	var fresh Cursor
+	if got := string(fresh.Subscribe("a")); got != `{"topic":"a","type":"subscribe"}` {
+		t.Errorf("a fresh cursor's subscribe = %s, want only new events", got)
+	}
+	c := Cursor{ID: "5-1", Seq: 7, Epoch: "e1"}
+	if got := string(c.Subscribe("a")); got != `{"epoch":"e1","seq":7,"since":"5-1","topic":"a","type":"subscribe"}` {
+		t.Errorf("subscribe = %s, want since, seq and epoch", got)
+	}
+}

@@ -405,16 +405,12 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 func (w *worker) subscribeOwn(wc *wconn, rw io.ReadWriter, resume bool) (recovered bool, err error) {
 	wc.mu.Lock()
 	wc.resumed = resume // the events below count as the inbox's would
-	sub := map[string]any{"type": "subscribe", "topic": wc.own}
-	if since, seq, hasSeq, epoch := wc.ownAt.Resume(); resume && since != "" {
-		sub["since"], sub["epoch"] = since, epoch
-		if hasSeq {
-			sub["seq"] = seq
-		}
+	from := wc.ownAt
+	if !resume {
+		from = wsbus.Cursor{} // only new events
 	}
 	wc.mu.Unlock()
-	msg, _ := json.Marshal(sub)
-	if err := wsutil.WriteClientText(rw, msg); err != nil {
+	if err := wsutil.WriteClientText(rw, from.Subscribe(wc.own)); err != nil {
 		return false, fmt.Errorf("subscribing to %s: %w", wc.own, err)
 	}
 	type early struct {
