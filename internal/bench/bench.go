@@ -730,13 +730,11 @@ func awaitDialed(cfg Config, workers []*workerProc, start time.Time) error {
 
 // workersMemory sums the client processes' memory.
 func workersMemory(workers []*workerProc) ProcMemory {
-	var sum ProcMemory
-	for _, w := range workers {
-		if m, ok := readProcMemory(w.cmd.Process.Pid); ok {
-			sum.add(m)
-		}
+	pids := make([]int, len(workers))
+	for i, w := range workers {
+		pids[i] = w.cmd.Process.Pid
 	}
-	return sum
+	return memoryOf(pids)
 }
 
 // gatewaysMemory sums the memory of the gateways in cfg.GatewayPIDs, when
@@ -745,13 +743,19 @@ func gatewaysMemory(cfg Config, server string) *ProcMemory {
 	if server != "wsbus" || len(cfg.GatewayPIDs) == 0 {
 		return nil
 	}
+	m := memoryOf(cfg.GatewayPIDs)
+	return &m
+}
+
+// memoryOf sums the memory of the processes pids (those it can read).
+func memoryOf(pids []int) ProcMemory {
 	var sum ProcMemory
-	for _, pid := range cfg.GatewayPIDs {
+	for _, pid := range pids {
 		if m, ok := readProcMemory(pid); ok {
 			sum.add(m)
 		}
 	}
-	return &sum
+	return sum
 }
 
 // command sends a command to every worker and reads each one's answer.
