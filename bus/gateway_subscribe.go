@@ -220,9 +220,11 @@ func (g *Gateway) goLive(s *subscription) {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, ev := range s.pending {
-		if s.last.Less(ev.id) && !s.offer(ev) {
-			break // lagging: the rest comes from history (gateway_lag.go)
+	if s.pending != nil {
+		for _, ev := range *s.pending {
+			if s.last.Less(ev.id) && !s.offer(ev) {
+				break // lagging: the rest comes from history (gateway_lag.go)
+			}
 		}
 	}
 	s.pending, s.live = nil, true

@@ -112,7 +112,7 @@ type subscription struct {
 	conn    clientConn // the client's connection (client.conn)
 	topic   *topic
 	last    streams.ID   // newest event sent; guarded by topic.mu once live
-	pending []liveEvent  // live events held until live; guarded by topic.mu
+	pending *[]liveEvent // live events held until live, nil while none; guarded by topic.mu (a pointer: it keeps the subscription in the 64-byte size class)
 	idx     atomic.Int32 // position in topic.subs, -1 when not in it; stored under topic.mu, loaded without it (see catchUpSub)
 	live    bool         // history sent; guarded by topic.mu
 	lagging bool         // live, but caught up from history: fan-out skips it; guarded by topic.mu
@@ -170,11 +170,14 @@ func deliverTo(g *Gateway, subs []*subscription, ev liveEvent) {
 		case s.lagging:
 			// Caught up from history (gateway_lag.go).
 		case !s.live:
-			if len(s.pending) >= g.cfg.MaxPending {
+			if s.pending == nil {
+				s.pending = new([]liveEvent)
+			}
+			if len(*s.pending) >= g.cfg.MaxPending {
 				s.conn.Close(ws.CloseSlowConsumer, "slow consumer: reconnect and resume")
 				continue
 			}
-			s.pending = append(s.pending, ev)
+			*s.pending = append(*s.pending, ev)
 		case s.last.Less(ev.id):
 			s.offer(ev)
 		}
