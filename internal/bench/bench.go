@@ -141,7 +141,8 @@ type Storm struct {
 	NotRecovered int           `json:"not_recovered"`
 	Lost         int64         `json:"lost"`
 	Duplicates   uint64        `json:"duplicates"`
-	Failed       int           `json:"failed_reconnects"`
+	Failed       int           `json:"failed_reconnects"`  // after reconnectTries each
+	Retried      int           `json:"retried_reconnects"` // tries after the first, of clients that resumed or failed
 }
 
 // Latency is the delay from XADD to receipt.
@@ -651,16 +652,18 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 			return nil, err
 		}
 		var got uint64
-		resumed, failed := 0, 0
+		resumed, failed, retried := 0, 0, 0
 		st.NotRecovered, st.Duplicates = 0, 0
 		for _, r := range reports {
 			got += r.SinceResume
 			resumed += r.Resumed
 			failed += r.Failed
+			retried += r.Retried
 			st.NotRecovered += r.NotRecovered
 			st.Duplicates += r.Duplicates
 		}
 		st.Failed = failed - failedBefore
+		st.Retried = retried
 		st.Took = time.Since(start)
 		st.Lost = int64(want) - int64(got)
 		if got >= want && resumed+st.Failed >= clients {
@@ -676,8 +679,8 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 			break
 		}
 	}
-	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects",
-		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed)
+	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects (%d tries again)",
+		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed, st.Retried)
 	if st.Failed > 0 {
 		reports, err := collect(workers)
 		if err != nil {

@@ -102,6 +102,9 @@ func (c *Comparison) Table() Table {
 		row("resume storm not recovered/lost/dup", "", st(func(s *Storm) string {
 			return fmt.Sprintf("%d/%d/%d", s.NotRecovered, s.Lost, s.Duplicates)
 		}))
+		row("resume storm reconnects failed (tried again)", "", st(func(s *Storm) string {
+			return fmt.Sprintf("%d (%d)", s.Failed, s.Retried)
+		}))
 	}
 	if gw.Capacity != nil {
 		cp := func(f func(*Capacity) string) func(*Result) string {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
@@ -61,6 +62,7 @@ type Report struct {
 	// recovered:false, events received since, and IDs received twice or
 	// out of order on one connection.
 	Resumed      int    `json:"resumed"`
+	Retried      int    `json:"retried,omitempty"` // tries after a resume's first (see reconnectTries)
 	NotRecovered int    `json:"not_recovered"`
 	SinceResume  uint64 `json:"since_resume"`
 	Duplicates   uint64 `json:"duplicates"`
@@ -326,9 +328,10 @@ func (w *worker) connectAll(resume bool) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			recovered, err := w.connect(wc, resume)
+			recovered, retried, err := w.connectOrRetry(wc, resume)
 			w.mu.Lock()
 			defer w.mu.Unlock()
+			w.report.Retried += retried
 			switch {
 			case err != nil:
 				w.report.Failed++
@@ -346,6 +349,34 @@ func (w *worker) connectAll(resume bool) {
 		}()
 	}
 	wg.Wait()
+}
+
+// reconnectTries is how often a resume is tried before it counts as
+// failed: a client reconnects, as the Go client does, when the server
+// answers "unavailable" (a partition changing hands under a storm) or the
+// connection is cut before the answer. The waits between tries double
+// from reconnectWait, with jitter, as the Go client's backoff does.
+const (
+	reconnectTries = 5
+	reconnectWait  = 250 * time.Millisecond
+)
+
+// connectOrRetry connects wc; a resume that fails is tried again up to
+// reconnectTries in all. retried is how many tries came after the first.
+// A failed try leaves wc's cursors where they were: what it received
+// before failing is not recorded (see subscribeOwn), so the next try
+// resumes from the same place.
+func (w *worker) connectOrRetry(wc *wconn, resume bool) (recovered bool, retried int, err error) {
+	wait := reconnectWait
+	for {
+		recovered, err = w.connect(wc, resume)
+		if err == nil || !resume || retried == reconnectTries-1 {
+			return recovered, retried, err
+		}
+		retried++
+		time.Sleep(wait/2 + rand.N(wait/2))
+		wait *= 2
+	}
 }
 
 // connect dials wc, waits for its subscription and starts its reader.
