@@ -695,12 +695,19 @@ func TestUpgradedSocketFlags(t *testing.T) {
 
 // TestAfterUpgradeBurst: the callback runs once a burst of upgrades is
 // over (a settle check finds none since the last), not while upgrades
-// still come, and not for fewer than settleBurst since its last call.
+// still come, and not for fewer than settleBurst since its last call; the
+// burst's idle handshake states are dropped before it.
 func TestAfterUpgradeBurst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int32
-		cfg := Config{Handler: nopHandler{}, AfterUpgradeBurst: func() { calls.Add(1) }}
-		s := &Server{cfg: cfg.withDefaults(), done: make(chan struct{})}
+		var idleStates int
+		s := &Server{done: make(chan struct{})}
+		cfg := Config{Handler: nopHandler{}, AfterUpgradeBurst: func() {
+			calls.Add(1)
+			idleStates = len(s.states)
+		}}
+		s.cfg = cfg.withDefaults()
+		s.putState(s.getState(&net.TCPConn{})) // a handshake state kept for the next upgrade
 		go s.keepalive()
 		defer close(s.done)
 		// Settle checks fall at 1 s, 6 s, 11 s, …; each step ends half a
@@ -723,6 +730,9 @@ func TestAfterUpgradeBurst(t *testing.T) {
 			synctest.Wait()
 			if got := calls.Load(); got != st.want {
 				t.Fatalf("step %d, at %v: %d calls, want %d", i, st.until, got, st.want)
+			}
+			if st.want > 0 && idleStates != 0 {
+				t.Fatalf("step %d: %d idle handshake states kept after the burst, want none", i, idleStates)
 			}
 		}
 	})
