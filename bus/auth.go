@@ -180,38 +180,31 @@ type expiries struct {
 	wake chan struct{}
 }
 
-// expiryHeap orders clients by token expiry; client.expIdx is guarded by
-// expiries.mu. The expiry is kept in the heap, not in the client: only
-// connections with a token pay for it.
+// expiryHeap orders clients by token expiry; client.expAt and
+// client.expIdx are guarded by expiries.mu.
 //
 // expIdx is the client's index in the heap, expOut (-1) when it is not in
 // it, or expGone (-2) once its connection closed.
-type expiryHeap []expiry
-
-// expiry is a client with a token and when the token runs out.
-type expiry struct {
-	at int64 // unix nanoseconds
-	cl *client
-}
+type expiryHeap []*client
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expAt < h[j].expAt }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].cl.expIdx, h[j].cl.expIdx = int32(i), int32(j)
+	h[i].expIdx, h[j].expIdx = int32(i), int32(j)
 }
 func (h *expiryHeap) Push(x any) {
-	e := x.(expiry)
-	e.cl.expIdx = int32(len(*h))
-	*h = append(*h, e)
+	cl := x.(*client)
+	cl.expIdx = int32(len(*h))
+	*h = append(*h, cl)
 }
 func (h *expiryHeap) Pop() any {
 	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = expiry{}
+	cl := old[len(old)-1]
+	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	e.cl.expIdx = expOut
-	return e
+	cl.expIdx = expOut
+	return cl
 }
 
 // The values of client.expIdx that are no heap index.
@@ -229,13 +222,13 @@ func (e *expiries) set(cl *client, at time.Time) {
 		e.mu.Unlock()
 		return
 	}
+	cl.expAt = at.UnixNano()
 	if cl.expIdx >= 0 {
-		e.h[cl.expIdx].at = at.UnixNano()
 		heap.Fix(&e.h, int(cl.expIdx))
 	} else {
-		heap.Push(&e.h, expiry{at: at.UnixNano(), cl: cl})
+		heap.Push(&e.h, cl)
 	}
-	first := e.h[0].cl == cl
+	first := e.h[0] == cl
 	e.mu.Unlock()
 	if first {
 		wake(e.wake)
@@ -260,12 +253,12 @@ func (e *expiries) run(done <-chan struct{}) {
 		e.mu.Lock()
 		var due []*client
 		now := time.Now()
-		for len(e.h) > 0 && e.h[0].at <= now.UnixNano() {
-			due = append(due, heap.Pop(&e.h).(expiry).cl)
+		for len(e.h) > 0 && e.h[0].expAt <= now.UnixNano() {
+			due = append(due, heap.Pop(&e.h).(*client))
 		}
 		next := time.Hour
 		if len(e.h) > 0 {
-			next = time.Until(time.Unix(0, e.h[0].at))
+			next = time.Until(time.Unix(0, e.h[0].expAt))
 		}
 		e.mu.Unlock()
 		for _, cl := range due {

@@ -103,9 +103,9 @@ func TestExpiryForgetsClosedClient(t *testing.T) {
 			if got := len(e.h) - 1; got != tt.want {
 				t.Fatalf("after %q the heap holds the client %d times, want %d", tt.steps, got, tt.want)
 			}
-			for i, x := range e.h {
-				if int(x.cl.expIdx) != i {
-					t.Fatalf("heap entry %d has index %d", i, x.cl.expIdx)
+			for i, c := range e.h {
+				if int(c.expIdx) != i {
+					t.Fatalf("heap entry %d has index %d", i, c.expIdx)
 				}
 			}
 		})
