@@ -122,12 +122,12 @@ func TestCursorsExpireWithHistory(t *testing.T) {
 }
 
 // TestClientSize: the Gateway's state of a connection, with its first
-// subscription inside, stays in the 144-byte size class, and each further
+// subscription inside, stays in the 128-byte size class, and each further
 // subscription in the 64-byte one: every idle connection pays for them
 // (docs/BENCHMARKS.md, idle cost).
 func TestClientSize(t *testing.T) {
-	if n := unsafe.Sizeof(client{}); n > 144 {
-		t.Fatalf("client is %d bytes: past the 144-byte size class", n)
+	if n := unsafe.Sizeof(client{}); n > 128 {
+		t.Fatalf("client is %d bytes: past the 128-byte size class", n)
 	}
 	// A connection's second topic and on allocate one each.
 	if n := unsafe.Sizeof(subscription{}); n > 64 {

@@ -153,7 +153,7 @@ type client struct {
 	// token's sub (a refresh keeps the subject), or ?user= without
 	// authentication; nil for none. Set at Open, read-only after. A
 	// pointer, not a string, and the acks it has waiting counted in the
-	// acker, not here: the client stays in the 144-byte size class.
+	// acker, not here: the client stays in the 128-byte size class.
 	subjectp *string
 
 	// Guarded by expiries.mu.
@@ -189,7 +189,7 @@ var _ clientConn = (*ws.Conn)(nil)
 
 // conn returns the client's connection. It is kept in the first
 // subscription, set once by newClient, rather than in a field of its own:
-// the client stays in the 144-byte size class.
+// the client stays in the 128-byte size class.
 func (cl *client) conn() clientConn { return cl.first.conn }
 
 // subject returns who acknowledges for the connection; "" for none.
