@@ -185,11 +185,11 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 	wc.mu.Unlock()
 	conn, br, rw, err := dial(wc, w.job.URL)
 	if err != nil {
-		return false, err
+		return true, err
 	}
 	if err := wsutil.WriteClientText(rw, cmds); err != nil {
 		_ = conn.Close()
-		return false, err
+		return true, err
 	}
 	var sub *cfSubscribe
 	var early [][]byte // lines after the subscribe reply in its frame
@@ -197,7 +197,7 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 		frame, err := wsutil.ReadServerText(rw)
 		if err != nil {
 			_ = conn.Close()
-			return false, fmt.Errorf("waiting for the subscribe reply: %w", err)
+			return true, fmt.Errorf("waiting for the subscribe reply: %w", err)
 		}
 		var bad error
 		cfLines(frame, func(line []byte) {
@@ -220,7 +220,7 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 		}
 		if bad != nil {
 			_ = conn.Close()
-			return false, bad
+			return true, bad
 		}
 	}
 	now := time.Now().UnixNano()
@@ -240,7 +240,7 @@ func (w *worker) connectCentrifugo(wc *wconn, resume bool) (recovered bool, err 
 	wc.mu.Unlock()
 	rest, _ := br.Peek(br.Buffered())
 	if err := w.in.adopt(wc, conn, rest, resume); err != nil {
-		return false, err
+		return sub.Recovered, err // the answer has moved wc.cf
 	}
 	return sub.Recovered, nil
 }

@@ -244,7 +244,7 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		case "resume":
 			w.since.Store(0)
 			w.mu.Lock()
-			w.report.Resumed, w.report.NotRecovered = 0, 0
+			w.report.Resumed, w.report.NotRecovered, w.report.Retried = 0, 0, 0
 			w.mu.Unlock()
 			if err := enc.Encode(struct{}{}); err != nil { // answered at once; progress via report
 				return err
@@ -320,15 +320,15 @@ func (w *worker) reset() {
 // connectAll opens every connection, w.parallel() at a time; resume
 // sends each one's cursor and epoch.
 func (w *worker) connectAll(resume bool) {
-	sem := make(chan struct{}, w.parallel())
+	slots := make(chan struct{}, w.parallel())
 	var wg sync.WaitGroup
 	for _, wc := range w.conns {
 		wg.Add(1)
-		sem <- struct{}{}
+		slots <- struct{}{}
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
-			recovered, retried, err := w.connectOrRetry(wc, resume)
+			defer func() { <-slots }()
+			recovered, retried, err := w.connectOrRetry(wc, resume, slots)
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			w.report.Retried += retried
@@ -352,34 +352,44 @@ func (w *worker) connectAll(resume bool) {
 }
 
 // reconnectTries is how often a resume is tried before it counts as
-// failed: a client reconnects, as the Go client does, when the server
-// answers "unavailable" (a partition changing hands under a storm) or the
-// connection is cut before the answer. The waits between tries double
-// from reconnectWait, with jitter, as the Go client's backoff does.
+// failed: a client reconnects after any failure, as the Go client does;
+// under a storm that is mostly the server's "unavailable" (a partition
+// changing hands) or a connection cut before its answer. The waits
+// between tries double from reconnectWait, each a random time between
+// half of it and all of it.
 const (
 	reconnectTries = 5
 	reconnectWait  = 250 * time.Millisecond
 )
 
 // connectOrRetry connects wc; a resume that fails is tried again up to
-// reconnectTries in all. retried is how many tries came after the first.
-// A failed try leaves wc's cursors where they were: what it received
-// before failing is not recorded (see subscribeOwn), so the next try
-// resumes from the same place.
-func (w *worker) connectOrRetry(wc *wconn, resume bool) (recovered bool, retried int, err error) {
+// reconnectTries in all, without one of the handshake slots (held when
+// it is called) while it waits. retried is how many tries came after the
+// first. recovered is false when any try was answered recovered:false:
+// a try can fail after an answer moved wc's cursor (the first topic's
+// "subscribed" came, the second topic's did not), and the next one
+// resumes from there.
+func (w *worker) connectOrRetry(wc *wconn, resume bool, slots chan struct{}) (recovered bool, retried int, err error) {
+	recovered = true
 	wait := reconnectWait
 	for {
-		recovered, err = w.connect(wc, resume)
+		ok, err := w.connect(wc, resume)
+		recovered = recovered && ok
 		if err == nil || !resume || retried == reconnectTries-1 {
 			return recovered, retried, err
 		}
 		retried++
+		<-slots
 		time.Sleep(wait/2 + rand.N(wait/2))
+		slots <- struct{}{}
 		wait *= 2
 	}
 }
 
 // connect dials wc, waits for its subscription and starts its reader.
+// recovered is false when an answer was recovered:false, also when a
+// later step then failed (the answer has moved wc's cursor); it is true
+// when a try failed before any answer.
 func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	if w.job.Protocol == Centrifugo {
 		return w.connectCentrifugo(wc, resume)
@@ -395,17 +405,17 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 	wc.mu.Unlock()
 	conn, br, rw, err := dial(wc, target)
 	if err != nil {
-		return false, err
+		return true, err
 	}
 	first, err := wsutil.ReadServerText(rw)
 	if err != nil {
 		_ = conn.Close()
-		return false, fmt.Errorf("waiting for subscribed: %w", err)
+		return true, fmt.Errorf("waiting for subscribed: %w", err)
 	}
 	var m wsbus.Message
 	if json.Unmarshal(first, &m) != nil || m.Type != "subscribed" {
 		_ = conn.Close()
-		return false, fmt.Errorf("first message %q, want subscribed", first)
+		return true, fmt.Errorf("first message %q, want subscribed", first)
 	}
 	wc.mu.Lock()
 	_ = wc.cursor.Subscribed(&m) // a gap is counted as not recovered below
@@ -418,13 +428,13 @@ func (w *worker) connect(wc *wconn, resume bool) (recovered bool, err error) {
 		ownRecovered, err := w.subscribeOwn(wc, rw, resume)
 		if err != nil {
 			_ = conn.Close()
-			return false, err
+			return recovered, err
 		}
 		recovered = recovered && ownRecovered
 	}
 	early, _ := br.Peek(br.Buffered())
 	if err := w.in.adopt(wc, conn, early, resume); err != nil {
-		return false, err
+		return recovered, err
 	}
 	return recovered, nil
 }
