@@ -151,7 +151,9 @@ func writeReport(dir string, res *bench.Comparison, command []string, stderr io.
 // serveBaseline serves a baseline until SIGTERM, after printing its
 // address on stdout for the bench that started it.
 func serveBaseline(kind, listen string, rdb redis.UniversalClient, prefix string, stdout io.Writer) error {
-	// Without TCP keepalive, as the gateway listens.
+	// Without TCP keepalive, as the gateway listens, and collecting as
+	// often as the gateway does: memory per connection is compared.
+	collectOften()
 	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", listen)
 	if err != nil {
 		return err

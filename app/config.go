@@ -89,7 +89,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		opt.PoolSize = max(poolSize, opt.PoolSize)
 		opt.ContextTimeoutEnabled = true
 		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
-		idle(&opt.MaxIdleConns)
+		idle(&opt.MaxIdleConns, opt.MinIdleConns)
 		return redis.NewClient(opt), nil
 	case t.failover != nil:
 		opt := t.failover
@@ -98,7 +98,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 		// Pub/sub connections too leave a master that Sentinel replaced.
 		opt.Dialer = newFailoverDialer(opt).Dial
 		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
-		idle(&opt.MaxIdleConns)
+		idle(&opt.MaxIdleConns, opt.MinIdleConns)
 		return redis.NewFailoverClient(opt), nil
 	}
 	opt := t.cluster
@@ -109,7 +109,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 	// only once a new master answers.
 	opt.ClusterStateReloadInterval = clusterReload
 	lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
-	idle(&opt.MaxIdleConns)
+	idle(&opt.MaxIdleConns, opt.MinIdleConns)
 	return redis.NewClusterClient(opt), nil
 }
 
@@ -141,10 +141,12 @@ func lean(sizes ...*int) {
 // owned partitions' readers are not limited by this.
 const maxIdle = 16
 
-// idle sets an unset idle-connection limit to maxIdle.
-func idle(n *int) {
+// idle sets an unset idle-connection limit to maxIdle, or to the URL's
+// min_idle_conns when that is more: a limit under the minimum would close
+// at every Put a connection the pool dials again at every Get.
+func idle(n *int, minIdle int) {
 	if *n == 0 {
-		*n = maxIdle
+		*n = max(maxIdle, minIdle)
 	}
 }
 

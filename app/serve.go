@@ -167,7 +167,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	redis.SetLogger(redisLogger{logger})
-	collectOften(os.Getenv("GOGC"))
+	collectOften()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	return Serve(ctx, c, logger, func(string) {})
@@ -181,14 +181,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 // holes it leaves and the room the heap grows into were a third of a
 // gateway's memory per connection. At 25 the heap grows a quarter past
 // what is live before a collection: 19,000 connections each on two
-// topics measured 1,160-1,230 B RSS a connection against 1,430-1,620 B
-// at 100, for no CPU we could measure (docs/BENCHMARKS.md).
+// topics measured 1,117-1,226 B RSS a connection against 1,435-1,624 B
+// at 100, for no CPU measurable over the run (docs/NOTES.md). GOMEMLIMIT
+// alone leaves it at 25: the limit caps the heap, the target still keeps
+// it small below the cap.
 const gcPercent = 25
 
-// collectOften sets the collector's target to gcPercent when gogc (the
-// environment's GOGC) is empty.
-func collectOften(gogc string) {
-	if gogc == "" {
+// collectOften sets the collector's target to gcPercent unless GOGC is in
+// the environment (set, even empty: the runtime has read it).
+func collectOften() {
+	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(gcPercent)
 	}
 }

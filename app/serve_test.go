@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -78,4 +80,21 @@ func TestServeLeavesNoGoroutine(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestCollectOften: serve collects at gcPercent unless the environment's
+// GOGC says otherwise.
+func TestCollectOften(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC")
+	collectOften()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("GOGC unset: the collector's target is %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "200") // the runtime read it at start: left alone
+	collectOften()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("GOGC set: the collector's target is %d, want it left at 100", got)
+	}
 }

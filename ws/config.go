@@ -112,8 +112,9 @@ type Config struct {
 	// for about 5 s. The buffers and garbage of thousands of handshakes sit
 	// in the heap's headroom until the next collection, so a process that
 	// holds mostly idle connections may want to return them to the system
-	// here (debug.FreeOSMemory), at the cost of a collection. Nil means
-	// nothing is done.
+	// here (debug.FreeOSMemory), at the cost of a collection; the server
+	// has let go of its idle handshake states just before. Nil means
+	// nothing more is done.
 	AfterUpgradeBurst func()
 }
 

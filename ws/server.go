@@ -332,8 +332,9 @@ func (s *Server) forget(c *Conn) {
 
 // keepalive pings silent connections, closes idle ones and cuts those
 // whose unfinished frame or stalled write outlived its timeout: one
-// goroutine for the whole server instead of timers per connection. It
-// also calls Config.AfterUpgradeBurst when a burst of upgrades is over.
+// goroutine for the whole server instead of timers per connection. When
+// a burst of upgrades is over it drops the idle handshake states, then
+// calls Config.AfterUpgradeBurst (which can return their memory).
 func (s *Server) keepalive() {
 	tick := time.NewTicker(min(sweepEvery, s.cfg.PingInterval/2))
 	defer tick.Stop()

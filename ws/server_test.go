@@ -734,6 +734,14 @@ func TestAfterUpgradeBurst(t *testing.T) {
 			if st.want > 0 && idleStates != 0 {
 				t.Fatalf("step %d: %d idle handshake states kept after the burst, want none", i, idleStates)
 			}
+			if st.want == 0 {
+				s.statesMu.Lock()
+				kept := len(s.states)
+				s.statesMu.Unlock()
+				if kept != 1 {
+					t.Fatalf("step %d, while the burst lasts: %d idle handshake states, want the 1 kept", i, kept)
+				}
+			}
 		}
 	})
 }
