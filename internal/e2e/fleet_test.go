@@ -544,8 +544,12 @@ func TestDrainIsPaced(t *testing.T) {
 		worst = max(worst, j-i)
 	}
 	t.Logf("drain of %d clients at --drain-rate %d took %v; busiest second had %d closes", clients, rate, closedAt[clients-1].Round(10*time.Millisecond), worst)
-	if worst > rate+rate/20 { // closes are paced at the server; client-side receipt times jitter by milliseconds
-		t.Errorf("%d clients closed within one second, want at most %d", worst, rate)
+	// Closes are paced at the server; the test sees them when its 300
+	// readers are scheduled, and on a loaded machine a receipt can come
+	// up to a fifth of a second late, which packs the closes of 1.2 s
+	// into one second (CI saw 106). Unpaced, all 300 come at once.
+	if worst > rate+rate/5 {
+		t.Errorf("%d clients closed within one second, want at most %d (%d and a fifth of a second's receipt delay)", worst, rate+rate/5, rate)
 	}
 	if closedAt[clients-1] < 2*time.Second {
 		t.Errorf("drain took %v, want it spread over about %ds", closedAt[clients-1], clients/rate)
