@@ -6,15 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns="${CONNS:-100000}"
 gateways="${GATEWAYS:-6}"
-dir=$(mktemp -d)
-port=$((20000 + RANDOM % 10000))
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
+. internal/bench/redis.sh
+bench_redis
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$dir"
+  bench_redis_stop
 }
 trap cleanup EXIT
 urls=()

@@ -31,19 +31,15 @@ report="${REPORT-.run/million-report}"
 
 "$bin" bench --prepare-host --conns "$conns" --processes $((2 * gateways))
 
-dir=$(mktemp -d)
-port=$((20000 + RANDOM % 10000))
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
+. internal/bench/redis.sh
+bench_redis
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$dir"
+  bench_redis_stop
 }
 trap cleanup EXIT
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 # Every process runs with one P (GOMAXPROCS=1): over 100 Go processes on
 # two cores, each with a P a core would spin its idle one looking for work

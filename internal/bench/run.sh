@@ -20,9 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 conns="${CONNS:-19000}"
 report="${REPORT-.run/bench-report}"
-dir=$(mktemp -d)
-port=$((20000 + RANDOM % 10000))
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
+. internal/bench/redis.sh
+bench_redis
 gw=$((port + 1))
 # Keepalive pings (which neither baseline sends) are set to start after the
 # measured phases; PING_INTERVAL=25s measures the default with them in.
@@ -33,7 +32,7 @@ gateway=$!
 centrifugo=
 cleanup() {
   kill "$gateway" $centrifugo 2>/dev/null; wait "$gateway" $centrifugo 2>/dev/null
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"
+  bench_redis_stop
 }
 trap cleanup EXIT
 peer=()
