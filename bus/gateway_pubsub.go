@@ -224,11 +224,7 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 	switch m.Kind {
 	case "ssubscribe":
 		g.mu.Lock()
-		asked := lc.askedLocked(name)
-		if asked == subscribing {
-			lc.setAskedLocked(name, subscribed)
-		}
-		t := g.topics[name]
+		asked, t := lc.advanceLocked(name, subscribing, subscribed)
 		g.mu.Unlock()
 		switch {
 		case asked != subscribing:
@@ -242,10 +238,7 @@ func (lc *liveConn) confirmed(m *redis.Subscription) error {
 		}
 	case "sunsubscribe":
 		g.mu.Lock()
-		asked := lc.askedLocked(name)
-		if asked == unsubscribing {
-			lc.setAskedLocked(name, 0)
-		}
+		asked, _ := lc.advanceLocked(name, unsubscribing, 0)
 		g.mu.Unlock()
 		switch asked {
 		case unsubscribing:
@@ -356,17 +349,26 @@ func (lc *liveConn) askedLocked(name string) phase {
 	return lc.gone[name]
 }
 
-// setAskedLocked records what the current connection was asked for the
-// channel of topic name. Under g.mu, held for writing.
-func (lc *liveConn) setAskedLocked(name string, ph phase) {
-	switch t, ok := lc.g.topics[name]; {
-	case ok:
-		t.asked = ph
-	case ph == 0:
-		delete(lc.gone, name)
-	default:
-		lc.gone[name] = ph
+// advanceLocked moves what the current connection was asked for the
+// channel of topic name from from to to, if it is at from, and returns
+// what it was asked before, with the topic (nil once swept): one lookup
+// for a confirmation, which may come for every topic a subscribe burst
+// makes. Under g.mu, held for writing.
+func (lc *liveConn) advanceLocked(name string, from, to phase) (asked phase, t *topic) {
+	if t = lc.g.topics[name]; t != nil {
+		if asked = t.asked; asked == from {
+			t.asked = to
+		}
+		return asked, t
 	}
+	if asked = lc.gone[name]; asked == from {
+		if to == 0 {
+			delete(lc.gone, name)
+		} else {
+			lc.gone[name] = to
+		}
+	}
+	return asked, nil
 }
 
 // liveLocked returns the pub/sub connection for partition p's channels,

@@ -294,7 +294,7 @@ func (b *resumeBus) subscribeChannel(name string) { b.inRedis[name] = true }
 func (b *resumeBus) confirm(tb testing.TB, name string) {
 	tb.Helper()
 	b.g.mu.Lock()
-	b.lc.setAskedLocked(name, subscribing)
+	b.lc.advanceLocked(name, b.lc.askedLocked(name), subscribing)
 	b.g.mu.Unlock()
 	if err := b.lc.confirmed(&redis.Subscription{Kind: "ssubscribe", Channel: b.g.channel(name)}); err != nil {
 		tb.Fatal(err)
