@@ -305,7 +305,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 		}
 		t.mu.Lock()
 		sl := t.slow
-		if t.epoch != noEpoch && internEpoch(head.Epoch) != t.epoch {
+		if t.epoch != noEpoch && head.Epoch != t.epoch.Value() {
 			g.resetLocked(t, head)
 			sl.backlog, sl.dropped = nil, false
 			if sl.lost == lost && t.live {
