@@ -9,12 +9,7 @@ gateways="${GATEWAYS:-6}"
 . internal/bench/redis.sh
 bench_redis
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  bench_redis_stop
-}
-trap cleanup EXIT
+trap bench_stop EXIT
 urls=()
 for i in $(seq 1 "$gateways"); do
   gw=$((port + i))

@@ -34,12 +34,7 @@ report="${REPORT-.run/million-report}"
 . internal/bench/redis.sh
 bench_redis
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  bench_redis_stop
-}
-trap cleanup EXIT
+trap bench_stop EXIT
 
 # Every process runs with one P (GOMAXPROCS=1): over 100 Go processes on
 # two cores, each with a P a core would spin its idle one looking for work

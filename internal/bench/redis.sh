@@ -4,6 +4,8 @@
 # bench_redis LOGFILE starts it on a free-looking port in a new directory
 # and waits until it answers; it sets port and dir. bench_redis_stop shuts
 # it down and removes the directory: call it from the script's cleanup.
+# bench_stop is the whole cleanup of a script that starts processes and
+# keeps their PIDs in the array pids: it stops them, then Redis.
 bench_redis() {
   dir=$(mktemp -d)
   port=$((20000 + RANDOM % 10000))
@@ -21,4 +23,10 @@ bench_redis() {
 bench_redis_stop() {
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$dir"
+}
+
+bench_stop() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  bench_redis_stop
 }
