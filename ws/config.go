@@ -86,8 +86,8 @@ type Config struct {
 	// 10 s: long enough that a steady trickle reuses its workers instead
 	// of starting one per task.
 	WorkerIdle time.Duration
-	// MaxConnections bounds open WebSocket connections; an upgrade past it
-	// is refused with 503. Zero value means no bound but the process's
+	// MaxConnections bounds open WebSocket connections, counting upgrades
+	// being answered; an upgrade past it is refused with 503. Zero value means no bound but the process's
 	// file-descriptor limit.
 	MaxConnections int
 	// UpgradeRate bounds WebSocket upgrades per second; UpgradeBurst is how

@@ -39,6 +39,7 @@ type Server struct {
 	mu         sync.Mutex
 	conns      []*Conn // by fd: fd numbers are dense, and a slot costs 8 bytes
 	live       int     // non-nil entries of conns
+	reserved   int     // upgrades answered or being answered, not yet registered (MaxConnections counts them)
 	ln         net.Listener
 	closed     bool
 	done       chan struct{}
@@ -303,9 +304,12 @@ func (s *Server) appendConnsLocked(dst []*Conn) []*Conn {
 }
 
 // register adds c unless the server is shutting down.
-func (s *Server) register(c *Conn) bool {
+func (s *Server) register(c *Conn, reserved bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if reserved {
+		s.reserved--
+	}
 	if s.closed {
 		return false
 	}
@@ -316,6 +320,27 @@ func (s *Server) register(c *Conn) bool {
 	s.live++
 	s.stats.connections.Add(1)
 	return true
+}
+
+// reserve takes one of MaxConnections' slots for an upgrade about to be
+// answered, so that concurrent handshakes cannot together pass the limit
+// and a client that has read its 101 is counted. It reports false when
+// the limit is reached. register, or release if the upgrade fails, gives
+// the reservation back.
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max := s.cfg.MaxConnections; max > 0 && s.live+s.reserved >= max {
+		return false
+	}
+	s.reserved++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.reserved--
+	s.mu.Unlock()
 }
 
 // forget removes c; its caller holds c.mu and has not closed c.fd yet, so

@@ -39,6 +39,17 @@ func (h *echoHandler) Accept(r *Request) error {
 	return nil
 }
 
+// slowAccept takes wait to accept each upgrade.
+type slowAccept struct {
+	*echoHandler
+	wait time.Duration
+}
+
+func (h *slowAccept) Accept(r *Request) error {
+	time.Sleep(h.wait)
+	return h.echoHandler.Accept(r)
+}
+
 func (h *echoHandler) Open(c *Conn, _ *Request) {
 	if h.onOpen != nil {
 		h.onOpen(c)
@@ -452,6 +463,51 @@ func TestHandshakeLimits(t *testing.T) {
 		}
 		if s.Stats().Refused != 1 {
 			t.Fatalf("refused = %d, want 1", s.Stats().Refused)
+		}
+	})
+	t.Run("connection limit under concurrent handshakes", func(t *testing.T) {
+		// Accept is slow, so every handshake is past the limit check
+		// before any is registered: the limit must hold all the same, and
+		// a refused Accept must give its slot back.
+		const limit, dials = 3, 12
+		h := &slowAccept{echoHandler: &echoHandler{}, wait: 50 * time.Millisecond}
+		s, addr := startServer(t, h, Config{MaxConnections: limit})
+		refusal := func(path string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, _, _, err := ws.Dial(ctx, "ws://"+addr+path); err == nil {
+				t.Errorf("dial of %s upgraded, want it refused", path)
+			}
+		}
+		refusal(testPath + "?refuse")
+		var wg sync.WaitGroup
+		var upgraded, full atomic.Int32
+		for range dials {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				conn, _, _, err := ws.Dial(ctx, "ws://"+addr+testPath)
+				var status ws.StatusError
+				switch {
+				case err == nil:
+					upgraded.Add(1)
+					t.Cleanup(func() { _ = conn.Close() })
+				case errorAs(err, &status) && int(status) == http.StatusServiceUnavailable:
+					full.Add(1)
+				default:
+					t.Errorf("dial: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if upgraded.Load() != limit || full.Load() != dials-limit {
+			t.Fatalf("%d upgraded and %d refused with 503, want %d and %d", upgraded.Load(), full.Load(), limit, dials-limit)
+		}
+		if got := s.Len(); got != limit {
+			t.Fatalf("Len = %d, want %d", got, limit)
+		}
+		if got := s.Stats().Refused; got != dials-limit {
+			t.Fatalf("refused = %d, want %d", got, dials-limit)
 		}
 	})
 	t.Run("handshake timeout", func(t *testing.T) {

@@ -18,6 +18,9 @@ func (s *Server) handshake(nc net.Conn) {
 	st := s.getState(nc)
 	defer s.putState(st)
 	err := s.upgrade(st)
+	if err != nil && st.reserved {
+		s.release()
+	}
 	switch {
 	case errors.Is(err, errNotWebSocket):
 		pc := &prefixConn{Conn: nc, prefix: append([]byte(nil), st.buf[:st.n]...)}
@@ -53,6 +56,8 @@ type upgradeState struct {
 	n    int    // bytes read into buf
 	head int    // length of the request head; buf[head:n] came after it
 	out  []byte
+
+	reserved bool // holds a connection slot (Server.reserve) until open registers it
 }
 
 var (
@@ -94,6 +99,7 @@ func (s *Server) putState(st *upgradeState) {
 	}
 	st.req = Request{}
 	st.conn = nil
+	st.reserved = false
 	st.n, st.head = 0, 0
 	s.statesMu.Lock()
 	if len(s.states) < idleStates {
@@ -135,10 +141,11 @@ func (s *Server) upgrade(st *upgradeState) error {
 	if err != nil {
 		return err
 	}
-	if max := s.cfg.MaxConnections; max > 0 && s.Len() >= max {
+	if !s.reserve() {
 		s.stats.refused.Add(1)
 		return rejectFull
 	}
+	st.reserved = true
 	if err := s.cfg.Handler.Accept(&st.req); err != nil {
 		return err
 	}
@@ -214,13 +221,14 @@ func (s *Server) peek(nc net.Conn, buf []byte) (int, bool) {
 func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	fd, err := detachFD(nc)
 	if err != nil {
+		s.release()
 		s.cfg.Logger.Error("taking the socket of an upgraded connection", "err", err)
 		_ = nc.Close()
 		return
 	}
 	c := newConn(s, fd)
 	c.opening = true // before it is shared: register publishes it
-	if !s.register(c) {
+	if !s.register(c, true) {
 		_, _ = writeNonblock(fd, closeFrame(CloseGoingAway, errServerClosing.reason))
 		_ = closeFD(fd)
 		return
