@@ -552,3 +552,46 @@ func TestOutOfMemoryTakesNothing(t *testing.T) {
 		t.Fatalf("history %v after memory came back, want %v", h, ids)
 	}
 }
+
+// TestRunReleasesEveryLease: when Run's context is done it releases every
+// lease it holds, those of pipelines that stopped for it before Run got
+// to releasing included (the test holds Run until all have).
+func TestRunReleasesEveryLease(t *testing.T) {
+	const n = 8
+	rdb, keys := testBus(t, n)
+	o := testOwner(t, rdb, keys, n, "n", 10*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- o.Run(ctx) }()
+	testutil.Eventually(t, testutil.Wait, func() error {
+		if got := o.Owned(); got != n {
+			return fmt.Errorf("%d of %d partitions held", got, n)
+		}
+		return nil
+	})
+	o.mu.Lock()
+	var leases []*lease
+	for _, l := range o.owned {
+		leases = append(leases, l)
+	}
+	o.mu.Unlock()
+	testHookStopping = func() {
+		for _, l := range leases {
+			<-l.done
+		}
+	}
+	defer func() { testHookStopping = nil }()
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	if got := o.Owned(); got != 0 {
+		t.Errorf("Owned = %d after Run returned, want 0", got)
+	}
+	for p := range n {
+		if v, err := rdb.Get(context.Background(), keys.Owner(p)).Result(); err != redis.Nil {
+			t.Errorf("partition %d: lease %q (%v) left after Run returned, want it released", p, v, err)
+		}
+	}
+}

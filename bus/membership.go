@@ -14,15 +14,12 @@ import (
 // time (unix ms) its heartbeat expires. A node that stops heartbeating
 // drops out after LeaseTTL, as its leases do.
 
-// heartbeat announces this node and prunes the expired ones.
-func (o *Owner) heartbeat(ctx context.Context) {
+// heartbeat queues on pipe what announces this node and prunes the
+// expired ones.
+func (o *Owner) heartbeat(ctx context.Context, pipe redis.Pipeliner) {
 	now := time.Now()
-	pipe := o.cfg.Redis.Pipeline()
 	pipe.ZAdd(ctx, o.cfg.Keys.Nodes(), redis.Z{Score: float64(now.Add(o.cfg.LeaseTTL).UnixMilli()), Member: o.cfg.Node})
 	pipe.ZRemRangeByScore(ctx, o.cfg.Keys.Nodes(), "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
-	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
-		o.cfg.Logger.Warn("heartbeat", "err", err)
-	}
 }
 
 // leave takes this node out of the membership at once.

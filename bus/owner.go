@@ -155,23 +155,51 @@ func NewOwner(cfg OwnerConfig) (*Owner, error) {
 // Run heartbeats, renews leases and rebalances partitions over the live
 // nodes until ctx is done, then stops every pipeline, releases its leases
 // and leaves, so the rest of the fleet takes over at once.
+//
+// The heartbeat and renewals run on a goroutine of their own (keepAlive),
+// one round trip a tick, so that a slow rebalance (reading the fleet,
+// taking partitions one by one) never holds a renewal back: when Redis is
+// slow to answer, a node that did them in turn renewed only every few
+// round trips and lost its leases to the TTL while holding them.
 func (o *Owner) Run(ctx context.Context) error {
 	// Renewals run in pipelines, where EVALSHA cannot fall back to EVAL.
 	if err := renewScript.Load(ctx, o.cfg.Redis).Err(); err != nil && ctx.Err() == nil {
 		o.cfg.Logger.Warn("loading the lease renewal script", "err", err)
 	}
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		o.keepAlive(ctx)
+	}()
 	tick := time.NewTicker(o.cfg.Tick)
 	defer tick.Stop()
 	for {
-		o.heartbeat(ctx)
-		o.renew(ctx)
 		o.rebalance(ctx)
 		select {
 		case <-ctx.Done():
+			<-kept // no heartbeat after leave
+			if testHookStopping != nil {
+				testHookStopping()
+			}
 			o.releaseAll()
 			o.leave()
 			o.pipelines.Wait() // those that ended by themselves too
 			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// keepAlive heartbeats and renews every held lease once a tick, or as
+// soon as the last round trip is answered when that takes longer.
+func (o *Owner) keepAlive(ctx context.Context) {
+	tick := time.NewTicker(o.cfg.Tick)
+	defer tick.Stop()
+	for {
+		o.renew(ctx)
+		select {
+		case <-ctx.Done():
+			return
 		case <-tick.C:
 		}
 	}
@@ -254,7 +282,9 @@ func (o *Owner) start(ctx context.Context, p int, value string) {
 		if err != nil && pctx.Err() == nil {
 			o.cfg.Logger.Warn("partition pipeline stopped", "partition", p, "err", err)
 		}
-		o.drop(l)
+		if ctx.Err() == nil {
+			o.drop(l)
+		} // else Run is stopping: the lease stays for releaseAll to release
 	}()
 }
 
@@ -268,8 +298,8 @@ func (o *Owner) drop(l *lease) {
 	l.cancel()
 }
 
-// renew extends every held lease in one pipeline; a lease found lost stops
-// its partition.
+// renew heartbeats and extends every held lease in one pipeline; a lease
+// found lost stops its partition.
 func (o *Owner) renew(ctx context.Context) {
 	o.mu.Lock()
 	leases := make([]*lease, 0, len(o.owned))
@@ -277,16 +307,16 @@ func (o *Owner) renew(ctx context.Context) {
 		leases = append(leases, l)
 	}
 	o.mu.Unlock()
-	if len(leases) == 0 {
-		return
-	}
 	ttl := o.cfg.LeaseTTL.Milliseconds()
 	pipe := o.cfg.Redis.Pipeline()
+	o.heartbeat(ctx, pipe)
 	cmds := make([]*redis.Cmd, len(leases))
 	for i, l := range leases {
 		cmds[i] = renewScript.Run(ctx, pipe, []string{o.cfg.Keys.Owner(l.p)}, l.value, ttl)
 	}
-	_, _ = pipe.Exec(ctx)
+	if _, err := pipe.Exec(ctx); err != nil && classify(err) != kindNoScript && ctx.Err() == nil {
+		o.cfg.Logger.Warn("heartbeat and lease renewal", "leases", len(leases), "err", err)
+	}
 	for i, l := range leases {
 		n, err := cmds[i].Int64()
 		switch classify(err) {
@@ -303,6 +333,9 @@ func (o *Owner) renew(ctx context.Context) {
 	}
 }
 
+// releaseAll stops every pipeline and releases its lease. Run calls it
+// once ctx is done: the pipelines that stopped for that meanwhile are
+// still in owned (see start).
 func (o *Owner) releaseAll() {
 	o.mu.Lock()
 	leases := make([]*lease, 0, len(o.owned))
@@ -310,16 +343,25 @@ func (o *Owner) releaseAll() {
 		leases = append(leases, l)
 	}
 	o.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	for _, l := range leases {
 		l.cancel()
 	}
 	for _, l := range leases {
 		<-l.done
-		_ = releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, l := range leases {
+		if err := releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err(); err != nil {
+			o.cfg.Logger.Warn("releasing partition lease", "partition", l.p, "err", err)
+		}
+		o.drop(l)
 	}
 }
+
+// testHookStopping, when set, is called by Run once ctx is done, before
+// releaseAll.
+var testHookStopping func()
 
 // Owned returns how many partitions this node holds.
 func (o *Owner) Owned() int {

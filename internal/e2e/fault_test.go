@@ -351,6 +351,38 @@ func TestFaultLatency(t *testing.T) {
 	underToxic(t, "latency", map[string]int{"latency": 50, "jitter": 50}, "after 4 s of latency")
 }
 
+// TestFaultSlowRedisKeepsLeases makes every Redis round trip of both
+// gateways take 600 ms (300 ms of latency each way) for 6 s, three lease
+// TTLs: slow enough that a node doing its heartbeat, renewals and
+// rebalance one after another in each tick would renew a lease only every
+// three round trips and a tick (2.3 s, past the 2 s TTL), as a gateway on
+// a loaded machine does. Renewals do not wait for the rest of a tick, so
+// no lease is lost: the partitions stay where they are, and nothing is
+// lost or repeated.
+func TestFaultSlowRedisKeepsLeases(t *testing.T) {
+	fb := newFaultBus(t, redistest.Start(t), true)
+	fb.startClients()
+	pb := fb.publish()
+	time.Sleep(time.Second) // load before the fault
+	before := fb.owners()
+	fb.toxic("latency", map[string]int{"latency": 300})
+	time.Sleep(3 * time.Second)
+	fb.dropClients()
+	time.Sleep(3 * time.Second)
+	fb.behind(pb, "after 6 s of 600 ms round trips")
+	lost := 0
+	for _, name := range []string{"a", "b"} {
+		lost += metric(t, fb.nodes[name], "wsbus_bus_leases_lost_total")
+	}
+	after := fb.owners()
+	fb.removeToxic("latency")
+	if lost != 0 || !slices.Equal(before, after) {
+		t.Errorf("under 600 ms round trips %d leases were lost; owners before %v, after %v", lost, before, after)
+	}
+	time.Sleep(time.Second) // load after the fault
+	fb.verify(pb.finish())
+}
+
 // underToxic runs the bus under load with a toxic on every gateway's
 // Redis connections for 4 s, the clients dropped half-way so that they
 // resume under it, then without it, and checks every client got every
