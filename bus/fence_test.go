@@ -576,12 +576,11 @@ func TestRunReleasesEveryLease(t *testing.T) {
 		leases = append(leases, l)
 	}
 	o.mu.Unlock()
-	testHookStopping = func() {
+	o.testHookStopping = func() {
 		for _, l := range leases {
 			<-l.done
 		}
 	}
-	defer func() { testHookStopping = nil }()
 	cancel()
 	if err := <-ran; err != nil {
 		t.Fatal(err)

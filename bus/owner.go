@@ -116,6 +116,8 @@ type Owner struct {
 	// the partition's pipeline touches its mark, and one pipeline of a
 	// partition runs at a time (o.mu orders one's end and the next start).
 	applied []mark
+
+	testHookStopping func() // when set, Run calls it once ctx is done, before releaseAll
 }
 
 // mark is the last entry applied to a partition, under an epoch.
@@ -129,6 +131,7 @@ type lease struct {
 	p      int
 	value  string // "<node> <token>", the owner key's content
 	cancel context.CancelFunc
+	ended  <-chan struct{} // closed by cancel: handed over, lost, or Run ending
 	done   chan struct{}
 	epoch  string // the partition's epoch, as ensure last found it
 	// nextDue is when the partition's next deadline is due, unix ms; -1
@@ -178,8 +181,8 @@ func (o *Owner) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			<-kept // no heartbeat after leave
-			if testHookStopping != nil {
-				testHookStopping()
+			if o.testHookStopping != nil {
+				o.testHookStopping()
 			}
 			o.releaseAll()
 			o.leave()
@@ -269,7 +272,7 @@ func (o *Owner) handOver(l *lease) {
 
 func (o *Owner) start(ctx context.Context, p int, value string) {
 	pctx, cancel := context.WithCancel(ctx)
-	l := &lease{p: p, value: value, cancel: cancel, done: make(chan struct{})}
+	l := &lease{p: p, value: value, cancel: cancel, ended: pctx.Done(), done: make(chan struct{})}
 	o.mu.Lock()
 	o.owned[p] = l
 	o.mu.Unlock()
@@ -317,19 +320,34 @@ func (o *Owner) renew(ctx context.Context) {
 	if _, err := pipe.Exec(ctx); err != nil && classify(err) != kindNoScript && ctx.Err() == nil {
 		o.cfg.Logger.Warn("heartbeat and lease renewal", "leases", len(leases), "err", err)
 	}
+	loaded := false
 	for i, l := range leases {
 		n, err := cmds[i].Int64()
 		switch classify(err) {
 		case kindNone:
-			if n != 1 {
+			if n != 1 && !l.stopping() {
 				o.cfg.Logger.Warn("partition lease lost", "partition", l.p)
 				o.stats.lost.Add(1)
 				l.cancel()
 			}
 		case kindNoScript:
 			// EVALSHA in a pipeline does not fall back to EVAL; load it once.
-			_ = renewScript.Load(ctx, o.cfg.Redis).Err()
+			if !loaded {
+				loaded = true
+				_ = renewScript.Load(ctx, o.cfg.Redis).Err()
+			}
 		}
+	}
+}
+
+// stopping reports whether the lease's pipeline was told to stop: a
+// renewal that finds it gone found it handed over or released, not lost.
+func (l *lease) stopping() bool {
+	select {
+	case <-l.ended:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -349,19 +367,22 @@ func (o *Owner) releaseAll() {
 	for _, l := range leases {
 		<-l.done
 	}
+	// One round trip for all: EVAL, which needs no script loaded.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	pipe := o.cfg.Redis.Pipeline()
 	for _, l := range leases {
-		if err := releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err(); err != nil {
-			o.cfg.Logger.Warn("releasing partition lease", "partition", l.p, "err", err)
+		releaseScript.Eval(ctx, pipe, []string{o.cfg.Keys.Owner(l.p)}, l.value)
+	}
+	if len(leases) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			o.cfg.Logger.Warn("releasing partition leases: those not released expire at --lease-ttl", "leases", len(leases), "err", err)
 		}
+	}
+	for _, l := range leases {
 		o.drop(l)
 	}
 }
-
-// testHookStopping, when set, is called by Run once ctx is done, before
-// releaseAll.
-var testHookStopping func()
 
 // Owned returns how many partitions this node holds.
 func (o *Owner) Owned() int {

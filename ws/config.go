@@ -87,8 +87,8 @@ type Config struct {
 	// of starting one per task.
 	WorkerIdle time.Duration
 	// MaxConnections bounds open WebSocket connections, counting upgrades
-	// being answered; an upgrade past it is refused with 503. Zero value means no bound but the process's
-	// file-descriptor limit.
+	// being answered; an upgrade past it is refused with 503. Zero value
+	// means no bound but the process's file-descriptor limit.
 	MaxConnections int
 	// UpgradeRate bounds WebSocket upgrades per second; UpgradeBurst is how
 	// many may come at once. An upgrade waits for its turn within the

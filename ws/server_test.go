@@ -39,13 +39,19 @@ func (h *echoHandler) Accept(r *Request) error {
 	return nil
 }
 
-// slowAccept takes wait to accept each upgrade.
+// slowAccept takes wait to accept each upgrade, telling entered (if set)
+// when the first has begun.
 type slowAccept struct {
 	*echoHandler
-	wait time.Duration
+	wait    time.Duration
+	entered chan struct{}
+	once    sync.Once
 }
 
 func (h *slowAccept) Accept(r *Request) error {
+	if h.entered != nil {
+		h.once.Do(func() { close(h.entered) })
+	}
 	time.Sleep(h.wait)
 	return h.echoHandler.Accept(r)
 }
@@ -503,11 +509,43 @@ func TestHandshakeLimits(t *testing.T) {
 		if upgraded.Load() != limit || full.Load() != dials-limit {
 			t.Fatalf("%d upgraded and %d refused with 503, want %d and %d", upgraded.Load(), full.Load(), limit, dials-limit)
 		}
-		if got := s.Len(); got != limit {
-			t.Fatalf("Len = %d, want %d", got, limit)
-		}
+		// A client has its 101 before the server registers its connection.
+		testutil.Eventually(t, testutil.Wait, func() error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.live != limit || s.reserved != 0 {
+				return fmt.Errorf("%d live and %d reserved, want %d and 0", s.live, s.reserved, limit)
+			}
+			return nil
+		})
 		if got := s.Stats().Refused; got != dials-limit {
 			t.Fatalf("refused = %d, want %d", got, dials-limit)
+		}
+	})
+	t.Run("an upgrade refused while shutting down gives its slot back", func(t *testing.T) {
+		accepting := make(chan struct{})
+		h := &slowAccept{echoHandler: &echoHandler{}, wait: 300 * time.Millisecond, entered: accepting}
+		s, addr := startServer(t, h, Config{MaxConnections: 1})
+		dialed := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, _, _, err := ws.Dial(ctx, "ws://"+addr+testPath)
+			dialed <- err
+		}()
+		<-accepting // the slot is taken; Accept has 300 ms to go
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx, CloseGoingAway, "test over"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-dialed; err == nil {
+			t.Fatal("an upgrade answered during shutdown was accepted")
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.live != 0 || s.reserved != 0 {
+			t.Fatalf("%d live and %d reserved after the refusal, want 0 and 0", s.live, s.reserved)
 		}
 	})
 	t.Run("handshake timeout", func(t *testing.T) {
