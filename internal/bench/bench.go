@@ -112,11 +112,22 @@ type Result struct {
 	} `json:"per_conn"`
 	Broadcast *Latency  `json:"broadcast,omitempty"`
 	Storm     *Storm    `json:"resume_storm,omitempty"`
+	// Trouble is what the gateways counted of their own over the phases
+	// (wsbus only): leases lost, canary events lost and late.
+	Trouble *Trouble `json:"trouble,omitempty"`
 	Unicast   *Unicast  `json:"unicast,omitempty"`
 	Capacity  *Capacity `json:"capacity,omitempty"`
 	// Machine is where the memory went while the connections were held:
 	// kernel, clients, the whole machine (Linux).
 	Machine *Machine `json:"machine,omitempty"`
+}
+
+// Trouble is the growth of wsbus's counters of trouble over a run's
+// phases, summed over the gateways.
+type Trouble struct {
+	LeasesLost int `json:"leases_lost"`
+	CanaryLost int `json:"canary_lost"` // counted lost: a hole, overtaken, or not in within --canary-timeout
+	CanaryLate int `json:"canary_late"` // of those, arrived after all
 }
 
 // Unicast is what a unicast run measured.
@@ -172,6 +183,11 @@ type Metrics struct {
 	FDs        float64 `json:"open_fds"`
 	Conns      float64 `json:"ws_connections,omitempty"` // the gateway's wsbus_ws_connections
 	Started    float64 `json:"start_time,omitempty"`     // process_start_time_seconds: a change is a restart
+
+	// wsbus's own counters of trouble, summed over partitions.
+	LeasesLost float64 `json:"leases_lost,omitempty"` // wsbus_bus_leases_lost_total
+	CanaryLost float64 `json:"canary_lost,omitempty"` // wsbus_canary_lost_total
+	CanaryLate float64 `json:"canary_late,omitempty"` // wsbus_canary_late_total
 }
 
 type workerProc struct {
@@ -370,6 +386,19 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 		if res.Storm, err = storm(ctx, cfg, publish, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
 			return nil, err
 		}
+	}
+	if server == "wsbus" {
+		end, err := scrapeAll(metricsURLs)
+		if err != nil {
+			return nil, err
+		}
+		res.Trouble = &Trouble{
+			LeasesLost: int(end.LeasesLost - res.Baseline.LeasesLost),
+			CanaryLost: int(end.CanaryLost - res.Baseline.CanaryLost),
+			CanaryLate: int(end.CanaryLate - res.Baseline.CanaryLate),
+		}
+		progress(cfg, "gateways over the phases: %d partition leases lost; canary events %d counted lost, %d of them late",
+			res.Trouble.LeasesLost, res.Trouble.CanaryLost, res.Trouble.CanaryLate)
 	}
 	if cfg.Capacity {
 		stopWorkers(workers)
@@ -886,6 +915,9 @@ func scrapeAll(urls []string) (Metrics, error) {
 		sum.HeapObjs += m.HeapObjs
 		sum.Goroutines += m.Goroutines
 		sum.FDs += m.FDs
+		sum.LeasesLost += m.LeasesLost
+		sum.CanaryLost += m.CanaryLost
+		sum.CanaryLate += m.CanaryLate
 	}
 	return sum, nil
 }
@@ -927,6 +959,13 @@ func scrape(metricsURL string) (Metrics, error) {
 			m.Conns = v
 		case "process_start_time_seconds":
 			m.Started = v
+		case "wsbus_bus_leases_lost_total":
+			m.LeasesLost = v
+		}
+		if labels, ok := strings.CutPrefix(name, "wsbus_canary_lost_total{"); ok && labels != "" {
+			m.CanaryLost += v
+		} else if labels, ok := strings.CutPrefix(name, "wsbus_canary_late_total{"); ok && labels != "" {
+			m.CanaryLate += v
 		}
 	}
 	return m, sc.Err()

@@ -116,6 +116,11 @@ func (c *Comparison) Table() Table {
 		}))
 	}
 	row("closed by the server during the phases", "", func(r *Result) string { return fmt.Sprint(r.Closed) })
+	if gw.Trouble != nil {
+		row("leases lost; canary events lost (late)", "", phase(func(r *Result) *Trouble { return r.Trouble }, func(tr *Trouble) string {
+			return fmt.Sprintf("%d; %d (%d)", tr.LeasesLost, tr.CanaryLost, tr.CanaryLate)
+		}))
+	}
 	return t
 }
 
