@@ -110,13 +110,13 @@ type Result struct {
 		Goroutines  float64 `json:"goroutines"`
 		FDs         float64 `json:"fds"`
 	} `json:"per_conn"`
-	Broadcast *Latency  `json:"broadcast,omitempty"`
-	Storm     *Storm    `json:"resume_storm,omitempty"`
+	Broadcast *Latency `json:"broadcast,omitempty"`
+	Storm     *Storm   `json:"resume_storm,omitempty"`
 	// Trouble is what the gateways counted of their own over the phases
 	// (wsbus only): leases lost, canary events lost and late.
-	Trouble *Trouble `json:"trouble,omitempty"`
-	Unicast   *Unicast  `json:"unicast,omitempty"`
-	Capacity  *Capacity `json:"capacity,omitempty"`
+	Trouble  *Trouble  `json:"trouble,omitempty"`
+	Unicast  *Unicast  `json:"unicast,omitempty"`
+	Capacity *Capacity `json:"capacity,omitempty"`
 	// Machine is where the memory went while the connections were held:
 	// kernel, clients, the whole machine (Linux).
 	Machine *Machine `json:"machine,omitempty"`
