@@ -303,13 +303,13 @@ func (s *Server) appendConnsLocked(dst []*Conn) []*Conn {
 	return dst
 }
 
-// register adds c unless the server is shutting down.
-func (s *Server) register(c *Conn, reserved bool) bool {
+// register adds c, whose upgrade reserved its slot, unless the server is
+// shutting down.
+func (s *Server) register(c *Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if reserved {
-		s.reserved--
-	}
+	s.reserved-- // the slot upgrade reserved is c's now, or given back
+
 	if s.closed {
 		return false
 	}

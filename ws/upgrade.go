@@ -228,7 +228,7 @@ func (s *Server) open(nc net.Conn, req *Request, early []byte) {
 	}
 	c := newConn(s, fd)
 	c.opening = true // before it is shared: register publishes it
-	if !s.register(c, true) {
+	if !s.register(c) {
 		_, _ = writeNonblock(fd, closeFrame(CloseGoingAway, errServerClosing.reason))
 		_ = closeFD(fd)
 		return
