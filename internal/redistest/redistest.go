@@ -116,10 +116,12 @@ func serverBinary(tb testing.TB) string {
 	return bin
 }
 
-// run starts the process and waits until it answers PING.
-func (s *Server) run(tb testing.TB) {
+// run starts the process, with extra added to its arguments for this run
+// only, and waits until it answers PING.
+func (s *Server) run(tb testing.TB, extra ...string) {
 	tb.Helper()
-	cmd := exec.Command(s.args[0], s.args[1:]...)
+	args := append(append([]string(nil), s.args[1:]...), extra...)
+	cmd := exec.Command(s.args[0], args...)
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("starting %s: %v", s.args[0], err)
 	}

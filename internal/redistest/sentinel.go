@@ -253,9 +253,8 @@ func (st *Sentinel) Failover(tb testing.TB) string {
 }
 
 // KillMaster SIGKILLs the current master, as a crash would, and returns
-// it (Restart brings it back, empty, and the Sentinels then make it a
-// replica of the new master). The Sentinels fail over after about a
-// second: AwaitMaster waits for it.
+// it (Rejoin brings it back, empty, as a replica of the new master). The
+// Sentinels fail over after about a second: AwaitMaster waits for it.
 func (st *Sentinel) KillMaster(tb testing.TB) *Server {
 	tb.Helper()
 	addr := st.Master(tb)
@@ -265,6 +264,26 @@ func (st *Sentinel) KillMaster(tb testing.TB) *Server {
 	}
 	s.Kill()
 	return s
+}
+
+// Rejoin restarts the killed data node s, empty, as a replica of the
+// current master, and waits until it has loaded the master's data. Until
+// then its replica-priority is 0, so the Sentinels do not promote it: an
+// empty replica is eligible (it has never lost its link), and a master
+// that missed its Sentinels' pings for a second while s synced (a loaded
+// machine, the fork of the sync) would be failed over to it and lose its
+// data to it. Its priority is then the default again.
+func (st *Sentinel) Rejoin(tb testing.TB, s *Server) {
+	tb.Helper()
+	host, port, _ := net.SplitHostPort(st.Master(tb))
+	s.Kill()
+	s.run(tb, "--replicaof", host, port, "--replica-priority", "0")
+	testutil.Eventually(tb, 30*time.Second, func() error { return inSync(context.Background(), s) })
+	c := redis.NewClient(s.options())
+	defer c.Close()
+	if err := c.ConfigSet(context.Background(), "replica-priority", "100").Err(); err != nil {
+		tb.Fatalf("CONFIG SET replica-priority on %s: %v", s.Addr, err)
+	}
 }
 
 // AwaitMaster waits, up to 30 s, until every live Sentinel names the same

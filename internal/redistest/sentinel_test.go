@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -47,17 +46,12 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatalf("after the crash the master is %s, want the only replica left, %s", third, first)
 	}
 	testutil.Eventually(t, wait, func() error { return c.Set(ctx, "k", "3", 0).Err() })
-	killed.Restart(t) // it comes back empty and is made a replica
+	st.Rejoin(t, killed) // it comes back empty, as a replica, and syncs
 	st.AwaitReplicas(t)
-	// A replica is linked before its first sync has loaded: it has the
-	// master's data soon after, not at once.
 	restarted := killed.Client(t)
-	testutil.Eventually(t, wait, func() error {
-		if v, err := restarted.Get(ctx, "k").Result(); err != nil || v != "3" {
-			info, _ := restarted.Info(ctx, "replication").Result()
-			mv, merr := st.Server(first).Client(t).Get(ctx, "k").Result()
-			return fmt.Errorf("the restarted node has k = %q, %v; want the new master's 3 (the master %s has %q, %v); the restarted node's replication:\n%s", v, err, first, mv, merr, info)
-		}
-		return nil
-	})
+	if v, err := restarted.Get(ctx, "k").Result(); err != nil || v != "3" {
+		info, _ := restarted.Info(ctx, "replication").Result()
+		mv, merr := st.Server(first).Client(t).Get(ctx, "k").Result()
+		t.Fatalf("the restarted node has k = %q, %v; want the new master's 3 (the master %s has %q, %v); the restarted node's replication:\n%s", v, err, first, mv, merr, info)
+	}
 }
