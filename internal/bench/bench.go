@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -137,6 +138,7 @@ type Unicast struct {
 	Sent     int64         `json:"sent"`
 	Received uint64        `json:"received"`
 	Lost     int64         `json:"lost"`
+	LeftOut  int           `json:"left_out,omitempty"` // own topics of connections that failed to connect, not published to
 	P50      time.Duration `json:"p50_ns"`
 	P99      time.Duration `json:"p99_ns"`
 	Max      time.Duration `json:"max_ns"`
@@ -613,8 +615,22 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, "own", 0)
+	reports, err := collect(workers)
+	if err != nil {
+		return nil, err
+	}
+	failed := map[string]bool{}
+	for _, r := range reports {
+		for _, t := range r.FailedOwn {
+			failed[t] = true
+		}
+	}
+	topics = slices.DeleteFunc(topics, func(t string) bool { return failed[t] })
+	if len(topics) == 0 {
+		return nil, errors.New("unicast: every connection failed to connect: no own topic to publish to")
+	}
 	const step = time.Millisecond
-	u := &Unicast{Rate: cfg.UnicastRate, For: cfg.UnicastFor}
+	u := &Unicast{Rate: cfg.UnicastRate, For: cfg.UnicastFor, LeftOut: cfg.Conns - len(topics)}
 	events := int(cfg.UnicastFor.Seconds()*float64(cfg.UnicastRate)) + 1
 	start := time.Now()
 	next := 0
@@ -651,7 +667,7 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 	u.Lost = u.Sent - int64(h.N)
 	u.P50, u.P99, u.Max = h.Quantile(0.5), h.Quantile(0.99), h.Quantile(1)
 	u.Hist = &h
-	progress(cfg, "unicast: %d events at %d/s over %d topics: p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.P50, u.P99, u.Max, u.Lost)
+	progress(cfg, "unicast: %d events at %d/s over %d topics (%d of connections that failed left out): p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.LeftOut, u.P50, u.P99, u.Max, u.Lost)
 	return u, nil
 }
 

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -54,6 +55,10 @@ type Report struct {
 	Unicast   Histogram        `json:"unicast"` // every unicast receipt
 	Last      map[int64]uint64 `json:"last"`    // broadcast number -> its slowest receipt here, µs
 	Errors    []string         `json:"errors,omitempty"`
+	// FailedOwn is the own topic of each connection that failed to
+	// connect (its second topic with mix "pair", else its only one), at
+	// most maxFailedOwn: unicast leaves them out, having no one to reach.
+	FailedOwn []string `json:"failed_own,omitempty"`
 	// Closed counts connections that ended after their subscription
 	// without the worker closing them (a server's close, a reset).
 	Closed int `json:"closed,omitempty"`
@@ -335,6 +340,9 @@ func (w *worker) connectAll(resume bool) {
 			switch {
 			case err != nil:
 				w.report.Failed++
+				if own := cmp.Or(wc.own, wc.topic); !resume && len(w.report.FailedOwn) < maxFailedOwn {
+					w.report.FailedOwn = append(w.report.FailedOwn, own)
+				}
 				if len(w.report.Errors) < 5 {
 					w.report.Errors = append(w.report.Errors, err.Error())
 				}
@@ -350,6 +358,9 @@ func (w *worker) connectAll(resume bool) {
 	}
 	wg.Wait()
 }
+
+// maxFailedOwn bounds a worker's Report.FailedOwn.
+const maxFailedOwn = 10000
 
 // reconnectTries is how often a resume is tried before it counts as
 // failed: a client reconnects after any failure, as the Go client does;

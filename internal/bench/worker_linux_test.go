@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -130,5 +131,18 @@ func TestResumeTriedAgainStaysNotRecovered(t *testing.T) {
 	defer w.mu.Unlock()
 	if r := w.report; r.Resumed != 1 || r.NotRecovered != 1 || r.Retried != 1 || r.Failed != 0 {
 		t.Fatalf("resumed %d, not recovered %d, tried again %d, failed %d; want 1, 1, 1, 0 (errors %q)", r.Resumed, r.NotRecovered, r.Retried, r.Failed, r.Errors)
+	}
+}
+
+// TestFailedConnectReportsItsOwnTopic: a connection that fails to connect
+// reports its own topic (the second, with a pair), so that unicast does
+// not publish to a topic no one could receive and count it lost.
+func TestFailedConnectReportsItsOwnTopic(t *testing.T) {
+	shared := "bench:shared"
+	url, _ := script{{strings.Replace(unavailable, "%s", shared, 1)}}.serve(t)
+	w, _ := scriptWorker(t, url, shared, "bench:own:7")
+	w.connectAll(false)
+	if w.report.Failed != 1 || !slices.Equal(w.report.FailedOwn, []string{"bench:own:7"}) {
+		t.Fatalf("failed %d, own topics of failed connections %q; want 1 and [bench:own:7]", w.report.Failed, w.report.FailedOwn)
 	}
 }
