@@ -237,10 +237,18 @@ func Serve(ctx context.Context, c ServeConfig, logger *slog.Logger, ready func(a
 		return err
 	}
 	defer rdb.Close()
-	return serveBus(ctx, c, logger, rdb, keys, n, ready)
+	// The lease traffic has connections of its own: a renewal waiting
+	// behind a resume storm's history reads for one of rdb's would lapse
+	// while its node holds the lease.
+	leases, err := c.client(2)
+	if err != nil {
+		return err
+	}
+	defer leases.Close()
+	return serveBus(ctx, c, logger, rdb, leases, keys, n, ready)
 }
 
-func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis.UniversalClient, keys streams.Keys, n int, ready func(string)) error {
+func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb, leases redis.UniversalClient, keys streams.Keys, n int, ready func(string)) error {
 	// No TCP keepalive on the clients' sockets: the WebSocket pings
 	// (--ping-interval) find a dead peer, and Go's default keepalive
 	// would send a probe on every idle connection every 15 s (over a
@@ -260,7 +268,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	}
 	obs := newObserved()
 	owner, err := bus.NewOwner(bus.OwnerConfig{
-		Redis: rdb, Keys: keys, Partitions: n, Node: c.NodeID,
+		Redis: rdb, LeaseRedis: leases, Keys: keys, Partitions: n, Node: c.NodeID,
 		LeaseTTL: c.LeaseTTL, MaxData: c.MaxData, HistoryLen: c.HistoryLen,
 		HistoryTTL: c.HistoryTTL, Retention: c.Retention, Logger: logger,
 		ApplyTime: func(d time.Duration) { obs.apply.Observe(d.Seconds()) },
@@ -295,6 +303,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb redis
 	defer gw.Close()
 	errs := &redisErrors{}
 	rdb.AddHook(errs)
+	leases.AddHook(errs)
 	pub := streams.NewPublisher(rdb, keys, c.MaxData)
 	canary := newCanary(canaryConfig{
 		Interval: c.CanaryInterval, Timeout: c.CanaryTimeout, Node: c.NodeID,

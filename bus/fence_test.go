@@ -2,12 +2,14 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -592,5 +594,78 @@ func TestRunReleasesEveryLease(t *testing.T) {
 		if v, err := rdb.Get(context.Background(), keys.Owner(p)).Result(); err != redis.Nil {
 			t.Errorf("partition %d: lease %q (%v) left after Run returned, want it released", p, v, err)
 		}
+	}
+}
+
+// TestRenewalsDoNotWaitForThePool: with LeaseRedis, a node's renewals go
+// on while its Redis pool is taken by other work (a resume storm's
+// history reads), and no lease lapses. The control, the same node with
+// one pool, loses its leases: its renewals wait behind the reads.
+func TestRenewalsDoNotWaitForThePool(t *testing.T) {
+	const n, poolSize = 2, 4
+	for _, dedicated := range []bool{true, false} {
+		name := map[bool]string{true: "lease client", false: "one pool"}[dedicated]
+		t.Run(name, func(t *testing.T) {
+			rdb, keys := testBus(t, n)
+			addr := rdb.Options().Addr
+			// go-redis runs pipelines (renewals, and the gateway's head
+			// and resume reads) on a pool of their own, and on the main
+			// pool once that is full, as in a storm. Here they run on
+			// the main pool from the start, which BLPOPs take below.
+			pool := redis.NewClient(&redis.Options{Addr: addr, PoolSize: poolSize, PipelinePoolSize: -1, PoolTimeout: 20 * time.Second})
+			defer pool.Close()
+			cfg := OwnerConfig{Redis: pool, Keys: keys, Partitions: n, Node: "n", LeaseTTL: 500 * time.Millisecond,
+				Block: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			if dedicated {
+				leases := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 2})
+				defer leases.Close()
+				cfg.LeaseRedis = leases
+			}
+			o, err := NewOwner(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			ran := make(chan error, 1)
+			go func() { ran <- o.Run(ctx) }()
+			defer func() {
+				cancel()
+				if err := <-ran; err != nil {
+					t.Error(err)
+				}
+			}()
+			testutil.Eventually(t, testutil.Wait, func() error {
+				if got := o.Owned(); got != n {
+					return fmt.Errorf("%d of %d partitions held", got, n)
+				}
+				return nil
+			})
+			// Twice the pool's connections, each held 1 s in turn: the
+			// pool is taken for about 2 s, four lease TTLs.
+			var wg sync.WaitGroup
+			for range 2 * poolSize {
+				wg.Go(func() {
+					if err := pool.BLPop(ctx, time.Second, keys.Prefix+":nothing").Err(); err != redis.Nil {
+						t.Errorf("BLPOP of an empty list = %v, want a timeout (redis.Nil)", err)
+					}
+				})
+			}
+			wg.Wait()
+			if !dedicated {
+				// The renewals that waited find their leases gone.
+				testutil.Eventually(t, testutil.Wait, func() error {
+					if o.Stats().Lost == 0 {
+						return errors.New("no lease lost with renewals in the taken pool: the test does not take it")
+					}
+					return nil
+				})
+				t.Logf("one pool: %d leases lost while the pool was taken", o.Stats().Lost)
+				return
+			}
+			time.Sleep(2 * cfg.LeaseTTL) // for any renewal that waited
+			if lost := o.Stats().Lost; lost != 0 {
+				t.Errorf("%d leases lost with a lease client of their own, want 0", lost)
+			}
+		})
 	}
 }

@@ -26,7 +26,7 @@ func (o *Owner) heartbeat(ctx context.Context, pipe redis.Pipeliner) {
 func (o *Owner) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = o.cfg.Redis.ZRem(ctx, o.cfg.Keys.Nodes(), o.cfg.Node).Err()
+	_ = o.cfg.LeaseRedis.ZRem(ctx, o.cfg.Keys.Nodes(), o.cfg.Node).Err()
 }
 
 // fleetView is what a node reads of the fleet each tick.
@@ -36,7 +36,7 @@ type fleetView struct {
 }
 
 func (o *Owner) view(ctx context.Context) (fleetView, error) {
-	nodes, owners, err := ReadFleet(ctx, o.cfg.Redis, o.cfg.Keys.Nodes(), o.cfg.Partitions, o.cfg.Keys.Owner)
+	nodes, owners, err := ReadFleet(ctx, o.cfg.LeaseRedis, o.cfg.Keys.Nodes(), o.cfg.Partitions, o.cfg.Keys.Owner)
 	if err != nil {
 		return fleetView{}, err
 	}

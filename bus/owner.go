@@ -22,6 +22,13 @@ type OwnerConfig struct {
 	// Redis is the bus's Redis. Required. Each owned partition holds one
 	// connection in a blocking read: size the pool for it.
 	Redis redis.UniversalClient
+	// LeaseRedis, when set, carries the node's lease traffic: its
+	// heartbeat and renewals, the fleet reads, acquisitions and releases.
+	// Give it a client of its own on the same Redis (two connections are
+	// enough), so that a renewal never waits for a connection behind the
+	// reads that fill Redis's pool in a resume storm, and lapses while
+	// its owner holds it. Zero value means Redis.
+	LeaseRedis redis.UniversalClient
 	// Keys names the bus's keys.
 	Keys streams.Keys
 	// Partitions is the bus's partition count (<prefix>:meta). Required.
@@ -69,6 +76,9 @@ func (c OwnerConfig) withDefaults() (OwnerConfig, error) {
 	}
 	if strings.ContainsAny(c.Node, " \t\r\n") {
 		return c, fmt.Errorf("bus: node ID %q must not contain spaces", c.Node)
+	}
+	if c.LeaseRedis == nil {
+		c.LeaseRedis = c.Redis
 	}
 	if c.LeaseTTL <= 0 {
 		c.LeaseTTL = 5 * time.Second
@@ -166,7 +176,7 @@ func NewOwner(cfg OwnerConfig) (*Owner, error) {
 // round trips and lost its leases to the TTL while holding them.
 func (o *Owner) Run(ctx context.Context) error {
 	// Renewals run in pipelines, where EVALSHA cannot fall back to EVAL.
-	if err := renewScript.Load(ctx, o.cfg.Redis).Err(); err != nil && ctx.Err() == nil {
+	if err := renewScript.Load(ctx, o.cfg.LeaseRedis).Err(); err != nil && ctx.Err() == nil {
 		o.cfg.Logger.Warn("loading the lease renewal script", "err", err)
 	}
 	kept := make(chan struct{})
@@ -243,7 +253,7 @@ func (o *Owner) rebalance(ctx context.Context) {
 func (o *Owner) acquire(ctx context.Context, p int) {
 	ttl := strconv.FormatInt(o.cfg.LeaseTTL.Milliseconds(), 10)
 	keys := []string{o.cfg.Keys.Owner(p), o.cfg.Keys.PartitionMeta(p)}
-	token, err := acquireScript.Run(ctx, o.cfg.Redis, keys, o.cfg.Node, ttl).Int64()
+	token, err := acquireScript.Run(ctx, o.cfg.LeaseRedis, keys, o.cfg.Node, ttl).Int64()
 	if classify(err) == kindNil {
 		return // another node holds it still
 	}
@@ -264,7 +274,7 @@ func (o *Owner) handOver(l *lease) {
 	o.cfg.Logger.Info("handing over partition", "partition", l.p)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := releaseScript.Run(ctx, o.cfg.Redis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err(); err != nil {
+	if err := releaseScript.Run(ctx, o.cfg.LeaseRedis, []string{o.cfg.Keys.Owner(l.p)}, l.value).Err(); err != nil {
 		o.cfg.Logger.Warn("releasing partition lease", "partition", l.p, "err", err)
 	}
 	o.stats.handedOver.Add(1)
@@ -311,7 +321,7 @@ func (o *Owner) renew(ctx context.Context) {
 	}
 	o.mu.Unlock()
 	ttl := o.cfg.LeaseTTL.Milliseconds()
-	pipe := o.cfg.Redis.Pipeline()
+	pipe := o.cfg.LeaseRedis.Pipeline()
 	o.heartbeat(ctx, pipe)
 	cmds := make([]*redis.Cmd, len(leases))
 	for i, l := range leases {
@@ -334,7 +344,7 @@ func (o *Owner) renew(ctx context.Context) {
 			// EVALSHA in a pipeline does not fall back to EVAL; load it once.
 			if !loaded {
 				loaded = true
-				_ = renewScript.Load(ctx, o.cfg.Redis).Err()
+				_ = renewScript.Load(ctx, o.cfg.LeaseRedis).Err()
 			}
 		}
 	}
@@ -370,7 +380,7 @@ func (o *Owner) releaseAll() {
 	// One round trip for all: EVAL, which needs no script loaded.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	pipe := o.cfg.Redis.Pipeline()
+	pipe := o.cfg.LeaseRedis.Pipeline()
 	for _, l := range leases {
 		releaseScript.Eval(ctx, pipe, []string{o.cfg.Keys.Owner(l.p)}, l.value)
 	}

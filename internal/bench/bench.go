@@ -152,10 +152,13 @@ type Storm struct {
 	Took         time.Duration `json:"took_ns"` // from the reconnects' start until every client had every missed event
 	Done         bool          `json:"done"`    // all caught up within the time allowed
 	NotRecovered int           `json:"not_recovered"`
-	Lost         int64         `json:"lost"`
-	Duplicates   uint64        `json:"duplicates"`
-	Failed       int           `json:"failed_reconnects"`  // after reconnectTries each
-	Retried      int           `json:"retried_reconnects"` // tries after the first, of clients that resumed or failed
+	// Lost counts the missed events not received. When Done is false the
+	// storm ran out of time and it counts those not received by then:
+	// resumes unfinished, or events lost; the run cannot tell them apart.
+	Lost       int64  `json:"lost"`
+	Duplicates uint64 `json:"duplicates"`
+	Failed     int    `json:"failed_reconnects"`  // after reconnectTries each
+	Retried    int    `json:"retried_reconnects"` // tries after the first, of clients that resumed or failed
 }
 
 // Latency is the delay from XADD to receipt.
@@ -724,8 +727,12 @@ func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*work
 			break
 		}
 	}
-	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d lost, %d duplicates, %d failed reconnects (%d tries again)",
-		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, st.Duplicates, st.Failed, st.Retried)
+	lost := "lost"
+	if !st.Done {
+		lost = "not received by the time limit (unfinished or lost)"
+	}
+	progress(cfg, "resume storm: %d clients, %d missed events each: all caught up %v in %v; %d not recovered, %d %s, %d duplicates, %d failed reconnects (%d tries again)",
+		st.Clients, st.Missed, st.Done, st.Took.Round(time.Millisecond), st.NotRecovered, st.Lost, lost, st.Duplicates, st.Failed, st.Retried)
 	if st.Failed > 0 {
 		reports, err := collect(workers)
 		if err != nil {

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/../.."
 conns="${CONNS:-100000}"
 gateways="${GATEWAYS:-6}"
 . internal/bench/redis.sh
+bench_count CONNS "$conns"
+bench_count GATEWAYS "$gateways"
 bench_redis
 pids=()
 trap bench_stop EXIT

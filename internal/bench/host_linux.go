@@ -127,10 +127,12 @@ func eachKB(b []byte, fn func(name string, v float64)) {
 // raise are an error.
 func PrepareHost(conns, procs int, out io.Writer) error {
 	need := float64(conns)*hostBytesPerConn + float64(procs)*hostBytesPerProc
-	if avail := readHost().Available; avail < need {
+	avail := readHost().Available
+	if avail < need {
 		return fmt.Errorf("%d connections need about %.1f GiB of memory (%.0f KiB each, both ends, kernel included, and %d processes), and MemAvailable is %.1f GiB: use fewer connections",
 			conns, need/(1<<30), float64(hostBytesPerConn)/1024, procs, avail/(1<<30))
 	}
+	fmt.Fprintf(out, "host: MemAvailable %.1f GiB, about %.1f GiB needed: enough\n", avail/(1<<30), need/(1<<30))
 	c := int64(conns)
 	limits := []struct {
 		key  string
@@ -174,7 +176,8 @@ func PrepareHost(conns, procs int, out io.Writer) error {
 			short = append(short, fmt.Sprintf("%s is %s, needs %s (%s): %v", name, strings.Join(cur, " "), strings.Join(next, " "), l.why, err))
 			continue
 		}
-		fmt.Fprintf(out, "host: %s raised from %s to %s (%s)\n", name, strings.Join(cur, " "), strings.Join(next, " "), l.why)
+		fmt.Fprintf(out, "host: %s raised from %s to %s (%s); it stays so until the next boot, or sysctl -w %s=%q\n",
+			name, strings.Join(cur, " "), strings.Join(next, " "), l.why, name, strings.Join(cur, " "))
 	}
 	if len(short) > 0 {
 		return fmt.Errorf("kernel limits too low (run as root to have them raised):\n  %s", strings.Join(short, "\n  "))

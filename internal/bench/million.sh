@@ -26,12 +26,15 @@ cd "$(dirname "$0")/../.."
 bin="${WSBUS_BIN:-./bin/wsbus}"
 conns="${CONNS:-1000000}"
 per="${PER_GATEWAY:-19300}"
+. internal/bench/redis.sh
+bench_count CONNS "$conns"
+bench_count PER_GATEWAY "$per"
 gateways="${GATEWAYS:-$(((conns + per - 1) / per))}"
+bench_count GATEWAYS "$gateways"
 report="${REPORT-.run/million-report}"
 
 "$bin" bench --prepare-host --conns "$conns" --processes $((2 * gateways))
 
-. internal/bench/redis.sh
 bench_redis
 pids=()
 trap bench_stop EXIT

@@ -6,6 +6,17 @@
 # it down and removes the directory: call it from the script's cleanup.
 # bench_stop is the whole cleanup of a script that starts processes and
 # keeps their PIDs in the array pids: it stops them, then Redis.
+# bench_count NAME VALUE refuses VALUE, given as the variable NAME, unless
+# it is a whole number above 0: before anything starts, in one line.
+bench_count() {
+  case "$2" in
+    '' | *[!0-9]* | 0 | 0*)
+      echo "bench: $1=$2: want a whole number above 0 (say $1=5000)" >&2
+      exit 2
+      ;;
+  esac
+}
+
 bench_redis() {
   dir=$(mktemp -d)
   port=$((20000 + RANDOM % 10000))

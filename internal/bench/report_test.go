@@ -320,3 +320,20 @@ func TestCommandRedacted(t *testing.T) {
 		}
 	}
 }
+
+// TestStormOutOfTimeIsNotCalledLost: a storm that ran out of time shows
+// what was not received by then as such in the table, not as lost: those
+// resumes may only have been unfinished.
+func TestStormOutOfTimeIsNotCalledLost(t *testing.T) {
+	cmp := fakeComparison()
+	cmp.Results[0].Storm = &Storm{Clients: 2000, Missed: 1, Took: time.Minute, Lost: 137, Done: false}
+	cell := ""
+	for _, row := range cmp.Table().Rows {
+		if row[0] == "resume storm not recovered/lost/dup" {
+			cell = row[1]
+		}
+	}
+	if cell != "0/137 not in by the limit/0" {
+		t.Fatalf("the out-of-time storm's cell is %q, want \"0/137 not in by the limit/0\"", cell)
+	}
+}

@@ -21,6 +21,7 @@ cd "$(dirname "$0")/../.."
 conns="${CONNS:-19000}"
 report="${REPORT-.run/bench-report}"
 . internal/bench/redis.sh
+bench_count CONNS "$conns"
 bench_redis
 gw=$((port + 1))
 # Keepalive pings (which neither baseline sends) are set to start after the

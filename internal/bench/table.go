@@ -100,6 +100,9 @@ func (c *Comparison) Table() Table {
 			return ms(s.Took)
 		}))
 		row("resume storm not recovered/lost/dup", "", st(func(s *Storm) string {
+			if !s.Done { // out of time: what was not in may be unfinished
+				return fmt.Sprintf("%d/%d not in by the limit/%d", s.NotRecovered, s.Lost, s.Duplicates)
+			}
 			return fmt.Sprintf("%d/%d/%d", s.NotRecovered, s.Lost, s.Duplicates)
 		}))
 		row("resume storm reconnects failed (tried again)", "", st(func(s *Storm) string {

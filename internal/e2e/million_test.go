@@ -61,3 +61,23 @@ func TestBenchMillionScript(t *testing.T) {
 		t.Errorf("machine = %+v, want the gateways' and clients' memory for 1,200 connections", m)
 	}
 }
+
+// TestBenchScriptsRefuseBadCounts: a count that is not a whole number is
+// refused in one line before anything starts (no Redis, no gateway).
+func TestBenchScriptsRefuseBadCounts(t *testing.T) {
+	for _, c := range []struct{ script, env string }{
+		{"million.sh", "CONNS=3k"},
+		{"million.sh", "PER_GATEWAY=0"},
+		{"run.sh", "CONNS=19,000"},
+		{"fleet.sh", "GATEWAYS=six"},
+	} {
+		cmd := exec.Command("bash", "../bench/"+c.script)
+		cmd.Env = append(os.Environ(), "WSBUS_BIN=/nonexistent", c.env)
+		out, err := cmd.CombinedOutput()
+		name, value, _ := strings.Cut(c.env, "=")
+		want := "bench: " + name + "=" + value + ": want a whole number above 0"
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.HasPrefix(string(out), want) || strings.Count(string(out), "\n") != 1 {
+			t.Errorf("%s %s: %v, output %q; want exit 2 and only %q", c.env, c.script, err, out, want)
+		}
+	}
+}
