@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,6 +80,20 @@ func (c *common) args() []string {
 // client opens the Redis client the --redis URLs describe (see
 // parseRedis). poolSize 0 keeps go-redis's default.
 func (c *common) client(poolSize int) (redis.UniversalClient, error) {
+	return c.newClient(poolSize, 0)
+}
+
+// leaseClient opens the client of a node's lease traffic (see
+// bus.OwnerConfig.LeaseRedis): two connections (a node of a Cluster,
+// two to each master), its pipelines on them too, not on a pipeline pool
+// of their own.
+func (c *common) leaseClient() (redis.UniversalClient, error) {
+	return c.newClient(2, -1)
+}
+
+// newClient is client with a pipeline pool of pipelinePool connections
+// (0: go-redis's default; below 0: none, pipelines use the main pool).
+func (c *common) newClient(poolSize, pipelinePool int) (redis.UniversalClient, error) {
 	t, err := parseRedis(c.redis.values)
 	if err != nil {
 		return nil, err
@@ -87,6 +102,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 	case t.single != nil:
 		opt := t.single
 		opt.PoolSize = max(poolSize, opt.PoolSize)
+		opt.PipelinePoolSize = cmp.Or(pipelinePool, opt.PipelinePoolSize)
 		opt.ContextTimeoutEnabled = true
 		lean(&opt.ReadBufferSize, &opt.WriteBufferSize, &opt.PipelineReadBufferSize, &opt.PipelineWriteBufferSize)
 		idle(&opt.MaxIdleConns, opt.MinIdleConns)
@@ -94,6 +110,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 	case t.failover != nil:
 		opt := t.failover
 		opt.PoolSize = poolSize
+		opt.PipelinePoolSize = cmp.Or(pipelinePool, opt.PipelinePoolSize)
 		opt.ContextTimeoutEnabled = true
 		// Pub/sub connections too leave a master that Sentinel replaced.
 		opt.Dialer = newFailoverDialer(opt).Dial
@@ -103,6 +120,7 @@ func (c *common) client(poolSize int) (redis.UniversalClient, error) {
 	}
 	opt := t.cluster
 	opt.PoolSize = poolSize
+	opt.PipelinePoolSize = cmp.Or(pipelinePool, opt.PipelinePoolSize)
 	opt.ContextTimeoutEnabled = true
 	// go-redis keeps writing to a failed master until it reloads the
 	// slot map, every 60 s by default; MOVED replies reload it sooner

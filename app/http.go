@@ -40,7 +40,7 @@ type httpAPI struct {
 
 	keys        streams.Keys
 	partitions  int          // of the bus
-	redisErrors *redisErrors // counts the failed commands of rdb
+	redisErrors *redisErrors // counts the failed commands of rdb and of the lease client
 	observed    *observed    // histograms recorded by the owner and gateway
 	canary      *canary      // the node's continuity canary (canary.go)
 }

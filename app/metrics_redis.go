@@ -13,7 +13,7 @@ import (
 	"github.com/wsbus/wsbus/streams"
 )
 
-// redisErrors counts the Redis commands of a client that failed
+// redisErrors counts the Redis commands of the clients it hooks that failed
 // (bus.RedisFailed): timeouts, refused or cut connections, a server
 // loading, read-only or out of memory, a cluster down; not the replies the
 // bus expects and handles.

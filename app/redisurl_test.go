@@ -186,3 +186,39 @@ func TestBadRedisURLIsRefused(t *testing.T) {
 		t.Fatalf("Serve = %v, want the URL refused without its password", err)
 	}
 }
+
+// TestLeaseClientIsItsOwn: the lease client of each kind of --redis URL
+// has its two connections, and its pipelines (the renewals) run on them,
+// not on a pipeline pool of their own; the main client keeps go-redis's
+// pipeline pool.
+func TestLeaseClientIsItsOwn(t *testing.T) {
+	for _, u := range []string{"redis://127.0.0.1:1/0", "redis+sentinel://127.0.0.1:1/wsbus", "redis+cluster://127.0.0.1:1"} {
+		var c common
+		c.redis.values = []string{u}
+		leases, err := c.leaseClient()
+		if err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		main, err := c.client(64)
+		if err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		pool := func(rdb redis.UniversalClient) (size, pipelines int) {
+			switch r := rdb.(type) {
+			case *redis.Client:
+				return r.Options().PoolSize, r.Options().PipelinePoolSize
+			case *redis.ClusterClient:
+				return r.Options().PoolSize, r.Options().PipelinePoolSize
+			}
+			t.Fatalf("%s: a %T", u, rdb)
+			return 0, 0
+		}
+		if size, pipelines := pool(leases); size != 2 || pipelines != -1 {
+			t.Errorf("%s: the lease client's pool %d, pipeline pool %d; want 2 and none (-1)", u, size, pipelines)
+		}
+		if size, pipelines := pool(main); size != 64 || pipelines < 0 {
+			t.Errorf("%s: the main client's pool %d, pipeline pool %d; want 64 and go-redis's", u, size, pipelines)
+		}
+		_, _ = leases.Close(), main.Close()
+	}
+}

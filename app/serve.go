@@ -240,7 +240,7 @@ func Serve(ctx context.Context, c ServeConfig, logger *slog.Logger, ready func(a
 	// The lease traffic has connections of its own: a renewal waiting
 	// behind a resume storm's history reads for one of rdb's would lapse
 	// while its node holds the lease.
-	leases, err := c.client(2)
+	leases, err := c.leaseClient()
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,10 @@
 // it after a lost connection), gateway_lag.go (lagging clients), and
 // protocol.go (the messages and their frames).
 //
-//	owner, _ := bus.NewOwner(bus.OwnerConfig{Redis: rdb, Keys: keys, Partitions: n, Node: "gw1"})
+// leases is a second client of the same Redis, for the lease traffic
+// (OwnerConfig.LeaseRedis):
+//
+//	owner, _ := bus.NewOwner(bus.OwnerConfig{Redis: rdb, LeaseRedis: leases, Keys: keys, Partitions: n, Node: "gw1"})
 //	go owner.Run(ctx)
 //	gw, _ := bus.NewGateway(bus.GatewayConfig{Redis: rdb, Keys: keys, Partitions: n})
 //	srv, _ := ws.New(ws.Config{Handler: gw, Path: "/v1/ws"})

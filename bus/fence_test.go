@@ -607,17 +607,20 @@ func TestRenewalsDoNotWaitForThePool(t *testing.T) {
 		name := map[bool]string{true: "lease client", false: "one pool"}[dedicated]
 		t.Run(name, func(t *testing.T) {
 			rdb, keys := testBus(t, n)
-			addr := rdb.Options().Addr
 			// go-redis runs pipelines (renewals, and the gateway's head
 			// and resume reads) on a pool of their own, and on the main
 			// pool once that is full, as in a storm. Here they run on
 			// the main pool from the start, which BLPOPs take below.
-			pool := redis.NewClient(&redis.Options{Addr: addr, PoolSize: poolSize, PipelinePoolSize: -1, PoolTimeout: 20 * time.Second})
+			opts := *rdb.Options()
+			opts.PoolSize, opts.PipelinePoolSize, opts.PoolTimeout = poolSize, -1, 20*time.Second
+			pool := redis.NewClient(&opts)
 			defer pool.Close()
-			cfg := OwnerConfig{Redis: pool, Keys: keys, Partitions: n, Node: "n", LeaseTTL: 500 * time.Millisecond,
+			cfg := OwnerConfig{Redis: pool, Keys: keys, Partitions: n, Node: "n", LeaseTTL: 2 * time.Second,
 				Block: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			if dedicated {
-				leases := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 2})
+				lopts := *rdb.Options()
+				lopts.PoolSize, lopts.PipelinePoolSize = 2, -1 // as the gateway's
+				leases := redis.NewClient(&lopts)
 				defer leases.Close()
 				cfg.LeaseRedis = leases
 			}
@@ -640,12 +643,12 @@ func TestRenewalsDoNotWaitForThePool(t *testing.T) {
 				}
 				return nil
 			})
-			// Twice the pool's connections, each held 1 s in turn: the
-			// pool is taken for about 2 s, four lease TTLs.
+			// Twice the pool's connections, each held 2.5 s in turn: the
+			// pool is taken for about 5 s, two and a half lease TTLs.
 			var wg sync.WaitGroup
 			for range 2 * poolSize {
 				wg.Go(func() {
-					if err := pool.BLPop(ctx, time.Second, keys.Prefix+":nothing").Err(); err != redis.Nil {
+					if err := pool.BLPop(ctx, 2500*time.Millisecond, keys.Prefix+":nothing").Err(); !errors.Is(err, redis.Nil) {
 						t.Errorf("BLPOP of an empty list = %v, want a timeout (redis.Nil)", err)
 					}
 				})

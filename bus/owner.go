@@ -25,9 +25,15 @@ type OwnerConfig struct {
 	// LeaseRedis, when set, carries the node's lease traffic: its
 	// heartbeat and renewals, the fleet reads, acquisitions and releases.
 	// Give it a client of its own on the same Redis (two connections are
-	// enough), so that a renewal never waits for a connection behind the
-	// reads that fill Redis's pool in a resume storm, and lapses while
-	// its owner holds it. Zero value means Redis.
+	// enough: Run's loop and the renewals' goroutine), so that a renewal
+	// never waits for a connection behind the reads that fill Redis's
+	// client's pools in a resume storm, and lapses while its owner holds
+	// it. A node whose Redis client is starved so keeps its leases while
+	// its pipelines wait: a lease says the node is alive, not that it
+	// keeps up. Behind Sentinel or in a Cluster the two clients follow a
+	// change of master each on its own; for a moment they may disagree,
+	// and the leases' fencing still refuses a write under a lost lease.
+	// Zero value means Redis.
 	LeaseRedis redis.UniversalClient
 	// Keys names the bus's keys.
 	Keys streams.Keys

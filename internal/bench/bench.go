@@ -670,7 +670,7 @@ func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, 
 	u.Lost = u.Sent - int64(h.N)
 	u.P50, u.P99, u.Max = h.Quantile(0.5), h.Quantile(0.99), h.Quantile(1)
 	u.Hist = &h
-	progress(cfg, "unicast: %d events at %d/s over %d topics (%d of connections that failed left out): p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.LeftOut, u.P50, u.P99, u.Max, u.Lost)
+	progress(cfg, "unicast: %d events at %d/s over %d topics (%d own topics of failed connections left out): p50 %v p99 %v max %v; lost %d", u.Sent, u.Rate, len(topics), u.LeftOut, u.P50, u.P99, u.Max, u.Lost)
 	return u, nil
 }
 

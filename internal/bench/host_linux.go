@@ -176,7 +176,7 @@ func PrepareHost(conns, procs int, out io.Writer) error {
 			short = append(short, fmt.Sprintf("%s is %s, needs %s (%s): %v", name, strings.Join(cur, " "), strings.Join(next, " "), l.why, err))
 			continue
 		}
-		fmt.Fprintf(out, "host: %s raised from %s to %s (%s); it stays so until the next boot, or sysctl -w %s=%q\n",
+		fmt.Fprintf(out, "host: %s raised from %s to %s (%s); it stays so until the next boot (or undo it: sysctl -w %s=%q)\n",
 			name, strings.Join(cur, " "), strings.Join(next, " "), l.why, name, strings.Join(cur, " "))
 	}
 	if len(short) > 0 {

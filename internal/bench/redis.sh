@@ -10,8 +10,8 @@
 # it is a whole number above 0: before anything starts, in one line.
 bench_count() {
   case "$2" in
-    '' | *[!0-9]* | 0 | 0*)
-      echo "bench: $1=$2: want a whole number above 0 (say $1=5000)" >&2
+    '' | *[!0-9]* | 0*)
+      echo "bench: $1=$2: want a whole number above 0, without leading zeros" >&2
       exit 2
       ;;
   esac

@@ -337,3 +337,19 @@ func TestStormOutOfTimeIsNotCalledLost(t *testing.T) {
 		t.Fatalf("the out-of-time storm's cell is %q, want \"0/137 not in by the limit/0\"", cell)
 	}
 }
+
+// TestUnicastSaysWhatItLeftOut: the own topics of connections that failed
+// to connect, not published to, are named beside unicast's losses.
+func TestUnicastSaysWhatItLeftOut(t *testing.T) {
+	cmp := fakeComparison()
+	cmp.Results[0].Unicast = &Unicast{Sent: 100, Received: 100, LeftOut: 3}
+	for _, row := range cmp.Table().Rows {
+		if row[0] == "unicast lost" {
+			if want := "0 of 100 (3 own topics of failed connections left out)"; row[1] != want {
+				t.Fatalf("unicast lost: %q, want %q", row[1], want)
+			}
+			return
+		}
+	}
+	t.Fatal("no unicast lost row")
+}

@@ -87,7 +87,12 @@ func (c *Comparison) Table() Table {
 		row("unicast p50", "unicast_p50", uc(func(u *Unicast) string { return ms(u.P50) }))
 		row("unicast p99", "unicast_p99", uc(func(u *Unicast) string { return ms(u.P99) }))
 		row("unicast max", "", uc(func(u *Unicast) string { return ms(u.Max) }))
-		row("unicast lost", "", uc(func(u *Unicast) string { return fmt.Sprintf("%d of %d", u.Lost, u.Sent) }))
+		row("unicast lost", "", uc(func(u *Unicast) string {
+			if u.LeftOut > 0 {
+				return fmt.Sprintf("%d of %d (%d own topics of failed connections left out)", u.Lost, u.Sent, u.LeftOut)
+			}
+			return fmt.Sprintf("%d of %d", u.Lost, u.Sent)
+		}))
 	}
 	if gw.Storm != nil {
 		st := func(f func(*Storm) string) func(*Result) string {

@@ -58,6 +58,8 @@ type Report struct {
 	// FailedOwn is the own topic of each connection that failed to
 	// connect (its second topic with mix "pair", else its only one), at
 	// most maxFailedOwn: unicast leaves them out, having no one to reach.
+	// (Past that many failures a run has failed anyway; the topics left
+	// in are published to and count as lost.)
 	FailedOwn []string `json:"failed_own,omitempty"`
 	// Closed counts connections that ended after their subscription
 	// without the worker closing them (a server's close, a reset).

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,7 +73,11 @@ func TestBenchScriptsRefuseBadCounts(t *testing.T) {
 		{"fleet.sh", "GATEWAYS=six"},
 	} {
 		cmd := exec.Command("bash", "../bench/"+c.script)
-		cmd.Env = append(os.Environ(), "WSBUS_BIN=/nonexistent", c.env)
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+			name, _, _ := strings.Cut(kv, "=")
+			return name == "CONNS" || name == "PER_GATEWAY" || name == "GATEWAYS"
+		})
+		cmd.Env = append(cmd.Env, "WSBUS_BIN=/nonexistent", c.env)
 		out, err := cmd.CombinedOutput()
 		name, value, _ := strings.Cut(c.env, "=")
 		want := "bench: " + name + "=" + value + ": want a whole number above 0"

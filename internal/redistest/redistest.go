@@ -168,7 +168,10 @@ func (s *Server) Shutdown(tb testing.TB) {
 // Restart starts the server again, on the same port and directory with
 // the same arguments, and waits until it answers: after Shutdown it loads
 // what it persisted; a running server is killed first (and so comes back
-// without its data, unless Args keep some).
+// without its data, unless Args keep some). A data node of a Sentinel
+// setup comes back so too, as the master or replica it was started as:
+// Sentinel.Rejoin brings one back as a replica that cannot be promoted
+// before it has the master's data.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	s.Kill()

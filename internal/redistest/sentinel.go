@@ -275,7 +275,10 @@ func (st *Sentinel) KillMaster(tb testing.TB) *Server {
 // data to it. Its priority is then the default again.
 func (st *Sentinel) Rejoin(tb testing.TB, s *Server) {
 	tb.Helper()
-	host, port, _ := net.SplitHostPort(st.Master(tb))
+	host, port, err := net.SplitHostPort(st.Master(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
 	s.Kill()
 	s.run(tb, "--replicaof", host, port, "--replica-priority", "0")
 	testutil.Eventually(tb, 30*time.Second, func() error { return inSync(context.Background(), s) })
