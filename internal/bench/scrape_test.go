@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestScrapeSumsTrouble reads wsbus's counters of trouble from /metrics,
@@ -38,5 +41,34 @@ process_open_fds 12
 	}
 	if sum.LeasesLost != 6 || sum.CanaryLost != 14 || sum.CanaryLate != 10 {
 		t.Fatalf("summed %+v over two gateways: want 6, 14 and 10", sum)
+	}
+}
+
+// TestTroubleUnreadableIsNoFailure: gateways whose /metrics cannot be read
+// at the end of a run (busy, or gone) leave the run without trouble
+// figures, saying so, instead of failing it after its phases; one that
+// answers on a later try is read.
+func TestTroubleUnreadableIsNoFailure(t *testing.T) {
+	defer func(p time.Duration) { troublePause = p }(troublePause)
+	troublePause = 0
+	var out strings.Builder
+	cfg := Config{Progress: &out}
+	if got := trouble(cfg, []string{"http://127.0.0.1:1/metrics"}, Metrics{}); got != nil {
+		t.Fatalf("trouble from an unreachable gateway = %+v, want none", got)
+	}
+	if !strings.Contains(out.String(), "could not be read, 3 tries") {
+		t.Fatalf("progress %q does not say the counters could not be read", out.String())
+	}
+	var tries atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if tries.Add(1) < 3 {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, "wsbus_bus_leases_lost_total 4\n")
+	}))
+	defer srv.Close()
+	if got := trouble(cfg, []string{srv.URL}, Metrics{LeasesLost: 1}); got == nil || got.LeasesLost != 3 {
+		t.Fatalf("trouble on the third try = %+v, want 3 leases lost since the baseline", got)
 	}
 }
