@@ -95,6 +95,8 @@ type Result struct {
 	Workers  int    `json:"workers"`
 	Mix      string `json:"mix"`
 	Failed   int    `json:"failed"`
+	// FailedWhy holds a few of the errors of the connections that failed.
+	FailedWhy []string `json:"failed_why,omitempty"`
 	// Closed is the connections the servers closed (or that were reset)
 	// after their subscription, during the phases before the storm; Why
 	// holds a few of the reasons the clients saw.
@@ -345,11 +347,17 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	}
 	for _, r := range reports {
 		res.Failed += r.Failed
+		if r.Failed > 0 && len(res.FailedWhy) < 5 {
+			res.FailedWhy = append(res.FailedWhy, r.Errors...)
+		}
 	}
 	res.ConnectTook = time.Since(start)
 	res.UpgradesSec = float64(cfg.Conns-res.Failed) / res.ConnectTook.Seconds()
 	settle := settleFor(cfg, server)
 	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, res.ConnectTook.Round(time.Millisecond), settle)
+	if res.Failed > 0 {
+		progress(cfg, "connections that failed, a few of the errors: %q", res.FailedWhy)
+	}
 	time.Sleep(settle)
 	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {
 		return nil, err
