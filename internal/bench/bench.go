@@ -345,8 +345,12 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	if err != nil {
 		return nil, err
 	}
+	failedOwn := map[string]bool{} // own topics no one could receive: unicast leaves them out
 	for _, r := range reports {
 		res.Failed += r.Failed
+		for _, t := range r.FailedOwn {
+			failedOwn[t] = true
+		}
 		if r.Failed > 0 && len(res.FailedWhy) < 5 {
 			res.FailedWhy = append(res.FailedWhy, r.Errors...)
 		}
@@ -379,7 +383,7 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 		}
 	}
 	if cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && server != Centrifugo {
-		if res.Unicast, err = unicast(ctx, cfg, workers); err != nil {
+		if res.Unicast, err = unicast(ctx, cfg, workers, failedOwn); err != nil {
 			return nil, err
 		}
 	}
@@ -609,23 +613,14 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 // own topics, spread evenly over time (what is due is published every
 // millisecond, pipelined) and over the connections (a sample spaced
 // evenly over all of them when there are more connections than events),
-// and gathers the delay of each receipt.
-func unicast(ctx context.Context, cfg Config, workers []*workerProc) (*Unicast, error) {
+// and gathers the delay of each receipt. The own topics in failed, of
+// connections that failed to connect, are left out.
+func unicast(ctx context.Context, cfg Config, workers []*workerProc, failed map[string]bool) (*Unicast, error) {
 	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
 	if err != nil {
 		return nil, err
 	}
 	topics := assignTopics(cfg.Conns, "own", 0)
-	reports, err := collect(workers)
-	if err != nil {
-		return nil, err
-	}
-	failed := map[string]bool{}
-	for _, r := range reports {
-		for _, t := range r.FailedOwn {
-			failed[t] = true
-		}
-	}
 	topics = slices.DeleteFunc(topics, func(t string) bool { return failed[t] })
 	if len(topics) == 0 {
 		return nil, errors.New("unicast: every connection failed to connect: no own topic to publish to")
