@@ -215,63 +215,132 @@ type Comparison struct {
 }
 
 // Run measures the gateway at cfg.URL, then each of cfg.Baselines started
-// with cfg.BaselineArgs, with the same phases.
+// with cfg.BaselineArgs, with the same phases. Every server's connections
+// are opened and measured idle in turn, and stay open: the broadcasts then
+// take turns over all the servers (broadcast), and the later phases run
+// for one server after the other, each closing its connections when done.
 func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 	if cfg.Storm > 0 && cfg.Mix == "shared" && cfg.Broadcasts == 0 {
 		return nil, errors.New("bench: the resume storm needs broadcasts first: clients resume from the last event they received")
 	}
-	cmp := &Comparison{}
 	urls := append([]string{cfg.URL}, cfg.MoreURLs...)
+	var stages []*stage
+	defer func() {
+		for _, st := range stages {
+			st.close()
+		}
+	}()
 	progress(cfg, "measuring the gateway at %s", strings.Join(urls, ", "))
-	res, err := measure(ctx, cfg, urls, "wsbus", true)
-	if err != nil {
+	gw := &stage{server: "wsbus", urls: urls, canResume: true, space: "bench:"}
+	stages = append(stages, gw)
+	if err := gw.open(ctx, cfg); err != nil {
 		return nil, err
 	}
-	cmp.Results = append(cmp.Results, res)
 	if len(urls) > 1 && len(cfg.Baselines) > 0 {
 		progress(cfg, "baselines skipped: they are measured against a single gateway")
-		return cmp, nil
+		cfg.Baselines = nil
 	}
-	for _, kind := range cfg.Baselines {
-		res, err := measureOther(ctx, cfg, kind)
-		if err != nil {
+	for i, kind := range cfg.Baselines {
+		st := &stage{server: kind, space: topicSpace(fmt.Sprintf("bench:s%d.", i+1)), first: stages[len(stages)-1].next()}
+		stages = append(stages, st)
+		if err := openOther(ctx, cfg, st); err != nil {
 			return nil, fmt.Errorf("baseline %s: %w", kind, err)
 		}
-		cmp.Results = append(cmp.Results, res)
+	}
+	if cfg.Broadcasts > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") {
+		if err := broadcast(ctx, cfg, stages); err != nil {
+			return nil, err
+		}
+	}
+	cmp := &Comparison{}
+	for i, st := range stages {
+		if len(stages) > 1 {
+			progress(cfg, "%s: the phases after the broadcast", st.server)
+		}
+		if err := st.finish(ctx, cfg); err != nil {
+			if i > 0 {
+				err = fmt.Errorf("baseline %s: %w", st.server, err)
+			}
+			return nil, err
+		}
+		st.close()
+		cmp.Results = append(cmp.Results, st.res)
+		if i == 0 {
+			continue
+		}
 		if cmp.Ratios == nil {
 			cmp.Ratios = map[string]map[string]float64{}
 		}
-		cmp.Ratios[kind] = ratios(cmp.Results[0], res)
+		cmp.Ratios[st.server] = ratios(cmp.Results[0], st.res)
 	}
 	return cmp, nil
 }
 
-// measureBaseline starts a baseline server process, measures it, and
-// stops it.
-func measureBaseline(ctx context.Context, cfg Config, kind string) (*Result, error) {
-	cmd := exec.Command(cfg.Executable, cfg.BaselineArgs(kind)...)
+// stage is one server under measurement, from its first connection to the
+// end of its last phase.
+type stage struct {
+	server    string
+	urls      []string
+	canResume bool
+	// space is the start of the names of the stage's topics, its own so
+	// that the servers on the bus's one Redis (the gateway and the naive
+	// and floor baselines) deliver only their own stage's events.
+	space topicSpace
+	first int // the index of its first worker among all the run's: its source addresses
+
+	metricsURLs []string
+	res         *Result
+	publish     publishFunc
+	workers     []*workerProc
+	failedOwn   map[string]bool // own topics of connections that failed to connect: unicast leaves them out
+	received    uint64          // receipts counted by the end of the last broadcast round
+	stop        func()          // stops the server's process, when the bench started it
+}
+
+// subscribers is how many of the stage's connections are open.
+func (st *stage) subscribers() int64 { return int64(st.res.Conns - st.res.Failed) }
+
+// next is the index of the first worker of a stage after this one.
+func (st *stage) next() int { return st.first + max(st.res.Workers, len(st.urls)) }
+
+// close stops the stage's workers and its server, if the bench started
+// it; it may be called again.
+func (st *stage) close() {
+	stopWorkers(st.workers)
+	st.workers = nil
+	if st.stop != nil {
+		st.stop()
+		st.stop = nil
+	}
+}
+
+// openBaseline starts a baseline server process, which st.close stops,
+// and opens st's connections to it.
+func openBaseline(ctx context.Context, cfg Config, st *stage) error {
+	cmd := exec.Command(cfg.Executable, cfg.BaselineArgs(st.server)...)
 	if cfg.Env != nil {
 		cmd.Env = append(os.Environ(), cfg.Env...)
 	}
 	cmd.Stderr = cfg.Progress
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting: %w", err)
+		return fmt.Errorf("starting: %w", err)
 	}
-	defer func() {
+	st.stop = func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
-	}()
+	}
 	sc := bufio.NewScanner(out)
 	if !sc.Scan() {
-		return nil, fmt.Errorf("it printed no address: %v", sc.Err())
+		return fmt.Errorf("it printed no address: %v", sc.Err())
 	}
-	url := "ws://" + sc.Text() + "/v1/ws"
-	progress(cfg, "measuring the %s baseline at %s", kind, url)
-	return measure(ctx, cfg, []string{url}, kind, kind == Naive)
+	st.urls = []string{"ws://" + sc.Text() + "/v1/ws"}
+	st.canResume = st.server == Naive
+	progress(cfg, "measuring the %s baseline at %s", st.server, st.urls[0])
+	return st.open(ctx, cfg)
 }
 
 // ratios divides the gateway's figures by a baseline's.
@@ -302,54 +371,51 @@ func ratios(gw, base *Result) map[string]float64 {
 	return r
 }
 
-// measure opens the connections to the servers at urls, measures them
-// idle, then runs the phases cfg asks for (the storm only when canResume).
-func measure(ctx context.Context, cfg Config, urls []string, server string, canResume bool) (*Result, error) {
+// open opens the stage's connections to its servers (st.urls) and
+// measures them idle.
+func (st *stage) open(ctx context.Context, cfg Config) error {
 	if cfg.PerWorker <= 0 {
 		cfg.PerWorker = 18000
 	}
-	var metricsURLs []string
-	for _, u := range urls {
+	for _, u := range st.urls {
 		m, err := metricsURL(u)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		metricsURLs = append(metricsURLs, m)
+		st.metricsURLs = append(st.metricsURLs, m)
 	}
-	res := &Result{Server: server, Gateways: len(urls), Conns: cfg.Conns, Mix: cfg.Mix}
+	res := &Result{Server: st.server, Gateways: len(st.urls), Conns: cfg.Conns, Mix: cfg.Mix}
+	st.res = res
 	var err error
-	if res.Baseline, err = scrapeAll(metricsURLs); err != nil {
-		return nil, err
+	if res.Baseline, err = scrapeAll(st.metricsURLs); err != nil {
+		return err
 	}
-	topics := assignTopics(cfg.Conns, cfg.Mix, cfg.Topics)
+	topics := st.space.assign(cfg.Conns, cfg.Mix, cfg.Topics)
 	var own []string
 	if cfg.Mix == "pair" {
-		own = assignTopics(cfg.Conns, "own", 0)
+		own = st.space.assign(cfg.Conns, "own", 0)
 	}
-	publish, err := publisherFor(ctx, cfg, server, urls[0])
-	if err != nil {
-		return nil, err
+	if st.publish, err = publisherFor(ctx, cfg, st.server, st.urls[0]); err != nil {
+		return err
 	}
 	before := readHost()
 	start := time.Now()
-	var workers []*workerProc
-	defer func() { stopWorkers(workers) }()
-	if workers, err = startWorkers(cfg, urls, topics, own, protocol(server)); err != nil {
-		return nil, err
+	if st.workers, err = startWorkers(cfg, st.urls, topics, own, protocol(st.server), st.first); err != nil {
+		return err
 	}
-	res.Workers = len(workers)
-	if err := awaitDialed(cfg, workers, start); err != nil {
-		return nil, err
+	res.Workers = len(st.workers)
+	if err := awaitDialed(cfg, st.workers, start); err != nil {
+		return err
 	}
-	reports, err := collect(workers)
+	reports, err := collect(st.workers)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	failedOwn := map[string]bool{} // own topics no one could receive: unicast leaves them out
+	st.failedOwn = map[string]bool{}
 	for _, r := range reports {
 		res.Failed += r.Failed
 		for _, t := range r.FailedOwn {
-			failedOwn[t] = true
+			st.failedOwn[t] = true
 		}
 		if r.Failed > 0 && len(res.FailedWhy) < 5 {
 			res.FailedWhy = append(res.FailedWhy, r.Errors...)
@@ -357,16 +423,16 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	}
 	res.ConnectTook = time.Since(start)
 	res.UpgradesSec = float64(cfg.Conns-res.Failed) / res.ConnectTook.Seconds()
-	settle := settleFor(cfg, server)
+	settle := settleFor(cfg, st.server)
 	progress(cfg, "%d connections open (%d failed) in %v; settling %v", cfg.Conns-res.Failed, res.Failed, res.ConnectTook.Round(time.Millisecond), settle)
 	if res.Failed > 0 {
 		progress(cfg, "connections that failed, a few of the errors: %q", res.FailedWhy)
 	}
 	time.Sleep(settle)
-	if res.Loaded, err = scrapeAll(metricsURLs); err != nil {
-		return nil, err
+	if res.Loaded, err = scrapeAll(st.metricsURLs); err != nil {
+		return err
 	}
-	res.Machine = account(before, readHost(), cfg.Conns-res.Failed, workersMemory(workers), gatewaysMemory(cfg, server))
+	res.Machine = account(before, readHost(), cfg.Conns-res.Failed, workersMemory(st.workers), gatewaysMemory(cfg, st.server))
 	if cfg.Progress != nil {
 		res.Machine.print(cfg.Progress)
 	}
@@ -377,18 +443,22 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	res.PerConn.Goroutines = (res.Loaded.Goroutines - res.Baseline.Goroutines) / open
 	res.PerConn.FDs = (res.Loaded.FDs - res.Baseline.FDs) / open
 	progress(cfg, "idle: %.0f B RSS, %.0f B heap in %.1f objects, %.4f goroutines, %.3f fds per connection", res.PerConn.RSSBytes, res.PerConn.HeapBytes, res.PerConn.HeapObjects, res.PerConn.Goroutines, res.PerConn.FDs)
-	if cfg.Broadcasts > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") {
-		if res.Broadcast, err = broadcast(ctx, cfg, publish, workers, int64(cfg.Conns-res.Failed)); err != nil {
-			return nil, err
+	return nil
+}
+
+// finish runs the stage's phases after the broadcast that cfg asks for
+// (the storm only when st.canResume).
+func (st *stage) finish(ctx context.Context, cfg Config) error {
+	res := st.res
+	var err error
+	if cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && st.server != Centrifugo {
+		if res.Unicast, err = unicast(ctx, cfg, st); err != nil {
+			return err
 		}
 	}
-	if cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && server != Centrifugo {
-		if res.Unicast, err = unicast(ctx, cfg, workers, failedOwn); err != nil {
-			return nil, err
-		}
-	}
-	if reports, err = collect(workers); err != nil {
-		return nil, err
+	reports, err := collect(st.workers)
+	if err != nil {
+		return err
 	}
 	for _, r := range reports {
 		res.Closed += r.Closed
@@ -399,27 +469,27 @@ func measure(ctx context.Context, cfg Config, urls []string, server string, canR
 	if res.Closed > 0 {
 		progress(cfg, "%d connections were closed by the servers or reset: %q", res.Closed, res.Why)
 	}
-	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && canResume {
-		if res.Storm, err = storm(ctx, cfg, publish, workers, cfg.Conns-res.Failed, res.Failed); err != nil {
-			return nil, err
+	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && st.canResume {
+		if res.Storm, err = storm(ctx, cfg, st, cfg.Conns-res.Failed, res.Failed); err != nil {
+			return err
 		}
 	}
-	if server == "wsbus" {
-		res.Trouble = trouble(cfg, metricsURLs, res.Baseline)
+	if st.server == "wsbus" {
+		res.Trouble = trouble(cfg, st.metricsURLs, res.Baseline)
 	}
 	if cfg.Capacity {
-		stopWorkers(workers)
-		workers = nil
+		stopWorkers(st.workers)
+		st.workers = nil
 		// The server may still hold the connections just reset: the
 		// capacity phase's would then take it past its fd limit.
-		if err := waitClosed(cfg, metricsURLs, res.Baseline.FDs); err != nil {
-			return nil, err
+		if err := waitClosed(cfg, st.metricsURLs, res.Baseline.FDs); err != nil {
+			return err
 		}
-		if res.Capacity, err = measureCapacity(ctx, cfg, urls, server, &workers); err != nil {
-			return nil, err
+		if res.Capacity, err = measureCapacity(ctx, cfg, st); err != nil {
+			return err
 		}
 	}
-	return res, nil
+	return nil
 }
 
 // baselineSettle is the longest the naive and floor baselines settle:
@@ -441,14 +511,15 @@ func settleFor(cfg Config, server string) time.Duration {
 // startWorkers starts the workers that open a connection for each of
 // topics (and subscribe it to own's too, when own is not nil), spread
 // over urls: every server gets a worker or more, each worker an equal
-// share.
-func startWorkers(cfg Config, urls, topics, own []string, proto string) ([]*workerProc, error) {
+// share. first is the index of the first among all the run's workers,
+// which gives each its own source addresses.
+func startWorkers(cfg Config, urls, topics, own []string, proto string, first int) ([]*workerProc, error) {
 	var workers []*workerProc
 	n := max((len(topics)+cfg.PerWorker-1)/cfg.PerWorker, len(urls))
 	n = (n + len(urls) - 1) / len(urls) * len(urls)
 	for i := range n {
 		from, to := i*len(topics)/n, (i+1)*len(topics)/n
-		job := Job{URL: urls[i%len(urls)], Sources: sourceIPs(i, to-from), Topics: topics[from:to], Protocol: proto, Parallel: parallelDials(n)}
+		job := Job{URL: urls[i%len(urls)], Sources: sourceIPs(first+i, to-from), Topics: topics[from:to], Protocol: proto, Parallel: parallelDials(n)}
 		if own != nil {
 			job.Own = own[from:to]
 		}
@@ -485,8 +556,8 @@ func stopWorkers(workers []*workerProc) {
 }
 
 // measureCapacity opens the capacity phase's connections in new workers,
-// left in *workers for the caller to stop, and runs the phase.
-func measureCapacity(ctx context.Context, cfg Config, urls []string, server string, workers *[]*workerProc) (*Capacity, error) {
+// left in st.workers for st.close to stop, and runs the phase.
+func measureCapacity(ctx context.Context, cfg Config, st *stage) (*Capacity, error) {
 	if cfg.CapacityTopics <= 0 {
 		cfg.CapacityTopics = defaultCapacityTopics
 	}
@@ -503,14 +574,14 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, server stri
 		cfg.CapacityFor = 90 * time.Second
 	}
 	topics := capacityTopics(cfg.Conns, cfg.CapacityTopics)
-	publish, err := batchPublisherFor(ctx, cfg, server, urls[0])
+	publish, err := batchPublisherFor(ctx, cfg, st.server, st.urls[0])
 	if err != nil {
 		return nil, err
 	}
-	if *workers, err = startWorkers(cfg, urls, topics, nil, protocol(server)); err != nil {
+	if st.workers, err = startWorkers(cfg, st.urls, topics, nil, protocol(st.server), st.first); err != nil {
 		return nil, err
 	}
-	reports, err := collect(*workers)
+	reports, err := collect(st.workers)
 	if err != nil {
 		return nil, err
 	}
@@ -523,7 +594,7 @@ func measureCapacity(ctx context.Context, cfg Config, urls []string, server stri
 		return &Capacity{Subscribers: len(topics), Ended: fmt.Sprintf("%d connections failed", failed)}, nil
 	}
 	progress(cfg, "capacity: %d connections open on %d topics", len(topics), cfg.CapacityTopics)
-	return capacity(ctx, cfg, publish, *workers, topics)
+	return capacity(ctx, cfg, publish, st.workers, topics)
 }
 
 // waitClosed waits, up to 20 s, until the servers at metricsURLs hold
@@ -544,30 +615,111 @@ func waitClosed(cfg Config, metricsURLs []string, base float64) error {
 	}
 }
 
+// broadcast publishes cfg.Broadcasts timestamped events to the shared
+// topic of every stage's server, and gathers every receipt's delay.
+//
+// The servers take turns, event by event, so that each is measured over
+// the same stretch of the run: this machine's speed drifts from one
+// minute to the next by more than the servers differ (docs/BENCHMARKS.md,
+// "Broadcast"), and measuring them one after the other took that drift
+// for a difference between them. With more than one server, each event
+// is also alone on the machine: the next is published cfg.Gap after it
+// and once its receipts are in (awaitRound), so that no server's delivery
+// slows another's. With one, events are cfg.Gap apart whatever comes, so
+// a server slower than that shows its backlog.
+func broadcast(ctx context.Context, cfg Config, stages []*stage) error {
+	turns := len(stages) > 1
+	if turns {
+		for _, st := range stages {
+			if _, err := st.awaitRound(0); err != nil {
+				return err
+			}
+		}
+	}
+	for k := range cfg.Broadcasts {
+		for _, st := range stages {
+			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: int64(k)})
+			if err := st.publish(ctx, st.space.shared(), data); err != nil {
+				return fmt.Errorf("%s: publishing broadcast %d: %w", st.server, k, err)
+			}
+			time.Sleep(cfg.Gap)
+			if turns {
+				if _, err := st.awaitRound(st.subscribers()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, st := range stages {
+		lat, err := gather(cfg, st.workers, st.subscribers())
+		if err != nil {
+			return err
+		}
+		st.res.Broadcast = lat
+		progress(cfg, "%s: broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
+			st.server, lat.Events, st.subscribers(), lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
+	}
+	return nil
+}
+
+// A broadcast round (awaitRound) ends when no receipt came for roundQuiet.
+const roundQuiet = time.Second
+
+// awaitRound waits until the stage's open connections have each had one
+// more receipt than st.received (want of them: none to take the count),
+// none came for roundQuiet after the first (a server that closed slow
+// clients sends them nothing more), or receiptsLimit passed, and keeps
+// the count in st.received. It reports whether all came.
+func (st *stage) awaitRound(want int64) (bool, error) {
+	start := time.Now()
+	changed, last := start, st.received
+	for {
+		counts, err := ask[Count](st.workers, "count")
+		if err != nil {
+			return false, err
+		}
+		var got uint64
+		var closed int64
+		for _, c := range counts {
+			got += c.Received
+			closed += int64(c.Closed)
+		}
+		if got != last {
+			changed, last = time.Now(), got
+		}
+		all := int64(got-st.received) >= want-closed
+		quiet := got > st.received && time.Since(changed) > roundQuiet
+		if all || quiet || time.Since(start) > receiptsLimit(want) {
+			st.received = got
+			return all, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// receiptsLimit is how long the receipts of a broadcast to subscribers
+// are waited for: 10 s, and 50 µs a subscriber (this machine delivers
+// about 70,000 a second, clients' reads included, so a broadcast to a
+// million takes about 15 s).
+func receiptsLimit(subscribers int64) time.Duration {
+	return 10*time.Second + time.Duration(subscribers)*50*time.Microsecond
+}
+
 // broadcastQuiet is how long the broadcast phase waits for a receipt
 // before it takes the ones not in as lost.
 const broadcastQuiet = 4 * time.Second
 
-// broadcast publishes timestamped events to the shared topic and gathers
-// every receipt's delay.
-func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*workerProc, subscribers int64) (*Latency, error) {
-	var err error
-	for k := range cfg.Broadcasts {
-		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: int64(k)})
-		if err := publish(ctx, sharedTopic, data); err != nil {
-			return nil, fmt.Errorf("publishing broadcast %d: %w", k, err)
-		}
-		time.Sleep(cfg.Gap)
-	}
+// gather waits for the receipts of the broadcast phase's events at
+// workers, and returns their delays.
+func gather(cfg Config, workers []*workerProc, subscribers int64) (*Latency, error) {
 	want := subscribers * int64(cfg.Broadcasts)
 	var reports []Report
-	// Receipts are waited for up to 10 s (and 50 µs a subscriber: this
-	// machine delivers about 70,000 a second, clients' reads included, so
-	// a broadcast to a million takes about 15 s), or until none came for
-	// broadcastQuiet: a server that closed slow clients (the naive one)
-	// will not send them the rest, and one that is seconds behind is still
-	// sending.
-	deadline := time.Now().Add(10*time.Second + time.Duration(subscribers)*50*time.Microsecond)
+	var err error
+	// Receipts are waited for up to receiptsLimit, or until none came
+	// for broadcastQuiet: a server that closed slow clients (the naive
+	// one) will not send them the rest, and one that is seconds behind
+	// is still sending.
+	deadline := time.Now().Add(receiptsLimit(subscribers))
 	var before uint64
 	changed := time.Now()
 	for {
@@ -604,8 +756,6 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 	lat.LastP50, lat.LastP99, lat.LastMax = lastReceipts.Quantile(0.5), lastReceipts.Quantile(0.99), lastReceipts.Quantile(1)
 	lat.AllP50, lat.AllP99, lat.AllMax = all.Quantile(0.5), all.Quantile(0.99), all.Quantile(1)
 	lat.LastHist, lat.AllHist = &lastReceipts, &all
-	progress(cfg, "broadcast of %d events to %d subscribers: last receipt p50 %v p99 %v max %v; all receipts p50 %v p99 %v; lost %d",
-		lat.Events, subscribers, lat.LastP50, lat.LastP99, lat.LastMax, lat.AllP50, lat.AllP99, lat.Lost)
 	return lat, nil
 }
 
@@ -613,14 +763,15 @@ func broadcast(ctx context.Context, cfg Config, publish publishFunc, workers []*
 // own topics, spread evenly over time (what is due is published every
 // millisecond, pipelined) and over the connections (a sample spaced
 // evenly over all of them when there are more connections than events),
-// and gathers the delay of each receipt. The own topics in failed, of
-// connections that failed to connect, are left out.
-func unicast(ctx context.Context, cfg Config, workers []*workerProc, failed map[string]bool) (*Unicast, error) {
+// and gathers the delay of each receipt. The own topics of the stage's
+// connections that failed to connect are left out.
+func unicast(ctx context.Context, cfg Config, st *stage) (*Unicast, error) {
+	workers, failed := st.workers, st.failedOwn
 	n, err := streams.Partitions(ctx, cfg.Redis, cfg.Keys)
 	if err != nil {
 		return nil, err
 	}
-	topics := assignTopics(cfg.Conns, "own", 0)
+	topics := st.space.assign(cfg.Conns, "own", 0)
 	topics = slices.DeleteFunc(topics, func(t string) bool { return failed[t] })
 	if len(topics) == 0 {
 		return nil, errors.New("unicast: every connection failed to connect: no own topic to publish to")
@@ -674,13 +825,14 @@ func stormLimit(clients int) time.Duration {
 
 // storm drops every client, publishes cfg.Storm events, and times the
 // reconnect of all of them until each has every missed event.
-func storm(ctx context.Context, cfg Config, publish publishFunc, workers []*workerProc, clients, failedBefore int) (*Storm, error) {
+func storm(ctx context.Context, cfg Config, stg *stage, clients, failedBefore int) (*Storm, error) {
+	workers := stg.workers
 	if err := command(workers, "drop"); err != nil {
 		return nil, err
 	}
 	for range cfg.Storm {
 		data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: kindStorm})
-		if err := publish(ctx, sharedTopic, data); err != nil {
+		if err := stg.publish(ctx, stg.space.shared(), data); err != nil {
 			return nil, fmt.Errorf("publishing while clients are away: %w", err)
 		}
 	}
@@ -829,19 +981,28 @@ func command(workers []*workerProc, cmd string) error {
 	return nil
 }
 
-const sharedTopic = "bench:shared"
+// topicSpace is the start of the names of a stage's topics: "bench:"
+// for the gateway's and Centrifugo's (whose namespace "bench" is the part
+// before the colon), "bench:s1." and on for the baselines that share the
+// gateway's Redis.
+type topicSpace string
 
-func assignTopics(n int, mix string, topics int) []string {
+// shared is the topic every connection of the shared mixes is on.
+func (sp topicSpace) shared() string { return string(sp) + "shared" }
+
+// assign gives each of n connections its topic: the same shared one, one
+// of its own, or (zipf) one of topics, drawn the same way in every run.
+func (sp topicSpace) assign(n int, mix string, topics int) []string {
 	out := make([]string, n)
 	z := rand.NewZipf(rand.New(rand.NewPCG(1, 2)), 1.1, 1, uint64(max(topics, 1)-1))
 	for i := range out {
 		switch mix {
 		case "own":
-			out[i] = "bench:" + strconv.Itoa(i)
+			out[i] = string(sp) + strconv.Itoa(i)
 		case "zipf":
-			out[i] = "bench:z" + strconv.FormatUint(z.Uint64(), 10)
+			out[i] = string(sp) + "z" + strconv.FormatUint(z.Uint64(), 10)
 		default:
-			out[i] = sharedTopic
+			out[i] = sp.shared()
 		}
 	}
 	return out

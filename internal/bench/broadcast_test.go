@@ -4,16 +4,20 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 )
 
-// fakeWorker answers every "report" with a report of received receipts
-// (read each time from received), as a worker process does on its pipes.
-func fakeWorker(t *testing.T, received func() uint64) *workerProc {
+// fakeWorker answers every "report" and "count" with the receipts
+// received (read each time from received), as a worker process does on
+// its pipes; its "count" says closed connections were closed.
+func fakeWorker(t *testing.T, received func() uint64, closed int) *workerProc {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
@@ -22,10 +26,16 @@ func fakeWorker(t *testing.T, received func() uint64) *workerProc {
 		sc := bufio.NewScanner(inR)
 		enc := json.NewEncoder(outW)
 		for sc.Scan() {
-			if strings.TrimSpace(sc.Text()) != "report" {
+			var answer any
+			switch strings.TrimSpace(sc.Text()) {
+			case "report":
+				answer = Report{Received: received()}
+			case "count":
+				answer = Count{Received: received(), Closed: closed}
+			default:
 				continue
 			}
-			if enc.Encode(Report{Received: received()}) != nil {
+			if enc.Encode(answer) != nil {
 				return
 			}
 		}
@@ -38,6 +48,7 @@ func fakeWorker(t *testing.T, received func() uint64) *workerProc {
 // come, up to its deadline of 10 s, and stops broadcastQuiet after the
 // last one when some never come (a server that closed slow clients),
 // counting them lost. 10 broadcasts to 10 subscribers: 100 receipts.
+// With one server, the events are Gap apart whatever comes.
 func TestBroadcastWait(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -56,10 +67,11 @@ func TestBroadcastWait(t *testing.T) {
 				received := func() uint64 { return uint64(min(time.Since(start), tc.until) / tc.every) }
 				publish := func(context.Context, string, []byte) error { return nil }
 				cfg := Config{Broadcasts: 10, Gap: time.Millisecond}
-				lat, err := broadcast(context.Background(), cfg, publish, []*workerProc{fakeWorker(t, received)}, 10)
-				if err != nil {
+				st := &stage{server: "wsbus", space: "bench:", res: &Result{Conns: 10}, publish: publish, workers: []*workerProc{fakeWorker(t, received, 0)}}
+				if err := broadcast(context.Background(), cfg, []*stage{st}); err != nil {
 					t.Fatal(err)
 				}
+				lat := st.res.Broadcast
 				if took := time.Since(start); took < tc.min || took > tc.max {
 					t.Errorf("took %v, want %v to %v", took, tc.min, tc.max)
 				}
@@ -69,6 +81,109 @@ func TestBroadcastWait(t *testing.T) {
 			})
 		})
 	}
+}
+
+// fakeServer is a server of a broadcast's turns: each event it is
+// published reaches reached of its subscribers after delay, and the
+// others never (closed of them were closed, the rest are just lost).
+type fakeServer struct {
+	name                         string
+	delay                        time.Duration
+	subscribers, reached, closed int
+
+	mu        sync.Mutex
+	published []time.Time
+}
+
+// publish is the server's publishFunc; log records every publish of
+// every server in order.
+func (f *fakeServer) publish(log *[]string, logMu *sync.Mutex) publishFunc {
+	return func(_ context.Context, topic string, data []byte) error {
+		var e eventData
+		if err := json.Unmarshal(data, &e); err != nil {
+			return err
+		}
+		logMu.Lock()
+		*log = append(*log, fmt.Sprintf("%s %s %d", f.name, topic, e.K))
+		logMu.Unlock()
+		f.mu.Lock()
+		f.published = append(f.published, time.Now())
+		f.mu.Unlock()
+		return nil
+	}
+}
+
+// received counts the receipts of the events published so far.
+func (f *fakeServer) received() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n uint64
+	for _, at := range f.published {
+		if time.Since(at) >= f.delay {
+			n += uint64(f.reached)
+		}
+	}
+	return n
+}
+
+// TestBroadcastTakesTurns: with several servers, the broadcasts go to
+// each in turn, each on its stage's own topic, and the next event waits
+// for the receipts of the one before from every connection not closed,
+// or for roundQuiet once they stop coming: a slow server's delivery
+// never overlaps another's.
+func TestBroadcastTakesTurns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var log []string
+		var logMu sync.Mutex
+		servers := []*fakeServer{
+			{name: "wsbus", delay: 300 * time.Millisecond, subscribers: 10, reached: 10},
+			{name: "slow", delay: 1500 * time.Millisecond, subscribers: 10, reached: 10},
+			{name: "half", delay: 200 * time.Millisecond, subscribers: 10, reached: 5},                // 5 lost: the round ends roundQuiet after the 5
+			{name: "closed", delay: 200 * time.Millisecond, subscribers: 10, reached: 6, closed: 4}, // 4 closed: the round ends with the 6
+		}
+		var stages []*stage
+		for i, f := range servers {
+			stages = append(stages, &stage{server: f.name, space: topicSpace(fmt.Sprintf("bench:s%d.", i)), res: &Result{Conns: f.subscribers},
+				publish: f.publish(&log, &logMu), workers: []*workerProc{fakeWorker(t, f.received, f.closed)}})
+		}
+		cfg := Config{Broadcasts: 2, Gap: 100 * time.Millisecond}
+		if err := broadcast(context.Background(), cfg, stages); err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for k := range 2 {
+			for i, f := range servers {
+				want = append(want, fmt.Sprintf("%s bench:s%d.shared %d", f.name, i, k))
+			}
+		}
+		if !slices.Equal(log, want) {
+			t.Errorf("published %q, want %q", log, want)
+		}
+		// Each server's event waits for the previous server's receipts,
+		// and after the half one's for roundQuiet more.
+		var at []time.Time
+		for k := range 2 {
+			for _, f := range servers {
+				at = append(at, f.published[k])
+			}
+		}
+		for i := 1; i < len(at); i++ {
+			prev := servers[(i-1)%len(servers)]
+			wait := max(prev.delay, cfg.Gap)
+			if prev.reached+prev.closed < prev.subscribers {
+				wait += roundQuiet
+			}
+			if got := at[i].Sub(at[i-1]); got < wait || got > wait+100*time.Millisecond {
+				t.Errorf("publish %d came %v after the one before, want %v (and up to 100 ms more)", i, got, wait)
+			}
+		}
+		for i, st := range stages {
+			lost := int64(2 * (servers[i].subscribers - servers[i].reached))
+			if st.res.Broadcast == nil || st.res.Broadcast.Lost != lost {
+				t.Errorf("%s: broadcast %+v, want %d lost", st.server, st.res.Broadcast, lost)
+			}
+		}
+	})
 }
 
 // TestSettleFor: the baselines, which return their memory within 6 s of

@@ -404,15 +404,16 @@ func protocol(server string) string {
 	return ""
 }
 
-// measureOther measures a baseline, which it starts, or the Centrifugo at
+// openOther opens st, a baseline, which it starts, or the Centrifugo at
 // cfg.CentrifugoURL.
-func measureOther(ctx context.Context, cfg Config, kind string) (*Result, error) {
-	if kind != Centrifugo {
-		return measureBaseline(ctx, cfg, kind)
+func openOther(ctx context.Context, cfg Config, st *stage) error {
+	if st.server != Centrifugo {
+		return openBaseline(ctx, cfg, st)
 	}
 	if cfg.CentrifugoURL == "" {
-		return nil, errors.New("no Centrifugo URL")
+		return errors.New("no Centrifugo URL")
 	}
 	progress(cfg, "measuring Centrifugo at %s", cfg.CentrifugoURL)
-	return measure(ctx, cfg, []string{cfg.CentrifugoURL}, Centrifugo, true)
+	st.urls, st.canResume = []string{cfg.CentrifugoURL}, true
+	return st.open(ctx, cfg)
 }

@@ -212,7 +212,7 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		switch cmd {
 		case "count":
 			w.mu.Lock()
-			c := Count{Connected: w.report.Connected, Failed: w.report.Failed}
+			c := Count{Connected: w.report.Connected, Failed: w.report.Failed, Closed: w.report.Closed, Received: w.received.Load()}
 			w.mu.Unlock()
 			if err := enc.Encode(c); err != nil {
 				return err
@@ -282,10 +282,13 @@ func RunWorker(in io.Reader, out io.Writer) error {
 
 // Count is a worker's answer to "count", which it gives at once, while
 // its connections are still being dialed: how many are open so far and
-// how many failed.
+// how many failed; and, for a broadcast's turns, the receipts so far and
+// the connections the server closed.
 type Count struct {
-	Connected int `json:"connected"`
-	Failed    int `json:"failed"`
+	Connected int    `json:"connected"`
+	Failed    int    `json:"failed"`
+	Closed    int    `json:"closed,omitempty"`
+	Received  uint64 `json:"received,omitempty"`
 }
 
 // parallel is how many connections the worker dials at once.
