@@ -138,7 +138,7 @@ func TestBroadcastTakesTurns(t *testing.T) {
 		servers := []*fakeServer{
 			{name: "wsbus", delay: 300 * time.Millisecond, subscribers: 10, reached: 10},
 			{name: "slow", delay: 1500 * time.Millisecond, subscribers: 10, reached: 10},
-			{name: "half", delay: 200 * time.Millisecond, subscribers: 10, reached: 5},                // 5 lost: the round ends roundQuiet after the 5
+			{name: "half", delay: 200 * time.Millisecond, subscribers: 10, reached: 5},              // 5 lost: the round ends roundQuiet after the 5
 			{name: "closed", delay: 200 * time.Millisecond, subscribers: 10, reached: 6, closed: 4}, // 4 closed: the round ends with the 6
 		}
 		var stages []*stage
