@@ -622,11 +622,14 @@ func waitClosed(cfg Config, metricsURLs []string, base float64) error {
 // the same stretch of the run: this machine's speed drifts from one
 // minute to the next by more than the servers differ (docs/BENCHMARKS.md,
 // "Broadcast"), and measuring them one after the other took that drift
-// for a difference between them. With more than one server, each event
-// is also alone on the machine: the next is published cfg.Gap after it
-// and once its receipts are in (awaitRound), so that no server's delivery
-// slows another's. With one, events are cfg.Gap apart whatever comes, so
-// a server slower than that shows its backlog.
+// for a difference between them. Each round of turns goes over the
+// servers in an order of its own, so that no server always follows the
+// same one (whose work after a delivery, a collection for one, would
+// fall on it). With more than one server, each event is also alone on
+// the machine: the next is published cfg.Gap after it and once its
+// receipts are in (awaitRound), so that no server's delivery slows
+// another's. With one, events are cfg.Gap apart whatever comes, so a
+// server slower than that shows its backlog.
 func broadcast(ctx context.Context, cfg Config, stages []*stage) error {
 	turns := len(stages) > 1
 	if turns {
@@ -636,8 +639,10 @@ func broadcast(ctx context.Context, cfg Config, stages []*stage) error {
 			}
 		}
 	}
+	order := rand.New(rand.NewPCG(3, 4)) // the same orders in every run
 	for k := range cfg.Broadcasts {
-		for _, st := range stages {
+		for _, i := range order.Perm(len(stages)) {
+			st := stages[i]
 			data, _ := json.Marshal(eventData{T: time.Now().UnixNano(), K: int64(k)})
 			if err := st.publish(ctx, st.space.shared(), data); err != nil {
 				return fmt.Errorf("%s: publishing broadcast %d: %w", st.server, k, err)

@@ -130,7 +130,8 @@ func (f *fakeServer) received() uint64 {
 // each in turn, each on its stage's own topic, and the next event waits
 // for the receipts of the one before from every connection not closed,
 // or for roundQuiet once they stop coming: a slow server's delivery
-// never overlaps another's.
+// never overlaps another's. The rounds go over the servers in orders
+// of their own.
 func TestBroadcastTakesTurns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var log []string
@@ -150,25 +151,48 @@ func TestBroadcastTakesTurns(t *testing.T) {
 		if err := broadcast(context.Background(), cfg, stages); err != nil {
 			t.Fatal(err)
 		}
-		var want []string
+		// Every round publishes event k once to each server, on its own
+		// topic, in an order of its own.
+		var orders []string
 		for k := range 2 {
+			round := slices.Clone(log[k*len(servers) : (k+1)*len(servers)])
+			var order []string
+			for _, p := range round {
+				name, _, _ := strings.Cut(p, " ")
+				order = append(order, name)
+			}
+			orders = append(orders, strings.Join(order, ","))
+			slices.Sort(round)
+			var want []string
 			for i, f := range servers {
 				want = append(want, fmt.Sprintf("%s bench:s%d.shared %d", f.name, i, k))
 			}
+			slices.Sort(want)
+			if !slices.Equal(round, want) {
+				t.Errorf("round %d published %q, want %q", k, round, want)
+			}
 		}
-		if !slices.Equal(log, want) {
-			t.Errorf("published %q, want %q", log, want)
+		if orders[0] == orders[1] {
+			t.Errorf("both rounds went over the servers in the order %s", orders[0])
 		}
 		// Each server's event waits for the previous server's receipts,
 		// and after the half one's for roundQuiet more.
+		byName := map[string]*fakeServer{}
+		for _, f := range servers {
+			byName[f.name] = f
+		}
 		var at []time.Time
-		for k := range 2 {
-			for _, f := range servers {
-				at = append(at, f.published[k])
-			}
+		var who []*fakeServer
+		seen := map[string]int{}
+		for _, p := range log {
+			name, _, _ := strings.Cut(p, " ")
+			f := byName[name]
+			at = append(at, f.published[seen[name]])
+			who = append(who, f)
+			seen[name]++
 		}
 		for i := 1; i < len(at); i++ {
-			prev := servers[(i-1)%len(servers)]
+			prev := who[i-1]
 			wait := max(prev.delay, cfg.Gap)
 			if prev.reached+prev.closed < prev.subscribers {
 				wait += roundQuiet
