@@ -29,7 +29,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	baselineServer := fs.String("baseline-server", "", "serve a baseline (naive or floor) on --listen instead of running a bench; the bench starts these itself")
 	listen := fs.String("listen", "127.0.0.1:0", "with --baseline-server: address to listen on")
-	baselines := fs.String("baselines", "naive,floor", "baselines to measure after the gateway, with the same phases (empty: none); they need the gateway's bus on a single Redis; centrifugo measures the Centrifugo v6 at --centrifugo-url")
+	baselines := fs.String("baselines", "naive,floor", "baselines to measure beside the gateway, with the same phases, their broadcasts taking turns with its own (empty: none); they need the gateway's bus on a single Redis; centrifugo measures the Centrifugo v6 at --centrifugo-url")
 	centrifugoURL := fs.String("centrifugo-url", "", "with centrifugo in --baselines: the WebSocket endpoint of a running Centrifugo v6 (e.g. ws://127.0.0.1:8000/connection/websocket) with history and recovery on in the namespace bench, anonymous subscribes allowed there, and Prometheus metrics on")
 	centrifugoKey := fs.String("centrifugo-api-key", "", "with centrifugo in --baselines: the key of its HTTP server API, which the bench publishes through")
 	var urls stringList
@@ -44,7 +44,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	topics := fs.Int("topics", 1000, "topics of the zipf mix, and of --soak")
 	settle := fs.Duration("settle", 15*time.Second, "idle time before the gateway is measured")
 	broadcasts := fs.Int("broadcasts", 20, "events broadcast to the shared topic")
-	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts")
+	gap := fs.Duration("gap", 500*time.Millisecond, "time between broadcasts; with baselines, between one server's broadcast and the next server's, which also waits for the receipts of the one before")
 	unicastRate := fs.Int("unicast-rate", 5000, "with --mix own or pair: events per second, each to one connection's own topic (a sample spaced over all of them when there are fewer events than connections)")
 	unicastFor := fs.Duration("unicast-for", 30*time.Second, "with --mix own or pair: how long to publish unicast events")
 	capacity := fs.Bool("capacity", false, "end each server's run (Centrifugo's too, published to through its HTTP API's batch) with the capacity phase: --conns connections over --capacity-topics topics, the publish rate raised until the slowest receipt's p99 passes 100 ms or one is lost (a rate that fails is tried once more)")

@@ -45,7 +45,8 @@ type Config struct {
 	// Settle is how long connections sit idle before the gateway is
 	// measured.
 	Settle time.Duration
-	// Broadcasts is how many events go to the shared topic, Gap apart.
+	// Broadcasts is how many events go to the shared topic, Gap apart
+	// (with baselines, taking turns over the servers: broadcast).
 	Broadcasts int
 	Gap        time.Duration
 	// Storm, when positive, drops every connection at once, publishes
@@ -72,8 +73,9 @@ type Config struct {
 	Executable string
 	WorkerArgs []string
 	Env        []string // added to the environment of workers and baselines
-	// Baselines are measured after the gateway, each in a process started
-	// as Executable BaselineArgs(kind)... that prints its address.
+	// Baselines are measured beside the gateway (Run says in what order),
+	// each in a process started as Executable BaselineArgs(kind)... that
+	// prints its address.
 	Baselines    []string
 	BaselineArgs func(kind string) []string
 	// CentrifugoURL is the WebSocket endpoint of the Centrifugo measured
@@ -223,6 +225,9 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 	if cfg.Storm > 0 && cfg.Mix == "shared" && cfg.Broadcasts == 0 {
 		return nil, errors.New("bench: the resume storm needs broadcasts first: clients resume from the last event they received")
 	}
+	if cfg.PerWorker <= 0 {
+		cfg.PerWorker = 18000
+	}
 	urls := append([]string{cfg.URL}, cfg.MoreURLs...)
 	var stages []*stage
 	defer func() {
@@ -241,7 +246,11 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 		cfg.Baselines = nil
 	}
 	for i, kind := range cfg.Baselines {
-		st := &stage{server: kind, space: topicSpace(fmt.Sprintf("bench:s%d.", i+1)), first: stages[len(stages)-1].next()}
+		space := topicSpace(fmt.Sprintf("bench:s%d.", i+1))
+		if kind == Centrifugo {
+			space = "bench:" // a server of its own, and its namespace
+		}
+		st := &stage{server: kind, space: space, first: stages[len(stages)-1].next()}
 		stages = append(stages, st)
 		if err := openOther(ctx, cfg, st); err != nil {
 			return nil, fmt.Errorf("baseline %s: %w", kind, err)
@@ -293,7 +302,8 @@ type stage struct {
 	publish     publishFunc
 	workers     []*workerProc
 	failedOwn   map[string]bool // own topics of connections that failed to connect: unicast leaves them out
-	received    uint64          // receipts counted by the end of the last broadcast round
+	received    uint64          // receipts credited to the broadcast rounds so far (awaitRound)
+	counted     uint64          // receipts counted by the end of the last round
 	stop        func()          // stops the server's process, when the bench started it
 }
 
@@ -374,9 +384,6 @@ func ratios(gw, base *Result) map[string]float64 {
 // open opens the stage's connections to its servers (st.urls) and
 // measures them idle.
 func (st *stage) open(ctx context.Context, cfg Config) error {
-	if cfg.PerWorker <= 0 {
-		cfg.PerWorker = 18000
-	}
 	for _, u := range st.urls {
 		m, err := metricsURL(u)
 		if err != nil {
@@ -621,7 +628,7 @@ func waitClosed(cfg Config, metricsURLs []string, base float64) error {
 // The servers take turns, event by event, so that each is measured over
 // the same stretch of the run: this machine's speed drifts from one
 // minute to the next by more than the servers differ (docs/BENCHMARKS.md,
-// "Broadcast"), and measuring them one after the other took that drift
+// "What a run does"), and measuring them one after the other took that drift
 // for a difference between them. Each round of turns goes over the
 // servers in an order of its own, so that no server always follows the
 // same one (whose work after a delivery, a collection for one, would
@@ -672,12 +679,14 @@ const roundQuiet = time.Second
 
 // awaitRound waits until the stage's open connections have each had one
 // more receipt than st.received (want of them: none to take the count),
-// none came for roundQuiet after the first (a server that closed slow
-// clients sends them nothing more), or receiptsLimit passed, and keeps
-// the count in st.received. It reports whether all came.
+// none came for roundQuiet after some came since the last round (a
+// server that closed slow clients sends them nothing more), or
+// receiptsLimit passed. st.received then credits the round with all its
+// receipts, so that any that come late are not taken for the next
+// round's. It reports whether all came.
 func (st *stage) awaitRound(want int64) (bool, error) {
 	start := time.Now()
-	changed, last := start, st.received
+	changed, last := start, st.counted
 	for {
 		counts, err := ask[Count](st.workers, "count")
 		if err != nil {
@@ -692,10 +701,11 @@ func (st *stage) awaitRound(want int64) (bool, error) {
 		if got != last {
 			changed, last = time.Now(), got
 		}
-		all := int64(got-st.received) >= want-closed
-		quiet := got > st.received && time.Since(changed) > roundQuiet
+		target := st.received + uint64(max(0, want-closed))
+		all := got >= target
+		quiet := got > st.counted && time.Since(changed) > roundQuiet
 		if all || quiet || time.Since(start) > receiptsLimit(want) {
-			st.received = got
+			st.received, st.counted = max(got, target), got
 			return all, nil
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # go tool task bench: a short bench run (under 3 minutes) against a fresh gateway
 # on its own Redis: CONNS (default 19000, the size of the benchmark targets)
-# connections on one topic, then the same against the two baselines.
+# connections on one topic, and the same to the two baselines and Centrifugo.
 # Every server's connections stay open until its last phase: the 20
 # broadcasts take turns over the servers, each event 500 ms after the one
 # before and only once its receipts are in, so that every server is
@@ -10,7 +10,7 @@
 # GATEWAY_BIN runs another build's gateway under the same bench client;
 # PPROF_ADDR (e.g. 127.0.0.1:6060) serves its pprof profiles there.
 # Centrifugo (CENTRIFUGO_BIN, default bin/centrifugo-v6.9.1/centrifugo from
-# go tool task centrifugo) is measured third when it is there, on the same
+# go tool task centrifugo) is measured beside them when it is there, on the same
 # Redis with its Redis engine, history and recovery on in the namespace
 # bench; CENTRIFUGO_BIN= (empty) leaves it out.
 # CAPACITY=1 adds the capacity phase for every server (about 1 to 2
@@ -26,10 +26,10 @@ bench_count CONNS "$conns"
 bench_redis
 gw=$((port + 1))
 # Keepalive pings (which neither baseline sends) are set to start after the
-# measured phases, which hold the connections up to 3 minutes;
-# PING_INTERVAL=25s measures the default with them in.
+# measured phases, which hold the connections up to 3 minutes (about 10
+# with CAPACITY=1); PING_INTERVAL=25s measures the default with them in.
 "${GATEWAY_BIN:-./bin/wsbus}" serve --insecure --redis "redis://127.0.0.1:$port/0" --listen "127.0.0.1:$gw" \
-  --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-10m}" --log-level warn \
+  --upgrade-rate 100000 --upgrade-burst 10000 --ping-interval "${PING_INTERVAL:-30m}" --log-level warn \
   ${PPROF_ADDR:+--debug-addr "$PPROF_ADDR"} &
 gateway=$!
 centrifugo=
@@ -49,9 +49,9 @@ if [ -n "$cf_bin" ] && [ -x "$cf_bin" ]; then
   "http_server": {"address": "127.0.0.1", "port": $cf},
   "log": {"level": "warn"},
   "engine": {"type": "redis", "redis": {"address": ["redis://127.0.0.1:$port"]}},
-  "client": {"allow_anonymous_connect_without_token": true, "ping_interval": "${PING_INTERVAL:-10m}", "pong_timeout": "8s"},
+  "client": {"allow_anonymous_connect_without_token": true, "ping_interval": "${PING_INTERVAL:-30m}", "pong_timeout": "8s"},
   "channel": {"namespaces": [{
-    "name": "bench", "history_size": 1000, "history_ttl": "300s", "force_recovery": true,
+    "name": "bench", "history_size": 1000, "history_ttl": "1800s", "force_recovery": true,
     "allow_subscribe_for_anonymous": true, "allow_subscribe_for_client": true
   }]},
   "http_api": {"key": "$key"},
