@@ -111,17 +111,17 @@ func (r *RunReport) plots() []reportPlot {
 		hist                 func(*Result) *Histogram
 	}{
 		{"Broadcast: the slowest receipt of each event",
-			"For each event broadcast to every connection, the delay from its XADD until the last client had it: the fraction of events delivered to everyone within a given time.",
+			"For each event broadcast to every connection, the delay from its publish (an XADD; for Centrifugo, its HTTP API's publish) until the last client had it: the fraction of events delivered to everyone within a given time.",
 			"fraction of events", func(r *Result) *Histogram {
 				return phaseHist(r.Broadcast, func(l *Latency) *Histogram { return l.LastHist })
 			}},
 		{"Broadcast: every receipt",
-			"The delay from XADD of every receipt at every client.",
+			"The delay from publish of every receipt at every client.",
 			"fraction of receipts", func(r *Result) *Histogram {
 				return phaseHist(r.Broadcast, func(l *Latency) *Histogram { return l.AllHist })
 			}},
 		{"Unicast: every receipt",
-			"The delay from XADD of each event sent to one connection's own topic.",
+			"The delay from XADD of each event sent to one connection's own topic (Centrifugo has no unicast phase).",
 			"fraction of receipts", func(r *Result) *Histogram { return phaseHist(r.Unicast, func(u *Unicast) *Histogram { return u.Hist }) }},
 	} {
 		var series []cdfSeries

@@ -34,7 +34,7 @@ func cdfPlot(label, yTitle string, series []cdfSeries) template.HTML {
 		lo, hi = 1, 1
 	}
 	x := linearAxis(hi)
-	xTitle := "delay from XADD to receipt"
+	xTitle := "delay from publish to receipt"
 	if hi/lo > 10 {
 		x, xTitle = logAxis(lo, hi), xTitle+" (log scale)"
 	}
