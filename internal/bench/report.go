@@ -145,13 +145,16 @@ func phaseHist[T any](p *T, h func(*T) *Histogram) *Histogram {
 	return h(p)
 }
 
-// shellJoin quotes args for a POSIX shell where they need it.
 // redact hides what an argument may carry that a shared report must not:
-// a URL's password and its token query parameter.
+// a URL's password and its token query parameter, and a secret flag's
+// value given as --flag=value.
 func redact(arg string) string {
 	name, value, flag := strings.Cut(arg, "=")
 	if !flag {
 		value, name = arg, ""
+	}
+	if flag && secretFlag(name) {
+		return name + "=xxxxx"
 	}
 	u, err := url.Parse(value)
 	if err != nil || u.Scheme == "" || u.Host == "" {
@@ -172,9 +175,19 @@ func redact(arg string) string {
 	return r
 }
 
+// secretFlag reports whether arg names a flag whose value is a secret.
+func secretFlag(arg string) bool {
+	return strings.TrimLeft(arg, "-") == "centrifugo-api-key" && strings.HasPrefix(arg, "-")
+}
+
+// shellJoin quotes args for a POSIX shell where they need it, with their
+// secrets redacted.
 func shellJoin(args []string) string {
 	out := make([]string, len(args))
 	for i, a := range args {
+		if i > 0 && secretFlag(args[i-1]) {
+			a = "xxxxx"
+		}
 		a = redact(a)
 		out[i] = a
 		if a == "" || strings.ContainsFunc(a, func(c rune) bool {

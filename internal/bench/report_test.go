@@ -307,14 +307,18 @@ func TestWriteReport(t *testing.T) {
 }
 
 // TestCommandRedacted: a report's command line keeps no password of a
-// Redis URL and no token of a WebSocket URL.
+// Redis URL, no token of a WebSocket URL and no Centrifugo API key, in
+// either form of the flag.
 func TestCommandRedacted(t *testing.T) {
 	got := shellJoin([]string{"wsbus", "bench", "--redis", "redis://:s3cret@127.0.0.1:6379/0",
-		"--url=ws://127.0.0.1:8080/v1/ws?topic=a&token=eyJhbGc", "--conns", "10"})
-	if strings.Contains(got, "s3cret") || strings.Contains(got, "eyJhbGc") {
-		t.Fatalf("command line %q keeps a secret", got)
+		"--url=ws://127.0.0.1:8080/v1/ws?topic=a&token=eyJhbGc", "--conns", "10",
+		"--centrifugo-api-key", "k3y1", "-centrifugo-api-key=k3y2", "--baselines", "floor"})
+	for _, secret := range []string{"s3cret", "eyJhbGc", "k3y1", "k3y2"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("command line %q keeps the secret %q", got, secret)
+		}
 	}
-	for _, keep := range []string{"127.0.0.1:6379/0", "topic=a", "--conns 10"} {
+	for _, keep := range []string{"127.0.0.1:6379/0", "topic=a", "--conns 10", "--centrifugo-api-key xxxxx", "-centrifugo-api-key=xxxxx", "--baselines floor"} {
 		if !strings.Contains(got, keep) {
 			t.Errorf("command line %q lost %q", got, keep)
 		}
