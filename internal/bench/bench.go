@@ -236,7 +236,7 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 		}
 	}()
 	progress(cfg, "measuring the gateway at %s", strings.Join(urls, ", "))
-	gw := &stage{server: "wsbus", urls: urls, canResume: true, space: "bench:"}
+	gw := &stage{server: "wsbus", urls: urls, space: "bench:"}
 	stages = append(stages, gw)
 	if err := gw.open(ctx, cfg); err != nil {
 		return nil, err
@@ -288,9 +288,8 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 // stage is one server under measurement, from its first connection to the
 // end of its last phase.
 type stage struct {
-	server    string
-	urls      []string
-	canResume bool
+	server string
+	urls   []string
 	// space is the start of the names of the stage's topics, its own so
 	// that the servers on the bus's one Redis (the gateway and the naive
 	// and floor baselines) deliver only their own stage's events.
@@ -310,8 +309,12 @@ type stage struct {
 // subscribers is how many of the stage's connections are open.
 func (st *stage) subscribers() int64 { return int64(st.res.Conns - st.res.Failed) }
 
+// canResume reports whether the stage's server resumes a client from its
+// cursor: all but the floor, which only writes live events.
+func (st *stage) canResume() bool { return st.server != Floor }
+
 // next is the index of the first worker of a stage after this one.
-func (st *stage) next() int { return st.first + max(st.res.Workers, len(st.urls)) }
+func (st *stage) next() int { return st.first + st.res.Workers }
 
 // close stops the stage's workers and its server, if the bench started
 // it; it may be called again.
@@ -348,7 +351,6 @@ func openBaseline(ctx context.Context, cfg Config, st *stage) error {
 		return fmt.Errorf("it printed no address: %v", sc.Err())
 	}
 	st.urls = []string{"ws://" + sc.Text() + "/v1/ws"}
-	st.canResume = st.server == Naive
 	progress(cfg, "measuring the %s baseline at %s", st.server, st.urls[0])
 	return st.open(ctx, cfg)
 }
@@ -454,7 +456,7 @@ func (st *stage) open(ctx context.Context, cfg Config) error {
 }
 
 // finish runs the stage's phases after the broadcast that cfg asks for
-// (the storm only when st.canResume).
+// (the storm only when the server can resume).
 func (st *stage) finish(ctx context.Context, cfg Config) error {
 	res := st.res
 	var err error
@@ -476,8 +478,8 @@ func (st *stage) finish(ctx context.Context, cfg Config) error {
 	if res.Closed > 0 {
 		progress(cfg, "%d connections were closed by the servers or reset: %q", res.Closed, res.Why)
 	}
-	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && st.canResume {
-		if res.Storm, err = storm(ctx, cfg, st, cfg.Conns-res.Failed, res.Failed); err != nil {
+	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && st.canResume() {
+		if res.Storm, err = storm(ctx, cfg, st); err != nil {
 			return err
 		}
 	}
@@ -688,15 +690,9 @@ func (st *stage) awaitRound(want int64) (bool, error) {
 	start := time.Now()
 	changed, last := start, st.counted
 	for {
-		counts, err := ask[Count](st.workers, "count")
+		got, closed, err := countReceipts(st.workers)
 		if err != nil {
 			return false, err
-		}
-		var got uint64
-		var closed int64
-		for _, c := range counts {
-			got += c.Received
-			closed += int64(c.Closed)
 		}
 		if got != last {
 			changed, last = time.Now(), got
@@ -710,6 +706,18 @@ func (st *stage) awaitRound(want int64) (bool, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// countReceipts sums the workers' receipts so far and the connections
+// their servers closed, from their "count", which they answer without
+// building a report.
+func countReceipts(workers []*workerProc) (received uint64, closed int64, err error) {
+	counts, err := ask[Count](workers, "count")
+	for _, c := range counts {
+		received += c.Received
+		closed += int64(c.Closed)
+	}
+	return received, closed, err
 }
 
 // receiptsLimit is how long the receipts of a broadcast to subscribers
@@ -728,22 +736,18 @@ const broadcastQuiet = 4 * time.Second
 // workers, and returns their delays.
 func gather(cfg Config, workers []*workerProc, subscribers int64) (*Latency, error) {
 	want := subscribers * int64(cfg.Broadcasts)
-	var reports []Report
-	var err error
 	// Receipts are waited for up to receiptsLimit, or until none came
 	// for broadcastQuiet: a server that closed slow clients (the naive
 	// one) will not send them the rest, and one that is seconds behind
-	// is still sending.
+	// is still sending. The wait asks only for counts: the reports, with
+	// their histograms, are read once, at the end.
 	deadline := time.Now().Add(receiptsLimit(subscribers))
 	var before uint64
 	changed := time.Now()
 	for {
-		if reports, err = collect(workers); err != nil {
+		got, _, err := countReceipts(workers)
+		if err != nil {
 			return nil, err
-		}
-		var got uint64
-		for _, r := range reports {
-			got += r.Received
 		}
 		if got != before {
 			before, changed = got, time.Now()
@@ -752,6 +756,10 @@ func gather(cfg Config, workers []*workerProc, subscribers int64) (*Latency, err
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	reports, err := collect(workers)
+	if err != nil {
+		return nil, err
 	}
 	lat := &Latency{Events: cfg.Broadcasts}
 	var all Histogram
@@ -838,10 +846,10 @@ func stormLimit(clients int) time.Duration {
 	return 30*time.Second + time.Duration(clients)*2*time.Millisecond
 }
 
-// storm drops every client, publishes cfg.Storm events, and times the
-// reconnect of all of them until each has every missed event.
-func storm(ctx context.Context, cfg Config, stg *stage, clients, failedBefore int) (*Storm, error) {
-	workers := stg.workers
+// storm drops every open client of stg, publishes cfg.Storm events, and
+// times the reconnect of all of them until each has every missed event.
+func storm(ctx context.Context, cfg Config, stg *stage) (*Storm, error) {
+	workers, clients, failedBefore := stg.workers, int(stg.subscribers()), stg.res.Failed
 	if err := command(workers, "drop"); err != nil {
 		return nil, err
 	}

@@ -414,6 +414,6 @@ func openOther(ctx context.Context, cfg Config, st *stage) error {
 		return errors.New("no Centrifugo URL")
 	}
 	progress(cfg, "measuring Centrifugo at %s", cfg.CentrifugoURL)
-	st.urls, st.canResume = []string{cfg.CentrifugoURL}, true
+	st.urls = []string{cfg.CentrifugoURL}
 	return st.open(ctx, cfg)
 }
