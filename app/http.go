@@ -259,7 +259,7 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, msg)
 		return
 	}
-	res, err := h.hist.Resume(r.Context(), topic, cursor, limit)
+	res, err := h.hist.Resume(r.Context(), topic, cursor, streams.Page{Events: limit, Bytes: historyBytes})
 	if errors.Is(err, streams.ErrBadID) {
 		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
 		return
@@ -270,6 +270,11 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, newHistoryAnswer(topic, res))
 }
+
+// historyBytes bounds the event data of one GET /v1/history answer: a
+// thousand events of the largest size would be 64 MiB. A page cut short by
+// it says more, as one cut short by limit does.
+const historyBytes = 1 << 20
 
 // historyQuery reads the cursor and page size of a history request, or
 // says what is wrong with them. since defaults to "0" (everything

@@ -32,16 +32,20 @@ type GatewayConfig struct {
 	// means 128.
 	MaxSubscriptions int
 	// HistoryPage is how many history events one Redis read returns while
-	// a client resumes. Zero value means 500.
+	// a client resumes, or a lagging client or topic catches up. Zero value
+	// means 500.
 	HistoryPage int
 	// MaxPending bounds the live events held for a subscription while its
 	// history is sent; past it the client is closed with 4001 and resumes.
 	// Zero value means 10000.
 	MaxPending int
-	// HistoryBytes bounds the event data of one history page read to catch
-	// up a lagging client (see gateway_lag.go): HistoryPage events of
-	// 64 KiB would be 32 MiB. Zero value means 256 KiB, a quarter of the
-	// default --max-queue, so page and queue together stay near it.
+	// HistoryBytes bounds the event data of one history page read to
+	// resume a client or catch up a lagging client or topic: HistoryPage
+	// events of 64 KiB would be 32 MiB, for every resume reading at once.
+	// A resume's pages and a topic's are cut by Redis (streams.Page); a
+	// lagging client's are sized by the largest event of its last page
+	// (gateway_lag.go). Zero value means 256 KiB, a quarter of the default
+	// --max-queue, so page and queue together stay near it.
 	HistoryBytes int
 	// MaxData is the largest event payload: a lagging client's first
 	// history page is sized for events this big. Zero value means

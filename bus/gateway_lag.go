@@ -338,7 +338,7 @@ func (p *pager) first() ([]streams.Event, error) {
 		since = before(p.next)
 	}
 	count := p.count()
-	r, err := p.g.hist.Resume(p.g.ctx, p.topic, streams.Cursor{Since: since.String()}, count)
+	r, err := p.g.hist.Resume(p.g.ctx, p.topic, streams.Cursor{Since: since.String()}, streams.Page{Events: count})
 	if err != nil {
 		return nil, err
 	}

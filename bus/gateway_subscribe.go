@@ -66,20 +66,24 @@ func (g *Gateway) subscribe(c clientConn, cl *client, m clientMessage) {
 	g.goLive(s)
 }
 
-// rangeRetrying reads a page of history after since, trying three times
+// readRetrying reads a page of history after since, trying three times
 // over about a second before it gives up.
-func (g *Gateway) rangeRetrying(topic string, since streams.ID) ([]streams.Event, error) {
-	var err error
+func (g *Gateway) readRetrying(topic string, since streams.ID) (events []streams.Event, more bool, err error) {
 	for pause := 100 * time.Millisecond; pause < time.Second; pause *= 2 {
-		var events []streams.Event
-		if events, err = g.hist.Range(g.ctx, topic, since, g.cfg.HistoryPage); err == nil {
-			return events, nil
+		if events, more, err = g.hist.ReadPage(g.ctx, topic, since, g.page()); err == nil {
+			return events, more, nil
 		}
 		if !g.sleep(pause) {
 			break
 		}
 	}
-	return nil, err
+	return nil, false, err
+}
+
+// page is the bound of a history read to resume a client or catch a topic
+// up: HistoryPage events, HistoryBytes of data.
+func (g *Gateway) page() streams.Page {
+	return streams.Page{Events: g.cfg.HistoryPage, Bytes: g.cfg.HistoryBytes}
 }
 
 func (g *Gateway) unavailable(c clientConn, cl *client, s *subscription) {
@@ -157,7 +161,7 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 		}
 	}
 	for more := h.more; more; {
-		events, err := g.rangeRetrying(m.Topic, s.last)
+		events, next, err := g.readRetrying(m.Topic, s.last)
 		if err != nil {
 			// Past subscribed, unavailable would leave the client thinking
 			// it is subscribed: it resumes from its cursor instead.
@@ -171,7 +175,7 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 				return true
 			}
 		}
-		more = len(events) == g.cfg.HistoryPage
+		more = next
 	}
 	return true
 }
@@ -187,7 +191,7 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 			subscribed: ws.TextFrame(AppendSubscribed(nil, info))}
 	}
 	cursor := streams.Cursor{Since: key.since, Seq: key.seq, HasSeq: key.hasSeq, Epoch: key.epoch}
-	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.cfg.HistoryPage, subjects...)
+	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.page(), subjects...)
 	if err != nil {
 		return history{err: err}
 	}

@@ -134,7 +134,8 @@ import (
 // *streams.History on Redis; in the resume unit tests, a fake in memory.
 type historyReader interface {
 	Head(ctx context.Context, topic string, subjects ...string) (streams.Head, error)
-	Resume(ctx context.Context, topic string, c streams.Cursor, page int, subjects ...string) (streams.Resume, error)
+	Resume(ctx context.Context, topic string, c streams.Cursor, page streams.Page, subjects ...string) (streams.Resume, error)
+	ReadPage(ctx context.Context, topic string, after streams.ID, page streams.Page) ([]streams.Event, bool, error)
 	Range(ctx context.Context, topic string, after streams.ID, count int) ([]streams.Event, error)
 	Acked(ctx context.Context, topic, subject string) (streams.Acked, error)
 }
@@ -295,7 +296,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 	g.stats.catchUps.Add(1)
 	rechecked := false
 	for {
-		events, err := g.hist.Range(g.ctx, t.name(), from, g.cfg.HistoryPage)
+		events, more, err := g.hist.ReadPage(g.ctx, t.name(), from, g.page())
 		if err != nil {
 			return err
 		}
@@ -333,7 +334,7 @@ func (g *Gateway) catchUpTopic(t *topic) error {
 			}
 			continue // the epoch read next resets t
 		}
-		if len(events) == g.cfg.HistoryPage || sl.dropped {
+		if more || sl.dropped {
 			sl.dropped = false
 			t.mu.Unlock()
 			continue

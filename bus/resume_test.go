@@ -61,7 +61,8 @@ func (f *fakeHistory) loseData(epoch string) {
 	clear(f.events)
 }
 
-// hold makes the reads of op ("Resume", "Range" or "Head") wait at point
+// hold makes the reads of op ("Resume", "Range" for Range and ReadPage, or
+// "Head") wait at point
 // until release is called: "before" they look at history, or "after".
 func (f *fakeHistory) hold(op, point string) (release func()) {
 	f.mu.Lock()
@@ -128,7 +129,7 @@ func (f *fakeHistory) Head(_ context.Context, topic string, _ ...string) (h stre
 // Resume answers as streams.History does when nothing was trimmed: a
 // cursor of this epoch at or below the head is recovered; any other gets
 // everything retained.
-func (f *fakeHistory) Resume(_ context.Context, topic string, c streams.Cursor, page int, _ ...string) (r streams.Resume, err error) {
+func (f *fakeHistory) Resume(_ context.Context, topic string, c streams.Cursor, page streams.Page, _ ...string) (r streams.Resume, err error) {
 	after, err := streams.ParseID(c.Since)
 	if err != nil {
 		return r, err
@@ -140,10 +141,28 @@ func (f *fakeHistory) Resume(_ context.Context, topic string, c streams.Cursor, 
 		if !r.Recovered {
 			after = streams.ID{}
 		}
-		r.Events = f.afterLocked(topic, after, page)
-		r.More = len(r.Events) == page
+		r.Events, r.More = f.pageLocked(topic, after, page)
 	})
 	return r, nil
+}
+
+// pageLocked returns a page of topic after the ID after, as page.lua (or,
+// without Bytes, XRANGE) does: more when it ended at a bound.
+func (f *fakeHistory) pageLocked(topic string, after streams.ID, p streams.Page) (events []streams.Event, more bool) {
+	room := p.Bytes
+	for _, e := range f.afterLocked(topic, after, p.Events) {
+		if p.Bytes > 0 && len(e.Data) > room && len(events) > 0 {
+			return events, true
+		}
+		room -= len(e.Data)
+		events = append(events, e)
+	}
+	return events, len(events) == p.Events
+}
+
+func (f *fakeHistory) ReadPage(_ context.Context, topic string, after streams.ID, p streams.Page) (events []streams.Event, more bool, err error) {
+	f.read("Range", func() { events, more = f.pageLocked(topic, after, p) })
+	return events, more, nil
 }
 
 func (f *fakeHistory) Range(_ context.Context, topic string, after streams.ID, count int) (events []streams.Event, err error) {
@@ -396,6 +415,32 @@ func TestResumeEventDuringHistoryRead(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestResumePagesCutByBytes: a resume whose history pages end at
+// HistoryBytes, short of HistoryPage events, reads on until history says
+// there is no more, and the subscriber gets every event once, in order.
+func TestResumePagesCutByBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newResumeBus(t)
+		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 5 // events of 3 bytes: one a page
+		b.ready(t, "a")
+		e1 := b.publish("a")
+		var want []streams.Event
+		for range 4 {
+			want = append(want, b.publish("a"))
+		}
+		c, done := b.subscribe("a", &e1, "e1")
+		returned(t, done)
+		if sub := c.wantEvents(t, 0, want...); !sub.Recovered {
+			t.Errorf("subscribed %+v: want recovered", sub)
+		}
+		// The first page (Resume) had one event; three more had one each,
+		// the last saying there was no more.
+		if n := b.hist.readCount("Range"); n != 3 {
+			t.Errorf("%d pages read after the first, want 3", n)
+		}
+	})
 }
 
 // TestResumeConnectionLostDuringResume: the pub/sub connection is lost

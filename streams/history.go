@@ -2,6 +2,7 @@ package streams
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"strconv"
@@ -59,8 +60,24 @@ type Resume struct {
 	// Events is the first page of events after the cursor (or of everything
 	// retained when the cursor cannot be trusted).
 	Events []Event
-	// More is true when Events is a full page; read on with Range.
+	// More is true when Events ended at one of the page's bounds rather
+	// than at the newest event; read on with ReadPage.
 	More bool
+}
+
+// Page bounds one read of history: at most Events events and, when Bytes
+// is positive, no event more once their data would pass Bytes. The first
+// event comes whatever its size, so a page is never empty while history
+// has more.
+//
+// A bound in events alone lets the size of a page follow the size of the
+// events: 500 events of 64 KiB are 32 MiB, held twice by a gateway (the
+// reply and the frames) for every resume reading at once. Bytes bounds
+// what Redis sends; Redis reads at most a chunk of events past the page
+// (page.lua).
+type Page struct {
+	Events int
+	Bytes  int
 }
 
 // History reads topic history streams.
@@ -85,9 +102,9 @@ func NewHistory(rdb redis.Cmdable, keys Keys, n int) *History {
 }
 
 // Resume answers a subscription to topic that resumes from cursor c. It
-// reads up to page events, and the acknowledged cursors of subjects in the
-// same round trip.
-func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, subjects ...string) (Resume, error) {
+// reads the first page of events after it, and the acknowledged cursors
+// of subjects in the same round trip.
+func (h *History) Resume(ctx context.Context, topic string, c Cursor, page Page, subjects ...string) (Resume, error) {
 	after, err := ParseID(c.Since)
 	if err != nil {
 		return Resume{}, err
@@ -97,7 +114,7 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 	pipe := h.pipeline(subjects)
 	epochCmd := pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
 	infoCmd := pipe.XInfoStream(ctx, key)
-	rangeCmd := pipe.XRangeN(ctx, key, "("+after.String(), "+", int64(page))
+	pageCmd := queuePage(ctx, pipe, key, "("+after.String(), page)
 	ackedCmds := h.ackedCmds(ctx, pipe, p, topic, subjects)
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 
@@ -132,7 +149,7 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 		// which only its seq can show (IDs have gaps).
 		r.Recovered = r.MissedKnown && r.Missed == 0
 	}
-	msgs, err := rangeCmd.Result()
+	msgs, more, err := pageCmd.result(ctx, h.rdb)
 	if err == nil && trusted && thisLife && !connects(c, msgs, r.HeadSeq) {
 		// The cursor's ID is in this life, but its seq does not lead to
 		// what history holds after it: Redis lost the newest events and
@@ -146,13 +163,12 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page int, 
 	}
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.
-		msgs, err = h.rdb.XRangeN(ctx, key, "-", "+", int64(page)).Result()
+		msgs, more, err = queuePage(ctx, h.rdb, key, "-", page).result(ctx, h.rdb)
 	}
 	if err != nil {
 		return Resume{}, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
-	r.Events = toEvents(msgs)
-	r.More = len(msgs) == page
+	r.Events, r.More = toEvents(msgs), more
 	return r, nil
 }
 
@@ -232,6 +248,89 @@ func nothingTrimmedAfter(info *redis.XInfoStream, after, last ID) bool {
 		return !after.Less(MustParseID(info.FirstEntry.ID))
 	}
 	return false
+}
+
+// ReadPage reads a page of topic's events after the ID after; more is true
+// when the page ended at one of its bounds rather than at the newest event.
+func (h *History) ReadPage(ctx context.Context, topic string, after ID, page Page) ([]Event, bool, error) {
+	key := h.keys.Topic(Partition(topic, h.n), topic)
+	msgs, more, err := queuePage(ctx, h.rdb, key, "("+after.String(), page).result(ctx, h.rdb)
+	if err != nil {
+		return nil, false, fmt.Errorf("reading history of %s: %w", topic, err)
+	}
+	return toEvents(msgs), more, nil
+}
+
+// pageScript reads a page bounded in bytes: page.lua.
+var pageScript = redis.NewScript(pageLua)
+
+//go:embed page.lua
+var pageLua string
+
+// pageCmd is a page read queued (in a pipeline, or sent): an XRANGE when
+// the page is bounded in events alone, else pageScript.
+type pageCmd struct {
+	xrange *redis.XMessageSliceCmd
+	script *redis.Cmd
+	key    string
+	args   []any // the script's: start, events, bytes
+	events int
+}
+
+func queuePage(ctx context.Context, c redis.Cmdable, key, start string, p Page) pageCmd {
+	if p.Bytes <= 0 {
+		return pageCmd{xrange: c.XRangeN(ctx, key, start, "+", int64(p.Events)), events: p.Events}
+	}
+	args := []any{start, p.Events, p.Bytes}
+	return pageCmd{script: pageScript.EvalSha(ctx, c, []string{key}, args...), key: key, args: args, events: p.Events}
+}
+
+// result returns the page read. A script Redis had not cached (NOSCRIPT: a
+// restarted Redis, or the first read of a new one, since a pipeline
+// cannot load it) is run again on rdb, which loads it.
+func (pc pageCmd) result(ctx context.Context, rdb redis.Cmdable) (msgs []redis.XMessage, more bool, err error) {
+	if pc.xrange != nil {
+		msgs, err = pc.xrange.Result()
+		return msgs, err == nil && len(msgs) == pc.events, err
+	}
+	res, err := pc.script.Result()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		res, err = pageScript.Run(ctx, rdb, []string{pc.key}, pc.args...).Result()
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return parsePage(res)
+}
+
+// parsePage reads page.lua's {more, entries}.
+func parsePage(res any) (msgs []redis.XMessage, more bool, err error) {
+	reply, ok := res.([]any)
+	if !ok || len(reply) != 2 {
+		return nil, false, fmt.Errorf("history page: unexpected reply %T", res)
+	}
+	flag, _ := reply[0].(int64)
+	entries, ok := reply[1].([]any)
+	if !ok {
+		return nil, false, fmt.Errorf("history page: unexpected entries %T", reply[1])
+	}
+	msgs = make([]redis.XMessage, len(entries))
+	for i, e := range entries {
+		entry, ok := e.([]any)
+		if !ok || len(entry) != 2 {
+			return nil, false, fmt.Errorf("history page: unexpected entry %v", e)
+		}
+		id, _ := entry[0].(string)
+		fields, _ := entry[1].([]any)
+		values := make(map[string]any, len(fields)/2)
+		for j := 0; j+1 < len(fields); j += 2 {
+			if k, ok := fields[j].(string); ok {
+				values[k] = fields[j+1]
+			}
+		}
+		msgs[i] = redis.XMessage{ID: id, Values: values}
+	}
+	return msgs, flag == 1, nil
 }
 
 func toEvents(msgs []redis.XMessage) []Event {

@@ -270,7 +270,7 @@ func (s *baseline) serveNaive(w http.ResponseWriter, r *http.Request) {
 	}
 	var res streams.Resume
 	if since != "+" {
-		if res, err = s.history.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, 1000); err != nil {
+		if res, err = s.history.Resume(r.Context(), topic, streams.Cursor{Since: since, Epoch: q.Get("epoch")}, streams.Page{Events: 1000}); err != nil {
 			return
 		}
 	} else if res.Epoch, err = s.cfg.Redis.HGet(r.Context(), s.cfg.Keys.PartitionMeta(streams.Partition(topic, s.n)), "epoch").Result(); err != nil && !errors.Is(err, redis.Nil) {
