@@ -263,8 +263,8 @@ func Run(ctx context.Context, cfg Config) (*Comparison, error) {
 	}
 	cmp := &Comparison{}
 	for i, st := range stages {
-		if len(stages) > 1 {
-			progress(cfg, "%s: the phases after the broadcast", st.server)
+		if phases := st.later(cfg); len(stages) > 1 && len(phases) > 0 {
+			progress(cfg, "%s: %s", st.server, strings.Join(phases, ", "))
 		}
 		if err := st.finish(ctx, cfg); err != nil {
 			if i > 0 {
@@ -312,6 +312,32 @@ func (st *stage) subscribers() int64 { return int64(st.res.Conns - st.res.Failed
 // canResume reports whether the stage's server resumes a client from its
 // cursor: all but the floor, which only writes live events.
 func (st *stage) canResume() bool { return st.server != Floor }
+
+// unicasts and storms report whether the stage has the unicast phase and
+// the resume storm: Centrifugo is not measured in unicast (it is compared
+// on idle cost, broadcast, storm and capacity), the floor has no storm (it
+// does not resume).
+func (st *stage) unicasts(cfg Config) bool {
+	return cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && st.server != Centrifugo
+}
+
+func (st *stage) storms(cfg Config) bool {
+	return cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && st.canResume()
+}
+
+// later names the phases the stage runs after the broadcast (finish).
+func (st *stage) later(cfg Config) []string {
+	var phases []string
+	for _, p := range []struct {
+		name string
+		runs bool
+	}{{"unicast", st.unicasts(cfg)}, {"resume storm", st.storms(cfg)}, {"capacity", cfg.Capacity}} {
+		if p.runs {
+			phases = append(phases, p.name)
+		}
+	}
+	return phases
+}
 
 // next is the index of the first worker of a stage after this one.
 func (st *stage) next() int { return st.first + st.res.Workers }
@@ -460,7 +486,7 @@ func (st *stage) open(ctx context.Context, cfg Config) error {
 func (st *stage) finish(ctx context.Context, cfg Config) error {
 	res := st.res
 	var err error
-	if cfg.UnicastRate > 0 && (cfg.Mix == "own" || cfg.Mix == "pair") && st.server != Centrifugo {
+	if st.unicasts(cfg) {
 		if res.Unicast, err = unicast(ctx, cfg, st); err != nil {
 			return err
 		}
@@ -478,7 +504,7 @@ func (st *stage) finish(ctx context.Context, cfg Config) error {
 	if res.Closed > 0 {
 		progress(cfg, "%d connections were closed by the servers or reset: %q", res.Closed, res.Why)
 	}
-	if cfg.Storm > 0 && (cfg.Mix == "shared" || cfg.Mix == "pair") && st.canResume() {
+	if st.storms(cfg) {
 		if res.Storm, err = storm(ctx, cfg, st); err != nil {
 			return err
 		}

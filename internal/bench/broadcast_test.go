@@ -231,3 +231,28 @@ func TestSettleFor(t *testing.T) {
 		t.Errorf("naive settles %v of a settle of 1 s", got)
 	}
 }
+
+// TestLaterPhases: the phases each server runs after the broadcast, as
+// finish runs them and the run's progress names them: none for the floor
+// in the default run, so no heading with nothing under it.
+func TestLaterPhases(t *testing.T) {
+	def := Config{Mix: "shared", Storm: 1, UnicastRate: 100}
+	for _, tc := range []struct {
+		server string
+		cfg    Config
+		want   string
+	}{
+		{"wsbus", def, "resume storm"},
+		{Naive, def, "resume storm"},
+		{Floor, def, ""},
+		{Centrifugo, def, "resume storm"},
+		{"wsbus", Config{Mix: "pair", Storm: 1, UnicastRate: 100, Capacity: true}, "unicast, resume storm, capacity"},
+		{Centrifugo, Config{Mix: "pair", Storm: 1, UnicastRate: 100}, "resume storm"},
+		{Floor, Config{Mix: "own", UnicastRate: 100, Capacity: true}, "unicast, capacity"},
+	} {
+		st := &stage{server: tc.server}
+		if got := strings.Join(st.later(tc.cfg), ", "); got != tc.want {
+			t.Errorf("%s, %+v: later phases %q, want %q", tc.server, tc.cfg, got, tc.want)
+		}
+	}
+}

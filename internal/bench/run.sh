@@ -64,8 +64,10 @@ EOF
   centrifugo=$!
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$cf/health" >/dev/null && break; sleep 0.1; done
   peer=(--baselines naive,floor,centrifugo --centrifugo-url "ws://127.0.0.1:$cf/connection/websocket" --centrifugo-api-key "$key")
+elif [ -z "$cf_bin" ]; then
+  echo "bench: Centrifugo left out (CENTRIFUGO_BIN is empty)" >&2
 else
-  echo "bench: no Centrifugo at ${cf_bin:-(none)}: go tool task centrifugo builds it" >&2
+  echo "bench: no Centrifugo at $cf_bin: go tool task centrifugo builds it (CENTRIFUGO_BIN= leaves it out)" >&2
 fi
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$gw/readyz" >/dev/null && break; sleep 0.1; done
 ./bin/wsbus bench --redis "redis://127.0.0.1:$port/0" --url "ws://127.0.0.1:$gw/v1/ws" \
