@@ -897,20 +897,20 @@ func storm(ctx context.Context, cfg Config, stg *stage) (*Storm, error) {
 	// one run here; at 1 ms a client, 17 minutes, two others ran out of
 	// time with five in six of them caught up.
 	for deadline := start.Add(stormLimit(clients)); ; time.Sleep(20 * time.Millisecond) {
-		reports, err := collect(workers)
+		counts, err := ask[Count](workers, "count")
 		if err != nil {
 			return nil, err
 		}
 		var got uint64
 		resumed, failed, retried := 0, 0, 0
 		st.NotRecovered, st.Duplicates = 0, 0
-		for _, r := range reports {
-			got += r.SinceResume
-			resumed += r.Resumed
-			failed += r.Failed
-			retried += r.Retried
-			st.NotRecovered += r.NotRecovered
-			st.Duplicates += r.Duplicates
+		for _, c := range counts {
+			got += c.SinceResume
+			resumed += c.Resumed
+			failed += c.Failed
+			retried += c.Retried
+			st.NotRecovered += c.NotRecovered
+			st.Duplicates += c.Duplicates
 		}
 		st.Failed = failed - failedBefore
 		st.Retried = retried
@@ -921,6 +921,10 @@ func storm(ctx context.Context, cfg Config, stg *stage) (*Storm, error) {
 			break
 		}
 		if time.Now().After(deadline) {
+			reports, err := collect(workers)
+			if err != nil {
+				return nil, err
+			}
 			var errs []string
 			for _, r := range reports {
 				errs = append(errs, r.Errors...)

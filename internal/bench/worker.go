@@ -212,7 +212,9 @@ func RunWorker(in io.Reader, out io.Writer) error {
 		switch cmd {
 		case "count":
 			w.mu.Lock()
-			c := Count{Connected: w.report.Connected, Failed: w.report.Failed, Closed: w.report.Closed, Received: w.received.Load()}
+			c := Count{Connected: w.report.Connected, Failed: w.report.Failed, Closed: w.report.Closed, Received: w.received.Load(),
+				Resumed: w.report.Resumed, Retried: w.report.Retried, NotRecovered: w.report.NotRecovered,
+				SinceResume: w.since.Load(), Duplicates: w.dups.Load()}
 			w.mu.Unlock()
 			if err := enc.Encode(c); err != nil {
 				return err
@@ -253,7 +255,7 @@ func RunWorker(in io.Reader, out io.Writer) error {
 			w.mu.Lock()
 			w.report.Resumed, w.report.NotRecovered, w.report.Retried = 0, 0, 0
 			w.mu.Unlock()
-			if err := enc.Encode(struct{}{}); err != nil { // answered at once; progress via report
+			if err := enc.Encode(struct{}{}); err != nil { // answered at once; progress via count
 				return err
 			}
 			go w.connectAll(true)
@@ -282,13 +284,21 @@ func RunWorker(in io.Reader, out io.Writer) error {
 
 // Count is a worker's answer to "count", which it gives at once, while
 // its connections are still being dialed: how many are open so far and
-// how many failed; and, for a broadcast's turns, the receipts so far and
-// the connections the server closed.
+// how many failed; for a broadcast's turns, the receipts so far and the
+// connections the server closed; and how a resume storm is going.
 type Count struct {
 	Connected int    `json:"connected"`
 	Failed    int    `json:"failed"`
 	Closed    int    `json:"closed,omitempty"`
 	Received  uint64 `json:"received,omitempty"`
+	// The resume storm's figures, as in Report: the storm waits on these
+	// rather than on full reports, whose histograms are merged under
+	// every shard's lock.
+	Resumed      int    `json:"resumed,omitempty"`
+	Retried      int    `json:"retried,omitempty"`
+	NotRecovered int    `json:"not_recovered,omitempty"`
+	SinceResume  uint64 `json:"since_resume,omitempty"`
+	Duplicates   uint64 `json:"duplicates,omitempty"`
 }
 
 // parallel is how many connections the worker dials at once.
