@@ -465,9 +465,10 @@ func TestHTTPPublishAndHistory(t *testing.T) {
 }
 
 // TestHistoryPagesOfLargeEvents: large events are read in pages bounded
-// in bytes, on both paths: GET /v1/history ends a page at 1 MiB of event
-// data, short of its limit, and says more; a WebSocket resume from the
-// start gets every event once, in order, across pages of a few events.
+// in bytes: GET /v1/history ends a page at 1 MiB of event data, short of
+// its limit, and says more. A WebSocket resume from the start gets every
+// event once, in order; its pages (a quarter of --max-queue, four of these
+// events) are counted in bus's TestResumePagesCutByBytes, not here.
 func TestHistoryPagesOfLargeEvents(t *testing.T) {
 	b := newTestBus(t)
 	data := `"` + strings.Repeat("x", 60_000) + `"`

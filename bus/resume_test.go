@@ -443,6 +443,36 @@ func TestResumePagesCutByBytes(t *testing.T) {
 	})
 }
 
+// TestCatchUpPagesCutByBytes: a topic caught up from history after its
+// pub/sub connection was lost reads pages cut short by HistoryBytes until
+// history says there is no more, and its subscriber gets every event it
+// missed once, in order, without being closed.
+func TestCatchUpPagesCutByBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newResumeBus(t)
+		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 5 // events of 3 bytes: one a page
+		tp := b.ready(t, "a")
+		c, done := b.subscribe("a", nil, "")
+		returned(t, done)
+		written := []streams.Event{b.publish("a")}
+		synctest.Wait()
+		b.lose()
+		for range 4 {
+			written = append(written, b.publish("a")) // on no connection: history only
+		}
+		b.subscribeChannel("a")
+		b.confirm(t, "a")
+		synctest.Wait()
+		if held(tp) {
+			t.Fatal("the topic still holds its live events after its catch-up")
+		}
+		c.wantEvents(t, 0, written...)
+		if n := b.hist.readCount("Range"); n != 4 {
+			t.Errorf("%d history pages read, want 4: one an event, the last saying there is no more", n)
+		}
+	})
+}
+
 // TestResumeConnectionLostDuringResume: the pub/sub connection is lost
 // while a client resumes. The events published while it was down come
 // from history, once, to the resuming client and to one already live; the

@@ -103,8 +103,24 @@ func NewHistory(rdb redis.Cmdable, keys Keys, n int) *History {
 
 // Resume answers a subscription to topic that resumes from cursor c. It
 // reads the first page of events after it, and the acknowledged cursors
-// of subjects in the same round trip.
+// of subjects in the same round trip (two more when Redis has not cached
+// the page script).
 func (h *History) Resume(ctx context.Context, topic string, c Cursor, page Page, subjects ...string) (Resume, error) {
+	r, err := h.resume(ctx, topic, c, page, subjects)
+	if isNoScript(err) {
+		// Redis has not cached the page script (it restarted, or failed
+		// over): a pipeline cannot load it. Loaded, the whole read is
+		// done again, so that the page is read with the head it is
+		// judged against, not a round trip later.
+		if err = pageScript.Load(ctx, h.rdb).Err(); err != nil {
+			return Resume{}, fmt.Errorf("loading the history page script: %w", err)
+		}
+		r, err = h.resume(ctx, topic, c, page, subjects)
+	}
+	return r, err
+}
+
+func (h *History) resume(ctx context.Context, topic string, c Cursor, page Page, subjects []string) (Resume, error) {
 	after, err := ParseID(c.Since)
 	if err != nil {
 		return Resume{}, err
@@ -149,7 +165,10 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page Page,
 		// which only its seq can show (IDs have gaps).
 		r.Recovered = r.MissedKnown && r.Missed == 0
 	}
-	msgs, more, err := pageCmd.result(ctx, h.rdb)
+	msgs, more, err := pageCmd.result()
+	if isNoScript(err) {
+		return Resume{}, err // as is: Resume loads the script and reads again
+	}
 	if err == nil && trusted && thisLife && !connects(c, msgs, r.HeadSeq) {
 		// The cursor's ID is in this life, but its seq does not lead to
 		// what history holds after it: Redis lost the newest events and
@@ -163,7 +182,7 @@ func (h *History) Resume(ctx context.Context, topic string, c Cursor, page Page,
 	}
 	if !trusted {
 		// The cursor belongs to data that was lost: send what is retained.
-		msgs, more, err = queuePage(ctx, h.rdb, key, "-", page).result(ctx, h.rdb)
+		msgs, more, err = readPage(ctx, h.rdb, key, "-", page)
 	}
 	if err != nil {
 		return Resume{}, fmt.Errorf("reading history of %s: %w", topic, err)
@@ -254,7 +273,7 @@ func nothingTrimmedAfter(info *redis.XInfoStream, after, last ID) bool {
 // when the page ended at one of its bounds rather than at the newest event.
 func (h *History) ReadPage(ctx context.Context, topic string, after ID, page Page) ([]Event, bool, error) {
 	key := h.keys.Topic(Partition(topic, h.n), topic)
-	msgs, more, err := queuePage(ctx, h.rdb, key, "("+after.String(), page).result(ctx, h.rdb)
+	msgs, more, err := readPage(ctx, h.rdb, key, "("+after.String(), page)
 	if err != nil {
 		return nil, false, fmt.Errorf("reading history of %s: %w", topic, err)
 	}
@@ -267,41 +286,51 @@ var pageScript = redis.NewScript(pageLua)
 //go:embed page.lua
 var pageLua string
 
-// pageCmd is a page read queued (in a pipeline, or sent): an XRANGE when
-// the page is bounded in events alone, else pageScript.
+// pageCmd is a page read queued in a pipeline: an XRANGE when the page is
+// bounded in events alone, else pageScript by EVALSHA (which a pipeline
+// cannot fall back from: see Resume).
 type pageCmd struct {
 	xrange *redis.XMessageSliceCmd
 	script *redis.Cmd
-	key    string
-	args   []any // the script's: start, events, bytes
 	events int
 }
 
-func queuePage(ctx context.Context, c redis.Cmdable, key, start string, p Page) pageCmd {
+func queuePage(ctx context.Context, pipe redis.Pipeliner, key, start string, p Page) pageCmd {
 	if p.Bytes <= 0 {
-		return pageCmd{xrange: c.XRangeN(ctx, key, start, "+", int64(p.Events)), events: p.Events}
+		return pageCmd{xrange: pipe.XRangeN(ctx, key, start, "+", int64(p.Events)), events: p.Events}
 	}
-	args := []any{start, p.Events, p.Bytes}
-	return pageCmd{script: pageScript.EvalSha(ctx, c, []string{key}, args...), key: key, args: args, events: p.Events}
+	return pageCmd{script: pageScript.EvalSha(ctx, pipe, []string{key}, start, p.Events, p.Bytes), events: p.Events}
 }
 
-// result returns the page read. A script Redis had not cached (NOSCRIPT: a
-// restarted Redis, or the first read of a new one, since a pipeline
-// cannot load it) is run again on rdb, which loads it.
-func (pc pageCmd) result(ctx context.Context, rdb redis.Cmdable) (msgs []redis.XMessage, more bool, err error) {
+// result returns the page read; more is true when it ended at one of its
+// bounds.
+func (pc pageCmd) result() (msgs []redis.XMessage, more bool, err error) {
 	if pc.xrange != nil {
 		msgs, err = pc.xrange.Result()
 		return msgs, err == nil && len(msgs) == pc.events, err
 	}
 	res, err := pc.script.Result()
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		res, err = pageScript.Run(ctx, rdb, []string{pc.key}, pc.args...).Result()
-	}
 	if err != nil {
 		return nil, false, err
 	}
 	return parsePage(res)
 }
+
+// readPage reads a page in a round trip of its own (the script loaded
+// first if Redis has not cached it).
+func readPage(ctx context.Context, rdb redis.Cmdable, key, start string, p Page) ([]redis.XMessage, bool, error) {
+	if p.Bytes <= 0 {
+		msgs, err := rdb.XRangeN(ctx, key, start, "+", int64(p.Events)).Result()
+		return msgs, err == nil && len(msgs) == p.Events, err
+	}
+	res, err := pageScript.Run(ctx, rdb, []string{key}, start, p.Events, p.Bytes).Result()
+	if err != nil {
+		return nil, false, err
+	}
+	return parsePage(res)
+}
+
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // parsePage reads page.lua's {more, entries}.
 func parsePage(res any) (msgs []redis.XMessage, more bool, err error) {
@@ -309,7 +338,10 @@ func parsePage(res any) (msgs []redis.XMessage, more bool, err error) {
 	if !ok || len(reply) != 2 {
 		return nil, false, fmt.Errorf("history page: unexpected reply %T", res)
 	}
-	flag, _ := reply[0].(int64)
+	flag, ok := reply[0].(int64)
+	if !ok {
+		return nil, false, fmt.Errorf("history page: unexpected flag %T", reply[0])
+	}
 	entries, ok := reply[1].([]any)
 	if !ok {
 		return nil, false, fmt.Errorf("history page: unexpected entries %T", reply[1])
@@ -320,7 +352,10 @@ func parsePage(res any) (msgs []redis.XMessage, more bool, err error) {
 		if !ok || len(entry) != 2 {
 			return nil, false, fmt.Errorf("history page: unexpected entry %v", e)
 		}
-		id, _ := entry[0].(string)
+		id, ok := entry[0].(string)
+		if _, err := ParseID(id); !ok || err != nil {
+			return nil, false, fmt.Errorf("history page: unexpected entry ID %v", entry[0])
+		}
 		fields, _ := entry[1].([]any)
 		values := make(map[string]any, len(fields)/2)
 		for j := 0; j+1 < len(fields); j += 2 {

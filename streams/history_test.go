@@ -30,6 +30,14 @@ func historyOf(t *testing.T, rdb *redis.Client, keys streams.Keys, topic string,
 	return ids
 }
 
+func repeat(size, n int) []int {
+	sizes := make([]int, n)
+	for i := range sizes {
+		sizes[i] = size
+	}
+	return sizes
+}
+
 // readAll reads topic's history from the start, page after page, as the
 // gateway does, checks every page's bounds, and returns the IDs read and
 // the number of pages.
@@ -86,8 +94,12 @@ func TestPageBytes(t *testing.T) {
 	}{
 		// 200k | 100k 10 10 | 300k (alone, past the bound) | 10 60k | 200k 10
 		{"big events", big, streams.Page{Events: 500, Bytes: 250_000}, 5},
-		// 500 | 100: past the first chunks of the script (16, 32, ...).
+		// 500 | 100: past the script's first chunks (4, then up to 128).
 		{"small events", make([]int, 600), streams.Page{Events: 500, Bytes: 256 << 10}, 2},
+		// 262 | 262 | 76: the bytes cut a later chunk (4, 128, 128, 3).
+		{"a cut in a later chunk", repeat(1000, 600), streams.Page{Events: 500, Bytes: 256 << 10}, 3},
+		// 4 | 1: four fill the bytes exactly; the fifth does not fit.
+		{"bytes filled exactly", repeat(250, 5), streams.Page{Events: 500, Bytes: 1000}, 2},
 		// A full page says more; the next is empty.
 		{"a page exactly", make([]int, 16), streams.Page{Events: 16, Bytes: 256 << 10}, 2},
 		// Bytes 0: a bound in events only (XRANGE).
