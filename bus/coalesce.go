@@ -41,7 +41,8 @@ type history struct {
 	ids        []streams.ID             // their IDs
 	last       streams.ID               // the cursor the events follow: the head, the client's, or zero if untrusted
 	recovered  bool
-	more       bool // a full page: read on with Range from last
+	more       bool // a full page: read on after the last event (readOn)
+	lastSize   int  // the data size of the last event, for readOn
 }
 
 type flight struct {

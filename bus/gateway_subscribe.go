@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"errors"
 	"slices"
 	"time"
 
@@ -66,18 +67,35 @@ func (g *Gateway) subscribe(c clientConn, cl *client, m clientMessage) {
 	g.goLive(s)
 }
 
-// readRetrying reads a page of history after since, trying three times
-// over about a second before it gives up.
-func (g *Gateway) readRetrying(topic string, since streams.ID) (events []streams.Event, more bool, err error) {
-	for pause := 100 * time.Millisecond; pause < time.Second; pause *= 2 {
-		if events, more, err = g.hist.ReadPage(g.ctx, topic, since, g.page()); err == nil {
-			return events, more, nil
+// readOn reads the page of topic's history after last, an event already
+// sent whose data was lastSize bytes. It asks for last too: history still
+// holding it proves nothing after it was trimmed (trimming removes the
+// oldest entries first), and without it the page is errTrimmed. It tries
+// three times over about a second before it gives up on Redis.
+func (g *Gateway) readOn(topic string, last streams.ID, lastSize int) (events []streams.Event, more bool, err error) {
+	page := g.page()
+	page.Events++
+	if page.Bytes > 0 {
+		page.Bytes += lastSize
+	}
+	for pause := 100 * time.Millisecond; ; pause *= 2 {
+		events, more, err = g.hist.ReadPage(g.ctx, topic, before(last), page)
+		if err == nil && len(events) == 1 && more {
+			// The event after last is larger than a page's bytes (written
+			// under a greater MaxData): it comes alone.
+			events, more, err = g.hist.ReadPage(g.ctx, topic, before(last), streams.Page{Events: 2})
 		}
-		if !g.sleep(pause) {
+		if err == nil {
 			break
 		}
+		if pause >= time.Second || !g.sleep(pause) {
+			return nil, false, err
+		}
 	}
-	return nil, false, err
+	if len(events) == 0 || events[0].ID != last.String() {
+		return nil, false, errTrimmed
+	}
+	return events[1:], more, nil
 }
 
 // page is the bound of a history read to resume a client or catch a topic
@@ -160,17 +178,23 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 			return true // closed: Closed cleans up
 		}
 	}
-	for more := h.more; more; {
-		events, next, err := g.readRetrying(m.Topic, s.last)
+	for more, size := h.more, h.lastSize; more; {
+		events, next, err := g.readOn(m.Topic, s.last, size)
 		if err != nil {
 			// Past subscribed, unavailable would leave the client thinking
-			// it is subscribed: it resumes from its cursor instead.
-			g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
-			c.Close(ws.CloseSlowConsumer, "history could not be read: reconnect and resume")
+			// it is subscribed: it resumes from its cursor instead, and
+			// learns what was trimmed, if that is why.
+			reason := "history could not be read: reconnect and resume"
+			if errors.Is(err, errTrimmed) {
+				reason = "events were trimmed from history before they could be sent: reconnect and resume"
+			} else {
+				g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", err)
+			}
+			c.Close(ws.CloseSlowConsumer, reason)
 			return true // Closed cleans up
 		}
 		for _, e := range events {
-			s.last = streams.MustParseID(e.ID)
+			s.last, size = streams.MustParseID(e.ID), len(e.Data)
 			if c.SendWait(eventFrame(m.Topic, e)) != nil {
 				return true
 			}
@@ -214,6 +238,7 @@ func (g *Gateway) readHistory(key readKey, subjects []string) history {
 	for i, e := range r.Events {
 		h.frames[i] = eventFrame(key.topic, e)
 		h.ids[i] = streams.MustParseID(e.ID)
+		h.lastSize = len(e.Data)
 	}
 	return h
 }

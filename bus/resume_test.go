@@ -24,8 +24,8 @@ import (
 // sleeps, and each interleaving is chosen rather than hoped for.
 
 // fakeHistory is one partition's history in memory: what lua/apply.lua
-// writes, read through historyReader. Nothing is trimmed. A read can be
-// held at a gate (hold).
+// writes, read through historyReader. Nothing is trimmed but by trim. A
+// read can be held at a gate (hold).
 type fakeHistory struct {
 	mu     sync.Mutex
 	epoch  string
@@ -50,6 +50,13 @@ func (f *fakeHistory) write(topic string) streams.Event {
 	e := streams.Event{ID: strconv.FormatUint(f.ms, 10) + "-0", Seq: seq, Data: `"x"`}
 	f.events[topic] = append(f.events[topic], e)
 	return e
+}
+
+// trim removes topic's n oldest events, as XTRIM does.
+func (f *fakeHistory) trim(topic string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events[topic] = f.events[topic][n:]
 }
 
 // loseData is Redis losing every partition's data (a restart without
@@ -441,6 +448,63 @@ func TestResumePagesCutByBytes(t *testing.T) {
 			t.Errorf("%d pages read after the first, want 3", n)
 		}
 	})
+}
+
+// TestResumePagesOfEventsPastTheBytes: events larger than HistoryBytes
+// (written under a greater MaxData) come a page each, and every one comes.
+func TestResumePagesOfEventsPastTheBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newResumeBus(t)
+		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 2 // events of 3 bytes
+		b.ready(t, "a")
+		e1 := b.publish("a")
+		var want []streams.Event
+		for range 4 {
+			want = append(want, b.publish("a"))
+		}
+		c, done := b.subscribe("a", &e1, "e1")
+		returned(t, done)
+		c.wantEvents(t, 0, want...)
+	})
+}
+
+// TestResumeTrimmedBetweenPages: history is trimmed while a resume reads
+// its pages. Trimmed up to the last event sent, the client goes on from it
+// and gets the rest; trimmed past it, the client is closed with 4001 after
+// what it was sent (its resume then learns what it missed), never sent the
+// events after the hole as if they followed.
+func TestResumeTrimmedBetweenPages(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		trimmed int // oldest events trimmed between the first page and the second
+		sent    int // events after the cursor the client gets
+		code    uint16
+	}{
+		{"up to the last event sent", 2, 6, 0},
+		{"past the last event sent", 3, 2, ws.CloseSlowConsumer},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newResumeBus(t)
+				b.g.cfg.HistoryPage = 2
+				b.ready(t, "a")
+				e1 := b.publish("a")
+				var written []streams.Event
+				for range 6 {
+					written = append(written, b.publish("a"))
+				}
+				release := b.hist.hold("Range", "before")
+				c, done := b.subscribe("a", &e1, "e1")
+				synctest.Wait() // the first page (Resume) is sent: written[:2]
+				b.hist.trim("a", tt.trimmed)
+				release()
+				returned(t, done)
+				if sub := c.wantEvents(t, tt.code, written[:tt.sent]...); !sub.Recovered {
+					t.Errorf("subscribed %+v: want recovered", sub)
+				}
+			})
+		})
+	}
 }
 
 // TestCatchUpPagesCutByBytes: a topic caught up from history after its
