@@ -40,9 +40,12 @@ func AppendEventTail(dst []byte, topic string, data []byte) []byte {
 }
 
 // AppendData appends data as a JSON value: as it is when it is valid JSON,
-// otherwise as a JSON string.
+// otherwise as a JSON string. JSON is UTF-8 (RFC 8259), and json.Valid
+// does not check that: bytes that are not UTF-8 inside a JSON string would
+// make the message an invalid text frame, which clients drop the
+// connection for.
 func AppendData(dst, data []byte) []byte {
-	if json.Valid(data) {
+	if json.Valid(data) && utf8.Valid(data) {
 		return append(dst, bytes.TrimSpace(data)...)
 	}
 	return AppendJSONString(dst, string(data))

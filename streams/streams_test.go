@@ -198,6 +198,7 @@ func TestAppendEvent(t *testing.T) {
 		{"text", "t", "hi there", `"hi there"`},
 		{"control characters", "t", "a\x00\n\"b", `"a\u0000\n\"b"`},
 		{"invalid UTF-8", "t", "\xff", `"\ufffd"`},
+		{"JSON but for its UTF-8", "t", "\"\xff\xfe\"", `"\"\ufffd\ufffd\""`},
 		{"quote in topic", `a"b`, "1", `1`},
 	}
 	for _, tt := range tests {
@@ -274,10 +275,11 @@ func FuzzAppendEvent(f *testing.F) {
 	f.Add("t", "hello")
 	f.Add(`a"\b`, `{"x":1}`)
 	f.Add("t", "\x00\xff\u2028")
+	f.Add("t", "[\"\xff\xfe\"]")
 	f.Fuzz(func(t *testing.T, topic, data string) {
 		out := AppendEvent(nil, topic, "1-2", 3, []byte(data))
-		if !json.Valid(out) {
-			t.Fatalf("not valid JSON: %q", out)
+		if !json.Valid(out) || !utf8.Valid(out) {
+			t.Fatalf("not valid JSON in UTF-8: %q", out)
 		}
 		if id, ok := EventID(string(out)); !ok || id != "1-2" {
 			t.Fatalf("EventID(%q) = %q, %v", out, id, ok)
