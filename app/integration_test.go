@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/wsbus/wsbus/internal/redistest"
 	"github.com/wsbus/wsbus/internal/testutil"
 	"github.com/wsbus/wsbus/internal/wstest"
+	"github.com/wsbus/wsbus/migrations"
 	"github.com/wsbus/wsbus/streams"
 )
 
@@ -49,6 +51,7 @@ func TestDataEncoding(t *testing.T) {
 		{"plain text", `hello world`, `"hello world"`},
 		{"text with quotes", `say "hi"`, `"say \"hi\""`},
 		{"empty", ``, `""`},
+		{"JSON but for its UTF-8", "\"\xff\xfe\"", `"\"\ufffd\ufffd\""`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,6 +345,41 @@ func TestPubSubLossLosesNothing(t *testing.T) {
 // TestOwnerRestartMidStream stops the only node while events are being
 // published and starts another one: every event reaches history once and
 // a resuming client gets each exactly once, in order.
+// TestBusMetaWrittenBack: Redis loses everything under a serving node (a
+// restart without persistence, here FLUSHALL). Within seconds the bus's
+// meta is back, as it was, so `wsbus publish` finds the bus, and what it
+// publishes reaches a subscriber.
+func TestBusMetaWrittenBack(t *testing.T) {
+	b := newTestBus(t)
+	ctx := context.Background()
+	if err := b.Redis.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testutil.Wait)
+	for {
+		n, err := streams.Partitions(ctx, b.Redis, b.Keys)
+		if err == nil && n == b.N {
+			break
+		}
+		if err == nil || !errors.Is(err, streams.ErrNotMigrated) || time.Now().After(deadline) {
+			t.Fatalf("partitions = %d, %v; want %d once the node writes the meta back", n, err, b.N)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v, err := migrations.Version(ctx, b.Redis, b.Keys); err != nil || v != migrations.Latest() {
+		t.Fatalf("schema = %d, %v; want %d", v, err, migrations.Latest())
+	}
+	c := wstest.Dial(t, b.node.url+"?topic=after")
+	c.Expect("subscribed", testutil.Wait)
+	var out, errs strings.Builder
+	if err := runPublish([]string{"--redis", b.srv.URL(), "--prefix", b.prefix, "after", `{"n":1}`}, &out, &errs); err != nil {
+		t.Fatalf("wsbus publish: %v (%s)", err, errs.String())
+	}
+	if ev := c.Events(1, testutil.Wait)[0]; ev.ID != strings.TrimSpace(out.String()) || string(ev.Data) != `{"n":1}` {
+		t.Fatalf("event = %+v, want %s with {\"n\":1}", ev, out.String())
+	}
+}
+
 func TestOwnerRestartMidStream(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)

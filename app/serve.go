@@ -342,6 +342,11 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb, leas
 		defer close(ownerDone)
 		_ = owner.Run(ownerCtx)
 	}()
+	metaDone := make(chan struct{})
+	go func() {
+		defer close(metaDone)
+		keepMeta(ownerCtx, leases, keys, n, logger)
+	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.started.Store(true)
@@ -365,6 +370,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb, leas
 	logger.Info("draining: releasing leases, then closing clients with 4002")
 	stopOwner()
 	<-ownerDone
+	<-metaDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
 	if err := srv.Drain(drainCtx, wsbus.CloseDraining, "node draining: reconnect and resume", c.DrainRate); err != nil {
@@ -380,6 +386,30 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb, leas
 	}
 	return err
 }
+
+// keepMeta writes back the bus's meta every metaInterval until ctx is
+// done, when Redis has lost it (migrations.Restore).
+func keepMeta(ctx context.Context, rdb redis.Cmdable, keys streams.Keys, n int, logger *slog.Logger) {
+	t := time.NewTicker(metaInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		wrote, err := migrations.Restore(ctx, rdb, keys, n)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.Debug("checking the bus meta", "err", err) // Redis errors are counted and reported elsewhere
+		case wrote:
+			logger.Warn("the bus meta was missing (Redis lost its data?): written back", "key", keys.Meta(), "partitions", n)
+		}
+	}
+}
+
+// metaInterval is how often a gateway checks that the bus's meta is there.
+const metaInterval = time.Second
 
 // verifier builds the token verifier; nil without a key (--insecure).
 func (c *ServeConfig) verifier() (*auth.Verifier, error) {

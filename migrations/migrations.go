@@ -88,6 +88,26 @@ var raiseVersion = redis.NewScript(raiseVersionLua)
 //go:embed lua/raise_version.lua
 var raiseVersionLua string
 
+// Restore writes back the partition count n and the latest schema
+// version into <prefix>:meta when it has no partition count: Redis lost
+// the meta of a bus that gateways still serve (a restart without
+// persistence, a flush), and without it `wsbus publish` and `wsbus status`
+// would call the bus not migrated. The gateways recreate each partition's
+// streams and epoch themselves (bus.Owner). It reports whether it wrote.
+func Restore(ctx context.Context, rdb redis.Cmdable, keys streams.Keys, n int) (bool, error) {
+	wrote, err := restore.Run(ctx, rdb, []string{keys.Meta()}, n, Latest()).Int()
+	if err != nil {
+		return false, fmt.Errorf("restoring %s: %w", keys.Meta(), err)
+	}
+	return wrote == 1, nil
+}
+
+// restore is lua/restore.lua.
+var restore = redis.NewScript(restoreLua)
+
+//go:embed lua/restore.lua
+var restoreLua string
+
 func fixPartitions(ctx context.Context, rdb redis.Cmdable, keys streams.Keys, want int) (int, error) {
 	n := want
 	if n == 0 {

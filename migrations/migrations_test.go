@@ -41,6 +41,35 @@ func TestRunCreatesTheBus(t *testing.T) {
 	}
 }
 
+// TestRestore: a meta with its partition count is left alone; a lost one
+// is written back with the count and the latest schema, once.
+func TestRestore(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	ctx := context.Background()
+	keys := streams.Keys{Prefix: "m5"}
+	if _, err := Run(ctx, rdb, keys, 8); err != nil {
+		t.Fatal(err)
+	}
+	rdb.HSet(ctx, keys.Meta(), "schema", Latest()+1) // a newer binary's: not this one's to touch
+	if wrote, err := Restore(ctx, rdb, keys, 8); wrote || err != nil {
+		t.Fatalf("Restore on a bus with its meta = %v, %v; want nothing written", wrote, err)
+	}
+	if v, _ := Version(ctx, rdb, keys); v != Latest()+1 {
+		t.Fatalf("schema = %d after Restore, want %d as it was", v, Latest()+1)
+	}
+	rdb.Del(ctx, keys.Meta())
+	if wrote, err := Restore(ctx, rdb, keys, 8); !wrote || err != nil {
+		t.Fatalf("Restore of a lost meta = %v, %v; want written", wrote, err)
+	}
+	if wrote, err := Restore(ctx, rdb, keys, 8); wrote || err != nil {
+		t.Fatalf("second Restore = %v, %v; want nothing written", wrote, err)
+	}
+	n, err := streams.Partitions(ctx, rdb, keys)
+	if v, _ := Version(ctx, rdb, keys); err != nil || n != 8 || v != Latest() {
+		t.Fatalf("after Restore: %d partitions (%v), schema %d; want 8, %d", n, err, v, Latest())
+	}
+}
+
 func TestRunRefusesAnotherPartitionCount(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
