@@ -380,6 +380,30 @@ func TestBusMetaWrittenBack(t *testing.T) {
 	}
 }
 
+// TestEpochRenewedUnderQuietSubscribers: Redis loses a partition's data
+// (here its ingress stream, so the owner renews the epoch) while nothing
+// is published. The partition's subscribers are closed with 4001 all the
+// same, and a resume is told recovered:false under the new epoch.
+func TestEpochRenewedUnderQuietSubscribers(t *testing.T) {
+	b := newTestBus(t)
+	c := wstest.Dial(t, b.node.url)
+	c.Subscribe("quiet", "", "")
+	sub := c.Expect("subscribed", testutil.Wait)
+	id := b.XAdd(t, "quiet", `{"n":1}`)
+	c.Events(1, testutil.Wait)
+	if err := b.Redis.Del(context.Background(), b.Keys.Ingress(streams.Partition("quiet", b.N))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.CloseCode(testutil.Wait); code != 4001 {
+		t.Fatalf("closed with %d, want 4001", code)
+	}
+	again := wstest.Dial(t, b.node.url)
+	again.Subscribe("quiet", id, sub.Epoch)
+	if resumed := again.Expect("subscribed", testutil.Wait); resumed.Recovered || resumed.Epoch == sub.Epoch || resumed.Epoch == "" {
+		t.Fatalf("resumed %+v under epoch %s: want recovered:false under a new epoch", resumed, sub.Epoch)
+	}
+}
+
 func TestOwnerRestartMidStream(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)

@@ -76,6 +76,10 @@ type GatewayConfig struct {
 	// token and may subscribe to the canary topics, and only to them (see
 	// CanaryPrefix). Empty means no connection is admitted as the canary.
 	CanaryKey string
+	// EpochCheck is how often the partitions' epochs are read, so that the
+	// subscribers of a partition whose data Redis lost are closed with 4001
+	// to resume (gateway_epoch.go). Zero value means 1 s.
+	EpochCheck time.Duration
 	// Logger receives Redis errors. Zero value means slog.Default().
 	Logger *slog.Logger
 	// DeliveryLatency, when set, is called once for each event a topic
@@ -115,6 +119,9 @@ func (c GatewayConfig) withDefaults() (GatewayConfig, error) {
 	if c.MaxAcks <= 0 {
 		c.MaxAcks = 256
 	}
+	if c.EpochCheck <= 0 {
+		c.EpochCheck = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -138,8 +145,9 @@ type Gateway struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stats    gatewayCounters
-	lagging  sync.WaitGroup // catchUpClient goroutines; Add under mu.RLock while ctx is live
-	fan      *fanOuts       // the shards that fan live events out (gateway_shards.go)
+	lagging  sync.WaitGroup           // catchUpClient goroutines; Add under mu.RLock while ctx is live
+	fan      *fanOuts                 // the shards that fan live events out (gateway_shards.go)
+	epochs   []atomic.Pointer[string] // by partition, as watchEpochs last read them
 
 	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
@@ -245,13 +253,18 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		topics:   make(map[string]*topic),
 		parts:    make([]*liveConn, cfg.Partitions),
 		expiries: newExpiries(),
+		epochs:   make([]atomic.Pointer[string], cfg.Partitions),
 	}
 	g.acks = newAcker(g)
 	g.fan = g.startFanOuts()
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go func() {
 		defer g.wg.Done()
 		g.acks.run(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.watchEpochs()
 	}()
 	go func() {
 		defer g.wg.Done()

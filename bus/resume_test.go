@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -177,6 +178,11 @@ func (f *fakeHistory) Range(_ context.Context, topic string, after streams.ID, c
 	return events, nil
 }
 
+func (f *fakeHistory) Epochs(context.Context) (epochs []string, err error) {
+	f.read("Epochs", func() { epochs = []string{f.epoch} })
+	return epochs, nil
+}
+
 func (f *fakeHistory) Acked(context.Context, string, string) (streams.Acked, error) {
 	return streams.Acked{}, nil
 }
@@ -278,6 +284,7 @@ func newResumeBus(tb testing.TB) *resumeBus {
 		},
 		hist: b.hist, reads: newCoalescer(), ctx: ctx, cancel: cancel,
 		topics: map[string]*topic{}, parts: make([]*liveConn, 1),
+		epochs: make([]atomic.Pointer[string], 1),
 	}
 	b.lc = newLiveConn(b.g)
 	b.g.parts[0] = b.lc
@@ -613,6 +620,43 @@ func TestResumeConnectionLostDuringResume(t *testing.T) {
 	}
 }
 
+// TestEpochsRead: the gateway's reads of the epochs close no one while
+// the epoch stays, and a subscribe whose read raced a renewal the reads
+// saw is closed with 4001 all the same.
+func TestEpochsRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newResumeBus(t)
+		b.ready(t, "a")
+		c, done := b.subscribe("a", nil, "")
+		returned(t, done)
+		e1 := b.publish("a")
+		b.g.checkEpochs() // the first read: every partition's epoch is new to it
+		b.g.checkEpochs()
+		synctest.Wait()
+		e2 := b.publish("a")
+		synctest.Wait()
+		c.wantEvents(t, 0, e1, e2)
+		if n := b.hist.readCount("Epochs"); n != 2 {
+			t.Errorf("%d reads of the epochs, want 2", n)
+		}
+
+		// A subscribe reads under e1; the owner renews the epoch
+		// and the gateway reads it before the subscribe has told its topic.
+		b.ready(t, "b")
+		release := b.hist.hold("Head", "after")
+		late, done := b.subscribe("b", nil, "")
+		synctest.Wait()
+		b.hist.mu.Lock()
+		b.hist.epoch = "e2"
+		b.hist.mu.Unlock()
+		b.g.checkEpochs()
+		release()
+		returned(t, done)
+		synctest.Wait()
+		late.wantEvents(t, ws.CloseSlowConsumer)
+	})
+}
+
 // TestResumeTwoAtOnce: resumes of one topic at the same time, from the
 // same cursor and from another, each get their events once; a resume
 // shares a read only with one that began after it asked.
@@ -655,10 +699,11 @@ func TestResumeTwoAtOnce(t *testing.T) {
 func TestResumeEpochChange(t *testing.T) {
 	for _, tt := range []struct {
 		name string
-		live bool // the gateway learns it from a live event of the new epoch, else from a subscribe
+		how  string // the gateway learns it from a live event of the new epoch, a subscribe, or its read of the epochs
 	}{
-		{"a live event out of sequence", true},
-		{"a subscribe told the new epoch", false},
+		{"a live event out of sequence", "live"},
+		{"a subscribe told the new epoch", "subscribe"},
+		{"the epochs read", "watch"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -671,12 +716,16 @@ func TestResumeEpochChange(t *testing.T) {
 
 				b.hist.loseData("e2")
 				var f1 streams.Event
-				if tt.live {
+				switch tt.how {
+				case "live":
 					f1 = b.publish("a") // seq 1 after 2: fan-out holds it for a catch-up
-				} else {
+				case "subscribe":
 					f1 = b.hist.write("a") // its live copy lost
 					_, done := b.subscribe("a", nil, "")
 					returned(t, done)
+				case "watch":
+					f1 = b.hist.write("a") // its live copy lost
+					b.g.checkEpochs()
 				}
 				synctest.Wait()
 				old.wantEvents(t, ws.CloseSlowConsumer, e1, e2)

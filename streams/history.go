@@ -403,6 +403,26 @@ func (h *History) pipeline(subjects []string) redis.Pipeliner {
 	return h.rdb.Pipeline()
 }
 
+// Epochs returns every partition's epoch, "" for a partition whose meta
+// is missing, read in one pipeline.
+func (h *History) Epochs(ctx context.Context) ([]string, error) {
+	pipe := h.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, h.n)
+	for p := range cmds {
+		cmds[p] = pipe.HGet(ctx, h.keys.PartitionMeta(p), "epoch")
+	}
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	epochs := make([]string, h.n)
+	for p, cmd := range cmds {
+		epoch, err := cmd.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("reading the epoch of partition %d: %w", p, err)
+		}
+		epochs[p] = epoch
+	}
+	return epochs, nil
+}
+
 // Head returns the head of topic, and the acknowledged cursors of
 // subjects in the same round trip.
 func (h *History) Head(ctx context.Context, topic string, subjects ...string) (Head, error) {
