@@ -89,3 +89,31 @@ func TestUserMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestUsage: wsbus alone is a usage error (exit 2, the commands on
+// stderr); --help is not (exit 0, stdout); a command's help lists its
+// flags with the two dashes the README uses.
+func TestUsage(t *testing.T) {
+	var out, errs strings.Builder
+	if code := Main(nil, &out, &errs); code != 2 || out.Len() != 0 || !strings.Contains(errs.String(), "wsbus serve") {
+		t.Fatalf("wsbus = exit %d, stdout %q, stderr %q; want 2 and the usage on stderr", code, out.String(), errs.String())
+	}
+	out.Reset()
+	errs.Reset()
+	if code := Main([]string{"--help"}, &out, &errs); code != 0 || !strings.Contains(out.String(), "wsbus serve") {
+		t.Fatalf("wsbus --help = exit %d, stdout %q; want 0 and the usage", code, out.String())
+	}
+	errs.Reset()
+	if code := Main([]string{"serve", "--help"}, &out, &errs); code != 0 {
+		t.Fatalf("wsbus serve --help = exit %d", code)
+	}
+	help := errs.String()
+	for _, want := range []string{"\n  --redis URL\n", "\n  --insecure\n", "(default \"wsbus\")", "(default 65536)"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("serve --help has no %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help, "\n  -r") || strings.Contains(help, "(default 0)") || strings.Contains(help, "(default false)") {
+		t.Errorf("serve --help has a single-dash flag or a zero default:\n%s", help)
+	}
+}

@@ -191,12 +191,17 @@ func TestMisroutedEntriesAreForwarded(t *testing.T) {
 	c.Expect("subscribed", testutil.Wait)
 	right := streams.Partition("lost", b.N)
 	wrong := (right + 1) % b.N
+	var misrouted []string
 	for i := range 3 {
-		b.XAddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i))
+		misrouted = append(misrouted, b.XAddTo(t, wrong, "topic", "lost", "data", strconv.Itoa(i)))
 	}
 	for i, ev := range c.Events(3, testutil.Wait) {
 		if string(ev.Data) != strconv.Itoa(i) || ev.Seq != uint64(i+1) {
 			t.Fatalf("event %d = data %s seq %d, want data %d seq %d (in order)", i, ev.Data, ev.Seq, i, i+1)
+		}
+		// It has the ID it got in the right partition (DESIGN.md: a new ID).
+		if ev.ID == misrouted[i] || !streams.MustParseID(misrouted[i]).Less(streams.MustParseID(ev.ID)) {
+			t.Fatalf("event %d has ID %s, added to the wrong partition as %s: want a new, later ID", i, ev.ID, misrouted[i])
 		}
 	}
 	b.XAdd(t, "lost", "3") // then one added to the right partition: the sequence goes on
