@@ -347,9 +347,6 @@ func TestPubSubLossLosesNothing(t *testing.T) {
 	}
 }
 
-// TestOwnerRestartMidStream stops the only node while events are being
-// published and starts another one: every event reaches history once and
-// a resuming client gets each exactly once, in order.
 // TestBusMetaWrittenBack: Redis loses everything under a serving node (a
 // restart without persistence, here FLUSHALL). Within seconds the bus's
 // meta is back, as it was, so `wsbus publish` finds the bus, and what it
@@ -409,6 +406,9 @@ func TestEpochRenewedUnderQuietSubscribers(t *testing.T) {
 	}
 }
 
+// TestOwnerRestartMidStream stops the only node while events are being
+// published and starts another one: every event reaches history once and
+// a resuming client gets each exactly once, in order.
 func TestOwnerRestartMidStream(t *testing.T) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)

@@ -345,7 +345,7 @@ func serveBus(ctx context.Context, c ServeConfig, logger *slog.Logger, rdb, leas
 	metaDone := make(chan struct{})
 	go func() {
 		defer close(metaDone)
-		keepMeta(ownerCtx, leases, keys, n, logger)
+		keepMeta(ownerCtx, rdb, keys, n, logger)
 	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -42,9 +42,10 @@
 // # Goroutines
 //
 // Everything a Gateway starts (the acker, the topic sweep, the token
-// expiry heap, one fan-out shard per core, each pub/sub connection's
-// owner, reader and catch-up worker, a lagging client's catch-up) is
-// waited for by Close: NewGateway starts the first four, the rest start
+// expiry heap, the epochs' reader, one fan-out shard per core, each
+// pub/sub connection's owner, reader and catch-up worker, a lagging
+// client's catch-up) is waited for by Close: NewGateway starts the first
+// five, the rest start
 // under Gateway.mu while it is open. A pub/sub reader hands each message
 // to the shard of its channel (gateway_shards.go), which fans it out; a
 // topic's events are fanned out by one shard, in order. Owner.Run waits for every

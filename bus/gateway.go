@@ -145,9 +145,12 @@ type Gateway struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stats    gatewayCounters
-	lagging  sync.WaitGroup           // catchUpClient goroutines; Add under mu.RLock while ctx is live
-	fan      *fanOuts                 // the shards that fan live events out (gateway_shards.go)
-	epochs   []atomic.Pointer[string] // by partition, as watchEpochs last read them
+	lagging  sync.WaitGroup // catchUpClient goroutines; Add under mu.RLock while ctx is live
+	fan      *fanOuts       // the shards that fan live events out (gateway_shards.go)
+	// By partition: the epochs as watchEpochs last read them, and those it
+	// is to check the topics of at its next read whatever it reads.
+	epochs       []string
+	epochRecheck []bool
 
 	mu     sync.RWMutex // read-locked per live event, written on (un)subscribe
 	topics map[string]*topic
@@ -245,15 +248,16 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
-		cfg:      cfg,
-		hist:     streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
-		reads:    newCoalescer(),
-		ctx:      ctx,
-		cancel:   cancel,
-		topics:   make(map[string]*topic),
-		parts:    make([]*liveConn, cfg.Partitions),
-		expiries: newExpiries(),
-		epochs:   make([]atomic.Pointer[string], cfg.Partitions),
+		cfg:          cfg,
+		hist:         streams.NewHistory(cfg.Redis, cfg.Keys, cfg.Partitions),
+		reads:        newCoalescer(),
+		ctx:          ctx,
+		cancel:       cancel,
+		topics:       make(map[string]*topic),
+		parts:        make([]*liveConn, cfg.Partitions),
+		expiries:     newExpiries(),
+		epochs:       make([]string, cfg.Partitions),
+		epochRecheck: make([]bool, cfg.Partitions),
 	}
 	g.acks = newAcker(g)
 	g.fan = g.startFanOuts()

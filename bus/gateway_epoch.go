@@ -3,7 +3,8 @@ package bus
 import "time"
 
 // watchEpochs reads every partition's epoch each EpochCheck while the
-// Gateway has topics, until it closes. An owner that finds its partition's
+// Gateway has topics, until it closes; only it uses Gateway.epochs and
+// epochRecheck. An owner that finds its partition's
 // data lost renews the epoch; the topics whose subscribers were served
 // under the old one are then caught up from history, which closes those
 // subscribers with 4001 (resetLocked) so that they resume and are told
@@ -22,8 +23,12 @@ func (g *Gateway) watchEpochs() {
 	}
 }
 
-// checkEpochs reads the partitions' epochs once and has the topics of those
-// whose epoch changed since the last read checked (checkEpoch).
+// checkEpochs reads the partitions' epochs once and has the topics of
+// those whose epoch changed since the last read checked (checkEpoch). A
+// topic that had no epoch yet (its first subscribe still reading) cannot
+// be judged: its partition's topics are checked again at the next read,
+// by when the subscribe has told it the epoch it read, perhaps the old
+// one.
 func (g *Gateway) checkEpochs() {
 	g.mu.RLock()
 	idle := len(g.topics) == 0
@@ -38,15 +43,18 @@ func (g *Gateway) checkEpochs() {
 		}
 		return
 	}
-	changed := make([]bool, len(epochs))
+	check := g.epochRecheck // the partitions left unjudged by the last read
+	g.epochRecheck = make([]bool, len(epochs))
 	any := false
 	for p, epoch := range epochs {
 		if epoch == "" {
 			continue // the partition's meta is gone: its owner renews it
 		}
-		if prev := g.epochs[p].Swap(&epoch); prev == nil || *prev != epoch {
-			changed[p], any = true, true
+		if g.epochs[p] != epoch {
+			g.epochs[p] = epoch
+			check[p] = true
 		}
+		any = any || check[p]
 	}
 	if !any {
 		return
@@ -54,22 +62,26 @@ func (g *Gateway) checkEpochs() {
 	var topics []*topic
 	g.mu.RLock()
 	for _, t := range g.topics {
-		if changed[t.p] {
+		if check[t.p] {
 			topics = append(topics, t)
 		}
 	}
 	g.mu.RUnlock()
 	for _, t := range topics {
-		g.checkEpoch(t, epochs[t.p])
+		if !g.checkEpoch(t, epochs[t.p]) {
+			g.epochRecheck[t.p] = true
+		}
 	}
 }
 
 // checkEpoch holds t's live events for a catch-up from history when its
 // subscribers were served under an epoch other than epoch; the catch-up
-// reads the epoch again, and closes them if it has changed.
-func (g *Gateway) checkEpoch(t *topic, epoch string) {
+// reads the epoch again, and closes them if it has changed. It reports
+// false when t has no epoch yet.
+func (g *Gateway) checkEpoch(t *topic, epoch string) bool {
 	t.mu.Lock()
-	stale := t.epoch != noEpoch && t.epoch.Value() != epoch
+	known := t.epoch != noEpoch
+	stale := known && t.epoch.Value() != epoch
 	if stale {
 		t.holdLocked()
 	}
@@ -77,13 +89,5 @@ func (g *Gateway) checkEpoch(t *topic, epoch string) {
 	if stale {
 		g.queueCatchUp(t)
 	}
-}
-
-// knownEpoch returns partition p's epoch as watchEpochs last read it; ""
-// before the first read.
-func (g *Gateway) knownEpoch(p int32) string {
-	if e := g.epochs[p].Load(); e != nil {
-		return *e
-	}
-	return ""
+	return known
 }

@@ -71,7 +71,7 @@ func (g *Gateway) subscribe(c clientConn, cl *client, m clientMessage) {
 // sent whose data was lastSize bytes. It asks for last too: history still
 // holding it proves nothing after it was trimmed (trimming removes the
 // oldest entries first), and without it the page is errTrimmed. It tries
-// three times over about a second before it gives up on Redis.
+// four times over about 0.7 s before it gives up on Redis.
 func (g *Gateway) readOn(topic string, last streams.ID, lastSize int) (events []streams.Event, more bool, err error) {
 	page := g.page()
 	page.Events++
@@ -88,7 +88,7 @@ func (g *Gateway) readOn(topic string, last streams.ID, lastSize int) (events []
 		if err == nil {
 			break
 		}
-		if pause >= time.Second || !g.sleep(pause) {
+		if pause > 400*time.Millisecond || !g.sleep(pause) {
 			return nil, false, err
 		}
 	}

@@ -111,8 +111,8 @@ import (
 // cursors is not what history holds: each is closed with 4001 and its
 // resume, under the new epoch, is answered recovered:false (resetLocked).
 // A subscribe told a new epoch holds the topic for a catch-up too
-// (noteEpoch), and so does the gateway's read of every partition's epoch
-// once a second (watchEpochs), which tells quiet topics. A seq that skips ahead means history was trimmed past it:
+// (noteEpoch), and so does the gateway's read of every partition's
+// epoch once a second (watchEpochs), which tells quiet topics. A seq that skips ahead means history was trimmed past it:
 // the subscribers not that far are closed with 4001, and their resume
 // reports missed (skipLocked). A seq that goes back means Redis lost data
 // no owner saw: the gateway renews the epoch itself (renewEpoch).
@@ -154,12 +154,6 @@ func (g *Gateway) noteEpoch(t *topic, epoch string) {
 	switch {
 	case t.epoch == noEpoch:
 		t.epoch = internEpoch(epoch)
-		// Read before watchEpochs last read another: it may have passed
-		// t by, having found no epoch in it.
-		if known := g.knownEpoch(t.p); known != "" && epoch != "" && known != epoch {
-			t.holdLocked()
-			check = true
-		}
 	case epoch != "" && epoch != t.epoch.Value():
 		t.holdLocked() // a catch-up already running does not end the hold
 		check = true

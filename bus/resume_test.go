@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -34,6 +33,7 @@ type fakeHistory struct {
 	ms     uint64                   // the newest ID's milliseconds: IDs grow across epochs too
 	gates  map[string]chan struct{} // by op and point (see hold)
 	reads  map[string]int           // reads done, by op
+	pages  int                      // when above 0, the page reads past it fail: a reader that does not progress fails its test rather than hang it
 }
 
 var _ historyReader = (*fakeHistory)(nil)
@@ -169,8 +169,14 @@ func (f *fakeHistory) pageLocked(topic string, after streams.ID, p streams.Page)
 }
 
 func (f *fakeHistory) ReadPage(_ context.Context, topic string, after streams.ID, p streams.Page) (events []streams.Event, more bool, err error) {
-	f.read("Range", func() { events, more = f.pageLocked(topic, after, p) })
-	return events, more, nil
+	f.read("Range", func() {
+		if f.pages > 0 && f.reads["Range"] > f.pages {
+			err = errors.New("fake history: too many page reads")
+			return
+		}
+		events, more = f.pageLocked(topic, after, p)
+	})
+	return events, more, err
 }
 
 func (f *fakeHistory) Range(_ context.Context, topic string, after streams.ID, count int) (events []streams.Event, err error) {
@@ -284,7 +290,7 @@ func newResumeBus(tb testing.TB) *resumeBus {
 		},
 		hist: b.hist, reads: newCoalescer(), ctx: ctx, cancel: cancel,
 		topics: map[string]*topic{}, parts: make([]*liveConn, 1),
-		epochs: make([]atomic.Pointer[string], 1),
+		epochs: make([]string, 1), epochRecheck: make([]bool, 1),
 	}
 	b.lc = newLiveConn(b.g)
 	b.g.parts[0] = b.lc
@@ -463,6 +469,7 @@ func TestResumePagesOfEventsPastTheBytes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newResumeBus(t)
 		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 2 // events of 3 bytes
+		b.hist.pages = 20
 		b.ready(t, "a")
 		e1 := b.publish("a")
 		var want []streams.Event
@@ -621,8 +628,9 @@ func TestResumeConnectionLostDuringResume(t *testing.T) {
 }
 
 // TestEpochsRead: the gateway's reads of the epochs close no one while
-// the epoch stays, and a subscribe whose read raced a renewal the reads
-// saw is closed with 4001 all the same.
+// the epoch stays; a subscribe whose read raced a renewal the reads saw
+// first is closed with 4001 at the read after; and one that read the new
+// epoch before the reads did is neither closed nor caught up.
 func TestEpochsRead(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newResumeBus(t)
@@ -640,8 +648,8 @@ func TestEpochsRead(t *testing.T) {
 			t.Errorf("%d reads of the epochs, want 2", n)
 		}
 
-		// A subscribe reads under e1; the owner renews the epoch
-		// and the gateway reads it before the subscribe has told its topic.
+		// A subscribe reads under e1; the owner renews the epoch and the
+		// gateway reads it before the subscribe has told its topic.
 		b.ready(t, "b")
 		release := b.hist.hold("Head", "after")
 		late, done := b.subscribe("b", nil, "")
@@ -653,7 +661,39 @@ func TestEpochsRead(t *testing.T) {
 		release()
 		returned(t, done)
 		synctest.Wait()
+		late.wantEvents(t, 0) // not yet: the next read judges it
+		b.g.checkEpochs()
+		synctest.Wait()
 		late.wantEvents(t, ws.CloseSlowConsumer)
+
+	})
+}
+
+// TestEpochsReadAfterASubscribe: a subscribe that read a renewed epoch
+// before the gateway's reads did is neither closed nor caught up from
+// history when they do.
+func TestEpochsReadAfterASubscribe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newResumeBus(t)
+		b.ready(t, "a")
+		for range 5 {
+			b.publish("a")
+		}
+		b.g.checkEpochs() // reads e1
+		b.hist.mu.Lock()
+		b.hist.epoch = "e2"
+		b.hist.mu.Unlock()
+		c, done := b.subscribe("a", nil, "")
+		returned(t, done)
+		b.g.checkEpochs()
+		synctest.Wait()
+		c.wantEvents(t, 0)
+		if n := b.hist.readCount("Range"); n != 0 {
+			t.Errorf("%d history pages read for a topic served under the current epoch, want 0", n)
+		}
+		if n := b.hist.readCount("Epochs"); n != 2 {
+			t.Errorf("%d reads of the epochs, want 2", n)
+		}
 	})
 }
 
