@@ -264,6 +264,12 @@ func (h *httpAPI) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "since must be a stream ID such as 1718000000000-0, or 0")
 		return
 	}
+	if err == nil && res.Epoch == "" {
+		// Redis lost the partition's data and its owner has not yet
+		// recreated it: an answer without an epoch would give the client
+		// a cursor no later loss could be checked against.
+		err = errors.New("the partition has no epoch yet (Redis lost its data?); retry")
+	}
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return

@@ -406,6 +406,45 @@ func TestEpochRenewedUnderQuietSubscribers(t *testing.T) {
 	}
 }
 
+// TestNoEpochIsUnavailable: a partition without an epoch (Redis lost its
+// data, and its owner has not yet recreated it) is unavailable to a
+// subscribe and to GET /v1/history, rather than answered with an empty
+// epoch that would leave the client a cursor no later loss could be
+// checked against; once the epoch is back, both are answered.
+func TestNoEpochIsUnavailable(t *testing.T) {
+	b := newTestBus(t)
+	ctx := context.Background()
+	c := wstest.Dial(t, b.node.url)
+	c.Subscribe("gone", "", "")
+	c.Expect("subscribed", testutil.Wait)
+	b.XAdd(t, "gone", "1")
+	c.Events(1, testutil.Wait) // the partition's owner has checked it: it recreates nothing unasked now
+	c.Send(map[string]string{"type": "unsubscribe", "topic": "gone"})
+	c.Expect("unsubscribed", testutil.Wait)
+	meta := b.Keys.PartitionMeta(streams.Partition("gone", b.N))
+	epoch, err := b.Redis.HGet(ctx, meta, "epoch").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Redis.HDel(ctx, meta, "epoch")
+	c.Subscribe("gone", "", "")
+	if m := c.Expect("error", testutil.Wait); m.Code != "unavailable" {
+		t.Fatalf("subscribe without an epoch: %+v, want unavailable", m)
+	}
+	history := "http://" + b.node.addr + "/v1/history?topic=gone"
+	if code, body := httpJSON(t, "GET", history, ""); code != 503 {
+		t.Fatalf("GET /v1/history without an epoch = %d %v, want 503", code, body)
+	}
+	b.Redis.HSet(ctx, meta, "epoch", epoch)
+	c.Subscribe("gone", "", "")
+	if sub := c.Expect("subscribed", testutil.Wait); sub.Epoch != epoch {
+		t.Fatalf("subscribed %+v, want epoch %s", sub, epoch)
+	}
+	if code, body := httpJSON(t, "GET", history, ""); code != 200 || body["epoch"] != epoch {
+		t.Fatalf("GET /v1/history = %d %v, want 200 with epoch %s", code, body, epoch)
+	}
+}
+
 // TestOwnerRestartMidStream stops the only node while events are being
 // published and starts another one: every event reaches history once and
 // a resuming client gets each exactly once, in order.

@@ -204,18 +204,31 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 	return true
 }
 
+// errNoEpoch is a partition without an epoch: Redis lost its data (a
+// restart without persistence) and the partition's owner has not yet
+// recreated it. A subscriber told an empty epoch would hold a cursor that
+// no later loss could be checked against: it is told unavailable, and
+// retries.
+var errNoEpoch = errors.New("bus: the partition has no epoch yet (Redis lost its data?)")
+
 // readHistory reads what a subscription with key is sent first: the head
 // of the topic, or the first page after the cursor, encoded; and the
 // acknowledged cursors of subjects, in the same round trip.
 func (g *Gateway) readHistory(key readKey, subjects []string) history {
 	if key.head {
 		head, err := g.hist.Head(g.ctx, key.topic, subjects...)
+		if err == nil && head.Epoch == "" {
+			err = errNoEpoch
+		}
 		info := Subscribed{Topic: key.topic, Recovered: true, Epoch: head.Epoch, Head: head.ID, HeadSeq: head.Seq}
 		return history{err: err, last: head.ID, recovered: true, info: info, acked: head.Acked,
 			subscribed: ws.TextFrame(AppendSubscribed(nil, info))}
 	}
 	cursor := streams.Cursor{Since: key.since, Seq: key.seq, HasSeq: key.hasSeq, Epoch: key.epoch}
 	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.page(), subjects...)
+	if err == nil && r.Epoch == "" {
+		err = errNoEpoch
+	}
 	if err != nil {
 		return history{err: err}
 	}
