@@ -272,6 +272,13 @@ func clusterAddrs(cl *redistest.Cluster) []string {
 // WebSocket endpoint.
 func serveGateway(tb testing.TB, rdb redis.UniversalClient, keys streams.Keys, partitions int) (g *bus.Gateway, url string) {
 	tb.Helper()
+	// The epochs a migrated bus has: a partition without one is
+	// unavailable to subscribers.
+	for p := range partitions {
+		if err := rdb.HSetNX(context.Background(), keys.PartitionMeta(p), "epoch", "e1").Err(); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	g, err := bus.NewGateway(bus.GatewayConfig{Redis: rdb, Keys: keys, Partitions: partitions,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
