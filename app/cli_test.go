@@ -33,9 +33,9 @@ func TestPublishCommandErrors(t *testing.T) {
 		{"data too large by default", []string{"publish", "t", strings.Repeat("x", 64<<10+1)},
 			"wsbus publish: data is larger than 65536 bytes (--max-data)\n"},
 		{"bus not migrated", []string{"publish", "t", "1"},
-			"wsbus publish: bus not migrated (run wsbus migrate)\n"},
+			"wsbus publish: bus not migrated (run wsbus migrate; gateways serving it write its meta back within a second of a Redis data loss)\n"},
 		{"status of a bus not migrated", []string{"status"},
-			"wsbus status: bus not migrated (run wsbus migrate)\n"},
+			"wsbus status: bus not migrated (run wsbus migrate; gateways serving it write its meta back within a second of a Redis data loss)\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,7 +75,7 @@ func TestUnreachableRedisIsOneLine(t *testing.T) {
 
 func TestUserMessage(t *testing.T) {
 	tests := []struct{ name, err, want string }{
-		{"a sentinel", "streams: bus not migrated (run wsbus migrate)", "bus not migrated (run wsbus migrate)"},
+		{"a sentinel", "streams: bus not migrated (run wsbus migrate; gateways serving it write its meta back within a second of a Redis data loss)", "bus not migrated (run wsbus migrate; gateways serving it write its meta back within a second of a Redis data loss)"},
 		{"wrapped", "migrating the bus: migrations: bus schema is newer than this binary", "migrating the bus: bus schema is newer than this binary"},
 		{"two deep", "--jwt-public-key k.pem: auth: parsing public key: x", "--jwt-public-key k.pem: parsing public key: x"},
 		{"not a prefix", "topic \"bus: x\" is odd", "topic \"bus: x\" is odd"},
@@ -115,5 +115,25 @@ func TestUsage(t *testing.T) {
 	}
 	if strings.Contains(help, "\n  -r") || strings.Contains(help, "(default 0)") || strings.Contains(help, "(default false)") {
 		t.Errorf("serve --help has a single-dash flag or a zero default:\n%s", help)
+	}
+}
+
+// TestFlagAfterArguments: a flag given after a command's arguments is
+// refused with the reason, not taken for one more topic.
+func TestFlagAfterArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"tail", "demo", "--since", "0"},
+		{"tail", "demo", "-url=ws://127.0.0.1:1/v1/ws"},
+		{"publish", "t", "1", "--deadline", "5s"},
+	} {
+		var out, errs strings.Builder
+		code := Main(args, &out, &errs)
+		want := "wsbus " + args[0] + ": " + args[2] + " comes after the arguments: flags go before them (wsbus " + args[0] + " --help)\n"
+		if args[0] == "publish" {
+			want = "wsbus publish: --deadline comes after the arguments: flags go before them (wsbus publish --help)\n"
+		}
+		if code != 1 || errs.String() != want {
+			t.Errorf("wsbus %v = exit %d, %q; want 1, %q", args, code, errs.String(), want)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -110,8 +111,22 @@ func (h *httpAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, msg)
 		return
 	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			status, msg := h.publishBodyError(err)
+			writeError(w, status, msg)
+			return
+		}
+		writeError(w, http.StatusBadRequest, "body must be one JSON object, with nothing after it")
+		return
+	}
 	if len(body.Data) == 0 {
 		writeError(w, http.StatusBadRequest, "data is missing")
+		return
+	}
+	if !utf8.Valid(body.Data) {
+		writeError(w, http.StatusBadRequest, "data must be JSON, which is UTF-8")
 		return
 	}
 	if bus.IsCanaryTopic(body.Topic) {

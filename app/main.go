@@ -125,6 +125,19 @@ func parseOrUsage(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// flagAfterArgs refuses a flag of fs given after the first argument: the
+// flag package stops at the first argument and would take the flag for
+// one more (a topic named "--since").
+func flagAfterArgs(fs *flag.FlagSet) error {
+	for _, arg := range fs.Args() {
+		name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		if strings.HasPrefix(arg, "-") && fs.Lookup(name) != nil {
+			return fmt.Errorf("%s comes after the arguments: flags go before them (%s --help)", arg, fs.Name())
+		}
+	}
+	return nil
+}
+
 // wasSet reports whether a flag was given on the command line, in the
 // environment or in the config file.
 func wasSet(fs *flag.FlagSet, name string) bool {

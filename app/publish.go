@@ -22,6 +22,9 @@ func runPublish(args []string, stdout, stderr io.Writer) error {
 	if err := parseOrUsage(fs, args); err != nil {
 		return err
 	}
+	if err := flagAfterArgs(fs); err != nil {
+		return err
+	}
 	if fs.NArg() != 2 {
 		fs.Usage()
 		return errUsage

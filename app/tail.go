@@ -35,6 +35,9 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
+	if err := flagAfterArgs(fs); err != nil {
+		return err
+	}
 	if (*ack || *since == "acked") && *token == "" && *user == "" {
 		return errors.New("--ack and --since acked need a subject: give --token (its sub) or, on an --insecure gateway, --user")
 	}

@@ -22,5 +22,5 @@ var (
 	// ErrBadSeq means a string is not a seq (digits, no sign or leading zero).
 	ErrBadSeq = errors.New("streams: invalid seq")
 	// ErrNotMigrated means the bus has no <prefix>:meta partitions yet.
-	ErrNotMigrated = errors.New("streams: bus not migrated (run wsbus migrate)")
+	ErrNotMigrated = errors.New("streams: bus not migrated (run wsbus migrate; gateways serving it write its meta back within a second of a Redis data loss)")
 )
