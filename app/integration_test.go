@@ -357,7 +357,7 @@ func TestBusMetaWrittenBack(t *testing.T) {
 	if err := b.Redis.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(testutil.Wait)
+	deadline := time.Now().Add(2 * testutil.Wait)
 	for {
 		n, err := streams.Partitions(ctx, b.Redis, b.Keys)
 		if err == nil && n == b.N {
@@ -371,8 +371,20 @@ func TestBusMetaWrittenBack(t *testing.T) {
 	if v, err := migrations.Version(ctx, b.Redis, b.Keys); err != nil || v != migrations.Latest() {
 		t.Fatalf("schema = %d, %v; want %d", v, err, migrations.Latest())
 	}
-	c := wstest.Dial(t, b.node.url+"?topic=after")
-	c.Expect("subscribed", testutil.Wait)
+	// Until the partition's owner has recreated its epoch, a subscribe is
+	// told unavailable, and retries, as a client does.
+	c := wstest.Dial(t, b.node.url)
+	for {
+		c.Subscribe("after", "", "")
+		m := c.Next(testutil.Wait)
+		if m.Type == "subscribed" {
+			break
+		}
+		if m.Code != "unavailable" || time.Now().After(deadline) {
+			t.Fatalf("subscribe after the loss: %+v, want subscribed (or unavailable for a moment)", m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	var out, errs strings.Builder
 	if err := runPublish([]string{"--redis", b.srv.URL(), "--prefix", b.prefix, "after", `{"n":1}`}, &out, &errs); err != nil {
 		t.Fatalf("wsbus publish: %v (%s)", err, errs.String())
