@@ -439,47 +439,43 @@ func TestResumeEventDuringHistoryRead(t *testing.T) {
 
 // TestResumePagesCutByBytes: a resume whose history pages end at
 // HistoryBytes, short of HistoryPage events, reads on until history says
-// there is no more, and the subscriber gets every event once, in order.
+// there is no more, and the subscriber gets every event once, in order;
+// so do events larger than HistoryBytes (written under a greater MaxData),
+// which come a page each.
 func TestResumePagesCutByBytes(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		b := newResumeBus(t)
-		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 5 // events of 3 bytes: one a page
-		b.ready(t, "a")
-		e1 := b.publish("a")
-		var want []streams.Event
-		for range 4 {
-			want = append(want, b.publish("a"))
-		}
-		c, done := b.subscribe("a", &e1, "e1")
-		returned(t, done)
-		if sub := c.wantEvents(t, 0, want...); !sub.Recovered {
-			t.Errorf("subscribed %+v: want recovered", sub)
-		}
-		// The first page (Resume) had one event; three more had one each,
-		// the last saying there was no more.
-		if n := b.hist.readCount("Range"); n != 3 {
-			t.Errorf("%d pages read after the first, want 3", n)
-		}
-	})
-}
-
-// TestResumePagesOfEventsPastTheBytes: events larger than HistoryBytes
-// (written under a greater MaxData) come a page each, and every one comes.
-func TestResumePagesOfEventsPastTheBytes(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		b := newResumeBus(t)
-		b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, 2 // events of 3 bytes
-		b.hist.pages = 20
-		b.ready(t, "a")
-		e1 := b.publish("a")
-		var want []streams.Event
-		for range 4 {
-			want = append(want, b.publish("a"))
-		}
-		c, done := b.subscribe("a", &e1, "e1")
-		returned(t, done)
-		c.wantEvents(t, 0, want...)
-	})
+	for _, tt := range []struct {
+		name  string
+		bytes int // HistoryBytes, for events of 3 bytes
+		pages int // pages read after the first (Resume)
+	}{
+		// One event a page; the last page says there is no more.
+		{"one event a page", 5, 3},
+		// Each page's read finds the event after the last one sent too
+		// large and reads it again in a page of two; the last finds none.
+		{"events past the bytes", 2, 7},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := newResumeBus(t)
+				b.g.cfg.HistoryPage, b.g.cfg.HistoryBytes = 500, tt.bytes
+				b.hist.pages = 20 // a reader that does not progress fails rather than hangs
+				b.ready(t, "a")
+				e1 := b.publish("a")
+				var want []streams.Event
+				for range 4 {
+					want = append(want, b.publish("a"))
+				}
+				c, done := b.subscribe("a", &e1, "e1")
+				returned(t, done)
+				if sub := c.wantEvents(t, 0, want...); !sub.Recovered {
+					t.Errorf("subscribed %+v: want recovered", sub)
+				}
+				if n := b.hist.readCount("Range"); n != tt.pages {
+					t.Errorf("%d pages read after the first, want %d", n, tt.pages)
+				}
+			})
+		})
+	}
 }
 
 // TestResumeTrimmedBetweenPages: history is trimmed while a resume reads
