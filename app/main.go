@@ -77,38 +77,16 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// printFlags lists fs's flags as flag.PrintDefaults does, but with the
-// two dashes the README and the messages use (the flag package takes one
-// or two).
+// printFlags lists fs's flags as flag.PrintDefaults does, with the two
+// dashes the README and the messages use (the flag package takes one or
+// two): a line that names a flag is the only one to start "  -".
 func printFlags(w io.Writer, fs *flag.FlagSet) {
-	fs.VisitAll(func(f *flag.Flag) {
-		var b strings.Builder
-		fmt.Fprintf(&b, "  --%s", f.Name)
-		name, text := flag.UnquoteUsage(f)
-		if name != "" {
-			b.WriteString(" " + name)
-		}
-		b.WriteString("\n    \t")
-		b.WriteString(strings.ReplaceAll(text, "\n", "\n    \t"))
-		if !zeroDefault(f.DefValue) {
-			if name == "string" {
-				fmt.Fprintf(&b, " (default %q)", f.DefValue)
-			} else {
-				fmt.Fprintf(&b, " (default %v)", f.DefValue)
-			}
-		}
-		fmt.Fprintln(w, b.String())
-	})
-}
-
-// zeroDefault reports whether a flag's default is its type's zero value,
-// which the help leaves out.
-func zeroDefault(v string) bool {
-	switch v {
-	case "", "0", "false", "0s", "[]":
-		return true
-	}
-	return false
+	var b strings.Builder
+	out := fs.Output()
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+	fmt.Fprint(w, strings.ReplaceAll("\n"+b.String(), "\n  -", "\n  --")[1:])
 }
 
 // parseOrUsage parses flags, turning a flag error into errUsage.
