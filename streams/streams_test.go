@@ -311,3 +311,28 @@ func FuzzEventSeq(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAppendEvent: the owner encodes each event once (its data
+// checked as JSON and as UTF-8), for every subscriber. Text of ASCII and
+// text with an accented letter every six bytes, the slow case of the
+// UTF-8 check.
+func BenchmarkAppendEvent(b *testing.B) {
+	for _, bench := range []struct {
+		name string
+		data string
+	}{
+		{"ascii-100B", `{"text":"` + strings.Repeat("hello ", 15) + `"}`},
+		{"accented-1KB", `{"text":"` + strings.Repeat("héllo ", 146) + `"}`},
+		{"accented-16KB", `{"text":"` + strings.Repeat("héllo ", 2340) + `"}`},
+	} {
+		b.Run(bench.name, func(b *testing.B) {
+			data := []byte(bench.data)
+			buf := make([]byte, 0, len(data)+128)
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = AppendEvent(buf[:0], "user:42", "1718000000000-1", 42, data)
+			}
+		})
+	}
+}
