@@ -153,6 +153,9 @@ func (g *Gateway) sendHistory(c clientConn, cl *client, s *subscription, m clien
 		}
 	}
 	h := g.reads.do(key, cl.subject(), func(subjects []string) history { return g.readHistory(key, subjects) })
+	if h.err == nil && h.info.Epoch == "" {
+		h.err = errNoEpoch
+	}
 	if h.err != nil {
 		g.cfg.Logger.Warn("reading topic history", "topic", m.Topic, "err", h.err)
 		return false
@@ -217,18 +220,12 @@ var errNoEpoch = errors.New("bus: the partition has no epoch yet (Redis lost its
 func (g *Gateway) readHistory(key readKey, subjects []string) history {
 	if key.head {
 		head, err := g.hist.Head(g.ctx, key.topic, subjects...)
-		if err == nil && head.Epoch == "" {
-			err = errNoEpoch
-		}
 		info := Subscribed{Topic: key.topic, Recovered: true, Epoch: head.Epoch, Head: head.ID, HeadSeq: head.Seq}
 		return history{err: err, last: head.ID, recovered: true, info: info, acked: head.Acked,
 			subscribed: ws.TextFrame(AppendSubscribed(nil, info))}
 	}
 	cursor := streams.Cursor{Since: key.since, Seq: key.seq, HasSeq: key.hasSeq, Epoch: key.epoch}
 	r, err := g.hist.Resume(g.ctx, key.topic, cursor, g.page(), subjects...)
-	if err == nil && r.Epoch == "" {
-		err = errNoEpoch
-	}
 	if err != nil {
 		return history{err: err}
 	}
