@@ -39,25 +39,9 @@ func (b *testBus) waitCursor(tb testing.TB, topic, sub, want string) {
 	})
 }
 
-// published adds n events to topic and waits until its history holds them.
-func (b *testBus) published(tb testing.TB, topic string, n int) []string {
-	tb.Helper()
-	var ids []string
-	for i := range n {
-		ids = append(ids, b.XAdd(tb, topic, fmt.Sprintf(`{"n":%d}`, i)))
-	}
-	testutil.Eventually(tb, testutil.Wait, func() error {
-		if h := b.historyIDs(tb, topic); len(h) == 0 || h[len(h)-1] != ids[n-1] {
-			return fmt.Errorf("history of %s not at %s yet", topic, ids[n-1])
-		}
-		return nil
-	})
-	return ids
-}
-
 func TestAckMovesTheSubjectsCursorForwardOnly(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "inbox", 5)
+	ids := b.publishSeen(t, "inbox", 5)
 	phone := wstest.Dial(t, b.node.url+"?user=ann")
 	laptop := wstest.Dial(t, b.node.url+"?user=ann")
 	ack(phone, "inbox", ids[2])
@@ -83,7 +67,7 @@ func ping(c *wstest.Client) { c.Send(map[string]string{"type": "ping"}) }
 
 func TestAckErrorsKeepTheConnection(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "errs", 3)
+	ids := b.publishSeen(t, "errs", 3)
 	anon := wstest.Dial(t, b.node.url)
 	ack(anon, "errs", ids[0])
 	if e := anon.Expect("error", testutil.Wait); e.Code != "no_subject" || e.Topic != "errs" {
@@ -127,7 +111,7 @@ func TestAckErrorsKeepTheConnection(t *testing.T) {
 // valid one, and only the invalid one is refused.
 func TestAckBurstKeepsTheValidOne(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "burst", 3)
+	ids := b.publishSeen(t, "burst", 3)
 	c := wstest.Dial(t, b.node.url+"?user=bob")
 	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"` + ids[1] + `"}`))
 	c.SendRaw([]byte(`{"type":"ack","topic":"burst","id":"9999999999999-0"}`))
@@ -147,7 +131,7 @@ func bumped(id string) string {
 
 func TestUnreadOverHTTP(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "badge", 5)
+	ids := b.publishSeen(t, "badge", 5)
 	c := wstest.Dial(t, b.node.url+"?user=ann")
 	ack(c, "badge", ids[1])
 	b.waitCursor(t, "badge", "ann", ids[1])
@@ -182,7 +166,7 @@ func TestUnreadOverHTTP(t *testing.T) {
 // is told the cursor and the unread count.
 func TestSinceAckedResumesFromTheCursor(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "inbox", 5)
+	ids := b.publishSeen(t, "inbox", 5)
 	phone := wstest.Dial(t, b.node.url+"?user=ann")
 	ack(phone, "inbox", ids[2])
 	b.waitCursor(t, "inbox", "ann", ids[2])
@@ -228,7 +212,7 @@ func TestSinceAckedResumesFromTheCursor(t *testing.T) {
 // devices see the cursor move.
 func TestSubscribedCarriesAckedAndUnread(t *testing.T) {
 	b := newTestBus(t)
-	ids := b.published(t, "feed", 3)
+	ids := b.publishSeen(t, "feed", 3)
 	for _, tt := range []struct {
 		name, query, since string
 		acked              string
@@ -261,7 +245,7 @@ func TestSubscribedCarriesAckedAndUnread(t *testing.T) {
 // nothing back.
 func TestUnreadCountsTrimmedEvents(t *testing.T) {
 	b := newTestBus(t, "--history-len", "10")
-	ids := b.published(t, "long", 300)
+	ids := b.publishSeen(t, "long", 300)
 	c := wstest.Dial(t, b.node.url+"?user=ann")
 	if n := len(b.historyIDs(t, "long")); n >= 300 {
 		t.Fatalf("history holds %d events, want it trimmed", n)
