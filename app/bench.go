@@ -24,7 +24,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 1 && args[0] == "--worker" {
 		return bench.RunWorker(os.Stdin, stdout)
 	}
-	fs := newFlagSet("bench", "bench [flags]", stderr)
+	fs := newFlagSet("bench", "bench [flags]", stdout, stderr)
 	var c common
 	c.register(fs)
 	baselineServer := fs.String("baseline-server", "", "serve a baseline (naive or floor) on --listen instead of running a bench; the bench starts these itself")

@@ -103,11 +103,12 @@ func TestUsage(t *testing.T) {
 	if code := Main([]string{"--help"}, &out, &errs); code != 0 || !strings.Contains(out.String(), "wsbus serve") {
 		t.Fatalf("wsbus --help = exit %d, stdout %q; want 0 and the usage", code, out.String())
 	}
+	out.Reset()
 	errs.Reset()
-	if code := Main([]string{"serve", "--help"}, &out, &errs); code != 0 {
-		t.Fatalf("wsbus serve --help = exit %d", code)
+	if code := Main([]string{"serve", "--help"}, &out, &errs); code != 0 || errs.Len() != 0 {
+		t.Fatalf("wsbus serve --help = exit %d, stderr %q; want 0 and the usage on stdout", code, errs.String())
 	}
-	help := errs.String()
+	help := out.String()
 	for _, want := range []string{"\n  --redis URL\n", "\n  --insecure\n", "(default \"wsbus\")", "(default 65536)"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("serve --help has no %q:\n%s", want, help)
@@ -115,6 +116,14 @@ func TestUsage(t *testing.T) {
 	}
 	if strings.Contains(help, "\n  -r") || strings.Contains(help, "(default 0)") || strings.Contains(help, "(default false)") {
 		t.Errorf("serve --help has a single-dash flag or a zero default:\n%s", help)
+	}
+	// After a mistake the usage goes to stderr, with the exit code 2.
+	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"publish", "t"}, {"tail"}, {"status", "--json=maybe"}} {
+		out.Reset()
+		errs.Reset()
+		if code := Main(args, &out, &errs); code != 2 || out.Len() != 0 || !strings.Contains(errs.String(), "Usage: wsbus "+args[0]) {
+			t.Errorf("wsbus %v = exit %d, stdout %q, stderr %q; want 2 and the usage on stderr", args, code, out.String(), errs.String())
+		}
 	}
 }
 

@@ -132,18 +132,18 @@ func TestMainCommandLine(t *testing.T) {
 		{"usage", "", "", nil, 2, "", "wsbus serve"},
 		{"help", "", "", []string{"--help"}, 0, "WSBUS_", ""},
 		{"unknown command", "", "", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
-		{"serve help", "", "", []string{"serve", "--help"}, 0, "", "\n  --insecure\n"},
+		{"serve help", "", "", []string{"serve", "--help"}, 0, "\n  --insecure\n", ""},
 		{"serve without auth", "", "", []string{"serve"}, 1, "", "--insecure for development"},
 		{"serve with a secret and a key", "", "", []string{"serve", "--jwt-secret", "s", "--jwt-public-key", "k.pem"}, 1, "", "not both"},
 		{"serve with a missing key file", "", "", []string{"serve", "--jwt-public-key", "/nonexistent.pem"}, 1, "", "reading --jwt-public-key"},
 		{"serve with a bad flag", "", "", []string{"serve", "--nope"}, 2, "", "flag provided but not defined"},
 		{"publish without arguments", "", "", []string{"publish"}, 2, "", "TOPIC DATA"},
 		{"tail without topics", "", "", []string{"tail"}, 2, "", "TOPIC..."},
-		{"migrate help", "", "", []string{"migrate", "-h"}, 0, "", "\n  --partitions int\n"},
+		{"migrate help", "", "", []string{"migrate", "-h"}, 0, "\n  --partitions int\n", ""},
 		{"bad environment value", "lots", "", []string{"serve"}, 1, "", "WSBUS_MAX_QUEUE"},
 		{"bad slow-consumer", "", "", []string{"serve", "--insecure", "--slow-consumer", "drop"}, 2, "", `invalid value "drop" for flag -slow-consumer: "drop" is neither lag nor close`},
 		{"bad slow-consumer environment", "", "drop", []string{"serve", "--insecure"}, 1, "", `environment WSBUS_SLOW_CONSUMER: "drop" is neither lag nor close`},
-		{"slow-consumer help", "", "", []string{"serve", "--help"}, 0, "", "\n  --slow-consumer mode\n"},
+		{"slow-consumer help", "", "", []string{"serve", "--help"}, 0, "\n  --slow-consumer mode\n", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

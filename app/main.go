@@ -66,15 +66,35 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// newFlagSet returns a flag set that prints its usage to stderr.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet returns a flag set that prints its usage to stdout when
+// asked for (--help) and to stderr after a mistake: a bad flag, or
+// arguments the command refuses (fs.Usage called after parsing).
+func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("wsbus "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	out := &flagOutput{stderr: stderr}
+	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: wsbus %s\n\nFlags (each also WSBUS_<FLAG> in the environment):\n", synopsis)
-		printFlags(stderr, fs)
+		w := stderr
+		if out.asked {
+			w = stdout
+		}
+		fmt.Fprintf(w, "Usage: wsbus %s\n\nFlags (each also WSBUS_<FLAG> in the environment):\n", synopsis)
+		printFlags(w, fs)
 	}
 	return fs
+}
+
+// flagOutput is where a flag set prints its errors. asked is true while
+// the command line is parsed and no error has been printed: the flag
+// package calls Usage then only for -h or --help.
+type flagOutput struct {
+	stderr io.Writer
+	asked  bool
+}
+
+func (o *flagOutput) Write(p []byte) (int, error) {
+	o.asked = false
+	return o.stderr.Write(p)
 }
 
 // printFlags lists fs's flags as flag.PrintDefaults does, with the two
@@ -91,6 +111,11 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 
 // parseOrUsage parses flags, turning a flag error into errUsage.
 func parseOrUsage(fs *flag.FlagSet, args []string) error {
+	out, _ := fs.Output().(*flagOutput)
+	if out != nil {
+		out.asked = true
+		defer func() { out.asked = false }()
+	}
 	if err := parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

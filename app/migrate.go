@@ -13,7 +13,7 @@ import (
 )
 
 func runMigrate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("migrate", "migrate [flags]", stderr)
+	fs := newFlagSet("migrate", "migrate [flags]", stdout, stderr)
 	var c common
 	c.register(fs)
 	partitions := fs.Int("partitions", migrations.DefaultPartitions, "partition count of a new bus; fixed once the bus exists")

@@ -14,7 +14,7 @@ import (
 )
 
 func runPublish(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("publish", "publish [flags] TOPIC DATA   (DATA \"-\" reads standard input)", stderr)
+	fs := newFlagSet("publish", "publish [flags] TOPIC DATA   (DATA \"-\" reads standard input)", stdout, stderr)
 	var c common
 	c.register(fs)
 	deadline := fs.Duration("deadline", 0, "a subject must acknowledge the event within this long (e.g. 30s, whole milliseconds), or it is escalated to <prefix>:escalations (0: no deadline)")

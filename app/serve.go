@@ -149,7 +149,7 @@ func (s *slowConsumer) Set(v string) error {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", "serve [flags]", stderr)
+	fs := newFlagSet("serve", "serve [flags]", stdout, stderr)
 	var c ServeConfig
 	c.register(fs)
 	if err := parseOrUsage(fs, args); err != nil {

@@ -47,7 +47,7 @@ type PartitionStatus struct {
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [flags]", stderr)
+	fs := newFlagSet("status", "status [flags]", stdout, stderr)
 	var c common
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON instead of tables (with --watch: one JSON object per line)")

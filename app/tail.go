@@ -21,7 +21,7 @@ import (
 // runTail is wsbus tail: a terminal client on the Go client package,
 // which keeps each topic's cursor and resumes it on every reconnect.
 func runTail(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("tail", "tail [flags] TOPIC...", stderr)
+	fs := newFlagSet("tail", "tail [flags] TOPIC...", stdout, stderr)
 	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "WebSocket URL of a gateway")
 	since := fs.String("since", "", "resume after this event ID (\"0\": everything retained; \"acked\": after the subject's acknowledged cursor); default only new events")
 	count := fs.Int("count", 0, "exit after printing this many events (0: run until interrupted)")
