@@ -117,12 +117,24 @@ func TestUsage(t *testing.T) {
 	if strings.Contains(help, "\n  -r") || strings.Contains(help, "(default 0)") || strings.Contains(help, "(default false)") {
 		t.Errorf("serve --help has a single-dash flag or a zero default:\n%s", help)
 	}
-	// After a mistake the usage goes to stderr, with the exit code 2.
-	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"publish", "t"}, {"tail"}, {"status", "--json=maybe"}} {
+	// After a mistake the usage goes to stderr, with the exit code 2,
+	// after the mistake's flag named as the usage names it.
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"serve", "--no-such-flag"}, "flag provided but not defined: --no-such-flag\n"},
+		{[]string{"serve", "-max-data=x"}, "invalid value \"x\" for flag --max-data: parse error\n"},
+		{[]string{"status", "--json=maybe"}, "invalid boolean value \"maybe\" for --json: parse error\n"},
+		{[]string{"tail", "--since"}, "flag needs an argument: --since\n"},
+		{[]string{"publish", "t"}, ""},
+		{[]string{"tail"}, ""},
+	} {
 		out.Reset()
 		errs.Reset()
-		if code := Main(args, &out, &errs); code != 2 || out.Len() != 0 || !strings.Contains(errs.String(), "Usage: wsbus "+args[0]) {
-			t.Errorf("wsbus %v = exit %d, stdout %q, stderr %q; want 2 and the usage on stderr", args, code, out.String(), errs.String())
+		code := Main(tt.args, &out, &errs)
+		if code != 2 || out.Len() != 0 || !strings.HasPrefix(errs.String(), tt.msg+"Usage: wsbus "+tt.args[0]) {
+			t.Errorf("wsbus %v = exit %d, stdout %q, stderr %q; want 2 and %q with the usage on stderr", tt.args, code, out.String(), errs.String(), tt.msg)
 		}
 	}
 }

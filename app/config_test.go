@@ -141,7 +141,7 @@ func TestMainCommandLine(t *testing.T) {
 		{"tail without topics", "", "", []string{"tail"}, 2, "", "TOPIC..."},
 		{"migrate help", "", "", []string{"migrate", "-h"}, 0, "\n  --partitions int\n", ""},
 		{"bad environment value", "lots", "", []string{"serve"}, 1, "", "WSBUS_MAX_QUEUE"},
-		{"bad slow-consumer", "", "", []string{"serve", "--insecure", "--slow-consumer", "drop"}, 2, "", `invalid value "drop" for flag -slow-consumer: "drop" is neither lag nor close`},
+		{"bad slow-consumer", "", "", []string{"serve", "--insecure", "--slow-consumer", "drop"}, 2, "", `invalid value "drop" for flag --slow-consumer: "drop" is neither lag nor close`},
 		{"bad slow-consumer environment", "", "drop", []string{"serve", "--insecure"}, 1, "", `environment WSBUS_SLOW_CONSUMER: "drop" is neither lag nor close`},
 		{"slow-consumer help", "", "", []string{"serve", "--help"}, 0, "\n  --slow-consumer mode\n", ""},
 	}

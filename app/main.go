@@ -84,17 +84,27 @@ func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// flagOutput is where a flag set prints its errors. asked is true while
-// the command line is parsed and no error has been printed: the flag
-// package calls Usage then only for -h or --help.
+// flagOutput is where a flag set prints its errors, with the flag named
+// as the usage names it ("flag provided but not defined: --nope", where
+// the flag package says -nope). asked is true while the command line is
+// parsed and no error has been printed: the flag package calls Usage then
+// only for -h or --help.
 type flagOutput struct {
 	stderr io.Writer
 	asked  bool
 }
 
+// flagDashes turns the flag package's single-dash names in its error
+// messages into two.
+var flagDashes = strings.NewReplacer("defined: -", "defined: --", "for flag -", "for flag --",
+	"for -", "for --", "argument: -", "argument: --")
+
 func (o *flagOutput) Write(p []byte) (int, error) {
 	o.asked = false
-	return o.stderr.Write(p)
+	if _, err := io.WriteString(o.stderr, flagDashes.Replace(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // printFlags lists fs's flags as flag.PrintDefaults does, with the two
