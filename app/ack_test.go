@@ -1,12 +1,15 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws/wsutil"
 
 	"github.com/wsbus/wsbus/internal/bustest"
 	"github.com/wsbus/wsbus/internal/redistest"
@@ -270,6 +273,36 @@ func TestUnreadCountsTrimmedEvents(t *testing.T) {
 	ack(bob, "long", ids[3])
 	if e := bob.Expect("error", testutil.Wait); e.Code != "bad_id" {
 		t.Fatalf("ack of a trimmed event with no cursor = %+v, want bad_id", e)
+	}
+}
+
+// TestAckCatchUpBurst: a client that acks each event of a long catch-up
+// as it comes sends hundreds of acks within one batch; none is refused
+// and the cursor ends at the last (with 256 acks a connection per batch
+// refused past the bound, half of them were: too_many_acks, the cursor
+// left behind, unread wrong).
+func TestAckCatchUpBurst(t *testing.T) {
+	b := newTestBus(t)
+	ids := b.publishSeen(t, "catchup", 600)
+	c := wstest.Dial(t, b.node.url+"?user=ann")
+	var burst bytes.Buffer // every ack in one write: one batch
+	for _, id := range ids {
+		if err := wsutil.WriteClientText(&burst, fmt.Appendf(nil, `{"type":"ack","topic":"catchup","id":%q}`, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Conn.Write(burst.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	ping(c)
+	if m := c.Next(testutil.Wait); m.Type != "pong" {
+		t.Fatalf("after 600 acks: %+v, want pong and no error", m)
+	}
+	b.waitCursor(t, "catchup", "ann", ids[599])
+	c.ExpectQuiet(50 * time.Millisecond)
+	status, res := httpJSON(t, "GET", "http://"+b.node.addr+"/v1/unread?topic=catchup&sub=ann", "")
+	if status != 200 || res["acked"] != ids[599] || res["unread"] != float64(0) {
+		t.Fatalf("unread = %d %v, want acked %s unread 0", status, res, ids[599])
 	}
 }
 

@@ -49,7 +49,7 @@ type acker struct {
 	g       *Gateway
 	mu      sync.Mutex
 	pending map[ackKey][]ackCandidate
-	waiting map[*client]int // acks of a connection taken and not yet written; only connections with some
+	waiting map[*client]int // candidates of a connection in pending; only connections with some
 	wake    chan struct{}
 }
 
@@ -83,7 +83,8 @@ func (g *Gateway) ack(c *ws.Conn, cl *client, m clientMessage) {
 	}
 }
 
-// add queues an ack; false when cl has MaxAcks waiting already.
+// add queues an ack; false when cl has MaxAcks in the batch being
+// gathered already, none of them on topic.
 func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 	k := ackKey{cl.subject(), topic}
 	a.mu.Lock()
@@ -92,15 +93,35 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 	// higher one may turn out not to be an event (bad_id), and a valid
 	// lower one must still move the cursor. The script tries them
 	// highest first; MaxAcks bounds them per connection.
+	low := -1 // cl's lowest candidate on k
 	for i := range cands {
-		if cands[i].cl == cl && cands[i].id == id {
+		if cands[i].cl != cl {
+			continue
+		}
+		if cands[i].id == id {
 			a.mu.Unlock()
 			return true
 		}
+		if low < 0 || cands[i].id.Less(cands[low].id) {
+			low = i
+		}
 	}
 	if a.waiting[cl] >= a.g.cfg.MaxAcks {
+		// At the bound, a connection acking events in order (a catch-up
+		// of hundreds within AckFlush) keeps its highest: the new ID
+		// takes the place of its lowest on the key, or is below all of
+		// them and moves the cursor no further than they do. Only a
+		// connection acking more than MaxAcks topics in one batch is
+		// refused.
+		if low < 0 {
+			a.mu.Unlock()
+			return false
+		}
+		if cands[low].id.Less(id) {
+			cands[low].id = id
+		}
 		a.mu.Unlock()
-		return false
+		return true
 	}
 	a.waiting[cl]++
 	a.pending[k] = append(cands, ackCandidate{cl: cl, id: id})
@@ -153,11 +174,15 @@ func (a *acker) final() {
 	a.flush(ctx, a.take())
 }
 
+// take returns the batch gathered and begins the next, with room for
+// MaxAcks a connection again: batches are written one at a time, so a
+// connection holds at most twice MaxAcks, whatever Redis does.
 func (a *acker) take() map[ackKey][]ackCandidate {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	batch := a.pending
 	a.pending = make(map[ackKey][]ackCandidate, len(batch))
+	clear(a.waiting)
 	return batch
 }
 
@@ -183,7 +208,6 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		_ = ackScript.Load(ctx, a.g.cfg.Redis).Err()
 		err = a.exec(ctx, calls)
 	}
-	a.written(calls)
 	for _, call := range calls {
 		statuses, cerr := call.cmd.Int64Slice()
 		for i, cand := range call.cands {
@@ -199,19 +223,6 @@ func (a *acker) flush(ctx context.Context, batch map[ackKey][]ackCandidate) {
 		a.g.cfg.Logger.Warn("writing acknowledgements", "topics", len(calls), "err", err)
 	}
 	a.g.stats.acks.Add(uint64(len(batch)))
-}
-
-// written gives the batch's room back to its connections.
-func (a *acker) written(calls []*ackCall) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, call := range calls {
-		for _, cand := range call.cands {
-			if a.waiting[cand.cl]--; a.waiting[cand.cl] <= 0 {
-				delete(a.waiting, cand.cl)
-			}
-		}
-	}
 }
 
 // calls groups a batch by topic, each subject's candidates highest first.

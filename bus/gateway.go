@@ -66,9 +66,12 @@ type GatewayConfig struct {
 	// the longest an ack waits, and what lets a burst of acks cost one
 	// round trip. Zero value means 5 ms.
 	AckFlush time.Duration
-	// MaxAcks bounds the acks of one connection waiting to be written;
-	// past it an ack is refused with too_many_acks, so a Redis that does
-	// not answer cannot make acks pile up without bound. Zero value means
+	// MaxAcks bounds the distinct IDs one connection acknowledged in the
+	// batch being gathered (and so what it holds while a batch is
+	// written: twice as many), so a Redis that does not answer cannot make
+	// acks pile up without bound. Past it an ack on a topic the
+	// connection has acks of in the batch replaces its lowest there; one
+	// on another topic is refused with too_many_acks. Zero value means
 	// 256.
 	MaxAcks int
 	// CanaryKey admits the node's own canary client (app/canary.go): a
