@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,7 +117,10 @@ type SubscribeOptions struct {
 	// OnGap is told of events the application will not be handed.
 	OnGap func(Gap)
 	// Buffer is the capacity of Events() when OnEvent is nil. Zero value
-	// means 256. A full channel holds up the connection's reader.
+	// means 256. A full channel holds up the connection's reader. With a
+	// Store, an event's cursor is stored once the application has taken
+	// the event after it (the one it handles may be handed over again
+	// after a restart, never lost).
 	Buffer int
 }
 
@@ -154,6 +158,11 @@ type Subscription struct {
 	events chan Event
 	done   chan struct{}
 	once   sync.Once
+
+	// handed holds, with a Store and Events(), the cursors of the events
+	// put on the channel from the newest the application may still be
+	// handling on; the reader goroutine's alone.
+	handed []Cursor
 }
 
 // New returns a Client of the gateway at url (ws:// or wss://, path
@@ -621,7 +630,9 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 		return // had it: sent twice or out of order
 	}
 	if m.Type == "subscribed" {
-		c.save(m.Topic, cur)
+		if s.opts.OnEvent != nil || len(s.handed) == 0 {
+			c.save(m.Topic, cur) // else the stored cursor stays behind events not yet handled
+		}
 		if s.opts.OnSubscribed != nil {
 			s.opts.OnSubscribed(Subscribed{Topic: m.Topic, Recovered: m.Recovered, Epoch: m.Epoch, Head: m.Head,
 				Seq: m.Seq, Missed: m.Missed, Acked: m.Acked, Unread: m.Unread})
@@ -630,13 +641,34 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 	if gap != nil && s.opts.OnGap != nil {
 		s.opts.OnGap(*gap)
 	}
-	if m.Type == "event" {
-		// Stored once handed over: an application that dies before
-		// gets the event again after a restart.
-		if s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data}) {
-			c.save(m.Topic, cur)
-		}
+	if m.Type == "event" && s.deliver(ctx, Event{Topic: m.Topic, ID: m.ID, Seq: m.Seq, Data: m.Data}) {
+		c.handled(s, cur)
 	}
+}
+
+// handled stores what the application is surely done with, so that one
+// that dies while handling an event gets it again after a restart. With
+// OnEvent, that is the event it returned from. With Events(), it is the
+// event before the newest one taken from the channel: taking the next is
+// what says it is done with one. The newest taken is stored once another
+// is taken after it, so a restart may hand it over again.
+func (c *Client) handled(s *Subscription, cur Cursor) {
+	if c.opts.Store == nil {
+		return
+	}
+	if s.opts.OnEvent != nil {
+		c.save(s.topic, cur)
+		return
+	}
+	s.handed = append(s.handed, cur)
+	// len is read as the application takes: it may count one still there
+	// that was just taken, which only stores an older cursor.
+	taken := len(s.handed) - len(s.events)
+	if taken < 2 {
+		return
+	}
+	c.save(s.topic, s.handed[taken-2])
+	s.handed = slices.Delete(s.handed, 0, taken-1)
 }
 
 // retryLocked sends s's subscribe again on conn in 0.5 to 1.5 s: the

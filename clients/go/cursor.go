@@ -60,8 +60,12 @@ func (c *Cursor) Subscribed(m *Message) *Gap {
 	if !m.Recovered && c.ID != "" && c.ID != "acked" && (c.Epoch != "" && m.Epoch != c.Epoch || idLess(m.Head, c.ID)) {
 		// The cursor belongs to data that was lost (a new epoch, or a
 		// stream that went back): the server sends everything it
-		// retains, which may sort below the cursor, and each is new.
-		c.ID, c.Seq = "0", 0
+		// retains. What sorts at or below the cursor is what Redis kept
+		// of events already handed over (an older snapshot, a replica
+		// that lagged), and is dropped as any duplicate: never twice,
+		// never out of order. The cursor's seq belongs to the old data
+		// and is not sent again.
+		c.Seq = 0
 	}
 	c.Epoch = m.Epoch
 	switch c.ID {

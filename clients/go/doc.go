@@ -16,7 +16,10 @@
 // server gave before the first event), resends it on every reconnect,
 // drops an event it already handed over, and reports a Gap when the
 // server answers recovered:false or a seq skips a number, rather than
-// hide it. Cursors can outlive the process through a Store.
+// hide it. Cursors can outlive the process through a Store, which is
+// written once the application is done with an event: when OnEvent
+// returns, or, with Events(), when the next event is taken; so one that
+// dies while handling an event is handed it again after a restart.
 //
 // The import path is github.com/wsbus/wsbus/clients/go; the package is
 // named wsbus. It depends on github.com/gobwas/ws only.

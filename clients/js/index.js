@@ -217,9 +217,11 @@ export class Subscription extends Emitter {
     } else if (m.recovered === false && isId(this._since) && isId(m.head) &&
       (this._epoch !== undefined && m.epoch !== this._epoch || compareIds(m.head, this._since) < 0)) {
       // The cursor belongs to data that was lost (a new epoch, or a stream
-      // that went back): the server sends everything it retains, which may
-      // sort below the cursor, and each of it is new.
-      this._since = "0";
+      // that went back): the server sends everything it retains. What sorts
+      // at or below the cursor is what Redis kept of events already handed
+      // over (an older snapshot, a replica that lagged), and is dropped as
+      // any duplicate: never twice, never out of order. The cursor's seq
+      // belongs to the old data and is not sent again.
       this._seq = undefined;
     }
     this._epoch = m.epoch;
@@ -276,12 +278,14 @@ export class Subscription extends Emitter {
     this._since = m.id;
     this._seq = seq;
     this._lastSeq = seq;
-    this._save();
     try {
       this._handler({ topic: this.topic, id: m.id, seq, data: m.data });
     } catch (err) {
       report(err);
     }
+    // Stored once the handler returned: an application that dies in its
+    // handler is handed the event again after a restart (at least once).
+    this._save();
     const c = this._catchUp;
     if (c) {
       c.count++;

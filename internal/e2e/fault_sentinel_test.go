@@ -303,7 +303,10 @@ func (s *goSubscriber) verifyFailover(tb testing.TB, i int, topics []string, fo 
 //   - between the gaps the server reported (recovered:false), seq n, n+1,
 //     n+2, ...: a resume that is not recovered is sent everything retained
 //     (a new epoch), or what follows its cursor;
-//   - since its last gap, exactly the events the new master holds;
+//   - since its last gap, exactly the events the new master holds after
+//     the last event handed before it (the client drops what sorts at or
+//     below its cursor: it had those), and each of the others handed
+//     before the gap;
 //   - a lost event handed only on a partition whose epoch was renewed, and
 //     later a resume under the new epoch;
 //   - the first resume under a new epoch recovered:false, and none
@@ -315,9 +318,12 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 	p := streams.Partition(t, fleetPartitions)
 	log := s.log[t]
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	var seg []string // the events since the last gap
-	var seq uint64   // the seq of seg's last
-	restart := false // a gap was reported: the next event may have any seq
+	var seg []string            // the events since the last gap
+	var seq uint64              // the seq of seg's last
+	var cursor streams.ID       // the newest event handed before the last gap the server reported
+	var last streams.ID         // the newest event handed
+	handed := map[string]bool{} // every event handed
+	restart := false            // a gap was reported: the next event may have any seq
 	epoch, gaps, firstLost, resumedNew := "", 0, -1, -1
 	for j, r := range log {
 		switch {
@@ -342,7 +348,7 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 			// (everything retained) or after the cursor (a cursor whose
 			// seq does not lead there, under an epoch not yet renewed).
 			gaps++
-			seg, seq, restart = nil, 0, true
+			seg, seq, restart, cursor = nil, 0, true, last
 		case r.event != nil:
 			sn, ok := fo.byData[string(r.event.Data)]
 			switch {
@@ -361,6 +367,10 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 				bad("%v after seq %d: not contiguous; around it: %v", r, seq, around(log, j))
 			}
 			seg, seq, restart = append(seg, r.event.ID), r.event.Seq, false
+			handed[r.event.ID] = true
+			if id := streams.MustParseID(r.event.ID); last.Less(id) {
+				last = id
+			}
 		}
 	}
 	if firstLost >= 0 && !fo.renewed[p] {
@@ -370,9 +380,18 @@ func (s *goSubscriber) checkFailover(t string, fo *failover) (handedLost int, pr
 	if firstLost >= 0 && fo.renewed[p] && resumedNew < firstLost {
 		bad("handed %d events that Redis lost (the first: %v), and never resumed under the new epoch after", handedLost, log[firstLost])
 	}
-	if !slices.Equal(seg, fo.kept[t]) {
-		bad("since its last gap (%d) handed %d events, not the %d the new master holds, once each in order; its log ends %v",
-			gaps, len(seg), len(fo.kept[t]), lastRecords(log, 5))
+	var after []string // what the new master holds after the cursor
+	for _, id := range fo.kept[t] {
+		switch {
+		case cursor.Less(streams.MustParseID(id)):
+			after = append(after, id)
+		case !handed[id]:
+			bad("event %s, which the new master holds at or below the cursor %s of the last gap, was never handed", id, cursor)
+		}
+	}
+	if !slices.Equal(seg, after) {
+		bad("since its last gap (%d) handed %d events, not the %d the new master holds after %s, once each in order; its log ends %v",
+			gaps, len(seg), len(after), cursor, lastRecords(log, 5))
 	}
 	return handedLost, problems
 }

@@ -196,19 +196,39 @@ test("recovered:false is a gap with missed; the retained events that follow are 
   assert.deepEqual(r.resumed, [{ topic: "t", recovered: false, missed: 7, count: 3 }]);
 });
 
-test("a new epoch: everything retained is handed over, even IDs below the old cursor", async (t) => {
+test("a new epoch: what Redis kept at or below the cursor was handed over already, and is dropped", async (t) => {
+  // Redis restored an older snapshot: the server sends everything retained.
   const c = fake(t);
   const got = [];
   const sub = c.subscribe("t", (e) => got.push(e.id), { since: "50-0", seq: 50, epoch: "old" });
   const r = collect(sub);
   const ws = await opened(c);
-  ws.recv(subscribed("t", { recovered: false, epoch: "new", head: "30-0", seq: 2 }));
+  ws.recv(subscribed("t", { recovered: false, epoch: "new", head: "60-0", seq: 4 }));
+  assert.deepEqual(sub.cursor, { since: "50-0", seq: undefined, epoch: "new" }, "the old seq is not sent again");
   ws.recv(event("t", "20-0", 1));
-  ws.recv(event("t", "30-0", 2));
-  ws.recv(event("t", "30-0", 2)); // twice: still dropped
-  assert.deepEqual(got, ["20-0", "30-0"]);
+  ws.recv(event("t", "50-0", 2));
+  ws.recv(event("t", "55-0", 3));
+  ws.recv(event("t", "60-0", 4));
+  ws.recv(event("t", "60-0", 4)); // twice: still dropped
+  assert.deepEqual(got, ["55-0", "60-0"]);
+  assert.equal(sub.dropped, 3);
   assert.equal(r.gaps.length, 1);
-  assert.deepEqual(sub.cursor, { since: "30-0", seq: 2, epoch: "new" });
+  assert.deepEqual(sub.cursor, { since: "60-0", seq: 4, epoch: "new" });
+});
+
+test("the store holds a cursor once the handler returned: a process that dies in its handler gets the event again", async (t) => {
+  const store = new Map();
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
+  const c = fake(t, { store: storage });
+  const key = "wsbus-client ws://gw.test/v1/ws t";
+  const seen = [];
+  c.subscribe("t", (e) => seen.push([e.id, store.get(key) && JSON.parse(store.get(key)).since]), { since: "0" });
+  const ws = await opened(c);
+  ws.recv(subscribed("t", { head: "2-0", seq: 2 }));
+  ws.recv(event("t", "1-0", 1));
+  ws.recv(event("t", "2-0", 2));
+  assert.deepEqual(seen, [["1-0", "0"], ["2-0", "1-0"]], "in the handler, the store still holds the event before");
+  assert.equal(JSON.parse(store.get(key)).since, "2-0");
 });
 
 test("close codes: 4002 and 4003 reconnect at once; other closes back off, exponentially with full jitter", async (t) => {
