@@ -89,10 +89,12 @@ func (a *acker) add(cl *client, topic string, id streams.ID) bool {
 	k := ackKey{cl.subject(), topic}
 	a.mu.Lock()
 	cands := a.pending[k]
-	// Every distinct ID is kept, not only a connection's highest: a
-	// higher one may turn out not to be an event (bad_id), and a valid
-	// lower one must still move the cursor. The script tries them
-	// highest first; MaxAcks bounds them per connection.
+	// Every distinct ID is kept, not only a connection's highest, up to
+	// MaxAcks a connection: a higher one may turn out not to be an event
+	// (bad_id), and a valid lower one must still move the cursor. The
+	// script tries them highest first. Past the bound only the highest
+	// are kept: a lower valid ID replaced is lost if all above it are
+	// bad_id (each of which is answered).
 	low := -1 // cl's lowest candidate on k
 	for i := range cands {
 		if cands[i].cl != cl {

@@ -119,8 +119,11 @@ type SubscribeOptions struct {
 	// Buffer is the capacity of Events() when OnEvent is nil. Zero value
 	// means 256. A full channel holds up the connection's reader. With a
 	// Store, an event's cursor is stored once the application has taken
-	// the event after it (the one it handles may be handed over again
-	// after a restart, never lost).
+	// the event after it, seen when the next event arrives, on a quiet
+	// connection at the next pong (PingInterval), and when a connection
+	// ends (Run returning among them): after a restart the
+	// event it was handling, and those it took since, may be handed over
+	// again, never lost.
 	Buffer int
 }
 
@@ -302,6 +305,7 @@ func (c *Client) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		c.state(Connecting, nil)
 		opened, err := c.session(ctx)
+		c.storeAllTaken()
 		if ctx.Err() != nil {
 			c.state(Closed, nil)
 		} else {
@@ -604,9 +608,15 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 			c.opts.OnError(*m)
 		}
 		return
+	case "pong":
+		// Asked for after a quiet spell: the events taken from Events()
+		// since the last one handed over are stored now.
+		c.mu.Unlock()
+		c.storeAllTaken()
+		return
 	default:
 		c.mu.Unlock()
-		return // pong, refreshed: nothing to do
+		return // refreshed: nothing to do
 	}
 	s := c.subs[m.Topic]
 	if s == nil || m.Type == "event" && !s.active {
@@ -650,8 +660,7 @@ func (c *Client) handle(ctx context.Context, m *Message) {
 // that dies while handling an event gets it again after a restart. With
 // OnEvent, that is the event it returned from. With Events(), it is the
 // event before the newest one taken from the channel: taking the next is
-// what says it is done with one. The newest taken is stored once another
-// is taken after it, so a restart may hand it over again.
+// what says it is done with one (see storeTaken).
 func (c *Client) handled(s *Subscription, cur Cursor) {
 	if c.opts.Store == nil {
 		return
@@ -661,6 +670,33 @@ func (c *Client) handled(s *Subscription, cur Cursor) {
 		return
 	}
 	s.handed = append(s.handed, cur)
+	c.storeTaken(s)
+}
+
+// storeAllTaken runs storeTaken for every subscription with events
+// handed over to Events() and not yet stored.
+func (c *Client) storeAllTaken() {
+	c.mu.Lock()
+	var subs []*Subscription
+	for _, s := range c.subs {
+		if len(s.handed) > 0 {
+			subs = append(subs, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range subs {
+		c.storeTaken(s)
+	}
+}
+
+// storeTaken stores, for Events(), the cursor of the newest event the
+// application took another one after. It runs when an event is put on the
+// channel, when a pong arrives (a ping follows PingInterval of quiet) and
+// when a connection ends, so after a restart the application may be
+// handed again the event it was handling and those it took since the last
+// of these. Only Run's goroutine, which reads the connection, touches
+// s.handed.
+func (c *Client) storeTaken(s *Subscription) {
 	// len is read as the application takes: it may count one still there
 	// that was just taken, which only stores an older cursor.
 	taken := len(s.handed) - len(s.events)

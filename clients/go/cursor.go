@@ -23,6 +23,10 @@ type Cursor struct {
 	// unsure is set after a resume the server could not prove complete:
 	// the next event's seq is taken as it comes instead of checked.
 	unsure bool
+	// floor is the ID a cursor had before the stream went back below it:
+	// events at or below it were handed over already and are dropped,
+	// though the cursor resumes from the head. "" for none.
+	floor string
 }
 
 // Resume returns the since, seq and epoch to send with a subscribe: none
@@ -57,15 +61,26 @@ func (c *Cursor) Subscribe(topic string) []byte {
 // cursor. It returns a Gap when the server could not prove the resume
 // complete.
 func (c *Cursor) Subscribed(m *Message) *Gap {
-	if !m.Recovered && c.ID != "" && c.ID != "acked" && (c.Epoch != "" && m.Epoch != c.Epoch || idLess(m.Head, c.ID)) {
-		// The cursor belongs to data that was lost (a new epoch, or a
-		// stream that went back): the server sends everything it
-		// retains. What sorts at or below the cursor is what Redis kept
-		// of events already handed over (an older snapshot, a replica
-		// that lagged), and is dropped as any duplicate: never twice,
-		// never out of order. The cursor's seq belongs to the old data
-		// and is not sent again.
-		c.Seq = 0
+	if !m.Recovered && c.ID != "" && c.ID != "acked" {
+		// The cursor may belong to data that was lost: the server sends
+		// everything it retains. What sorts at or below the cursor is
+		// what Redis kept of events already handed over (an older
+		// snapshot, a replica that lagged), dropped as any duplicate:
+		// never twice, never out of order.
+		switch {
+		case idLess(m.Head, c.ID):
+			// The stream went back (or expired: head "0"): the head is
+			// the cursor now, so that the next resume can be trusted (the
+			// server trusts no cursor past the head), and the old one a
+			// floor: what a new owner applies from ingress between the
+			// two was handed over already.
+			if idLess(c.floor, c.ID) {
+				c.floor = c.ID
+			}
+			c.ID, c.Seq = m.Head, m.Seq
+		case c.Epoch != "" && m.Epoch != c.Epoch:
+			c.Seq = 0 // it belongs to the old data: not sent again
+		}
 	}
 	c.Epoch = m.Epoch
 	switch c.ID {
@@ -91,9 +106,10 @@ func (c *Cursor) Subscribed(m *Message) *Gap {
 // application must not be handed. A new event moves the cursor; when its
 // seq skips numbers after the cursor's, the hole is returned as a Gap.
 func (c *Cursor) Event(id string, seq uint64) (fresh bool, gap *Gap) {
-	if c.ID != "" && !idLess(c.ID, id) {
+	if c.ID != "" && !idLess(c.ID, id) || c.floor != "" && !idLess(c.floor, id) {
 		return false, nil
 	}
+	c.floor = ""
 	// The seq is checked when the cursor's is known: a seq of its own, or
 	// 0 at "0" (nothing yet, so the next is 1).
 	// Seq 1 after others starts a new sequence (an idle topic's history

@@ -64,10 +64,22 @@ func TestCursor(t *testing.T) {
 			since: "61-0", seq: 59, hasSeq: true, epoch: "e",
 		},
 		{
-			name:  "a new epoch: what is at or below the cursor was handed over already (Redis restored an older snapshot)",
+			name:  "a new epoch with the head below the cursor: the head is the cursor to resume from",
 			start: Cursor{ID: "5-0", Seq: 7, Epoch: "old"},
-			steps: []step{{sub: &Message{Topic: "t", Epoch: "new", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}, {id: "1-0", seq: 1}, {id: "3-0", seq: 2}},
-			since: "5-0", epoch: "new", // the old seq is not sent
+			steps: []step{{sub: &Message{Topic: "t", Epoch: "new", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}},
+			since: "3-0", seq: 2, hasSeq: true, epoch: "new",
+		},
+		{
+			name:  "a new epoch with the head below the cursor: what is at or below the old cursor was handed over already (an older snapshot; ingress applied again by a new owner)",
+			start: Cursor{ID: "5-0", Seq: 7, Epoch: "old"},
+			steps: []step{{sub: &Message{Topic: "t", Epoch: "new", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}, {id: "1-0", seq: 1}, {id: "3-0", seq: 2}, {id: "4-0", seq: 3}, {id: "5-0", seq: 4}, {id: "6-0", seq: 5, fresh: true}},
+			since: "6-0", seq: 5, hasSeq: true, epoch: "new",
+		},
+		{
+			name:  "a new epoch with the head past the cursor: the cursor's ID stays, its seq is not sent",
+			start: Cursor{ID: "5-0", Seq: 7, Epoch: "old"},
+			steps: []step{{sub: &Message{Topic: "t", Epoch: "new", Head: "9-0", Seq: 4}, gap: &Gap{Topic: "t"}}, {id: "4-0", seq: 2}, {id: "5-0", seq: 3}},
+			since: "5-0", epoch: "new",
 		},
 		{
 			name:  "a new epoch: what follows the cursor is handed over, its seq taken as it comes",
@@ -86,8 +98,8 @@ func TestCursor(t *testing.T) {
 		{
 			name:  "a cursor beyond the stream's head: the same",
 			start: Cursor{ID: "50-0", Seq: 7, Epoch: "e"},
-			steps: []step{{sub: &Message{Topic: "t", Epoch: "e", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}, {id: "3-0", seq: 2}, {id: "51-0", seq: 3, fresh: true}},
-			since: "51-0", seq: 3, hasSeq: true, epoch: "e",
+			steps: []step{{sub: &Message{Topic: "t", Epoch: "e", Head: "3-0", Seq: 2}, gap: &Gap{Topic: "t"}}, {id: "3-0", seq: 2}, {id: "50-0", seq: 3}, {id: "51-0", seq: 4, fresh: true}},
+			since: "51-0", seq: 4, hasSeq: true, epoch: "e",
 		},
 		{
 			name:  "trimmed under the same epoch: only what follows the cursor",

@@ -18,8 +18,11 @@
 // server answers recovered:false or a seq skips a number, rather than
 // hide it. Cursors can outlive the process through a Store, which is
 // written once the application is done with an event: when OnEvent
-// returns, or, with Events(), when the next event is taken; so one that
-// dies while handling an event is handed it again after a restart.
+// returns, or, with Events(), once the next event was taken (seen when
+// another arrives, at the next pong on a quiet connection, and when a
+// connection ends); so one
+// that dies while handling an event is handed it again after a restart,
+// with Events() perhaps a few more it had taken since.
 //
 // The import path is github.com/wsbus/wsbus/clients/go; the package is
 // named wsbus. It depends on github.com/gobwas/ws only.

@@ -136,6 +136,7 @@ export class Subscription extends Emitter {
     this._lastSeq = undefined; // seq the next event must follow, for hole detection
     this._catchUp = undefined; // {head, count, ...}: events owed since a resume, until the head
     this._sentSince = undefined; // since of the last subscribe sent
+    this._floor = undefined; // the cursor before the stream went back below it: events at or below it are dropped
     if (isId(options.since)) {
       this._since = options.since;
       this._seq = options.seq;
@@ -214,15 +215,24 @@ export class Subscription extends Emitter {
     if (this._since === undefined && sent === undefined) {
       this._since = m.head; // new events only: the head is the cursor until the first one
       this._seq = m.seq;
-    } else if (m.recovered === false && isId(this._since) && isId(m.head) &&
-      (this._epoch !== undefined && m.epoch !== this._epoch || compareIds(m.head, this._since) < 0)) {
-      // The cursor belongs to data that was lost (a new epoch, or a stream
-      // that went back): the server sends everything it retains. What sorts
-      // at or below the cursor is what Redis kept of events already handed
-      // over (an older snapshot, a replica that lagged), and is dropped as
-      // any duplicate: never twice, never out of order. The cursor's seq
-      // belongs to the old data and is not sent again.
-      this._seq = undefined;
+    } else if (m.recovered === false && isId(this._since) && isId(m.head)) {
+      // The cursor may belong to data that was lost: the server sends
+      // everything it retains. What sorts at or below the cursor is what
+      // Redis kept of events already handed over (an older snapshot, a
+      // replica that lagged), dropped as any duplicate: never twice, never
+      // out of order.
+      if (compareIds(m.head, this._since) < 0) {
+        // The stream went back (or expired: head "0"): the head is the
+        // cursor now, so that the next resume can be trusted (the server
+        // trusts no cursor past the head), and the old one a floor: what a
+        // new owner applies from ingress between the two was handed over
+        // already.
+        if (this._floor === undefined || compareIds(this._floor, this._since) < 0) this._floor = this._since;
+        this._since = m.head;
+        this._seq = m.seq;
+      } else if (this._epoch !== undefined && m.epoch !== this._epoch) {
+        this._seq = undefined; // it belongs to the old data: not sent again
+      }
     }
     this._epoch = m.epoch;
     if (m.recovered === false) {
@@ -262,10 +272,12 @@ export class Subscription extends Emitter {
   _event(m) {
     if (this._state !== "active") return;
     if (!isId(m.id)) return;
-    if (this._since !== undefined && compareIds(m.id, this._since) <= 0) {
+    if (this._since !== undefined && compareIds(m.id, this._since) <= 0 ||
+      this._floor !== undefined && compareIds(m.id, this._floor) <= 0) {
       this.dropped++;
       return;
     }
+    this._floor = undefined;
     const report = this._client._reporter;
     const seq = typeof m.seq === "number" ? m.seq : undefined;
     // seq 1 after others is a new sequence (the idle topic's history

@@ -216,6 +216,22 @@ test("a new epoch: what Redis kept at or below the cursor was handed over alread
   assert.deepEqual(sub.cursor, { since: "60-0", seq: 4, epoch: "new" });
 });
 
+test("a stream that went back below the cursor: the head is the cursor to resume from, the old one still drops what was handed", async (t) => {
+  const c = fake(t);
+  const got = [];
+  const sub = c.subscribe("t", (e) => got.push(e.id), { since: "50-0", seq: 50, epoch: "old" });
+  const ws = await opened(c);
+  ws.recv(subscribed("t", { recovered: false, epoch: "new", head: "30-0", seq: 2 }));
+  assert.deepEqual(sub.cursor, { since: "30-0", seq: 2, epoch: "new" });
+  ws.recv(event("t", "20-0", 1)); // retained: handed before the loss
+  ws.recv(event("t", "30-0", 2));
+  ws.recv(event("t", "40-0", 3)); // applied again from ingress by a new owner: handed before the loss
+  ws.recv(event("t", "60-0", 4));
+  assert.deepEqual(got, ["60-0"]);
+  assert.equal(sub.dropped, 3);
+  assert.deepEqual(sub.cursor, { since: "60-0", seq: 4, epoch: "new" });
+});
+
 test("the store holds a cursor once the handler returned: a process that dies in its handler gets the event again", async (t) => {
   const store = new Map();
   const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
