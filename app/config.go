@@ -206,14 +206,46 @@ func parse(fs *flag.FlagSet, args []string) error {
 	fs.StringVar(&file, "config", "", "a `file` of \"name = value\" lines, one per flag (environment WSBUS_CONFIG)")
 	newSource(fs)
 	if err := applyFile(fs, configPath(args)); err != nil {
-		return err
+		return helpOr(fs, args, err)
 	}
 	newSource(fs)
 	if err := applyEnv(fs); err != nil {
-		return err
+		return helpOr(fs, args, err)
 	}
 	newSource(fs)
 	return fs.Parse(args)
+}
+
+// helpOr prints the usage and returns flag.ErrHelp when args ask for
+// --help, else err: a bad value in the environment or the config file
+// must not hide the help that would explain it.
+func helpOr(fs *flag.FlagSet, args []string, err error) error {
+	if asksHelp(fs, args) {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	return err
+}
+
+// asksHelp reports whether the flag package would stop at -h or --help in
+// args: among the flags, before the first argument or "--", and not as
+// the value of another flag.
+func asksHelp(fs *flag.FlagSet, args []string) bool {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" || len(a) < 2 || a[0] != '-' {
+			return false
+		}
+		name, _, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		f := fs.Lookup(name)
+		if f == nil {
+			return name == "h" || name == "help"
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) {
+			i++ // the flag's value
+		}
+	}
+	return false
 }
 
 // newSource tells every list flag of fs that a source of higher precedence

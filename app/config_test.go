@@ -133,6 +133,8 @@ func TestMainCommandLine(t *testing.T) {
 		{"help", "", "", []string{"--help"}, 0, "WSBUS_", ""},
 		{"unknown command", "", "", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{"serve help", "", "", []string{"serve", "--help"}, 0, "\n  --insecure\n", ""},
+		{"help despite a bad environment", "lots", "", []string{"serve", "--listen", "127.0.0.1:0", "--insecure", "-h"}, 0, "\n  --max-queue int\n", ""},
+		{"a bad environment, a help that is a flag's value", "lots", "", []string{"serve", "--listen", "--help"}, 1, "", "WSBUS_MAX_QUEUE"},
 		{"serve without auth", "", "", []string{"serve"}, 1, "", "--insecure for development"},
 		{"serve with a secret and a key", "", "", []string{"serve", "--jwt-secret", "s", "--jwt-public-key", "k.pem"}, 1, "", "not both"},
 		{"serve with a missing key file", "", "", []string{"serve", "--jwt-public-key", "/nonexistent.pem"}, 1, "", "reading --jwt-public-key"},
