@@ -200,52 +200,28 @@ func printJSON(w io.Writer, v any) error {
 // parse reads configuration in order of precedence: command line, then
 // WSBUS_* environment variables, then the --config file, then defaults.
 // Sources are applied from the lowest up, each overriding the ones before;
-// a list flag a source gives replaces what lower sources gave.
+// a list flag a source gives replaces what lower sources gave. It
+// returns flag.ErrHelp for --help, errUsage for a mistake on the command
+// line (which the flag package printed), else the file's or the
+// environment's error, if any.
 func parse(fs *flag.FlagSet, args []string) error {
 	var file string
 	fs.StringVar(&file, "config", "", "a `file` of \"name = value\" lines, one per flag (environment WSBUS_CONFIG)")
 	newSource(fs)
-	if err := applyFile(fs, configPath(args)); err != nil {
-		return helpOr(fs, args, err)
-	}
+	fileErr := applyFile(fs, configPath(args))
 	newSource(fs)
-	if err := applyEnv(fs); err != nil {
-		return helpOr(fs, args, err)
-	}
+	envErr := applyEnv(fs)
 	newSource(fs)
-	return fs.Parse(args)
-}
-
-// helpOr prints the usage and returns flag.ErrHelp when args ask for
-// --help, else err: a bad value in the environment or the config file
-// must not hide the help that would explain it.
-func helpOr(fs *flag.FlagSet, args []string, err error) error {
-	if asksHelp(fs, args) {
-		fs.Usage()
-		return flag.ErrHelp
+	// The command line is applied last but answered first: its --help is
+	// printed, and its mistakes told, whatever the file or the
+	// environment hold.
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage // the flag package printed the problem
 	}
-	return err
-}
-
-// asksHelp reports whether the flag package would stop at -h or --help in
-// args: among the flags, before the first argument or "--", and not as
-// the value of another flag.
-func asksHelp(fs *flag.FlagSet, args []string) bool {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" || len(a) < 2 || a[0] != '-' {
-			return false
-		}
-		name, _, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
-		f := fs.Lookup(name)
-		if f == nil {
-			return name == "h" || name == "help"
-		}
-		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) {
-			i++ // the flag's value
-		}
-	}
-	return false
+	return cmp.Or(fileErr, envErr)
 }
 
 // newSource tells every list flag of fs that a source of higher precedence

@@ -119,23 +119,14 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, strings.ReplaceAll("\n"+b.String(), "\n  -", "\n  --")[1:])
 }
 
-// parseOrUsage parses flags, turning a flag error into errUsage.
+// parseOrUsage parses flags (see parse), with a usage the flag package
+// prints for --help going to stdout.
 func parseOrUsage(fs *flag.FlagSet, args []string) error {
-	out, _ := fs.Output().(*flagOutput)
-	if out != nil {
+	if out, ok := fs.Output().(*flagOutput); ok {
 		out.asked = true
 		defer func() { out.asked = false }()
 	}
-	if err := parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		if fs.Parsed() {
-			return errUsage // the flag package printed the problem
-		}
-		return err
-	}
-	return nil
+	return parse(fs, args)
 }
 
 // flagAfterArgs refuses a flag of fs given after the first argument: the
