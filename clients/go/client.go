@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -704,7 +703,9 @@ func (c *Client) storeTaken(s *Subscription) {
 		return
 	}
 	c.save(s.topic, s.handed[taken-2])
-	s.handed = slices.Delete(s.handed, 0, taken-1)
+	// Resliced, not copied: append moves the rest (at most Buffer+1)
+	// when it needs room.
+	s.handed = s.handed[taken-1:]
 }
 
 // retryLocked sends s's subscribe again on conn in 0.5 to 1.5 s: the
